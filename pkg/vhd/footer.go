@@ -1,0 +1,239 @@
+// Package vhd reads and writes the VHD (Virtual Hard Disk v1) footer, the
+// 512-byte trailer that turns a raw image into a fixed VHD. layervisor appends
+// it to every read-only layer image (layer.vhd).
+package vhd
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"time"
+)
+
+// FooterSize is the size of a VHD footer in bytes.
+const FooterSize = 512
+
+// Disk types.
+const (
+	DiskTypeFixed        = 2
+	DiskTypeDynamic      = 3
+	DiskTypeDifferencing = 4
+)
+
+const (
+	cookie            = "conectix"
+	featuresReserved  = 2
+	formatVersion     = 0x00010000
+	fixedDataOffset   = ^uint64(0)
+	creatorVersion    = 0x00010000
+	vhdEpochUnix      = 946684800 // 2000-01-01T00:00:00Z
+	maxGeometrySector = 65535 * 16 * 255
+)
+
+// ErrNoFooter means the data does not end with a VHD footer.
+var ErrNoFooter = errors.New("no VHD footer (missing \"conectix\" cookie)")
+
+// Geometry is the CHS geometry recorded in the footer.
+type Geometry struct {
+	Cylinders       uint16
+	Heads           uint8
+	SectorsPerTrack uint8
+}
+
+// Sectors is the number of sectors the geometry addresses.
+func (g Geometry) Sectors() int64 {
+	return int64(g.Cylinders) * int64(g.Heads) * int64(g.SectorsPerTrack)
+}
+
+// Footer is the decoded VHD footer.
+type Footer struct {
+	Features       uint32
+	FormatVersion  uint32
+	DataOffset     uint64
+	Timestamp      time.Time
+	CreatorApp     [4]byte
+	CreatorVersion uint32
+	CreatorHostOS  [4]byte
+	OriginalSize   uint64
+	CurrentSize    uint64
+	Geometry       Geometry
+	DiskType       uint32
+	Checksum       uint32
+	UniqueID       [16]byte
+	SavedState     uint8
+}
+
+// GeometryFor computes the CHS geometry for a disk of size bytes with the
+// algorithm of the VHD specification (appendix "CHS calculation").
+func GeometryFor(size int64) Geometry {
+	total := size / 512
+	if total > maxGeometrySector {
+		total = maxGeometrySector
+	}
+	var spt, heads, cth int64
+	if total >= 65535*16*63 {
+		spt, heads = 255, 16
+		cth = total / spt
+	} else {
+		spt = 17
+		cth = total / spt
+		heads = (cth + 1023) / 1024
+		if heads < 4 {
+			heads = 4
+		}
+		if cth >= heads*1024 || heads > 16 {
+			spt, heads = 31, 16
+			cth = total / spt
+		}
+		if cth >= heads*1024 {
+			spt, heads = 63, 16
+			cth = total / spt
+		}
+	}
+	return Geometry{Cylinders: uint16(cth / heads), Heads: uint8(heads), SectorsPerTrack: uint8(spt)}
+}
+
+// NewFixedFooter returns the footer of a fixed disk of size bytes.
+func NewFixedFooter(size int64) (*Footer, error) {
+	if size <= 0 || size%512 != 0 {
+		return nil, fmt.Errorf("vhd: fixed disk size %d is not a positive multiple of 512", size)
+	}
+	f := &Footer{
+		Features:       featuresReserved,
+		FormatVersion:  formatVersion,
+		DataOffset:     fixedDataOffset,
+		Timestamp:      time.Now().UTC().Truncate(time.Second),
+		CreatorApp:     [4]byte{'l', 'y', 'v', 's'},
+		CreatorVersion: creatorVersion,
+		CreatorHostOS:  [4]byte{'W', 'i', '2', 'k'},
+		OriginalSize:   uint64(size),
+		CurrentSize:    uint64(size),
+		Geometry:       GeometryFor(size),
+		DiskType:       DiskTypeFixed,
+	}
+	if _, err := rand.Read(f.UniqueID[:]); err != nil {
+		return nil, fmt.Errorf("vhd: unique id: %w", err)
+	}
+	return f, nil
+}
+
+// MarshalBinary encodes the footer, computing its checksum.
+func (f *Footer) MarshalBinary() ([]byte, error) {
+	b := f.encode()
+	f.Checksum = checksum(b)
+	binary.BigEndian.PutUint32(b[64:], f.Checksum)
+	return b, nil
+}
+
+func (f *Footer) encode() []byte {
+	b := make([]byte, FooterSize)
+	be := binary.BigEndian
+	copy(b[0:8], cookie)
+	be.PutUint32(b[8:], f.Features)
+	be.PutUint32(b[12:], f.FormatVersion)
+	be.PutUint64(b[16:], f.DataOffset)
+	ts := f.Timestamp.Unix() - vhdEpochUnix
+	if ts < 0 {
+		ts = 0
+	}
+	be.PutUint32(b[24:], uint32(ts))
+	copy(b[28:32], f.CreatorApp[:])
+	be.PutUint32(b[32:], f.CreatorVersion)
+	copy(b[36:40], f.CreatorHostOS[:])
+	be.PutUint64(b[40:], f.OriginalSize)
+	be.PutUint64(b[48:], f.CurrentSize)
+	be.PutUint16(b[56:], f.Geometry.Cylinders)
+	b[58] = f.Geometry.Heads
+	b[59] = f.Geometry.SectorsPerTrack
+	be.PutUint32(b[60:], f.DiskType)
+	copy(b[68:84], f.UniqueID[:])
+	b[84] = f.SavedState
+	return b
+}
+
+// checksum is the one's complement of the byte sum, checksum field excluded.
+func checksum(b []byte) uint32 {
+	var sum uint32
+	for i, c := range b {
+		if i >= 64 && i < 68 {
+			continue
+		}
+		sum += uint32(c)
+	}
+	return ^sum
+}
+
+// ParseFooter decodes and validates a 512-byte footer.
+func ParseFooter(b []byte) (*Footer, error) {
+	if len(b) < FooterSize {
+		return nil, fmt.Errorf("vhd: footer is %d bytes, want %d", len(b), FooterSize)
+	}
+	b = b[:FooterSize]
+	if !bytes.Equal(b[:8], []byte(cookie)) {
+		return nil, ErrNoFooter
+	}
+	be := binary.BigEndian
+	f := &Footer{
+		Features:       be.Uint32(b[8:]),
+		FormatVersion:  be.Uint32(b[12:]),
+		DataOffset:     be.Uint64(b[16:]),
+		Timestamp:      time.Unix(int64(be.Uint32(b[24:]))+vhdEpochUnix, 0).UTC(),
+		CreatorVersion: be.Uint32(b[32:]),
+		OriginalSize:   be.Uint64(b[40:]),
+		CurrentSize:    be.Uint64(b[48:]),
+		Geometry:       Geometry{be.Uint16(b[56:]), b[58], b[59]},
+		DiskType:       be.Uint32(b[60:]),
+		Checksum:       be.Uint32(b[64:]),
+		SavedState:     b[84],
+	}
+	copy(f.CreatorApp[:], b[28:32])
+	copy(f.CreatorHostOS[:], b[36:40])
+	copy(f.UniqueID[:], b[68:84])
+	if want := checksum(b); want != f.Checksum {
+		return nil, fmt.Errorf("vhd: footer checksum %#08x, computed %#08x", f.Checksum, want)
+	}
+	if f.FormatVersion != formatVersion {
+		return nil, fmt.Errorf("vhd: unsupported format version %#08x", f.FormatVersion)
+	}
+	switch f.DiskType {
+	case DiskTypeFixed, DiskTypeDynamic, DiskTypeDifferencing:
+	default:
+		return nil, fmt.Errorf("vhd: unknown disk type %d", f.DiskType)
+	}
+	return f, nil
+}
+
+// AppendFixedFooter appends a fixed-disk footer to the file, whose current
+// length is the disk size (a multiple of 512).
+func AppendFixedFooter(f *os.File) error {
+	st, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("vhd: %w", err)
+	}
+	ft, err := NewFixedFooter(st.Size())
+	if err != nil {
+		return fmt.Errorf("vhd: %s: %w", f.Name(), err)
+	}
+	b, _ := ft.MarshalBinary()
+	if _, err := f.WriteAt(b, st.Size()); err != nil {
+		return fmt.Errorf("vhd: append footer to %s: %w", f.Name(), err)
+	}
+	return nil
+}
+
+// ReadFooter reads and validates the footer at the end of r, whose total
+// size is size.
+func ReadFooter(r io.ReaderAt, size int64) (*Footer, error) {
+	if size < FooterSize {
+		return nil, fmt.Errorf("vhd: file of %d bytes is too small for a footer", size)
+	}
+	b := make([]byte, FooterSize)
+	if _, err := r.ReadAt(b, size-FooterSize); err != nil {
+		return nil, fmt.Errorf("vhd: read footer: %w", err)
+	}
+	return ParseFooter(b)
+}

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Installs everything layervisor and its tests use, idempotently, on Debian 12
+# as root: Debian packages, a Go toolchain new enough for go.mod, Go modules,
+# and Debian's cloud kernel (downloaded and extracted, never installed) for the
+# utility VM. Safe to run again: it only does what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  ca-certificates git gcc
+  e2fsprogs util-linux kmod cpio zstd
+  busybox-static            # real content for test images
+  qemu-system-x86 qemu-utils # utility VM; qemu-img validates VHD/VHDX
+  containerd                # import/mount benchmark anchor
+  libhivex-bin libregf-utils chntpw        # registry hive validators
+  libvhdi-utils python3-libvhdi python3    # VHDX differencing validators
+)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "deps: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Go: use the machine's toolchain when it is new enough, else fetch the
+# toolchain go.mod asks for through the module proxy.
+want=$(awk '/^go /{print $2; exit}' go.mod)
+export PATH=/usr/local/go/bin:$PATH
+if ! command -v go >/dev/null; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq golang-go >/dev/null
+fi
+export GOTOOLCHAIN=auto
+go version >/dev/null   # triggers the toolchain download when go.mod needs it
+go mod download
+
+# Boot files for the utility VM: Debian's cloud kernel and its modules.
+BOOT_DIR=${LAYERVISOR_BOOT_DIR:-/var/cache/layervisor/boot}
+if [[ ! -e "$BOOT_DIR/vmlinuz" ]]; then
+  pkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-/{print $2; exit}')
+  [[ -n "$pkg" ]] || { apt-get update -qq; pkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-/{print $2; exit}'); }
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  (cd "$tmp" && apt-get download -qq "$pkg" >/dev/null)
+  mkdir -p "$tmp/x"
+  dpkg-deb -x "$tmp"/*.deb "$tmp/x"
+  kver=$(ls "$tmp/x/lib/modules")
+  depmod -b "$tmp/x" "$kver"
+  mkdir -p "$BOOT_DIR.new"
+  cp "$tmp/x/boot/vmlinuz-$kver" "$BOOT_DIR.new/vmlinuz"
+  mkdir -p "$BOOT_DIR.new/lib"
+  mv "$tmp/x/lib/modules" "$BOOT_DIR.new/lib/modules"
+  echo "$kver" >"$BOOT_DIR.new/kernel-version"
+  rm -rf "$BOOT_DIR"
+  mv "$BOOT_DIR.new" "$BOOT_DIR"
+  echo "deps: kernel $kver in $BOOT_DIR" >&2
+fi
