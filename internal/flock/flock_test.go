@@ -1,0 +1,46 @@
+//go:build linux
+
+package flock
+
+import (
+	"path/filepath"
+	"sync"
+	"testing"
+)
+
+func TestExcludesGoroutines(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "lock")
+	var mu sync.Mutex
+	inside := 0
+	var wg sync.WaitGroup
+	for i := 0; i < 20; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			l, err := Acquire(p)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			mu.Lock()
+			inside++
+			if inside != 1 {
+				t.Errorf("%d holders at once", inside)
+			}
+			mu.Unlock()
+			mu.Lock()
+			inside--
+			mu.Unlock()
+			l.Release()
+		}()
+	}
+	wg.Wait()
+	l, ok, err := TryAcquire(p)
+	if err != nil || !ok {
+		t.Fatalf("TryAcquire on free lock: %v %v", ok, err)
+	}
+	if _, ok2, _ := TryAcquire(p); ok2 {
+		t.Fatal("TryAcquire succeeded on held lock")
+	}
+	l.Release()
+}
