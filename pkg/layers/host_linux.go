@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/layervisor/layervisor/internal/atomicfile"
+	"github.com/layervisor/layervisor/internal/crashpoint"
 	"github.com/layervisor/layervisor/internal/flock"
 	"github.com/layervisor/layervisor/internal/mountinfo"
 	"github.com/layervisor/layervisor/pkg/loop"
@@ -132,6 +133,7 @@ func (h *Host) Mount(ctx context.Context, id string, l Layers) (rootfs string, e
 		return "", err
 	}
 	u.Push("remove container record", func(context.Context) error { return removeIfExists(h.containerPath(id)) })
+	crashpoint.Hit("mount.intent-written")
 
 	lowers := make([]string, len(sources))
 	for i, s := range sources {
@@ -144,6 +146,7 @@ func (h *Host) Mount(ctx context.Context, id string, l Layers) (rootfs string, e
 		}
 		u.Push("release layer "+s, func(context.Context) error { return h.release(rec.Layers[i], id) })
 		lowers[i] = mp
+		crashpoint.Hit("mount.layer-mounted")
 	}
 	scratchMp, err := h.acquire(scratchSrc, false, id)
 	if err != nil {
@@ -172,6 +175,7 @@ func (h *Host) Mount(ctx context.Context, id string, l Layers) (rootfs string, e
 		return "", fmt.Errorf("mount overlay for %s: %w", id, err)
 	}
 	u.Push("unmount overlay", func(context.Context) error { return unmount(rec.Rootfs) })
+	crashpoint.Hit("mount.overlay-mounted")
 
 	rec.State = stateMounted
 	if err := atomicfile.WriteJSON(h.containerPath(id), rec, false); err != nil {
@@ -215,6 +219,7 @@ func (h *Host) teardown(rec containerRec) error {
 		// busy: keep the record so a later unmount or gc can retry.
 		return fmt.Errorf("container %s: %w", rec.ID, err)
 	}
+	crashpoint.Hit("unmount.overlay-unmounted")
 	if err := removeIfExists(h.containerDir(rec.ID)); err != nil {
 		errs = append(errs, err)
 	}
@@ -477,4 +482,16 @@ func (h *Host) Reconcile(ctx context.Context, storeRoot string) (ReconcileReport
 	}
 	_ = ctx
 	return rep, errors.Join(errs...)
+}
+
+// IsMounted reports whether the container's layers are completely mounted.
+func (h *Host) IsMounted(id string) bool {
+	if validID(id) != nil {
+		return false
+	}
+	var rec containerRec
+	if err := atomicfile.ReadJSON(h.containerPath(id), &rec); err != nil {
+		return false
+	}
+	return rec.State == stateMounted
 }

@@ -12,7 +12,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"sync"
+
+	"github.com/layervisor/layervisor/internal/flock"
 )
 
 // DefaultSize is the virtual size of a scratch disk when none is given.
@@ -29,7 +30,8 @@ const (
 	MethodSparseCopy Method = "sparse-copy" // copies only allocated extents
 )
 
-var templateMu sync.Mutex
+// LockFile, in TemplateDir, is held while a template is being made.
+const LockFile = ".lock"
 
 // TemplateDir is where templates are cached under a state root.
 func TemplateDir(root string) string { return filepath.Join(root, "scratch", "templates") }
@@ -46,13 +48,21 @@ func EnsureTemplate(ctx context.Context, root string, size int64) (string, error
 	}
 	dir := TemplateDir(root)
 	path := filepath.Join(dir, "ext4-"+strconv.FormatInt(size, 10)+".img")
-	templateMu.Lock()
-	defer templateMu.Unlock()
 	if _, err := os.Stat(path); err == nil {
 		return path, nil
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", fmt.Errorf("scratch template dir: %w", err)
+	}
+	// One maker at a time across processes; gc takes the same lock before
+	// it removes temp files here.
+	lk, err := flock.Acquire(filepath.Join(dir, LockFile))
+	if err != nil {
+		return "", err
+	}
+	defer lk.Release()
+	if _, err := os.Stat(path); err == nil {
+		return path, nil
 	}
 	tmp, err := os.CreateTemp(dir, ".tmp-template-*")
 	if err != nil {

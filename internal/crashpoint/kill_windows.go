@@ -1,0 +1,5 @@
+package crashpoint
+
+import "os"
+
+func kill() { os.Exit(137) }
