@@ -1,4 +1,4 @@
-package layers
+package layers_test
 
 import (
 	"context"
@@ -10,143 +10,16 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/layervisor/layervisor/internal/fakeuvm"
+	"github.com/layervisor/layervisor/pkg/layers"
 )
 
-// fakeUVM is a ref-counting model of a UVM's controllers, with failure
-// injection, for unit-testing InUVM's logic. Real VMs test the real thing.
-type fakeUVM struct {
-	mu          sync.Mutex
-	vpmemSlots  int
-	vpmemMax    int64
-	refs        map[string]int // "vpmem:"/"scsi:" + host path
-	readOnly    map[string]bool
-	combined    map[string][]string
-	dirs        map[string]bool
-	failVPMem   error
-	failSCSI    string // host path whose SCSI attach fails
-	failCombine bool
-	failRelease string
-	attachCalls int
-}
-
-func newFake() *fakeUVM {
-	return &fakeUVM{vpmemSlots: 64, vpmemMax: 1 << 30, refs: map[string]int{}, readOnly: map[string]bool{}, combined: map[string][]string{}, dirs: map[string]bool{}}
-}
-
-type fakeAttachment struct {
-	f    *fakeUVM
-	key  string
-	path string
-}
-
-func (a *fakeAttachment) GuestPath() string { return a.path }
-func (a *fakeAttachment) Release(ctx context.Context) error {
-	a.f.mu.Lock()
-	defer a.f.mu.Unlock()
-	if a.f.failRelease != "" && strings.HasSuffix(a.key, a.f.failRelease) {
-		return errors.New("injected release failure")
-	}
-	if a.f.refs[a.key] <= 0 {
-		return fmt.Errorf("release of %s below zero", a.key)
-	}
-	a.f.refs[a.key]--
-	if a.f.refs[a.key] == 0 {
-		delete(a.f.refs, a.key)
-	}
-	return nil
-}
-
-func (f *fakeUVM) AttachVPMem(ctx context.Context, hostPath string) (Attachment, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.attachCalls++
-	if f.failVPMem != nil {
-		return nil, f.failVPMem
-	}
-	key := "vpmem:" + hostPath
-	if f.refs[key] == 0 {
-		used := 0
-		for k := range f.refs {
-			if strings.HasPrefix(k, "vpmem:") {
-				used++
-			}
-		}
-		if used >= f.vpmemSlots {
-			return nil, fmt.Errorf("attach %s: %w", hostPath, ErrVPMemNoSlot)
-		}
-		st, err := os.Stat(hostPath)
-		if err != nil {
-			return nil, err
-		}
-		if st.Size() > f.vpmemMax {
-			return nil, fmt.Errorf("attach %s: %w", hostPath, ErrVPMemTooLarge)
-		}
-	}
-	f.refs[key]++
-	return &fakeAttachment{f, key, "/run/layers/p-" + filepath.Base(filepath.Dir(hostPath))}, nil
-}
-
-func (f *fakeUVM) AttachSCSI(ctx context.Context, hostPath string, readOnly bool) (Attachment, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.attachCalls++
-	if f.failSCSI != "" && strings.HasSuffix(hostPath, f.failSCSI) {
-		return nil, errors.New("injected SCSI failure")
-	}
-	key := "scsi:" + hostPath
-	if f.refs[key] > 0 && f.readOnly[key] != readOnly {
-		return nil, errors.New("conflicting attach")
-	}
-	f.refs[key]++
-	f.readOnly[key] = readOnly
-	return &fakeAttachment{f, key, "/run/mounts/scsi/" + filepath.Base(filepath.Dir(hostPath))}, nil
-}
-
-func (f *fakeUVM) MkdirAll(ctx context.Context, p string) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.dirs[p] = true
-	return nil
-}
-
-func (f *fakeUVM) CombineLayers(ctx context.Context, lowers []string, upper, work, target string) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.failCombine {
-		return errors.New("injected combine failure")
-	}
-	if _, ok := f.combined[target]; ok {
-		return errors.New("target busy")
-	}
-	f.combined[target] = append(slices.Clone(lowers), upper, work)
-	return nil
-}
-
-func (f *fakeUVM) RemoveCombinedLayers(ctx context.Context, target string) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if _, ok := f.combined[target]; !ok {
-		return errors.New("not combined")
-	}
-	delete(f.combined, target)
-	return nil
-}
-
-func (f *fakeUVM) total() int {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	n := 0
-	for _, v := range f.refs {
-		n += v
-	}
-	return n + len(f.combined)
-}
-
 // folders makes n layer folders (the fake only stats them) and a scratch.
-func folders(t *testing.T, n int, sizes ...int64) Layers {
+func folders(t *testing.T, n int, sizes ...int64) layers.Layers {
 	t.Helper()
 	root := t.TempDir()
-	var l Layers
+	var l layers.Layers
 	for i := 0; i < n; i++ {
 		d := filepath.Join(root, fmt.Sprintf("layer%d", i))
 		os.MkdirAll(d, 0o755)
@@ -154,24 +27,24 @@ func folders(t *testing.T, n int, sizes ...int64) Layers {
 		if i < len(sizes) {
 			size = sizes[i]
 		}
-		f, _ := os.Create(filepath.Join(d, LayerFile))
+		f, _ := os.Create(filepath.Join(d, layers.LayerFile))
 		f.Truncate(size)
 		f.Close()
 		l.ReadOnly = append(l.ReadOnly, d)
 	}
 	l.Scratch = filepath.Join(root, "scratch")
 	os.MkdirAll(l.Scratch, 0o755)
-	os.WriteFile(filepath.Join(l.Scratch, ScratchFile), nil, 0o644)
+	os.WriteFile(filepath.Join(l.Scratch, layers.ScratchFile), nil, 0o644)
 	return l
 }
 
 func TestUVMMountVPMemAndFallback(t *testing.T) {
 	ctx := context.Background()
-	f := newFake()
-	f.vpmemSlots = 1
-	f.vpmemMax = 1 << 20
+	f := fakeuvm.New()
+	f.VPMemSlots = 1
+	f.VPMemMax = 1 << 20
 	l := folders(t, 3, 4096, 2<<20, 4096) // layer1 too large, layer2 no slot left
-	m := NewInUVM(f)
+	m := layers.NewInUVM(f)
 	rootfs, err := m.Mount(ctx, "c1", l, "/run/gcs/c/c1")
 	if err != nil {
 		t.Fatal(err)
@@ -179,93 +52,93 @@ func TestUVMMountVPMemAndFallback(t *testing.T) {
 	if rootfs != "/run/gcs/c/c1/rootfs" {
 		t.Fatalf("rootfs %q", rootfs)
 	}
-	lowers := f.combined[rootfs]
+	lowers := f.Combined[rootfs]
 	want := []string{"/run/layers/p-layer0", "/run/mounts/scsi/layer1", "/run/mounts/scsi/layer2",
 		"/run/mounts/scsi/scratch/scratch/c1/upper", "/run/mounts/scsi/scratch/scratch/c1/work"}
 	if !slices.Equal(lowers, want) {
 		t.Fatalf("overlay %v\nwant    %v", lowers, want)
 	}
 	// Partial unmount: SCSI first; the VPMEM layer stays attached.
-	if err := m.Unmount(ctx, "c1", UnmountSCSI); err != nil {
+	if err := m.Unmount(ctx, "c1", layers.UnmountSCSI); err != nil {
 		t.Fatal(err)
 	}
-	if len(f.combined) != 0 {
+	if len(f.Combined) != 0 {
 		t.Fatal("combined layers not removed first")
 	}
-	if f.refs["vpmem:"+filepath.Join(l.ReadOnly[0], LayerFile)] != 1 || f.total() != 1 {
-		t.Fatalf("after SCSI unmount refs = %v", f.refs)
+	if f.Refs["vpmem:"+filepath.Join(l.ReadOnly[0], layers.LayerFile)] != 1 || f.Total() != 1 {
+		t.Fatalf("after SCSI unmount refs = %v", f.Refs)
 	}
 	if !m.Mounted("c1") {
 		t.Fatal("record dropped while VPMEM layer still attached")
 	}
-	if err := m.Unmount(ctx, "c1", UnmountVPMem); err != nil {
+	if err := m.Unmount(ctx, "c1", layers.UnmountVPMem); err != nil {
 		t.Fatal(err)
 	}
-	if f.total() != 0 || m.Mounted("c1") {
-		t.Fatalf("after VPMEM unmount refs = %v", f.refs)
+	if f.Total() != 0 || m.Mounted("c1") {
+		t.Fatalf("after VPMEM unmount refs = %v", f.Refs)
 	}
-	if err := m.Unmount(ctx, "c1", UnmountAll); !errors.Is(err, ErrNotMounted) {
+	if err := m.Unmount(ctx, "c1", layers.UnmountAll); !errors.Is(err, layers.ErrNotMounted) {
 		t.Fatalf("unmount of unmounted: %v", err)
 	}
 }
 
 func TestUVMOtherVPMemErrorFails(t *testing.T) {
 	ctx := context.Background()
-	f := newFake()
+	f := fakeuvm.New()
 	l := folders(t, 2)
-	m := NewInUVM(f)
+	m := layers.NewInUVM(f)
 	// A good first layer, then a VPMEM error that is not a fallback reason.
-	f.vpmemSlots = 64
+	f.VPMemSlots = 64
 	calls := 0
-	f2 := &failAfter{fakeUVM: f, n: 1, err: errors.New("qmp: device_add failed"), calls: &calls}
-	m = NewInUVM(f2)
+	f2 := &failAfter{UVM: f, n: 1, err: errors.New("qmp: device_add failed"), calls: &calls}
+	m = layers.NewInUVM(f2)
 	if _, err := m.Mount(ctx, "c1", l, "/run/c1"); err == nil || !strings.Contains(err.Error(), "device_add") {
 		t.Fatalf("want VPMEM error, got %v", err)
 	}
-	if f.total() != 0 {
-		t.Fatalf("leaked attachments after failed mount: %v", f.refs)
+	if f.Total() != 0 {
+		t.Fatalf("leaked attachments after failed mount: %v", f.Refs)
 	}
-	if f.attachCalls != 1 {
-		t.Fatalf("fell back to SCSI on a non-fallback error (%d attach calls)", f.attachCalls)
+	if f.AttachCalls != 1 {
+		t.Fatalf("fell back to SCSI on a non-fallback error (%d attach calls)", f.AttachCalls)
 	}
 }
 
 type failAfter struct {
-	*fakeUVM
+	*fakeuvm.UVM
 	n     int
 	err   error
 	calls *int
 }
 
-func (f *failAfter) AttachVPMem(ctx context.Context, p string) (Attachment, error) {
+func (f *failAfter) AttachVPMem(ctx context.Context, p string) (layers.Attachment, error) {
 	*f.calls++
 	if *f.calls > f.n {
 		return nil, f.err
 	}
-	return f.fakeUVM.AttachVPMem(ctx, p)
+	return f.UVM.AttachVPMem(ctx, p)
 }
 
 func TestUVMRollbackAtEveryStep(t *testing.T) {
 	ctx := context.Background()
 	for _, step := range []string{"scsi-layer", "scratch", "combine"} {
 		t.Run(step, func(t *testing.T) {
-			f := newFake()
-			f.vpmemSlots = 1
+			f := fakeuvm.New()
+			f.VPMemSlots = 1
 			l := folders(t, 3)
 			switch step {
 			case "scsi-layer":
-				f.failSCSI = filepath.Join("layer2", LayerFile)
+				f.FailSCSI = filepath.Join("layer2", layers.LayerFile)
 			case "scratch":
-				f.failSCSI = ScratchFile
+				f.FailSCSI = layers.ScratchFile
 			case "combine":
-				f.failCombine = true
+				f.FailCombine = true
 			}
-			m := NewInUVM(f)
+			m := layers.NewInUVM(f)
 			if _, err := m.Mount(ctx, "c1", l, "/run/c1"); err == nil {
 				t.Fatal("mount succeeded despite injected failure")
 			}
-			if f.total() != 0 {
-				t.Fatalf("leaked after failure at %s: %v %v", step, f.refs, f.combined)
+			if f.Total() != 0 {
+				t.Fatalf("leaked after failure at %s: %v %v", step, f.Refs, f.Combined)
 			}
 			if m.Mounted("c1") {
 				t.Fatal("failed mount left a record")
@@ -276,13 +149,13 @@ func TestUVMRollbackAtEveryStep(t *testing.T) {
 
 func TestUVMSharedLayersAndScratch(t *testing.T) {
 	ctx := context.Background()
-	f := newFake()
+	f := fakeuvm.New()
 	l := folders(t, 2)
 	// Second container: same layers, scratch is a symlink to the first's.
-	l2 := Layers{ReadOnly: l.ReadOnly, Scratch: filepath.Join(t.TempDir(), "member")}
+	l2 := layers.Layers{ReadOnly: l.ReadOnly, Scratch: filepath.Join(t.TempDir(), "member")}
 	os.MkdirAll(l2.Scratch, 0o755)
-	os.Symlink(filepath.Join(l.Scratch, ScratchFile), filepath.Join(l2.Scratch, ScratchFile))
-	m := NewInUVM(f)
+	os.Symlink(filepath.Join(l.Scratch, layers.ScratchFile), filepath.Join(l2.Scratch, layers.ScratchFile))
+	m := layers.NewInUVM(f)
 	if _, err := m.Mount(ctx, "sandbox", l, "/run/c/sandbox"); err != nil {
 		t.Fatal(err)
 	}
@@ -290,97 +163,97 @@ func TestUVMSharedLayersAndScratch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	scratchKey := "scsi:" + filepath.Join(l.Scratch, ScratchFile)
-	if f.refs[scratchKey] != 2 {
-		t.Fatalf("shared scratch refs %d, want one device used twice", f.refs[scratchKey])
+	scratchKey := "scsi:" + filepath.Join(l.Scratch, layers.ScratchFile)
+	if f.Refs[scratchKey] != 2 {
+		t.Fatalf("shared scratch refs %d, want one device used twice", f.Refs[scratchKey])
 	}
-	if got := f.combined[r2]; !strings.Contains(got[len(got)-2], "/scratch/member/upper") {
+	if got := f.Combined[r2]; !strings.Contains(got[len(got)-2], "/scratch/member/upper") {
 		t.Fatalf("member upper %v", got)
 	}
 	for _, lf := range l.ReadOnly {
-		if f.refs["vpmem:"+filepath.Join(lf, LayerFile)] != 2 {
-			t.Fatalf("layer refs %v", f.refs)
+		if f.Refs["vpmem:"+filepath.Join(lf, layers.LayerFile)] != 2 {
+			t.Fatalf("layer refs %v", f.Refs)
 		}
 	}
-	if err := m.Unmount(ctx, "sandbox", UnmountAll); err != nil {
+	if err := m.Unmount(ctx, "sandbox", layers.UnmountAll); err != nil {
 		t.Fatal(err)
 	}
-	if f.refs[scratchKey] != 1 || len(f.combined) != 1 {
-		t.Fatalf("member lost its attachments: %v", f.refs)
+	if f.Refs[scratchKey] != 1 || len(f.Combined) != 1 {
+		t.Fatalf("member lost its attachments: %v", f.Refs)
 	}
-	if err := m.Unmount(ctx, "member", UnmountAll); err != nil {
+	if err := m.Unmount(ctx, "member", layers.UnmountAll); err != nil {
 		t.Fatal(err)
 	}
-	if f.total() != 0 {
-		t.Fatalf("leak: %v", f.refs)
+	if f.Total() != 0 {
+		t.Fatalf("leak: %v", f.Refs)
 	}
 }
 
 func TestUVMUnmountContinuesPastErrors(t *testing.T) {
 	ctx := context.Background()
-	f := newFake()
+	f := fakeuvm.New()
 	l := folders(t, 3)
-	m := NewInUVM(f)
+	m := layers.NewInUVM(f)
 	if _, err := m.Mount(ctx, "c1", l, "/run/c1"); err != nil {
 		t.Fatal(err)
 	}
-	f.failRelease = filepath.Join("layer1", LayerFile)
-	err := m.Unmount(ctx, "c1", UnmountAll)
+	f.FailRelease = filepath.Join("layer1", layers.LayerFile)
+	err := m.Unmount(ctx, "c1", layers.UnmountAll)
 	if err == nil || !strings.Contains(err.Error(), "layer1") {
 		t.Fatalf("want joined release error naming layer1, got %v", err)
 	}
 	// Everything else was released; layer1 stays for a retry.
-	if f.total() != 1 {
-		t.Fatalf("refs after failing unmount: %v", f.refs)
+	if f.Total() != 1 {
+		t.Fatalf("refs after failing unmount: %v", f.Refs)
 	}
-	f.failRelease = ""
-	if err := m.Unmount(ctx, "c1", UnmountAll); err != nil {
+	f.FailRelease = ""
+	if err := m.Unmount(ctx, "c1", layers.UnmountAll); err != nil {
 		t.Fatal(err)
 	}
-	if f.total() != 0 || m.Mounted("c1") {
-		t.Fatalf("retry left %v", f.refs)
+	if f.Total() != 0 || m.Mounted("c1") {
+		t.Fatalf("retry left %v", f.Refs)
 	}
 }
 
 func TestUVMConcurrent(t *testing.T) {
 	ctx := context.Background()
-	f := newFake()
-	f.vpmemSlots = 2
+	f := fakeuvm.New()
+	f.VPMemSlots = 2
 	l := folders(t, 4)
-	m := NewInUVM(f)
+	m := layers.NewInUVM(f)
 	var wg sync.WaitGroup
 	for i := 0; i < 16; i++ {
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
 			id := fmt.Sprintf("c%d", i)
-			ll := Layers{ReadOnly: l.ReadOnly[i%2:], Scratch: l.Scratch}
+			ll := layers.Layers{ReadOnly: l.ReadOnly[i%2:], Scratch: l.Scratch}
 			if _, err := m.Mount(ctx, id, ll, "/run/c/"+id); err != nil {
 				t.Error(err)
 				return
 			}
-			if err := m.Unmount(ctx, id, UnmountAll); err != nil {
+			if err := m.Unmount(ctx, id, layers.UnmountAll); err != nil {
 				t.Error(err)
 			}
 		}(i)
 	}
 	wg.Wait()
-	if f.total() != 0 {
-		t.Fatalf("refs after concurrent mount/unmount: %v", f.refs)
+	if f.Total() != 0 {
+		t.Fatalf("refs after concurrent mount/unmount: %v", f.Refs)
 	}
 }
 
 func TestUVMBadInput(t *testing.T) {
-	m := NewInUVM(newFake())
+	m := layers.NewInUVM(fakeuvm.New())
 	ctx := context.Background()
-	if _, err := m.Mount(ctx, "c", Layers{Scratch: "/x"}, "/run/c"); !errors.Is(err, ErrTooFewLayers) {
+	if _, err := m.Mount(ctx, "c", layers.Layers{Scratch: "/x"}, "/run/c"); !errors.Is(err, layers.ErrTooFewLayers) {
 		t.Fatalf("no layers: %v", err)
 	}
 	l := folders(t, 1)
 	if _, err := m.Mount(ctx, "c", l, "relative"); err == nil {
 		t.Fatal("relative guest root accepted")
 	}
-	missing := Layers{ReadOnly: []string{"/nonexistent/layer"}, Scratch: l.Scratch}
+	missing := layers.Layers{ReadOnly: []string{"/nonexistent/layer"}, Scratch: l.Scratch}
 	if _, err := m.Mount(ctx, "c", missing, "/run/c"); err == nil || !strings.Contains(err.Error(), "/nonexistent/layer") {
 		t.Fatalf("missing layer: %v", err)
 	}

@@ -1,0 +1,199 @@
+// Package fakeuvm is an in-memory model of a utility VM's controllers, with
+// exact reference counts and failure injection, for unit-testing the state
+// machines built on them (layers, resources). Real VMs test the real thing.
+package fakeuvm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/layervisor/layervisor/pkg/layers"
+)
+
+// UVM is a ref-counting model of a UVM's controllers, with failure
+// injection, for unit-testing InUVM's logic. Real VMs test the real thing.
+type UVM struct {
+	mu          sync.Mutex
+	VPMemSlots  int
+	VPMemMax    int64
+	Refs        map[string]int // "vpmem:"/"scsi:" + host path
+	ReadOnly    map[string]bool
+	Combined    map[string][]string
+	Dirs        map[string]bool
+	FailVPMem   error
+	FailSCSI    string // host path whose SCSI attach fails
+	FailCombine bool
+	FailRelease string
+	AttachCalls int
+	FailShare   bool
+	Binds       map[string]string // guest target -> source
+}
+
+// New returns an empty fake with 64 VPMEM slots of 1 GiB.
+func New() *UVM {
+	return &UVM{VPMemSlots: 64, VPMemMax: 1 << 30, Refs: map[string]int{}, ReadOnly: map[string]bool{}, Combined: map[string][]string{}, Dirs: map[string]bool{}}
+}
+
+type attachment struct {
+	f    *UVM
+	key  string
+	path string
+}
+
+func (a *attachment) GuestPath() string { return a.path }
+func (a *attachment) Release(ctx context.Context) error {
+	a.f.mu.Lock()
+	defer a.f.mu.Unlock()
+	if a.f.FailRelease != "" && strings.HasSuffix(a.key, a.f.FailRelease) {
+		return errors.New("injected release failure")
+	}
+	if a.f.Refs[a.key] <= 0 {
+		return fmt.Errorf("release of %s below zero", a.key)
+	}
+	a.f.Refs[a.key]--
+	if a.f.Refs[a.key] == 0 {
+		delete(a.f.Refs, a.key)
+	}
+	return nil
+}
+
+func (f *UVM) AttachVPMem(ctx context.Context, hostPath string) (layers.Attachment, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.AttachCalls++
+	if f.FailVPMem != nil {
+		return nil, f.FailVPMem
+	}
+	key := "vpmem:" + hostPath
+	if f.Refs[key] == 0 {
+		used := 0
+		for k := range f.Refs {
+			if strings.HasPrefix(k, "vpmem:") {
+				used++
+			}
+		}
+		if used >= f.VPMemSlots {
+			return nil, fmt.Errorf("attach %s: %w", hostPath, layers.ErrVPMemNoSlot)
+		}
+		st, err := os.Stat(hostPath)
+		if err != nil {
+			return nil, err
+		}
+		if st.Size() > f.VPMemMax {
+			return nil, fmt.Errorf("attach %s: %w", hostPath, layers.ErrVPMemTooLarge)
+		}
+	}
+	f.Refs[key]++
+	return &attachment{f, key, "/run/layers/p-" + filepath.Base(filepath.Dir(hostPath))}, nil
+}
+
+func (f *UVM) AttachSCSI(ctx context.Context, hostPath string, ReadOnly bool) (layers.Attachment, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.AttachCalls++
+	if f.FailSCSI != "" && strings.HasSuffix(hostPath, f.FailSCSI) {
+		return nil, errors.New("injected SCSI failure")
+	}
+	key := "scsi:" + hostPath
+	if f.Refs[key] > 0 && f.ReadOnly[key] != ReadOnly {
+		return nil, errors.New("conflicting attach")
+	}
+	f.Refs[key]++
+	f.ReadOnly[key] = ReadOnly
+	return &attachment{f, key, "/run/mounts/scsi/" + filepath.Base(filepath.Dir(hostPath))}, nil
+}
+
+func (f *UVM) MkdirAll(ctx context.Context, p string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.Dirs[p] = true
+	return nil
+}
+
+func (f *UVM) CombineLayers(ctx context.Context, lowers []string, upper, work, target string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.FailCombine {
+		return errors.New("injected combine failure")
+	}
+	if _, ok := f.Combined[target]; ok {
+		return errors.New("target busy")
+	}
+	f.Combined[target] = append(slices.Clone(lowers), upper, work)
+	return nil
+}
+
+func (f *UVM) RemoveCombinedLayers(ctx context.Context, target string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.Combined[target]; !ok {
+		return errors.New("not Combined")
+	}
+	delete(f.Combined, target)
+	return nil
+}
+
+// Total is the sum of all references plus Combined overlays: zero means nothing leaked.
+func (f *UVM) Total() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := 0
+	for _, v := range f.Refs {
+		n += v
+	}
+	return n + len(f.Combined) + len(f.Binds)
+}
+
+// AddShare models a virtiofs share ref-counted by (path, read-only).
+func (f *UVM) AddShare(ctx context.Context, hostDir string, readOnly bool) (layers.Attachment, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.FailShare {
+		return nil, errors.New("injected share failure")
+	}
+	key := fmt.Sprintf("share:%s:ro=%v", hostDir, readOnly)
+	f.Refs[key]++
+	return &attachment{f, key, "/run/shares/" + filepath.Base(hostDir)}, nil
+}
+
+// AttachDisk models a SCSI disk mounted in the guest.
+func (f *UVM) AttachDisk(ctx context.Context, hostPath string, readOnly, passThrough bool) (layers.Attachment, error) {
+	if _, err := os.Stat(hostPath); err != nil {
+		return nil, err
+	}
+	return f.AttachSCSI(ctx, hostPath, readOnly)
+}
+
+// BindMount records a guest bind mount.
+func (f *UVM) BindMount(ctx context.Context, source, target string, readOnly bool) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.Binds == nil {
+		f.Binds = map[string]string{}
+	}
+	if _, ok := f.Binds[target]; ok {
+		return fmt.Errorf("bind target %s busy", target)
+	}
+	f.Binds[target] = source
+	return nil
+}
+
+// Unmount removes a guest bind mount.
+func (f *UVM) Unmount(ctx context.Context, target string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.Binds[target]; !ok {
+		return fmt.Errorf("%s not mounted", target)
+	}
+	delete(f.Binds, target)
+	return nil
+}
+
+// SandboxMountsRoot is the fake's sandbox directory root.
+func (f *UVM) SandboxMountsRoot() string { return "/run/sandbox-mounts" }

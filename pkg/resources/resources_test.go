@@ -1,0 +1,195 @@
+package resources_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/layervisor/layervisor/internal/fakeuvm"
+	"github.com/layervisor/layervisor/pkg/layers"
+	"github.com/layervisor/layervisor/pkg/resources"
+)
+
+type env struct {
+	f       *fakeuvm.UVM
+	m       *layers.InUVM
+	folders []string
+	tmp     string
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	tmp := t.TempDir()
+	base := filepath.Join(tmp, "base")
+	os.MkdirAll(base, 0o755)
+	os.WriteFile(filepath.Join(base, layers.LayerFile), make([]byte, 4096), 0o644)
+	scr := filepath.Join(tmp, "scratch")
+	os.MkdirAll(scr, 0o755)
+	os.WriteFile(filepath.Join(scr, layers.ScratchFile), nil, 0o644)
+	f := fakeuvm.New()
+	return &env{f: f, m: layers.NewInUVM(f), folders: []string{base, scr}, tmp: tmp}
+}
+
+func (e *env) container(spec *specs.Spec) resources.Container {
+	return resources.Container{ID: "c1", Spec: spec, LayerFolders: e.folders, GuestRoot: "/run/c/c1", PrivateDir: filepath.Join(e.tmp, "private")}
+}
+
+func TestSetupMountsAndReleasesInReverse(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	shared := filepath.Join(e.tmp, "data")
+	os.MkdirAll(shared, 0o755)
+	secret := filepath.Join(e.tmp, "etc")
+	os.MkdirAll(secret, 0o755)
+	os.WriteFile(filepath.Join(secret, "resolv.conf"), []byte("nameserver 1.1.1.1\n"), 0o644)
+	os.WriteFile(filepath.Join(secret, "shadow"), []byte("secret\n"), 0o600)
+	disk := filepath.Join(e.tmp, "disk.img")
+	os.WriteFile(disk, make([]byte, 1<<20), 0o644)
+	spec := &specs.Spec{Mounts: []specs.Mount{
+		{Source: shared, Destination: "/data", Type: "bind", Options: []string{"RO"}},
+		{Source: filepath.Join(secret, "resolv.conf"), Destination: "/etc/resolv.conf"},
+		{Source: disk, Destination: "/disk", Type: "virtual-disk"},
+		{Source: "sandbox://cache/a", Destination: "/cache"},
+		{Source: "sandbox://cache/a", Destination: "/cache2"},
+	}}
+	res, err := resources.Setup(ctx, e.f, e.m, e.container(spec))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if spec.Root == nil || spec.Root.Path != "/run/c/c1/rootfs" || res.Rootfs != spec.Root.Path {
+		t.Fatalf("Root.Path not set to the rootfs: %+v", spec.Root)
+	}
+	if e.f.Refs["share:"+shared+":ro=true"] != 1 {
+		t.Fatalf("directory not shared read-only (options compared case-insensitively): %v", e.f.Refs)
+	}
+	// The single file is shared through a private directory holding only it.
+	var fileShare string
+	for k := range e.f.Refs {
+		if strings.HasPrefix(k, "share:"+filepath.Join(e.tmp, "private")) {
+			fileShare = strings.TrimPrefix(strings.Split(k, ":ro=")[0], "share:")
+		}
+	}
+	if fileShare == "" {
+		t.Fatalf("single file not shared through a private dir: %v", e.f.Refs)
+	}
+	ents, _ := os.ReadDir(fileShare)
+	if len(ents) != 1 || ents[0].Name() != "resolv.conf" {
+		t.Fatalf("private dir exposes %v", ents)
+	}
+	if b, _ := os.ReadFile(filepath.Join(fileShare, "resolv.conf")); string(b) != "nameserver 1.1.1.1\n" {
+		t.Fatalf("private file content %q", b)
+	}
+	if src := e.f.Binds["/run/c/c1/rootfs/cache"]; src != "/run/sandbox-mounts/cache/a" {
+		t.Fatalf("sandbox mount bound from %q", src)
+	}
+	if e.f.Binds["/run/c/c1/rootfs/cache2"] != e.f.Binds["/run/c/c1/rootfs/cache"] {
+		t.Fatal("second sandbox:// of the same dir not allowed")
+	}
+	if err := res.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if e.f.Total() != 0 {
+		t.Fatalf("leaked: refs %v binds %v combined %v", e.f.Refs, e.f.Binds, e.f.Combined)
+	}
+	if _, err := os.Stat(fileShare); !os.IsNotExist(err) {
+		t.Fatal("private dir of single-file share not removed")
+	}
+}
+
+func TestSetupRootPathGiven(t *testing.T) {
+	e := newEnv(t)
+	spec := &specs.Spec{Root: &specs.Root{Path: "/already/there"}}
+	res, err := resources.Setup(context.Background(), e.f, e.m, e.container(spec))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(e.f.Combined) != 0 || res.Rootfs != "/already/there" {
+		t.Fatal("layers mounted although Root.Path was set")
+	}
+}
+
+func TestSetupCreatesMissingScratch(t *testing.T) {
+	e := newEnv(t)
+	newScratch := filepath.Join(e.tmp, "new-scratch")
+	c := e.container(&specs.Spec{})
+	c.LayerFolders = []string{e.folders[0], newScratch}
+	c.TemplateRoot = filepath.Join(e.tmp, "tpl")
+	c.ScratchSize = 32 << 20
+	res, err := resources.Setup(context.Background(), e.f, e.m, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := os.Stat(filepath.Join(newScratch, layers.ScratchFile))
+	if err != nil || st.Size() != 32<<20 {
+		t.Fatalf("scratch not created from template: %v", err)
+	}
+	res.Release(context.Background())
+}
+
+func TestSetupBadSpecs(t *testing.T) {
+	ctx := context.Background()
+	cases := []struct {
+		name    string
+		folders []string
+		mounts  []specs.Mount
+		want    string
+	}{
+		{"no layer folders", []string{}, nil, "field 'Spec.Windows.LayerFolders' is not populated"},
+		{"one folder", []string{"/x"}, nil, "need at least two layers - base and scratch"},
+		{"no source", nil, []specs.Mount{{Destination: "/d"}}, "needs both source"},
+		{"no destination", nil, []specs.Mount{{Source: "/tmp"}}, "needs both source"},
+		{"unknown type", nil, []specs.Mount{{Source: "/tmp", Destination: "/d", Type: "nfs"}}, "invalid OCI spec - Type 'nfs' not supported"},
+		{"evd", nil, []specs.Mount{{Source: "/tmp/x.vhdx", Destination: "/d", Type: "extensible-virtual-disk"}}, "not supported on Linux"},
+		{"sandbox dotdot", nil, []specs.Mount{{Source: "sandbox://../../etc", Destination: "/d"}}, "escapes the sandbox root"},
+		{"sandbox absolute", nil, []specs.Mount{{Source: "sandbox:///etc", Destination: "/d"}}, "must be a relative path"},
+		{"dest dotdot", nil, []specs.Mount{{Source: "/tmp", Destination: "/../../x"}}, "contains \"..\""},
+		{"missing source", nil, []specs.Mount{{Source: "/nonexistent-dir", Destination: "/d"}}, "/nonexistent-dir"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			c := e.container(&specs.Spec{Mounts: tc.mounts})
+			if tc.folders != nil {
+				c.LayerFolders = tc.folders
+				if len(tc.folders) == 0 {
+					c.LayerFolders = nil
+				}
+			}
+			// A good mount first, so failure must roll it back.
+			c.Spec.Mounts = append([]specs.Mount{{Source: "sandbox://ok", Destination: "/ok"}}, c.Spec.Mounts...)
+			_, err := resources.Setup(ctx, e.f, e.m, c)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("want error containing %q, got %v", tc.want, err)
+			}
+			if e.f.Total() != 0 {
+				t.Fatalf("leaked after bad spec: %v %v %v", e.f.Refs, e.f.Binds, e.f.Combined)
+			}
+		})
+	}
+}
+
+func TestReleaseRetriesOnlyFailures(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	dir := filepath.Join(e.tmp, "d")
+	os.MkdirAll(dir, 0o755)
+	res, err := resources.Setup(ctx, e.f, e.m, e.container(&specs.Spec{Mounts: []specs.Mount{{Source: dir, Destination: "/d"}}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.f.FailRelease = ":ro=false"
+	if err := res.Release(ctx); err == nil {
+		t.Fatal("injected failure not reported")
+	}
+	if e.f.Total() != 1 {
+		t.Fatalf("release stopped at the first error: %v %v", e.f.Refs, e.f.Binds)
+	}
+	e.f.FailRelease = ""
+	if err := res.Release(ctx); err != nil || e.f.Total() != 0 {
+		t.Fatalf("retry: %v %v", err, e.f.Refs)
+	}
+}
