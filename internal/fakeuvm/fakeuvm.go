@@ -159,7 +159,7 @@ func (f *UVM) AddShare(ctx context.Context, hostDir string, readOnly bool) (laye
 	}
 	key := fmt.Sprintf("share:%s:ro=%v", hostDir, readOnly)
 	f.Refs[key]++
-	return &attachment{f, key, "/run/shares/" + filepath.Base(hostDir)}, nil
+	return &attachment{f, key, "/run/shares/" + filepath.Base(hostDir)}, nil // a file's share is the file
 }
 
 // AttachDisk models a SCSI disk mounted in the guest.

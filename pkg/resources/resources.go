@@ -27,8 +27,9 @@ const SandboxPrefix = "sandbox://"
 // UVM is what container resources need from a utility VM.
 type UVM interface {
 	layers.UVM
-	// AddShare shares a host directory into the VM (virtiofs), ref-counted
-	// by (path, read-only), and returns where the guest sees it.
+	// AddShare shares a host directory, or a single file without its
+	// siblings, into the VM (virtiofs), ref-counted by (path, read-only);
+	// the attachment's GuestPath is the directory or file in the guest.
 	AddShare(ctx context.Context, hostDir string, readOnly bool) (layers.Attachment, error)
 	// AttachDisk attaches a disk image (or, with passThrough, a host block
 	// device) over SCSI and mounts it in the guest.
@@ -54,9 +55,6 @@ type Container struct {
 	// GuestRoot is the container's directory in the UVM; its rootfs is
 	// <GuestRoot>/rootfs.
 	GuestRoot string
-	// PrivateDir is a host directory for files exposed one by one
-	// (single-file bind mounts); created if missing.
-	PrivateDir string
 }
 
 // Resources records what Setup set up, to release it in reverse order.
@@ -234,7 +232,7 @@ func setupMount(ctx context.Context, vm UVM, c Container, res *Resources, m spec
 
 	switch m.Type {
 	case "", "bind":
-		return setupBind(ctx, vm, c, res, m, ro, bind)
+		return setupBind(ctx, vm, res, m, ro, bind)
 	case "physical-disk", "virtual-disk":
 		a, err := vm.AttachDisk(ctx, m.Source, ro, m.Type == "physical-disk")
 		if err != nil {
@@ -249,54 +247,19 @@ func setupMount(ctx context.Context, vm UVM, c Container, res *Resources, m spec
 	}
 }
 
-// setupBind shares a host directory, or a single file without its
-// siblings: the file is bind-mounted alone into a private directory which
-// is what gets shared.
-func setupBind(ctx context.Context, vm UVM, c Container, res *Resources, m specs.Mount, ro bool, bind func(string) error) error {
+// setupBind shares a host directory, or a single file (the share controller
+// exposes it without its siblings), and binds it at the destination.
+func setupBind(ctx context.Context, vm UVM, res *Resources, m specs.Mount, ro bool, bind func(string) error) error {
 	if !filepath.IsAbs(m.Source) {
 		return fmt.Errorf("bind source %q is not an absolute host path", m.Source)
 	}
-	st, err := os.Stat(m.Source)
-	if err != nil {
+	if _, err := os.Stat(m.Source); err != nil {
 		return fmt.Errorf("bind source: %w", err)
 	}
-	if st.IsDir() {
-		a, err := vm.AddShare(ctx, m.Source, ro)
-		if err != nil {
-			return err
-		}
-		res.add("share "+m.Source, a.Release)
-		return bind(a.GuestPath())
-	}
-	if c.PrivateDir == "" {
-		return fmt.Errorf("bind of single file %s needs a private directory", m.Source)
-	}
-	dir, err := os.MkdirTemp(mkdirP(c.PrivateDir), "file-")
-	if err != nil {
-		return err
-	}
-	name := filepath.Base(m.Source)
-	stub := filepath.Join(dir, name)
-	if err := os.WriteFile(stub, nil, 0o600); err != nil {
-		os.RemoveAll(dir)
-		return err
-	}
-	if err := bindFile(m.Source, stub); err != nil {
-		os.RemoveAll(dir)
-		return err
-	}
-	res.add("private dir of "+m.Source, func(context.Context) error {
-		return errors.Join(unbindFile(stub), os.RemoveAll(dir))
-	})
-	a, err := vm.AddShare(ctx, dir, ro)
+	a, err := vm.AddShare(ctx, m.Source, ro)
 	if err != nil {
 		return err
 	}
 	res.add("share "+m.Source, a.Release)
-	return bind(path.Join(a.GuestPath(), name))
-}
-
-func mkdirP(dir string) string {
-	os.MkdirAll(dir, 0o700)
-	return dir
+	return bind(a.GuestPath())
 }

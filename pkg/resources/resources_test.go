@@ -35,7 +35,7 @@ func newEnv(t *testing.T) *env {
 }
 
 func (e *env) container(spec *specs.Spec) resources.Container {
-	return resources.Container{ID: "c1", Spec: spec, LayerFolders: e.folders, GuestRoot: "/run/c/c1", PrivateDir: filepath.Join(e.tmp, "private")}
+	return resources.Container{ID: "c1", Spec: spec, LayerFolders: e.folders, GuestRoot: "/run/c/c1"}
 }
 
 func TestSetupMountsAndReleasesInReverse(t *testing.T) {
@@ -66,22 +66,12 @@ func TestSetupMountsAndReleasesInReverse(t *testing.T) {
 	if e.f.Refs["share:"+shared+":ro=true"] != 1 {
 		t.Fatalf("directory not shared read-only (options compared case-insensitively): %v", e.f.Refs)
 	}
-	// The single file is shared through a private directory holding only it.
-	var fileShare string
-	for k := range e.f.Refs {
-		if strings.HasPrefix(k, "share:"+filepath.Join(e.tmp, "private")) {
-			fileShare = strings.TrimPrefix(strings.Split(k, ":ro=")[0], "share:")
-		}
+	// A single file is shared by itself and bound at its destination.
+	if e.f.Refs["share:"+filepath.Join(secret, "resolv.conf")+":ro=false"] != 1 {
+		t.Fatalf("single file not shared: %v", e.f.Refs)
 	}
-	if fileShare == "" {
-		t.Fatalf("single file not shared through a private dir: %v", e.f.Refs)
-	}
-	ents, _ := os.ReadDir(fileShare)
-	if len(ents) != 1 || ents[0].Name() != "resolv.conf" {
-		t.Fatalf("private dir exposes %v", ents)
-	}
-	if b, _ := os.ReadFile(filepath.Join(fileShare, "resolv.conf")); string(b) != "nameserver 1.1.1.1\n" {
-		t.Fatalf("private file content %q", b)
+	if src := e.f.Binds["/run/c/c1/rootfs/etc/resolv.conf"]; src != "/run/shares/resolv.conf" {
+		t.Fatalf("single file bound from %q", src)
 	}
 	if src := e.f.Binds["/run/c/c1/rootfs/cache"]; src != "/run/sandbox-mounts/cache/a" {
 		t.Fatalf("sandbox mount bound from %q", src)
@@ -94,9 +84,6 @@ func TestSetupMountsAndReleasesInReverse(t *testing.T) {
 	}
 	if e.f.Total() != 0 {
 		t.Fatalf("leaked: refs %v binds %v combined %v", e.f.Refs, e.f.Binds, e.f.Combined)
-	}
-	if _, err := os.Stat(fileShare); !os.IsNotExist(err) {
-		t.Fatal("private dir of single-file share not removed")
 	}
 }
 
