@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -14,7 +15,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/layervisor/layervisor/internal/atomicfile"
 	"github.com/layervisor/layervisor/internal/crashpoint"
 	"github.com/layervisor/layervisor/internal/flock"
 	"github.com/layervisor/layervisor/internal/mountinfo"
@@ -28,29 +28,34 @@ import (
 // and shared by the containers whose scratch links to it; overlayfs
 // combines them per container.
 //
-// Shared mounts are reference-counted by the set of container ids using them,
-// kept in small JSON records under StateDir so that several processes (and a
-// process restarted after a crash) agree. Every state change happens under
-// one file lock. Reconcile repairs what a crash left.
+// The only state is one small JSON file listing the containers mounted (or
+// being mounted) and the shared mounts each uses. Reference counts are
+// derived from it — a shared mount's users are the containers that list it —
+// so they are exact by construction, and the kernel's mount table says what
+// is really mounted. Every change happens under one file lock, so several
+// processes (and a process restarted after a crash) agree. Reconcile
+// repairs what a crash left.
 type Host struct {
 	StateDir string
 }
 
-// shared is the record of a loop mount used by one or more containers.
-type shared struct {
-	Source     string   `json:"source"` // resolved image path
-	ReadOnly   bool     `json:"readOnly"`
-	Mountpoint string   `json:"mountpoint"`
-	Users      []string `json:"users"`
+// hostState is the persistent state of a Host.
+type hostState struct {
+	Containers map[string]*containerRec `json:"containers"`
 }
 
 // containerRec is the record of one mounted (or mounting) container.
 type containerRec struct {
-	ID      string   `json:"id"`
-	State   string   `json:"state"` // "mounting" until complete, then "mounted"
-	Layers  []string `json:"layers"`
-	Scratch string   `json:"scratch"` // key of the scratch mount
-	Rootfs  string   `json:"rootfs"`
+	State   string      `json:"state"` // "mounting" until complete, then "mounted"
+	Layers  []sharedRef `json:"layers"`
+	Scratch sharedRef   `json:"scratch"`
+	Rootfs  string      `json:"rootfs"`
+}
+
+// sharedRef names a shared loop mount by the resolved path of its image.
+type sharedRef struct {
+	Source   string `json:"source"`
+	ReadOnly bool   `json:"readOnly,omitempty"`
 }
 
 const (
@@ -58,25 +63,56 @@ const (
 	stateMounted  = "mounted"
 )
 
+func (h *Host) statePath() string { return filepath.Join(h.StateDir, "state.json") }
+
 func (h *Host) lock() (*flock.Lock, error) {
 	if err := os.MkdirAll(filepath.Join(h.StateDir, "shared"), 0o700); err != nil {
-		return nil, fmt.Errorf("host layer state: %w", err)
-	}
-	if err := os.MkdirAll(filepath.Join(h.StateDir, "containers"), 0o700); err != nil {
 		return nil, fmt.Errorf("host layer state: %w", err)
 	}
 	return flock.Acquire(filepath.Join(h.StateDir, "lock"))
 }
 
-func (h *Host) sharedPath(key string) string {
-	return filepath.Join(h.StateDir, "shared", key+".json")
+// load reads the state; the lock is held.
+func (h *Host) load() (*hostState, error) {
+	st := &hostState{Containers: map[string]*containerRec{}}
+	b, err := os.ReadFile(h.statePath())
+	if errors.Is(err, os.ErrNotExist) {
+		return st, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("host layer state: %w", err)
+	}
+	if err := json.Unmarshal(b, st); err != nil {
+		return nil, fmt.Errorf("host layer state %s is corrupt: %w", h.statePath(), err)
+	}
+	if st.Containers == nil {
+		st.Containers = map[string]*containerRec{}
+	}
+	return st, nil
 }
-func (h *Host) sharedMountpoint(key string) string {
-	return filepath.Join(h.StateDir, "shared", key)
+
+// save writes the state through a fixed temp name (the lock is held, so
+// no other writer can use it) and a rename.
+func (h *Host) save(st *hostState) error {
+	b, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	tmp := h.statePath() + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return fmt.Errorf("host layer state: %w", err)
+	}
+	if err := os.Rename(tmp, h.statePath()); err != nil {
+		return fmt.Errorf("host layer state: %w", err)
+	}
+	return nil
 }
-func (h *Host) containerPath(id string) string {
-	return filepath.Join(h.StateDir, "containers", id+".json")
+
+func (h *Host) sharedMountpoint(r sharedRef) string {
+	sum := sha256.Sum256([]byte(r.Source))
+	return filepath.Join(h.StateDir, "shared", hex.EncodeToString(sum[:8]))
 }
+
 func (h *Host) containerDir(id string) string {
 	return filepath.Join(h.StateDir, "containers", id)
 }
@@ -84,10 +120,19 @@ func (h *Host) containerDir(id string) string {
 // RootfsPath is where a container's root file system is mounted.
 func (h *Host) RootfsPath(id string) string { return filepath.Join(h.containerDir(id), "rootfs") }
 
-// sharedKey names a shared mount by the resolved path of its image.
-func sharedKey(source string) string {
-	sum := sha256.Sum256([]byte(source))
-	return hex.EncodeToString(sum[:8])
+// users returns the containers whose records name r, except skip.
+func (st *hostState) users(r sharedRef, skip string) []string {
+	var out []string
+	for id, c := range st.Containers {
+		if id == skip {
+			continue
+		}
+		if c.Scratch.Source == r.Source || slices.ContainsFunc(c.Layers, func(l sharedRef) bool { return l.Source == r.Source }) {
+			out = append(out, id)
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 // Mount mounts the container's layers and returns the root file system path.
@@ -99,60 +144,86 @@ func (h *Host) Mount(ctx context.Context, id string, l Layers) (rootfs string, e
 		return "", ErrTooFewLayers
 	}
 	// Resolve sources before taking the lock: bad input fails fast.
-	var sources []string
+	rec := &containerRec{State: stateMounting, Rootfs: h.RootfsPath(id)}
 	for _, f := range l.ReadOnly {
 		p, err := filepath.EvalSymlinks(layerImage(f))
 		if err != nil {
 			return "", fmt.Errorf("layer folder %s: %w", f, err)
 		}
-		sources = append(sources, p)
+		rec.Layers = append(rec.Layers, sharedRef{Source: p, ReadOnly: true})
 	}
 	scratchSrc, err := filepath.EvalSymlinks(filepath.Join(l.Scratch, ScratchFile))
 	if err != nil {
 		return "", fmt.Errorf("scratch folder %s: %w", l.Scratch, err)
 	}
+	rec.Scratch = sharedRef{Source: scratchSrc}
 
 	lk, err := h.lock()
 	if err != nil {
 		return "", err
 	}
 	defer lk.Release()
-
-	if _, err := os.Stat(h.containerPath(id)); err == nil {
-		return "", fmt.Errorf("container %s: layers are already mounted", id)
-	}
-	var u undo.Stack
-	defer u.RunUnlessCommitted(ctx, &err)
-
-	rec := containerRec{ID: id, State: stateMounting, Rootfs: h.RootfsPath(id), Scratch: sharedKey(scratchSrc)}
-	for _, s := range sources {
-		rec.Layers = append(rec.Layers, sharedKey(s))
-	}
-	// The intent record comes first so that Reconcile can undo a crash.
-	if err := atomicfile.WriteJSON(h.containerPath(id), rec, false); err != nil {
+	st, err := h.load()
+	if err != nil {
 		return "", err
 	}
-	u.Push("remove container record", func(context.Context) error { return removeIfExists(h.containerPath(id)) })
+	if _, ok := st.Containers[id]; ok {
+		return "", fmt.Errorf("container %s: layers are already mounted", id)
+	}
+	for _, r := range append(slices.Clone(rec.Layers), rec.Scratch) {
+		for _, u := range st.users(r, id) {
+			o := st.Containers[u]
+			if (o.Scratch.Source == r.Source) != (r == rec.Scratch) {
+				return "", fmt.Errorf("%s is used as a layer by one container and as a scratch by another (%s)", r.Source, u)
+			}
+		}
+	}
+	mounted, err := mountinfo.Mountpoints()
+	if err != nil {
+		return "", err
+	}
+
+	var u undo.Stack
+	defer u.RunUnlessCommitted(ctx, &err)
+	// The intent record comes first so that Reconcile can undo a crash.
+	st.Containers[id] = rec
+	if err := h.save(st); err != nil {
+		delete(st.Containers, id)
+		return "", err
+	}
+	u.Push("remove container record", func(context.Context) error {
+		delete(st.Containers, id)
+		return h.save(st)
+	})
 	crashpoint.Hit("mount.intent-written")
 
-	lowers := make([]string, len(sources))
-	for i, s := range sources {
+	// ensure mounts r unless already mounted; the undo unmounts it if no
+	// other container uses it.
+	ensure := func(r sharedRef) (string, error) {
+		mp := h.sharedMountpoint(r)
+		if !mounted[mp] {
+			if err := mountImage(r.Source, mp, r.ReadOnly); err != nil {
+				return "", err
+			}
+			mounted[mp] = true
+		}
+		u.Push("release "+r.Source, func(context.Context) error { return h.releaseShared(st, r, id) })
+		return mp, nil
+	}
+	lowers := make([]string, len(rec.Layers))
+	for i, r := range rec.Layers {
 		if err := ctx.Err(); err != nil {
 			return "", err
 		}
-		mp, err := h.acquire(s, true, id)
-		if err != nil {
+		if lowers[i], err = ensure(r); err != nil {
 			return "", fmt.Errorf("layer folder %s: %w", l.ReadOnly[i], err)
 		}
-		u.Push("release layer "+s, func(context.Context) error { return h.release(rec.Layers[i], id) })
-		lowers[i] = mp
 		crashpoint.Hit("mount.layer-mounted")
 	}
-	scratchMp, err := h.acquire(scratchSrc, false, id)
+	scratchMp, err := ensure(rec.Scratch)
 	if err != nil {
 		return "", fmt.Errorf("scratch folder %s: %w", l.Scratch, err)
 	}
-	u.Push("release scratch", func(context.Context) error { return h.release(rec.Scratch, id) })
 
 	// Upper and work live in a per-container directory of the scratch, so
 	// that containers sharing a scratch keep separate changes.
@@ -178,7 +249,7 @@ func (h *Host) Mount(ctx context.Context, id string, l Layers) (rootfs string, e
 	crashpoint.Hit("mount.overlay-mounted")
 
 	rec.State = stateMounted
-	if err := atomicfile.WriteJSON(h.containerPath(id), rec, false); err != nil {
+	if err := h.save(st); err != nil {
 		return "", err
 	}
 	u.Commit()
@@ -201,111 +272,94 @@ func (h *Host) Unmount(ctx context.Context, id string, op UnmountOp) error {
 		return err
 	}
 	defer lk.Release()
-	var rec containerRec
-	if err := atomicfile.ReadJSON(h.containerPath(id), &rec); err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("container %s: %w", id, ErrNotMounted)
-		}
+	st, err := h.load()
+	if err != nil {
 		return err
 	}
-	return h.teardown(rec)
+	if _, ok := st.Containers[id]; !ok {
+		return fmt.Errorf("container %s: %w", id, ErrNotMounted)
+	}
+	return h.teardown(st, id)
 }
 
-// teardown releases everything a container record names. Lock held.
-func (h *Host) teardown(rec containerRec) error {
-	var errs []error
+// teardown unmounts a container's overlay, drops its record and releases
+// the shared mounts nobody else uses. The lock is held.
+func (h *Host) teardown(st *hostState, id string) error {
+	rec := st.Containers[id]
 	if err := unmount(rec.Rootfs); err != nil {
 		// With the overlay still mounted its lower and upper mounts are
 		// busy: keep the record so a later unmount or gc can retry.
-		return fmt.Errorf("container %s: %w", rec.ID, err)
+		return fmt.Errorf("container %s: %w", id, err)
 	}
 	crashpoint.Hit("unmount.overlay-unmounted")
-	if err := removeIfExists(h.containerDir(rec.ID)); err != nil {
+	var errs []error
+	if err := removeIfExists(h.containerDir(id)); err != nil {
 		errs = append(errs, err)
 	}
-	if rec.Scratch != "" {
-		if err := h.release(rec.Scratch, rec.ID); err != nil {
-			errs = append(errs, fmt.Errorf("scratch: %w", err))
-		}
+	delete(st.Containers, id)
+	if err := h.save(st); err != nil {
+		return errors.Join(append(errs, err)...)
 	}
-	for i := len(rec.Layers) - 1; i >= 0; i-- {
-		if err := h.release(rec.Layers[i], rec.ID); err != nil {
-			errs = append(errs, fmt.Errorf("layer %s: %w", rec.Layers[i], err))
-		}
-	}
-	if len(errs) == 0 {
-		if err := removeIfExists(h.containerPath(rec.ID)); err != nil {
+	for _, r := range append([]sharedRef{rec.Scratch}, reversed(rec.Layers)...) {
+		if err := h.releaseShared(st, r, id); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
 }
 
-// acquire adds user to the shared mount of source, mounting it first when
-// nobody uses it. Lock held.
-func (h *Host) acquire(source string, readOnly bool, user string) (string, error) {
-	key := sharedKey(source)
-	var rec shared
-	err := atomicfile.ReadJSON(h.sharedPath(key), &rec)
-	switch {
-	case errors.Is(err, os.ErrNotExist):
-		rec = shared{Source: source, ReadOnly: readOnly, Mountpoint: h.sharedMountpoint(key)}
-	case err != nil:
-		return "", err
-	case rec.ReadOnly != readOnly:
-		return "", fmt.Errorf("%s is mounted read-only=%v, requested read-only=%v", source, rec.ReadOnly, readOnly)
-	}
-	if len(rec.Users) == 0 {
-		if err := mountImage(source, rec.Mountpoint, readOnly); err != nil {
-			return "", err
-		}
-	}
-	if !slices.Contains(rec.Users, user) {
-		rec.Users = append(rec.Users, user)
-	}
-	if err := atomicfile.WriteJSON(h.sharedPath(key), rec, false); err != nil {
-		if len(rec.Users) == 1 {
-			unmount(rec.Mountpoint)
-		}
-		return "", err
-	}
-	return rec.Mountpoint, nil
+func reversed(rs []sharedRef) []sharedRef {
+	out := slices.Clone(rs)
+	slices.Reverse(out)
+	return out
 }
 
-// release drops user from a shared mount, unmounting it at zero. Lock held.
-func (h *Host) release(key, user string) error {
-	var rec shared
-	if err := atomicfile.ReadJSON(h.sharedPath(key), &rec); err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil
-		}
-		return err
+// releaseShared unmounts r unless a container other than id uses it.
+func (h *Host) releaseShared(st *hostState, r sharedRef, id string) error {
+	if len(st.users(r, id)) > 0 {
+		return nil
 	}
-	rec.Users = slices.DeleteFunc(rec.Users, func(u string) bool { return u == user })
-	if len(rec.Users) > 0 {
-		return atomicfile.WriteJSON(h.sharedPath(key), rec, false)
+	mp := h.sharedMountpoint(r)
+	if err := unmount(mp); err != nil {
+		return fmt.Errorf("release %s: %w", r.Source, err)
 	}
-	if err := unmount(rec.Mountpoint); err != nil {
-		return err
-	}
-	return errors.Join(removeIfExists(rec.Mountpoint), removeIfExists(h.sharedPath(key)))
+	return removeIfExists(mp)
 }
 
-// Refs returns the users of the shared mount of an image, for tests and
-// status output.
+// Refs returns the containers using the shared mount of an image, for
+// tests and status output.
 func (h *Host) Refs(imagePath string) ([]string, error) {
 	src, err := filepath.EvalSymlinks(imagePath)
 	if err != nil {
 		return nil, err
 	}
-	var rec shared
-	if err := atomicfile.ReadJSON(h.sharedPath(sharedKey(src)), &rec); err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil, nil
-		}
+	lk, err := h.lock()
+	if err != nil {
 		return nil, err
 	}
-	return rec.Users, nil
+	defer lk.Release()
+	st, err := h.load()
+	if err != nil {
+		return nil, err
+	}
+	return st.users(sharedRef{Source: src}, ""), nil
+}
+
+// IsMounted reports whether the container's layers are completely mounted.
+func (h *Host) IsMounted(id string) bool {
+	if validID(id) != nil {
+		return false
+	}
+	b, err := os.ReadFile(h.statePath())
+	if err != nil {
+		return false
+	}
+	var st hostState
+	if json.Unmarshal(b, &st) != nil {
+		return false
+	}
+	rec, ok := st.Containers[id]
+	return ok && rec.State == stateMounted
 }
 
 // mountImage loop-attaches an ext4 image and mounts it at mp.
@@ -377,9 +431,9 @@ type ReconcileReport struct {
 }
 
 // Reconcile repairs the state a crash can leave: a container whose mount
-// did not complete is rolled back; shared mounts whose users are gone are
-// unmounted; mount points under StateDir without a record are unmounted; loop
-// devices backed by files under storeRoot that nothing mounts are detached.
+// did not complete (or whose overlay is gone) is rolled back; mount points
+// under StateDir that no remaining container uses are unmounted; loop devices
+// backed by files under storeRoot that nothing mounts are detached.
 // Completely mounted containers stay mounted and usable.
 func (h *Host) Reconcile(ctx context.Context, storeRoot string) (ReconcileReport, error) {
 	var rep ReconcileReport
@@ -388,56 +442,46 @@ func (h *Host) Reconcile(ctx context.Context, storeRoot string) (ReconcileReport
 		return rep, err
 	}
 	defer lk.Release()
+	st, err := h.load()
+	if err != nil {
+		// A corrupt state file cannot be trusted: start over from the
+		// mount table, which the sweep below cleans.
+		slog.Warn("discarding corrupt host layer state", "err", err)
+		st = &hostState{Containers: map[string]*containerRec{}}
+	}
 	var errs []error
-
-	live := map[string]bool{}
-	recs, _ := filepath.Glob(filepath.Join(h.StateDir, "containers", "*.json"))
-	for _, p := range recs {
-		var rec containerRec
-		if err := atomicfile.ReadJSON(p, &rec); err != nil {
-			errs = append(errs, err)
-			os.Remove(p)
-			continue
-		}
-		mounted, _ := mountinfo.Mountpoints()
+	mounted, err := mountinfo.Mountpoints()
+	if err != nil {
+		return rep, err
+	}
+	var ids []string
+	for id := range st.Containers {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	for _, id := range ids {
+		rec := st.Containers[id]
 		if rec.State == stateMounted && mounted[rec.Rootfs] {
-			live[rec.ID] = true
-			rep.Kept = append(rep.Kept, rec.ID)
+			rep.Kept = append(rep.Kept, id)
 			continue
 		}
-		if err := h.teardown(rec); err != nil {
+		if err := h.teardown(st, id); err != nil {
 			errs = append(errs, err)
 		}
-		rep.RolledBack = append(rep.RolledBack, rec.ID)
+		rep.RolledBack = append(rep.RolledBack, id)
+	}
+	if err := h.save(st); err != nil {
+		errs = append(errs, err)
 	}
 
-	// Shared mounts: keep only live users.
-	shareds, _ := filepath.Glob(filepath.Join(h.StateDir, "shared", "*.json"))
-	for _, p := range shareds {
-		var rec shared
-		if err := atomicfile.ReadJSON(p, &rec); err != nil {
-			errs = append(errs, err)
-			os.Remove(p)
-			continue
-		}
-		key := strings.TrimSuffix(filepath.Base(p), ".json")
-		for _, u := range rec.Users {
-			if !live[u] {
-				if err := h.release(key, u); err != nil {
-					errs = append(errs, err)
-				}
-			}
-		}
-	}
-
-	// Mount points under StateDir with no record.
+	// Mount points under StateDir that no remaining container uses.
 	known := map[string]bool{}
-	shareds, _ = filepath.Glob(filepath.Join(h.StateDir, "shared", "*.json"))
-	for _, p := range shareds {
-		known[strings.TrimSuffix(p, ".json")] = true
-	}
-	for id := range live {
+	for id, rec := range st.Containers {
 		known[h.RootfsPath(id)] = true
+		known[h.sharedMountpoint(rec.Scratch)] = true
+		for _, l := range rec.Layers {
+			known[h.sharedMountpoint(l)] = true
+		}
 	}
 	ms, err := mountinfo.Read()
 	if err != nil {
@@ -457,6 +501,7 @@ func (h *Host) Reconcile(ctx context.Context, storeRoot string) (ReconcileReport
 		rep.Unmounted = append(rep.Unmounted, m.Mountpoint)
 		os.Remove(m.Mountpoint)
 	}
+	os.Remove(h.statePath() + ".tmp")
 
 	// Loop devices backed by our files but not mounted anywhere.
 	if storeRoot != "" {
@@ -482,16 +527,4 @@ func (h *Host) Reconcile(ctx context.Context, storeRoot string) (ReconcileReport
 	}
 	_ = ctx
 	return rep, errors.Join(errs...)
-}
-
-// IsMounted reports whether the container's layers are completely mounted.
-func (h *Host) IsMounted(id string) bool {
-	if validID(id) != nil {
-		return false
-	}
-	var rec containerRec
-	if err := atomicfile.ReadJSON(h.containerPath(id), &rec); err != nil {
-		return false
-	}
-	return rec.State == stateMounted
 }

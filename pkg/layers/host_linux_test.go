@@ -31,7 +31,7 @@ func needRoot(t *testing.T) {
 
 // tarOf builds a layer tar: "name" → file content, "name/" → dir,
 // "name" → "->target" symlink, ".wh." names are whiteouts.
-func tarOf(t *testing.T, files map[string]string) []byte {
+func tarOf(t testing.TB, files map[string]string) []byte {
 	t.Helper()
 	var names []string
 	for n := range files {
@@ -61,6 +61,10 @@ func tarOf(t *testing.T, files map[string]string) []byte {
 }
 
 func makeLayer(t *testing.T, dir string, files map[string]string) string {
+	return makeLayerB(t, dir, files)
+}
+
+func makeLayerB(t testing.TB, dir string, files map[string]string) string {
 	t.Helper()
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
@@ -79,7 +83,9 @@ func makeLayer(t *testing.T, dir string, files map[string]string) string {
 var tplOnce sync.Once
 var tplPath string
 
-func makeScratch(t *testing.T, dir string) string {
+func makeScratch(t *testing.T, dir string) string { return makeScratchB(t, dir) }
+
+func makeScratchB(t testing.TB, dir string) string {
 	t.Helper()
 	tplOnce.Do(func() {
 		root, err := os.MkdirTemp("", "lv-scratch-tpl")
