@@ -27,6 +27,8 @@ import (
 // ErrInvalidLayer marks a layer tar whose content is refused.
 var ErrInvalidLayer = errors.New("invalid layer")
 
+var errConverterStopped = errors.New("ext4 converter stopped early")
+
 // Stats describes a converted layer.
 type Stats struct {
 	Entries   int   // tar entries converted
@@ -47,12 +49,16 @@ func Convert(ctx context.Context, r io.Reader, out *os.File) (Stats, error) {
 	}()
 	convErr := tar2ext4.ConvertTarToExt4(pr, out, tar2ext4.ConvertWhiteout)
 	// Unblock the filter if the converter stopped early.
-	pr.CloseWithError(errors.New("converter stopped"))
-	if ferr := <-filterErr; ferr != nil {
-		return st, ferr
+	pr.CloseWithError(errConverterStopped)
+	ferr := <-filterErr
+	if ferr != nil && !errors.Is(ferr, errConverterStopped) {
+		return st, ferr // bad input or cancellation: the cause
 	}
 	if convErr != nil {
 		return st, fmt.Errorf("convert layer to ext4: %w", convErr)
+	}
+	if ferr != nil {
+		return st, ferr
 	}
 	size, err := out.Seek(0, io.SeekEnd)
 	if err != nil {

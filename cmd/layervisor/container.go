@@ -1,0 +1,195 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/layervisor/layervisor/pkg/store"
+)
+
+// parseSize reads sizes like 20G, 512M, 1048576.
+func parseSize(s string) (int64, error) {
+	mult := int64(1)
+	t := strings.TrimSuffix(strings.ToUpper(strings.TrimSpace(s)), "B")
+	t = strings.TrimSuffix(t, "I")
+	if n := len(t); n > 0 {
+		switch t[n-1] {
+		case 'K':
+			mult, t = 1<<10, t[:n-1]
+		case 'M':
+			mult, t = 1<<20, t[:n-1]
+		case 'G':
+			mult, t = 1<<30, t[:n-1]
+		case 'T':
+			mult, t = 1<<40, t[:n-1]
+		}
+	}
+	v, err := strconv.ParseInt(t, 10, 64)
+	if err != nil || v <= 0 || v > (1<<62)/mult {
+		return 0, fmt.Errorf("invalid size %q: want a positive number with an optional K, M, G or T suffix", s)
+	}
+	return v * mult, nil
+}
+
+func init() {
+	cCmd := &cobra.Command{Use: "container", Short: "Create, mount, unmount and remove containers' storage"}
+	var image, scratchSize, shareWith string
+	createCmd := &cobra.Command{
+		Use:   "create NAME --image REF",
+		Short: "Create a container: record its layers and clone its scratch",
+		Long: `Create records a container of an imported image and gives it a writable scratch
+cloned from a cached ext4 template of the requested size (reflink where the file
+system supports it, else a sparse copy of only the allocated extents).
+With --share-scratch-with, the container uses another container's scratch (as
+the containers of a pod share their sandbox's); each keeps its own upper dir.`,
+		Example: `  layervisor container create web --image demo:latest
+  layervisor container create side --image demo:latest --share-scratch-with web`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if image == "" {
+				return fmt.Errorf("--image is required")
+			}
+			opts := store.ContainerOptions{ShareScratchWith: shareWith}
+			if scratchSize != "" {
+				n, err := parseSize(scratchSize)
+				if err != nil {
+					return fmt.Errorf("--scratch-size: %w", err)
+				}
+				opts.ScratchSize = n
+			}
+			s, err := openStore()
+			if err != nil {
+				return err
+			}
+			c, err := s.CreateContainer(cmd.Context(), args[0], image, opts)
+			if err != nil {
+				return err
+			}
+			if g.json {
+				return printJSON(c)
+			}
+			fmt.Println(c.Name)
+			return nil
+		},
+	}
+	createCmd.Flags().StringVar(&image, "image", "", "image to use (required)")
+	createCmd.Flags().StringVar(&scratchSize, "scratch-size", "", "scratch virtual size, e.g. 20G (default 20G)")
+	createCmd.Flags().StringVar(&shareWith, "share-scratch-with", "", "use this container's scratch instead of a new one")
+
+	mountCmd := &cobra.Command{
+		Use:   "mount NAME",
+		Short: "Mount the container's root file system on the host; prints its path",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := openStore()
+			if err != nil {
+				return err
+			}
+			p, err := s.Mount(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			if g.json {
+				return printJSON(map[string]string{"name": args[0], "rootfs": p})
+			}
+			fmt.Println(p)
+			return nil
+		},
+	}
+	unmountCmd := &cobra.Command{
+		Use:   "unmount NAME",
+		Short: "Unmount the container's root file system",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := openStore()
+			if err != nil {
+				return err
+			}
+			return s.Unmount(cmd.Context(), args[0])
+		},
+	}
+	rmCmd := &cobra.Command{
+		Use:   "rm NAME...",
+		Short: "Remove containers (unmounting first) and their scratch",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := openStore()
+			if err != nil {
+				return err
+			}
+			for _, n := range args {
+				if err := s.RemoveContainer(cmd.Context(), n); err != nil {
+					return err
+				}
+			}
+			return nil
+		},
+	}
+	lsCmd := &cobra.Command{
+		Use:   "ls",
+		Short: "List containers",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := openStore()
+			if err != nil {
+				return err
+			}
+			cs, err := s.Containers()
+			if err != nil {
+				return err
+			}
+			if g.json {
+				if cs == nil {
+					cs = []store.ContainerStatus{}
+				}
+				return printJSON(cs)
+			}
+			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tIMAGE\tLAYERS\tSCRATCH\tMOUNTED")
+			for _, c := range cs {
+				scr := humanBytes(c.ScratchSize)
+				if c.SharesScratchOf != "" {
+					scr = "shared with " + c.SharesScratchOf
+				}
+				m := "-"
+				if c.Mounted {
+					m = c.Rootfs
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\n", c.Name, c.Image, len(c.ChainIDs), scr, m)
+			}
+			return tw.Flush()
+		},
+	}
+	cCmd.AddCommand(createCmd, mountCmd, unmountCmd, rmCmd, lsCmd)
+
+	gcCmd := &cobra.Command{
+		Use:   "gc",
+		Short: "Reconcile after crashes and remove what nothing uses",
+		Long: `gc rolls back incomplete mounts (complete ones stay usable), releases stray mounts
+and loop devices, deletes temp files and half-written layers or containers, and
+removes layers that no image or container refers to.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := openStore()
+			if err != nil {
+				return err
+			}
+			rep, gcErr := s.GC(cmd.Context())
+			if g.json {
+				if err := printJSON(rep); err != nil {
+					return err
+				}
+			} else if !g.quiet {
+				fmt.Printf("removed %d layers, %d temp entries; rolled back %d mounts, unmounted %d, detached %d loop devices, kept %d mounted containers\n",
+					len(rep.RemovedLayers), len(rep.RemovedTemp), len(rep.Mounts.RolledBack), len(rep.Mounts.Unmounted), len(rep.Mounts.Detached), len(rep.Mounts.Kept))
+			}
+			return gcErr
+		},
+	}
+	rootCmd.AddCommand(cCmd, gcCmd)
+}

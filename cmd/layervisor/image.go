@@ -1,0 +1,206 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/layervisor/layervisor/pkg/store"
+)
+
+func openStore() (*store.Store, error) { return store.Open(g.root) }
+
+func init() {
+	imageCmd := &cobra.Command{Use: "image", Short: "Import, list and remove images"}
+	var imp store.ImportOptions
+	importCmd := &cobra.Command{
+		Use:   "import PATH",
+		Short: "Import an OCI layout directory, OCI layout tar or docker-save tar",
+		Long: `Import reads an image, verifies every blob digest and layer diffID, and converts
+each layer not yet in the store into a read-only ext4 image with a VHD footer
+(layers/<chain-id>/layer.vhd). Layers are converted in parallel; layers already
+present are reused. Compressed layers may be gzip, zstd or uncompressed.`,
+		Example: `  layervisor image import ./busybox-oci
+  layervisor image import --name demo:latest demo.tar
+  layervisor image import --platform linux/arm64 multi-arch.tar`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := openStore()
+			if err != nil {
+				return err
+			}
+			var bar *progressBar
+			if !g.quiet && !g.json && term.IsTerminal(int(os.Stderr.Fd())) {
+				bar = newProgressBar()
+				imp.Progress = bar.update
+			}
+			start := time.Now()
+			res, err := s.Import(cmd.Context(), args[0], imp)
+			if bar != nil {
+				bar.finish()
+			}
+			if err != nil {
+				return err
+			}
+			if g.json {
+				return printJSON(res)
+			}
+			fmt.Printf("imported %s (%d layers: %d converted, %d reused) in %s\n",
+				res.Image.Name, len(res.Image.ChainIDs), res.Converted, res.Reused, time.Since(start).Round(time.Millisecond))
+			return nil
+		},
+	}
+	importCmd.Flags().StringVar(&imp.Name, "name", "", "name to record the image under (default: the name in the archive)")
+	importCmd.Flags().StringVar(&imp.Platform, "platform", "", "os/arch[/variant] to pick from a multi-platform image (default linux/amd64)")
+	importCmd.Flags().IntVar(&imp.Parallel, "parallel", 0, "layers converted at once (default: number of CPUs)")
+
+	lsCmd := &cobra.Command{
+		Use:   "ls",
+		Short: "List images",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := openStore()
+			if err != nil {
+				return err
+			}
+			ims, err := s.Images()
+			if err != nil {
+				return err
+			}
+			if g.json {
+				if ims == nil {
+					ims = []store.Image{}
+				}
+				return printJSON(ims)
+			}
+			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tMANIFEST\tLAYERS\tSIZE")
+			for _, im := range ims {
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\n", im.Name, short(im.ManifestDigest.String()), len(im.ChainIDs), humanBytes(im.Size))
+			}
+			return tw.Flush()
+		},
+	}
+	rmCmd := &cobra.Command{
+		Use:   "rm NAME...",
+		Short: "Remove images (refused while a container uses one); gc removes unused layers",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := openStore()
+			if err != nil {
+				return err
+			}
+			for _, n := range args {
+				if err := s.RemoveImage(cmd.Context(), n); err != nil {
+					return err
+				}
+				if !g.quiet && !g.json {
+					fmt.Println(n)
+				}
+			}
+			return nil
+		},
+	}
+	imageCmd.AddCommand(importCmd, lsCmd, rmCmd)
+
+	layerCmd := &cobra.Command{Use: "layer", Short: "Inspect stored layers"}
+	layerLs := &cobra.Command{
+		Use:   "ls",
+		Short: "List stored layers and what uses them",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := openStore()
+			if err != nil {
+				return err
+			}
+			ls, err := s.Layers()
+			if err != nil {
+				return err
+			}
+			if g.json {
+				if ls == nil {
+					ls = []store.LayerInfo{}
+				}
+				return printJSON(ls)
+			}
+			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "CHAIN ID\tSIZE\tENTRIES\tIMAGES\tCONTAINERS")
+			for _, l := range ls {
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\n", short(l.ChainID.String()), humanBytes(l.Size), l.Entries,
+					strings.Join(l.Images, ","), strings.Join(l.Container, ","))
+			}
+			return tw.Flush()
+		},
+	}
+	layerCmd.AddCommand(layerLs)
+	rootCmd.AddCommand(imageCmd, layerCmd)
+}
+
+func short(d string) string {
+	if i := strings.IndexByte(d, ':'); i >= 0 && len(d) > i+13 {
+		return d[i+1 : i+13]
+	}
+	return d
+}
+
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// progressBar draws one status line on stderr for a terminal.
+type progressBar struct {
+	mu     sync.Mutex
+	layers map[int]store.ImportProgress
+	total  int
+	last   time.Time
+}
+
+func newProgressBar() *progressBar { return &progressBar{layers: map[int]store.ImportProgress{}} }
+
+func (p *progressBar) update(ev store.ImportProgress) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.layers[ev.Layer] = ev
+	p.total = ev.Layers
+	if time.Since(p.last) < 100*time.Millisecond && ev.State == "converting" {
+		return
+	}
+	p.last = time.Now()
+	done, reused := 0, 0
+	var bytes int64
+	for _, l := range p.layers {
+		bytes += l.Bytes
+		switch l.State {
+		case "done":
+			done++
+		case "exists":
+			reused++
+		}
+	}
+	const width = 30
+	filled := 0
+	if p.total > 0 {
+		filled = (done + reused) * width / p.total
+	}
+	fmt.Fprintf(os.Stderr, "\r[%s%s] layers %d/%d (%d reused)  %s converted ",
+		strings.Repeat("=", filled), strings.Repeat(" ", width-filled), done+reused, p.total, reused, humanBytes(bytes))
+}
+
+func (p *progressBar) finish() {
+	fmt.Fprint(os.Stderr, "\r\033[K")
+}

@@ -1,0 +1,142 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"github.com/layervisor/layervisor/pkg/hostrun"
+	"github.com/layervisor/layervisor/pkg/store"
+)
+
+type runOptions struct {
+	isolation   string
+	uvmID       string
+	scratchSize string
+	keep        bool
+	env         []string
+	cwd         string
+}
+
+func init() {
+	var o runOptions
+	cmd := &cobra.Command{
+		Use:   "run [flags] IMAGE -- CMD [ARGS...]",
+		Short: "Run a command in a fresh container of an image, then tear it down",
+		Long: `run imports IMAGE if it is a path (OCI layout directory or archive) rather than
+an imported image name, creates a container, mounts its root file system, runs
+CMD with that root as "/", streams its output and exits with its exit code.
+Everything is torn down afterwards, also on Ctrl-C.
+
+--isolation process (default) runs CMD on the host in new mount, PID, UTS and
+IPC namespaces. --isolation vm assembles the root file system inside a utility
+VM and runs CMD there through the guest agent.
+
+A command that does not exist in the image exits with 127.`,
+		Example: `  layervisor run demo:latest -- sh -c 'cat /etc/os-release'
+  layervisor run --isolation vm ./demo.tar -- ls -l /`,
+		Args: cobra.MinimumNArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			dash := cmd.ArgsLenAtDash()
+			if dash != 1 {
+				return fmt.Errorf("usage: layervisor run [flags] IMAGE -- CMD [ARGS...]")
+			}
+			code, err := runContainer(cmd.Context(), o, args[0], args[1:])
+			if err != nil {
+				return err
+			}
+			if code != 0 {
+				return exitError{code}
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.isolation, "isolation", "process", "process (host namespaces) or vm (utility VM)")
+	f.StringVar(&o.uvmID, "uvm", "", "with --isolation vm: use this running utility VM instead of starting one")
+	f.StringVar(&o.scratchSize, "scratch-size", "1G", "scratch virtual size")
+	f.BoolVar(&o.keep, "keep", false, "keep the container afterwards (for inspection)")
+	f.StringArrayVarP(&o.env, "env", "e", nil, "environment variable KEY=VALUE (repeatable)")
+	f.StringVarP(&o.cwd, "workdir", "w", "/", "working directory inside the container")
+	rootCmd.AddCommand(cmd)
+}
+
+// resolveImage returns the name of an imported image, importing ref first
+// when it is a path on disk rather than a known image name.
+func resolveImage(ctx context.Context, s *store.Store, ref string) (string, error) {
+	if _, err := s.Image(ref); err == nil {
+		return ref, nil
+	}
+	if _, err := os.Stat(ref); err != nil {
+		return "", fmt.Errorf("image %q is neither an imported image nor a path to one", ref)
+	}
+	res, err := s.Import(ctx, ref, store.ImportOptions{})
+	if err != nil {
+		return "", err
+	}
+	return res.Image.Name, nil
+}
+
+func randomName(prefix string) string {
+	b := make([]byte, 6)
+	rand.Read(b)
+	return prefix + hex.EncodeToString(b)
+}
+
+func runContainer(ctx context.Context, o runOptions, image string, argv []string) (code int, err error) {
+	size, err := parseSize(o.scratchSize)
+	if err != nil {
+		return 0, fmt.Errorf("--scratch-size: %w", err)
+	}
+	s, err := openStore()
+	if err != nil {
+		return 0, err
+	}
+	name, err := resolveImage(ctx, s, image)
+	if err != nil {
+		return 0, err
+	}
+	cname := randomName("run-")
+	if _, err := s.CreateContainer(ctx, cname, name, store.ContainerOptions{ScratchSize: size}); err != nil {
+		return 0, err
+	}
+	// Teardown runs even after Ctrl-C cancelled ctx.
+	teardown := context.WithoutCancel(ctx)
+	if !o.keep {
+		defer func() {
+			if rerr := s.RemoveContainer(teardown, cname); rerr != nil {
+				slog.Error("tear down container", "name", cname, "err", rerr)
+				err = errors.Join(err, rerr)
+			}
+		}()
+	}
+	switch o.isolation {
+	case "process":
+		rootfs, err := s.Mount(ctx, cname)
+		if err != nil {
+			return 0, err
+		}
+		if !o.keep {
+			defer func() {
+				if uerr := s.Unmount(teardown, cname); uerr != nil {
+					err = errors.Join(err, uerr)
+				}
+			}()
+		}
+		env := append([]string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "TERM=xterm"}, o.env...)
+		return hostrun.Run(ctx, hostrun.Options{
+			Rootfs: rootfs, Args: argv, Env: env, Cwd: o.cwd,
+			Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr,
+		})
+	case "vm", "hyperv", "hypervisor":
+		return runInUVM(ctx, s, o, cname, argv)
+	default:
+		return 0, fmt.Errorf("--isolation %q: want process or vm", o.isolation)
+	}
+}
