@@ -90,6 +90,11 @@ func randomName(prefix string) string {
 }
 
 func runContainer(ctx context.Context, o runOptions, image string, argv []string) (code int, err error) {
+	switch o.isolation {
+	case "process", "vm":
+	default:
+		return 0, fmt.Errorf("--isolation %q: want process or vm", o.isolation)
+	}
 	size, err := parseSize(o.scratchSize)
 	if err != nil {
 		return 0, fmt.Errorf("--scratch-size: %w", err)
@@ -134,9 +139,7 @@ func runContainer(ctx context.Context, o runOptions, image string, argv []string
 			Rootfs: rootfs, Args: argv, Env: env, Cwd: o.cwd,
 			Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr,
 		})
-	case "vm", "hyperv", "hypervisor":
-		return runInUVM(ctx, s, o, cname, argv)
 	default:
-		return 0, fmt.Errorf("--isolation %q: want process or vm", o.isolation)
+		return runInUVM(ctx, s, o, cname, argv)
 	}
 }
