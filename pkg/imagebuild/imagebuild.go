@@ -290,6 +290,10 @@ func seed32(s uint64) [32]byte {
 
 type randReader struct{ r *rand.ChaCha8 }
 
+// NewRandom returns the endless pseudo-random stream RandomFile content
+// with this seed is the beginning of.
+func NewRandom(seed uint64) io.Reader { return &randReader{r: rand.NewChaCha8(seed32(seed))} }
+
 func (r *randReader) Read(p []byte) (int, error) { return r.r.Read(p) }
 
 type countWriter struct {

@@ -1,0 +1,154 @@
+package store_test
+
+import (
+	"archive/tar"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/layervisor/layervisor/pkg/imagebuild"
+	"github.com/layervisor/layervisor/pkg/store"
+)
+
+func needRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") != "" {
+			t.Fatal("CI must run as root")
+		}
+		t.Skip("needs root")
+	}
+}
+
+func build(t *testing.T, im imagebuild.Image) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "img.tar")
+	if err := im.Write(imagebuild.OCITar, p); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func small(name, content string) imagebuild.Image {
+	return imagebuild.Image{Name: name, Layers: []imagebuild.Layer{
+		{Compression: imagebuild.Gzip, Entries: []imagebuild.Entry{imagebuild.File("a", content, 0o644)}},
+		{Compression: imagebuild.Zstd, Entries: []imagebuild.Entry{imagebuild.File("b", "b", 0o644)}},
+		{Compression: imagebuild.None, Entries: []imagebuild.Entry{imagebuild.File("c", "c", 0o644)}},
+	}}
+}
+
+func TestConcurrentImportsConvertOnce(t *testing.T) {
+	s, err := store.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := build(t, small("x:1", "a"))
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	converted := 0
+	for i := 0; i < 6; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res, err := s.Import(context.Background(), p, store.ImportOptions{})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			mu.Lock()
+			converted += res.Converted
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	if converted != 3 {
+		t.Fatalf("6 concurrent imports converted %d layers in total, want 3", converted)
+	}
+}
+
+func TestNameTakenAndIdempotent(t *testing.T) {
+	s, _ := store.Open(t.TempDir())
+	ctx := context.Background()
+	if _, err := s.Import(ctx, build(t, small("x:1", "a")), store.ImportOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	other := build(t, small("x:1", "different"))
+	_, err := s.Import(ctx, other, store.ImportOptions{})
+	if !errors.Is(err, store.ErrExists) || !strings.Contains(err.Error(), `"x:1"`) {
+		t.Fatalf("name taken: %v", err)
+	}
+	// Under another name it imports, sharing the unchanged layers? No: chain
+	// IDs differ from the first layer on, so only new layers are made.
+	res, err := s.Import(ctx, other, store.ImportOptions{Name: "x:2"})
+	if err != nil || res.Converted != 3 {
+		t.Fatalf("import under a new name: %+v %v", res, err)
+	}
+}
+
+// A layer that fails (a device node) after good ones: nothing of the
+// import remains, not even the layers converted before the failure.
+func TestFailedImportLeavesNothing(t *testing.T) {
+	root := t.TempDir()
+	s, _ := store.Open(root)
+	im := small("bad:1", "a")
+	im.Layers = append(im.Layers, imagebuild.Layer{Compression: imagebuild.Gzip, Entries: []imagebuild.Entry{
+		imagebuild.Raw(tar.Header{Typeflag: tar.TypeChar, Name: "dev/sda", Devmajor: 8, Mode: 0o600}),
+	}})
+	p := build(t, im)
+	_, err := s.Import(context.Background(), p, store.ImportOptions{Parallel: 1})
+	if err == nil || !strings.Contains(err.Error(), "dev/sda") || !strings.Contains(err.Error(), p) {
+		t.Fatalf("want error naming the entry and the archive, got %v", err)
+	}
+	ls, _ := s.Layers()
+	ims, _ := s.Images()
+	tmp, _ := os.ReadDir(filepath.Join(root, "tmp"))
+	if len(ls) != 0 || len(ims) != 0 || len(tmp) != 0 {
+		t.Fatalf("failed import left layers %d, images %d, temp %d", len(ls), len(ims), len(tmp))
+	}
+}
+
+// A 100 MB file streams through import (bounded memory) and reads back
+// identically through a mounted container.
+func TestLargeFile(t *testing.T) {
+	needRoot(t)
+	if testing.Short() {
+		t.Skip("short")
+	}
+	ctx := context.Background()
+	s, _ := store.Open(t.TempDir())
+	const size = 100 << 20
+	im := imagebuild.Image{Name: "big:1", Layers: []imagebuild.Layer{{Compression: imagebuild.Zstd, Entries: []imagebuild.Entry{
+		imagebuild.Dir("data", 0o755), imagebuild.RandomFile("data/big.bin", size, 99)}}}}
+	p := build(t, im)
+	// The expected hash comes from the image's own tar, independently of
+	// the conversion.
+	want := sha256.New()
+	io.Copy(want, io.LimitReader(imagebuild.NewRandom(99), size))
+	if _, err := s.Import(ctx, p, store.ImportOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.CreateContainer(ctx, "c", "big:1", store.ContainerOptions{ScratchSize: 64 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	defer s.RemoveContainer(ctx, "c")
+	rootfs, err := s.Mount(ctx, "c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(filepath.Join(rootfs, "data/big.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := sha256.New()
+	n, _ := io.Copy(got, f)
+	f.Close()
+	if n != size || string(got.Sum(nil)) != string(want.Sum(nil)) {
+		t.Fatalf("big.bin differs after import (%d bytes)", n)
+	}
+}
