@@ -14,6 +14,8 @@ import (
 
 	"github.com/layervisor/layervisor/internal/mountinfo"
 	"github.com/layervisor/layervisor/pkg/loop"
+
+	"github.com/layervisor/layervisor/internal/testutil"
 )
 
 // These tests drive the real binary as a user would, as root, with real
@@ -27,12 +29,7 @@ var (
 
 func needRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") != "" {
-			t.Fatal("CI must run as root")
-		}
-		t.Skip("needs root")
-	}
+	testutil.NeedRoot(t)
 }
 
 func layervisorBin(t *testing.T) string {

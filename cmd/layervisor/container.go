@@ -2,10 +2,8 @@ package main
 
 import (
 	"fmt"
-	"os"
 	"strconv"
 	"strings"
-	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
@@ -130,41 +128,18 @@ the containers of a pod share their sandbox's); each keeps its own upper dir.`,
 			return nil
 		},
 	}
-	lsCmd := &cobra.Command{
-		Use:   "ls",
-		Short: "List containers",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := openStore()
-			if err != nil {
-				return err
+	lsCmd := listCommand("List containers", (*store.Store).Containers, "NAME\tIMAGE\tLAYERS\tSCRATCH\tMOUNTED",
+		func(c store.ContainerStatus) string {
+			scr := humanBytes(c.ScratchSize)
+			if c.SharesScratchOf != "" {
+				scr = "shared with " + c.SharesScratchOf
 			}
-			cs, err := s.Containers()
-			if err != nil {
-				return err
+			m := "-"
+			if c.Mounted {
+				m = c.Rootfs
 			}
-			if g.json {
-				if cs == nil {
-					cs = []store.ContainerStatus{}
-				}
-				return printJSON(cs)
-			}
-			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tIMAGE\tLAYERS\tSCRATCH\tMOUNTED")
-			for _, c := range cs {
-				scr := humanBytes(c.ScratchSize)
-				if c.SharesScratchOf != "" {
-					scr = "shared with " + c.SharesScratchOf
-				}
-				m := "-"
-				if c.Mounted {
-					m = c.Rootfs
-				}
-				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\n", c.Name, c.Image, len(c.ChainIDs), scr, m)
-			}
-			return tw.Flush()
-		},
-	}
+			return fmt.Sprintf("%s\t%s\t%d\t%s\t%s", c.Name, c.Image, len(c.ChainIDs), scr, m)
+		})
 	cCmd.AddCommand(createCmd, mountCmd, unmountCmd, rmCmd, lsCmd)
 
 	gcCmd := &cobra.Command{

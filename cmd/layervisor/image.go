@@ -60,33 +60,10 @@ present are reused. Compressed layers may be gzip, zstd or uncompressed.`,
 	importCmd.Flags().StringVar(&imp.Platform, "platform", "", "os/arch[/variant] to pick from a multi-platform image (default linux/amd64)")
 	importCmd.Flags().IntVar(&imp.Parallel, "parallel", 0, "layers converted at once (default: number of CPUs)")
 
-	lsCmd := &cobra.Command{
-		Use:   "ls",
-		Short: "List images",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := openStore()
-			if err != nil {
-				return err
-			}
-			ims, err := s.Images()
-			if err != nil {
-				return err
-			}
-			if g.json {
-				if ims == nil {
-					ims = []store.Image{}
-				}
-				return printJSON(ims)
-			}
-			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tMANIFEST\tLAYERS\tSIZE")
-			for _, im := range ims {
-				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\n", im.Name, short(im.ManifestDigest.String()), len(im.ChainIDs), humanBytes(im.Size))
-			}
-			return tw.Flush()
-		},
-	}
+	lsCmd := listCommand("List images", (*store.Store).Images, "NAME\tMANIFEST\tLAYERS\tSIZE",
+		func(im store.Image) string {
+			return fmt.Sprintf("%s\t%s\t%d\t%s", im.Name, short(im.ManifestDigest.String()), len(im.ChainIDs), humanBytes(im.Size))
+		})
 	rmCmd := &cobra.Command{
 		Use:   "rm NAME...",
 		Short: "Remove images (refused while a container uses one); gc removes unused layers",
@@ -110,36 +87,44 @@ present are reused. Compressed layers may be gzip, zstd or uncompressed.`,
 	imageCmd.AddCommand(importCmd, lsCmd, rmCmd)
 
 	layerCmd := &cobra.Command{Use: "layer", Short: "Inspect stored layers"}
-	layerLs := &cobra.Command{
+	layerLs := listCommand("List stored layers and what uses them", (*store.Store).Layers, "CHAIN ID\tSIZE\tENTRIES\tIMAGES\tCONTAINERS",
+		func(l store.LayerInfo) string {
+			return fmt.Sprintf("%s\t%s\t%d\t%s\t%s", short(l.ChainID.String()), humanBytes(l.Size), l.Entries,
+				strings.Join(l.Images, ","), strings.Join(l.Container, ","))
+		})
+	layerCmd.AddCommand(layerLs)
+	rootCmd.AddCommand(imageCmd, layerCmd)
+}
+
+// listCommand makes an "ls" command: a table for people, JSON for scripts.
+func listCommand[T any](short string, list func(*store.Store) ([]T, error), header string, row func(T) string) *cobra.Command {
+	return &cobra.Command{
 		Use:   "ls",
-		Short: "List stored layers and what uses them",
+		Short: short,
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			s, err := openStore()
 			if err != nil {
 				return err
 			}
-			ls, err := s.Layers()
+			items, err := list(s)
 			if err != nil {
 				return err
 			}
 			if g.json {
-				if ls == nil {
-					ls = []store.LayerInfo{}
+				if items == nil {
+					items = []T{}
 				}
-				return printJSON(ls)
+				return printJSON(items)
 			}
 			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "CHAIN ID\tSIZE\tENTRIES\tIMAGES\tCONTAINERS")
-			for _, l := range ls {
-				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\n", short(l.ChainID.String()), humanBytes(l.Size), l.Entries,
-					strings.Join(l.Images, ","), strings.Join(l.Container, ","))
+			fmt.Fprintln(tw, header)
+			for _, it := range items {
+				fmt.Fprintln(tw, row(it))
 			}
 			return tw.Flush()
 		},
 	}
-	layerCmd.AddCommand(layerLs)
-	rootCmd.AddCommand(imageCmd, layerCmd)
 }
 
 func short(d string) string {

@@ -4,10 +4,11 @@ import (
 	"bytes"
 	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/layervisor/layervisor/internal/testutil"
 )
 
 func TestMain(m *testing.M) {
@@ -18,19 +19,8 @@ func TestMain(m *testing.M) {
 // busyboxRoot makes a tiny root with the static busybox.
 func busyboxRoot(t *testing.T) string {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") != "" {
-			t.Fatal("CI must run as root")
-		}
-		t.Skip("needs root")
-	}
-	bb, err := exec.LookPath("busybox")
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("busybox-static missing in CI")
-		}
-		t.Skip("busybox not installed")
-	}
+	testutil.NeedRoot(t)
+	bb := testutil.NeedTool(t, "busybox")
 	root := t.TempDir()
 	os.MkdirAll(filepath.Join(root, "bin"), 0o755)
 	os.MkdirAll(filepath.Join(root, "tmp"), 0o1777)

@@ -17,16 +17,13 @@ import (
 	"github.com/layervisor/layervisor/pkg/layerconv"
 	"github.com/layervisor/layervisor/pkg/loop"
 	"github.com/layervisor/layervisor/pkg/scratch"
+
+	"github.com/layervisor/layervisor/internal/testutil"
 )
 
 func needRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") != "" {
-			t.Fatal("CI must run as root")
-		}
-		t.Skip("needs root")
-	}
+	testutil.NeedRoot(t)
 }
 
 // tarOf builds a layer tar: "name" → file content, "name/" → dir,

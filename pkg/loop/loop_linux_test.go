@@ -6,16 +6,13 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/layervisor/layervisor/internal/testutil"
 )
 
 func needRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") != "" {
-			t.Fatal("CI must run as root")
-		}
-		t.Skip("needs root")
-	}
+	testutil.NeedRoot(t)
 }
 
 func backedBy(t *testing.T, file string) []Info {

@@ -14,16 +14,13 @@ import (
 
 	"github.com/layervisor/layervisor/pkg/imagebuild"
 	"github.com/layervisor/layervisor/pkg/store"
+
+	"github.com/layervisor/layervisor/internal/testutil"
 )
 
 func needRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") != "" {
-			t.Fatal("CI must run as root")
-		}
-		t.Skip("needs root")
-	}
+	testutil.NeedRoot(t)
 }
 
 func build(t *testing.T, im imagebuild.Image) string {

@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/layervisor/layervisor/internal/testutil"
 )
 
 func TestFooterRoundTrip(t *testing.T) {
@@ -64,14 +66,7 @@ func TestGeometryMatchesQemuImg(t *testing.T) {
 
 func needQemuImg(t *testing.T) string {
 	t.Helper()
-	p, err := exec.LookPath("qemu-img")
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("qemu-img missing in CI: the set-up script must install qemu-utils")
-		}
-		t.Skip("qemu-img not installed")
-	}
-	return p
+	return testutil.NeedTool(t, "qemu-img")
 }
 
 // qemu-img is an independent reader of the footer.
