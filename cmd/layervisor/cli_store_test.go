@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -193,5 +194,35 @@ func TestCLIUsageErrors(t *testing.T) {
 	missing := filepath.Join(t.TempDir(), "missing.tar")
 	c.fail(missing, "image", "import", missing)
 	c.fail("not found", "image", "rm", "nope")
-	_ = fmt.Sprint()
+}
+
+func TestCLISharedScratch(t *testing.T) {
+	c := newCLI(t)
+	c.ok("image", "import", "--name", "demo", demoImage(t, "oci-dir"))
+	c.ok("container", "create", "sandbox", "--image", "demo", "--scratch-size", "64M")
+	c.ok("container", "create", "member", "--image", "demo", "--share-scratch-with", "sandbox")
+	c.fail("not found", "container", "create", "x", "--image", "demo", "--share-scratch-with", "nobody")
+	link, err := os.Readlink(filepath.Join(c.root, "containers", "member", "sandbox.img"))
+	if err != nil || !strings.HasSuffix(link, filepath.Join("sandbox", "sandbox.img")) {
+		t.Fatalf("member scratch is not a link to the sandbox's: %q %v", link, err)
+	}
+	rs := strings.TrimSpace(c.ok("container", "mount", "sandbox"))
+	rm := strings.TrimSpace(c.ok("container", "mount", "member"))
+	os.WriteFile(filepath.Join(rm, "member-file"), []byte("m"), 0o644)
+	if _, err := os.Stat(filepath.Join(rs, "member-file")); err == nil {
+		t.Fatal("containers sharing a scratch share their changes")
+	}
+	// One scratch device for both.
+	var n int
+	out, _ := exec.Command("sh", "-c", "grep -c "+filepath.Join(c.root, "containers", "sandbox", "sandbox.img")+" /sys/block/loop*/loop/backing_file | awk -F: '{s+=$2} END {print s}'").Output()
+	fmt.Sscan(string(out), &n)
+	if n != 1 {
+		t.Fatalf("shared scratch attached %d times", n)
+	}
+	c.fail("shared by container", "container", "rm", "sandbox")
+	if _, err := os.Stat(filepath.Join(rs, "bin", "sh")); err != nil {
+		t.Fatalf("refused rm still unmounted the sandbox: %v", err)
+	}
+	c.ok("container", "rm", "member")
+	c.ok("container", "rm", "sandbox")
 }

@@ -234,11 +234,8 @@ func (s *Store) RemoveContainer(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	if s.host().IsMounted(name) {
-		if err := s.host().Unmount(ctx, name, layers.UnmountAll); err != nil {
-			return fmt.Errorf("remove container %q: %w", name, err)
-		}
-	}
+	// Lock order: store, then host mounts (Mount never takes them the
+	// other way round).
 	lk, err := s.lock()
 	if err != nil {
 		return err
@@ -251,6 +248,11 @@ func (s *Store) RemoveContainer(ctx context.Context, name string) error {
 	for _, o := range cs {
 		if o.SharesScratchOf == c.Name {
 			return fmt.Errorf("container %q: its scratch is shared by container %q: %w", name, o.Name, ErrInUse)
+		}
+	}
+	if s.host().IsMounted(name) {
+		if err := s.host().Unmount(ctx, name, layers.UnmountAll); err != nil {
+			return fmt.Errorf("remove container %q: %w", name, err)
 		}
 	}
 	// Rename first so the removal is atomic for readers.
