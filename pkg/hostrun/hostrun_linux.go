@@ -175,7 +175,15 @@ func setupRoot(rootfs, host string) error {
 		return err
 	}
 	if err := unix.PivotRoot(".", "."); err != nil {
-		return fmt.Errorf("pivot_root: %w", err)
+		// An initramfs root (a utility VM's agent) cannot be pivoted
+		// away from; chroot in the private mount namespace instead.
+		if !errors.Is(err, unix.EINVAL) {
+			return fmt.Errorf("pivot_root: %w", err)
+		}
+		if err := unix.Chroot("."); err != nil {
+			return fmt.Errorf("chroot: %w", err)
+		}
+		return unix.Chdir("/")
 	}
 	if err := unix.Unmount(".", unix.MNT_DETACH); err != nil {
 		return fmt.Errorf("detach old root: %w", err)

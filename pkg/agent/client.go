@@ -1,0 +1,286 @@
+package agent
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+)
+
+// ErrDisconnected is returned once the channel to the guest is lost.
+var ErrDisconnected = errors.New("guest agent connection lost")
+
+type call struct {
+	done           chan *Message
+	stdout, stderr io.Writer
+}
+
+// Client talks to the guest agent. Safe for concurrent use.
+type Client struct {
+	conn    net.Conn
+	writeMu sync.Mutex
+	mu      sync.Mutex
+	nextID  uint64
+	calls   map[uint64]*call
+	err     error
+	done    chan struct{}
+}
+
+// Dial connects to the host end of the agent's virtio-serial port (a unix
+// socket QEMU serves) and performs the handshake. It retries until ctx ends,
+// since the guest may still be booting.
+func Dial(ctx context.Context, socket string) (*Client, error) {
+	var lastErr error
+	for {
+		c, err := dialOnce(ctx, socket)
+		if err == nil {
+			return c, nil
+		}
+		lastErr = err
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("guest agent did not answer on %s: %w (last error: %v)", socket, ctx.Err(), lastErr)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func dialOnce(ctx context.Context, socket string) (*Client, error) {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", socket)
+	if err != nil {
+		return nil, err
+	}
+	c := NewClient(conn)
+	hctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	var res HelloResult
+	if err := c.call(hctx, OpHello, HelloArgs{Version: Version}, &res, nil, nil, nil); err != nil {
+		c.Close()
+		return nil, err
+	}
+	if res.Version != Version {
+		c.Close()
+		return nil, fmt.Errorf("guest agent speaks protocol %d, host %d", res.Version, Version)
+	}
+	return c, nil
+}
+
+// NewClient runs the protocol over an established connection (no handshake).
+func NewClient(conn net.Conn) *Client {
+	c := &Client{conn: conn, calls: map[uint64]*call{}, done: make(chan struct{})}
+	go c.readLoop()
+	return c
+}
+
+func (c *Client) readLoop() {
+	r := bufio.NewReaderSize(c.conn, 64<<10)
+	var err error
+	for {
+		var m *Message
+		m, err = ReadFrame(r)
+		if errors.Is(err, ErrTooLarge) || errors.Is(err, ErrMalformed) {
+			continue
+		}
+		if err != nil {
+			break
+		}
+		c.mu.Lock()
+		cl := c.calls[m.ID]
+		if cl != nil && m.Done {
+			delete(c.calls, m.ID)
+		}
+		c.mu.Unlock()
+		if cl == nil {
+			continue // a reply to a call from an earlier session
+		}
+		switch {
+		case m.Done:
+			cl.done <- m
+		case m.Stream == "stdout" && cl.stdout != nil:
+			cl.stdout.Write(m.Data)
+		case m.Stream == "stderr" && cl.stderr != nil:
+			cl.stderr.Write(m.Data)
+		}
+	}
+	c.mu.Lock()
+	c.err = fmt.Errorf("%w: %v", ErrDisconnected, err)
+	for id, cl := range c.calls {
+		close(cl.done)
+		delete(c.calls, id)
+	}
+	c.mu.Unlock()
+	close(c.done)
+}
+
+func (c *Client) send(m *Message) error {
+	c.writeMu.Lock()
+	defer c.writeMu.Unlock()
+	if err := WriteFrame(c.conn, m); err != nil {
+		return fmt.Errorf("send to guest agent: %w", err)
+	}
+	return nil
+}
+
+// call sends a request and waits for its final frame; started, if set, is
+// called with the request id once it is sent.
+func (c *Client) call(ctx context.Context, op string, args, result any, stdout, stderr io.Writer, started func(uint64)) error {
+	b, err := json.Marshal(args)
+	if err != nil {
+		return err
+	}
+	cl := &call{done: make(chan *Message, 1), stdout: stdout, stderr: stderr}
+	c.mu.Lock()
+	if c.err != nil {
+		c.mu.Unlock()
+		return c.err
+	}
+	c.nextID++
+	id := c.nextID
+	c.calls[id] = cl
+	c.mu.Unlock()
+	if err := c.send(&Message{ID: id, Op: op, Args: b}); err != nil {
+		c.forget(id)
+		return err
+	}
+	if started != nil {
+		started(id)
+	}
+	select {
+	case m, ok := <-cl.done:
+		if !ok {
+			return fmt.Errorf("%s: %w", op, c.Err())
+		}
+		if m.Error != nil {
+			return m.Error
+		}
+		if result != nil && len(m.Result) > 0 {
+			return json.Unmarshal(m.Result, result)
+		}
+		return nil
+	case <-ctx.Done():
+		c.forget(id)
+		return fmt.Errorf("guest agent %s: %w", op, ctx.Err())
+	}
+}
+
+func (c *Client) forget(id uint64) {
+	c.mu.Lock()
+	delete(c.calls, id)
+	c.mu.Unlock()
+}
+
+// Done is closed when the connection is lost.
+func (c *Client) Done() <-chan struct{} { return c.done }
+
+// Err says why the connection ended (nil while it is up).
+func (c *Client) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+
+// Close closes the connection (the guest keeps running).
+func (c *Client) Close() error { return c.conn.Close() }
+
+// MountSCSI mounts the disk at controller/LUN (partition 0 = whole disk).
+func (c *Client) MountSCSI(ctx context.Context, a MountSCSIArgs) error {
+	return c.call(ctx, OpMountSCSI, a, nil, nil, nil, nil)
+}
+
+// MountPmem mounts the pmem device whose region starts at addr.
+func (c *Client) MountPmem(ctx context.Context, a MountPmemArgs) error {
+	return c.call(ctx, OpMountPmem, a, nil, nil, nil, nil)
+}
+
+// MountVirtiofs mounts a virtiofs tag.
+func (c *Client) MountVirtiofs(ctx context.Context, tag string, readOnly bool, target string) error {
+	return c.call(ctx, OpMountVirtiofs, MountVirtiofsArgs{Tag: tag, ReadOnly: readOnly, Target: target}, nil, nil, nil, nil)
+}
+
+// Unmount unmounts path and removes the directory if empty.
+func (c *Client) Unmount(ctx context.Context, path string) error {
+	return c.call(ctx, OpUnmount, PathArgs{Path: path}, nil, nil, nil, nil)
+}
+
+// CombineLayers mounts an overlay of lowers (top-most first) at target.
+func (c *Client) CombineLayers(ctx context.Context, lowers []string, upper, work, target string) error {
+	return c.call(ctx, OpCombineLayers, CombineArgs{Lowers: lowers, Upper: upper, Work: work, Target: target}, nil, nil, nil, nil)
+}
+
+// RemoveCombinedLayers unmounts an overlay made by CombineLayers.
+func (c *Client) RemoveCombinedLayers(ctx context.Context, target string) error {
+	return c.call(ctx, OpRemoveCombined, PathArgs{Path: target}, nil, nil, nil, nil)
+}
+
+// Mkdir creates a directory and its parents.
+func (c *Client) Mkdir(ctx context.Context, path string) error {
+	return c.call(ctx, OpMkdir, PathArgs{Path: path}, nil, nil, nil, nil)
+}
+
+// BindMount binds source onto target (created as a file or directory).
+func (c *Client) BindMount(ctx context.Context, source, target string, readOnly bool) error {
+	return c.call(ctx, OpBindMount, BindArgs{Source: source, Target: target, ReadOnly: readOnly}, nil, nil, nil, nil)
+}
+
+// Stat describes a guest path.
+func (c *Client) Stat(ctx context.Context, path string) (StatResult, error) {
+	var r StatResult
+	err := c.call(ctx, OpStat, PathArgs{Path: path}, &r, nil, nil, nil)
+	return r, err
+}
+
+// List names a guest directory's entries.
+func (c *Client) List(ctx context.Context, path string) ([]string, error) {
+	var r ListResult
+	err := c.call(ctx, OpList, PathArgs{Path: path}, &r, nil, nil, nil)
+	return r.Names, err
+}
+
+// Shutdown asks the guest to power off.
+func (c *Client) Shutdown(ctx context.Context) error {
+	return c.call(ctx, OpShutdown, struct{}{}, nil, nil, nil, nil)
+}
+
+// ExecRequest describes a process to run in the guest.
+type ExecRequest struct {
+	Args           []string
+	Env            []string
+	Cwd            string
+	Root           string // a root file system in the guest, or "" for the guest's own
+	Stdin          io.Reader
+	Stdout, Stderr io.Writer
+}
+
+// Exec runs a process and returns its exit code. A command that does not
+// exist fails with code CodeExecNotFound (or, in a Root, exit code 127).
+func (c *Client) Exec(ctx context.Context, r ExecRequest) (int, error) {
+	var res ExecResult
+	args := ExecArgs{Args: r.Args, Env: r.Env, Cwd: r.Cwd, Root: r.Root, Stdin: r.Stdin != nil}
+	err := c.call(ctx, OpExec, args, &res, r.Stdout, r.Stderr, func(id uint64) {
+		if r.Stdin == nil {
+			return
+		}
+		go func() {
+			buf := make([]byte, 32<<10)
+			for {
+				n, err := r.Stdin.Read(buf)
+				if n > 0 {
+					if c.send(&Message{ID: id, Op: OpStdin, Stream: "stdin", Data: append([]byte(nil), buf[:n]...)}) != nil {
+						return
+					}
+				}
+				if err != nil {
+					c.send(&Message{ID: id, Op: OpStdin, Stream: "stdin", EOF: true})
+					return
+				}
+			}
+		}()
+	})
+	return res.ExitCode, err
+}

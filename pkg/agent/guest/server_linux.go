@@ -1,0 +1,510 @@
+package guest
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/layervisor/layervisor/pkg/agent"
+	"github.com/layervisor/layervisor/pkg/hostrun"
+)
+
+// Server serves one host channel.
+type Server struct {
+	Roots []string
+	// Poweroff is called after a shutdown request is answered.
+	Poweroff func()
+
+	rw      io.ReadWriter
+	writeMu sync.Mutex
+	mu      sync.Mutex
+	stdins  map[uint64]*io.PipeWriter
+}
+
+// Serve reads requests from rw until it fails.
+func (s *Server) Serve(ctx context.Context, rw io.ReadWriter) error {
+	s.rw = rw
+	s.stdins = map[uint64]*io.PipeWriter{}
+	if s.Roots == nil {
+		s.Roots = DefaultRoots
+	}
+	r := bufio.NewReaderSize(rw, 64<<10)
+	for {
+		m, err := agent.ReadFrame(r)
+		switch {
+		case errors.Is(err, agent.ErrTooLarge):
+			s.reply(0, nil, &agent.Error{Code: agent.CodeTooLarge, Message: fmt.Sprintf("message exceeds %d bytes", agent.MaxMessage)})
+			continue
+		case errors.Is(err, agent.ErrMalformed):
+			s.reply(0, nil, &agent.Error{Code: agent.CodeInvalid, Message: err.Error()})
+			continue
+		case err != nil:
+			return err
+		}
+		if m.Op == agent.OpStdin {
+			s.mu.Lock()
+			w := s.stdins[m.ID]
+			s.mu.Unlock()
+			if w != nil {
+				if m.EOF {
+					w.Close()
+				} else {
+					w.Write(m.Data)
+				}
+			}
+			continue
+		}
+		go s.handle(ctx, m)
+	}
+}
+
+func (s *Server) send(m *agent.Message) {
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	if err := agent.WriteFrame(s.rw, m); err != nil {
+		slog.Warn("agent: send", "err", err)
+	}
+}
+
+func (s *Server) reply(id uint64, result any, err error) {
+	m := &agent.Message{ID: id, Done: true}
+	if err != nil {
+		var ae *agent.Error
+		if !errors.As(err, &ae) {
+			code := agent.CodeInternal
+			if errors.Is(err, os.ErrNotExist) {
+				code = agent.CodeNotFound
+			}
+			ae = &agent.Error{Code: code, Message: err.Error()}
+		}
+		m.Error = ae
+	} else if result != nil {
+		m.Result, _ = json.Marshal(result)
+	}
+	s.send(m)
+}
+
+func decode[T any](m *agent.Message) (T, error) {
+	var v T
+	if err := json.Unmarshal(m.Args, &v); err != nil {
+		return v, &agent.Error{Code: agent.CodeInvalid, Message: fmt.Sprintf("%s arguments: %v", m.Op, err)}
+	}
+	return v, nil
+}
+
+func (s *Server) handle(ctx context.Context, m *agent.Message) {
+	var result any
+	var err error
+	switch m.Op {
+	case agent.OpHello:
+		var a agent.HelloArgs
+		if a, err = decode[agent.HelloArgs](m); err == nil {
+			var u unix.Utsname
+			unix.Uname(&u)
+			result = agent.HelloResult{Version: agent.Version, Kernel: unix.ByteSliceToString(u.Release[:])}
+			_ = a
+		}
+	case agent.OpMountSCSI:
+		var a agent.MountSCSIArgs
+		if a, err = decode[agent.MountSCSIArgs](m); err == nil {
+			err = s.mountSCSI(ctx, a)
+		}
+	case agent.OpMountPmem:
+		var a agent.MountPmemArgs
+		if a, err = decode[agent.MountPmemArgs](m); err == nil {
+			err = s.mountPmem(ctx, a)
+		}
+	case agent.OpMountVirtiofs:
+		var a agent.MountVirtiofsArgs
+		if a, err = decode[agent.MountVirtiofsArgs](m); err == nil {
+			err = s.mountVirtiofs(ctx, a)
+		}
+	case agent.OpUnmount, agent.OpRemoveCombined:
+		var a agent.PathArgs
+		if a, err = decode[agent.PathArgs](m); err == nil {
+			err = s.unmount(a.Path)
+		}
+	case agent.OpCombineLayers:
+		var a agent.CombineArgs
+		if a, err = decode[agent.CombineArgs](m); err == nil {
+			err = s.combine(a)
+		}
+	case agent.OpMkdir:
+		var a agent.PathArgs
+		if a, err = decode[agent.PathArgs](m); err == nil {
+			err = s.mkdir(a.Path)
+		}
+	case agent.OpBindMount:
+		var a agent.BindArgs
+		if a, err = decode[agent.BindArgs](m); err == nil {
+			err = s.bind(a)
+		}
+	case agent.OpExec:
+		var a agent.ExecArgs
+		if a, err = decode[agent.ExecArgs](m); err == nil {
+			result, err = s.exec(ctx, m.ID, a)
+		}
+	case agent.OpStat:
+		var a agent.PathArgs
+		if a, err = decode[agent.PathArgs](m); err == nil {
+			result, err = s.stat(a.Path)
+		}
+	case agent.OpList:
+		var a agent.PathArgs
+		if a, err = decode[agent.PathArgs](m); err == nil {
+			result, err = s.list(a.Path)
+		}
+	case agent.OpShutdown:
+		s.reply(m.ID, nil, nil)
+		if s.Poweroff != nil {
+			s.Poweroff()
+		}
+		return
+	default:
+		err = &agent.Error{Code: agent.CodeInvalid, Message: fmt.Sprintf("unknown operation %q", m.Op)}
+	}
+	s.reply(m.ID, result, err)
+}
+
+func (s *Server) confine(p string) (string, error) { return confine(s.Roots, p) }
+
+// mountDev mounts a block device at target, creating target.
+func (s *Server) mountDev(dev, target, fsType string, readOnly bool) error {
+	t, err := s.confine(target)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(t, 0o755); err != nil {
+		return err
+	}
+	if fsType == "" {
+		fsType = "ext4"
+	}
+	var flags uintptr
+	data := ""
+	if readOnly {
+		flags |= unix.MS_RDONLY
+		if fsType == "ext4" {
+			data = "noload"
+		}
+	}
+	if err := unix.Mount(dev, t, fsType, flags, data); err != nil {
+		return fmt.Errorf("mount %s at %s: %w", dev, t, err)
+	}
+	return nil
+}
+
+// waitFor polls until f returns a non-empty string or the deadline passes.
+func waitFor(ctx context.Context, what string, f func() string) (string, error) {
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		if v := f(); v != "" {
+			return v, nil
+		}
+		if time.Now().After(deadline) {
+			return "", &agent.Error{Code: agent.CodeNotFound, Message: what + " did not appear in the guest"}
+		}
+		select {
+		case <-ctx.Done():
+			return "", ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// scsiHosts lists the virtio-scsi hosts in PCI order: controller i is the
+// i-th, as QEMU creates them in command-line order.
+func scsiHosts() []string {
+	hosts, _ := filepath.Glob("/sys/class/scsi_host/host*")
+	type h struct{ name, dev string }
+	var hs []h
+	for _, p := range hosts {
+		dev, err := filepath.EvalSymlinks(filepath.Join(p, "device"))
+		if err != nil {
+			continue
+		}
+		hs = append(hs, h{strings.TrimPrefix(filepath.Base(p), "host"), dev})
+	}
+	sort.Slice(hs, func(i, j int) bool { return hs[i].dev < hs[j].dev })
+	var out []string
+	for _, x := range hs {
+		out = append(out, x.name)
+	}
+	return out
+}
+
+func (s *Server) mountSCSI(ctx context.Context, a agent.MountSCSIArgs) error {
+	dev, err := waitFor(ctx, fmt.Sprintf("SCSI disk %d:%d", a.Controller, a.LUN), func() string {
+		hosts := scsiHosts()
+		if a.Controller >= len(hosts) {
+			return ""
+		}
+		blocks, _ := filepath.Glob(fmt.Sprintf("/sys/bus/scsi/devices/%s:0:0:%d/block/*", hosts[a.Controller], a.LUN))
+		if len(blocks) == 0 {
+			return ""
+		}
+		name := filepath.Base(blocks[0])
+		if a.Partition > 0 {
+			name += strconv.Itoa(a.Partition)
+		}
+		if _, err := os.Stat("/dev/" + name); err != nil {
+			return ""
+		}
+		return "/dev/" + name
+	})
+	if err != nil {
+		return err
+	}
+	return s.mountDev(dev, a.Target, a.FSType, a.ReadOnly)
+}
+
+func (s *Server) mountPmem(ctx context.Context, a agent.MountPmemArgs) error {
+	dev, err := waitFor(ctx, fmt.Sprintf("pmem region at %#x", a.Addr), func() string {
+		regions, _ := filepath.Glob("/sys/bus/nd/devices/region*")
+		for _, r := range regions {
+			b, err := os.ReadFile(filepath.Join(r, "resource"))
+			if err != nil {
+				continue
+			}
+			addr, err := strconv.ParseUint(strings.TrimPrefix(strings.TrimSpace(string(b)), "0x"), 16, 64)
+			if err != nil || addr != a.Addr {
+				continue
+			}
+			blocks, _ := filepath.Glob(filepath.Join(r, "namespace*", "block", "pmem*"))
+			for _, bl := range blocks {
+				if _, err := os.Stat("/dev/" + filepath.Base(bl)); err == nil {
+					return "/dev/" + filepath.Base(bl)
+				}
+			}
+		}
+		return ""
+	})
+	if err != nil {
+		return err
+	}
+	return s.mountDev(dev, a.Target, a.FSType, true)
+}
+
+func (s *Server) mountVirtiofs(ctx context.Context, a agent.MountVirtiofsArgs) error {
+	t, err := s.confine(a.Target)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(t, 0o755); err != nil {
+		return err
+	}
+	var flags uintptr
+	if a.ReadOnly {
+		flags |= unix.MS_RDONLY
+	}
+	// The device may still be probing right after the hot-plug.
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		err = unix.Mount(a.Tag, t, "virtiofs", flags, "")
+		if err == nil || time.Now().After(deadline) || ctx.Err() != nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		return fmt.Errorf("mount virtiofs %s at %s: %w", a.Tag, t, err)
+	}
+	return nil
+}
+
+func (s *Server) unmount(p string) error {
+	t, err := s.confine(p)
+	if err != nil {
+		return err
+	}
+	if err := unix.Unmount(t, 0); err != nil && !errors.Is(err, unix.EINVAL) {
+		if errors.Is(err, unix.ENOENT) {
+			return &agent.Error{Code: agent.CodeNotFound, Message: t + " does not exist"}
+		}
+		return fmt.Errorf("unmount %s: %w", t, err)
+	}
+	os.Remove(t) // only if empty
+	return nil
+}
+
+func (s *Server) combine(a agent.CombineArgs) error {
+	if len(a.Lowers) == 0 {
+		return &agent.Error{Code: agent.CodeInvalid, Message: "combine needs at least one lower layer"}
+	}
+	var lowers []string
+	for _, l := range a.Lowers {
+		c, err := s.confine(l)
+		if err != nil {
+			return err
+		}
+		lowers = append(lowers, c)
+	}
+	var paths [3]string
+	for i, p := range []string{a.Upper, a.Work, a.Target} {
+		c, err := s.confine(p)
+		if err != nil {
+			return err
+		}
+		if err := os.MkdirAll(c, 0o755); err != nil {
+			return err
+		}
+		paths[i] = c
+	}
+	opts := "lowerdir=" + strings.Join(lowers, ":") + ",upperdir=" + paths[0] + ",workdir=" + paths[1]
+	if err := unix.Mount("overlay", paths[2], "overlay", 0, opts); err != nil {
+		return fmt.Errorf("combine layers at %s: %w", paths[2], err)
+	}
+	return nil
+}
+
+func (s *Server) mkdir(p string) error {
+	t, err := s.confine(p)
+	if err != nil {
+		return err
+	}
+	return os.MkdirAll(t, 0o755)
+}
+
+func (s *Server) bind(a agent.BindArgs) error {
+	src, err := s.confine(a.Source)
+	if err != nil {
+		return err
+	}
+	dst, err := s.confine(a.Target)
+	if err != nil {
+		return err
+	}
+	st, err := os.Stat(src)
+	if err != nil {
+		return err
+	}
+	if st.IsDir() {
+		err = os.MkdirAll(dst, 0o755)
+	} else {
+		if err = os.MkdirAll(filepath.Dir(dst), 0o755); err == nil {
+			var f *os.File
+			if f, err = os.OpenFile(dst, os.O_CREATE|os.O_WRONLY, 0o644); err == nil {
+				f.Close()
+			}
+		}
+	}
+	if err != nil {
+		return err
+	}
+	if err := unix.Mount(src, dst, "", unix.MS_BIND, ""); err != nil {
+		return fmt.Errorf("bind %s at %s: %w", src, dst, err)
+	}
+	if a.ReadOnly {
+		if err := unix.Mount("", dst, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
+			unix.Unmount(dst, 0)
+			return fmt.Errorf("make %s read-only: %w", dst, err)
+		}
+	}
+	return nil
+}
+
+type streamWriter struct {
+	s      *Server
+	id     uint64
+	stream string
+}
+
+func (w streamWriter) Write(p []byte) (int, error) {
+	total := len(p)
+	for len(p) > 0 {
+		n := min(len(p), 256<<10)
+		w.s.send(&agent.Message{ID: w.id, Stream: w.stream, Data: p[:n]})
+		p = p[n:]
+	}
+	return total, nil
+}
+
+func (s *Server) exec(ctx context.Context, id uint64, a agent.ExecArgs) (any, error) {
+	if len(a.Args) == 0 {
+		return nil, &agent.Error{Code: agent.CodeInvalid, Message: "exec needs a command"}
+	}
+	var stdin io.Reader
+	if a.Stdin {
+		pr, pw := io.Pipe()
+		s.mu.Lock()
+		s.stdins[id] = pw
+		s.mu.Unlock()
+		defer func() {
+			s.mu.Lock()
+			delete(s.stdins, id)
+			s.mu.Unlock()
+			pr.Close()
+		}()
+		stdin = pr
+	}
+	stdout, stderr := streamWriter{s, id, "stdout"}, streamWriter{s, id, "stderr"}
+	if a.Root != "" {
+		root, err := s.confine(a.Root)
+		if err != nil {
+			return nil, err
+		}
+		code, err := hostrun.Run(ctx, hostrun.Options{Rootfs: root, Args: a.Args, Env: a.Env, Cwd: a.Cwd, Stdin: stdin, Stdout: stdout, Stderr: stderr})
+		return agent.ExecResult{ExitCode: code}, err
+	}
+	path, err := exec.LookPath(a.Args[0])
+	if err != nil {
+		return nil, &agent.Error{Code: agent.CodeExecNotFound, Message: fmt.Sprintf("%s: command not found", a.Args[0])}
+	}
+	cmd := exec.CommandContext(ctx, path, a.Args[1:]...)
+	cmd.Env, cmd.Dir, cmd.Stdin, cmd.Stdout, cmd.Stderr = a.Env, a.Cwd, stdin, stdout, stderr
+	err = cmd.Run()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return agent.ExecResult{ExitCode: ee.ExitCode()}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return agent.ExecResult{}, nil
+}
+
+func (s *Server) stat(p string) (any, error) {
+	t, err := s.confine(p)
+	if err != nil {
+		return nil, err
+	}
+	st, err := os.Lstat(t)
+	if err != nil {
+		return nil, err
+	}
+	r := agent.StatResult{Mode: uint32(st.Mode()), Size: st.Size(), IsDir: st.IsDir()}
+	if st.Mode()&os.ModeSymlink != 0 {
+		r.Link, _ = os.Readlink(t)
+	}
+	return r, nil
+}
+
+func (s *Server) list(p string) (any, error) {
+	t, err := s.confine(p)
+	if err != nil {
+		return nil, err
+	}
+	ents, err := os.ReadDir(t)
+	if err != nil {
+		return nil, err
+	}
+	var r agent.ListResult
+	for _, e := range ents {
+		r.Names = append(r.Names, e.Name())
+	}
+	return r, nil
+}

@@ -1,0 +1,192 @@
+// Package agent is the protocol between the host and layervisor's guest
+// agent in a utility VM, and its host-side client.
+//
+// The channel is a virtio-serial port: a byte stream with no connection
+// semantics, which outlives any one host process. Every frame is therefore
+// "LVA1", a 4-byte big-endian length and a JSON message, so the guest can
+// find the next frame after garbage (a host killed mid-write) and can skip
+// an oversized one. A "hello" with the protocol version starts a session.
+package agent
+
+import (
+	"bufio"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// Version is the protocol version.
+const Version = 1
+
+// MaxMessage bounds a frame's JSON.
+const MaxMessage = 1 << 20
+
+var magic = [4]byte{'L', 'V', 'A', '1'}
+
+// Operations.
+const (
+	OpHello          = "hello"
+	OpMountSCSI      = "mount_scsi"
+	OpMountPmem      = "mount_pmem"
+	OpMountVirtiofs  = "mount_virtiofs"
+	OpUnmount        = "unmount"
+	OpCombineLayers  = "combine_layers"
+	OpRemoveCombined = "remove_combined"
+	OpMkdir          = "mkdir"
+	OpBindMount      = "bind_mount"
+	OpExec           = "exec"
+	OpStdin          = "stdin"
+	OpStat           = "stat"
+	OpList           = "list"
+	OpShutdown       = "shutdown"
+)
+
+// Error codes.
+const (
+	CodeInvalid      = "invalid-argument"
+	CodeNotFound     = "not-found"
+	CodeOutsideRoots = "outside-allowed-roots"
+	CodeExecNotFound = "exec-not-found"
+	CodeTooLarge     = "message-too-large"
+	CodeInternal     = "internal"
+)
+
+// Error is an error the guest returned.
+type Error struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+func (e *Error) Error() string { return fmt.Sprintf("guest agent: %s: %s", e.Code, e.Message) }
+
+// IsCode reports whether err is a guest error with the code.
+func IsCode(err error, code string) bool {
+	var e *Error
+	return errors.As(err, &e) && e.Code == code
+}
+
+// Message is one frame.
+type Message struct {
+	ID   uint64          `json:"id"`
+	Op   string          `json:"op,omitempty"`   // a request (or stdin data for exec ID)
+	Args json.RawMessage `json:"args,omitempty"` // request arguments
+	// Responses: Result and Error on the final frame (Done), stream data
+	// before it.
+	Result json.RawMessage `json:"result,omitempty"`
+	Error  *Error          `json:"error,omitempty"`
+	Done   bool            `json:"done,omitempty"`
+	Stream string          `json:"stream,omitempty"` // "stdout", "stderr", "stdin"
+	Data   []byte          `json:"data,omitempty"`
+	EOF    bool            `json:"eof,omitempty"` // end of a stdin stream
+}
+
+// Request arguments and results.
+type (
+	HelloArgs   struct{ Version int }
+	HelloResult struct {
+		Version int
+		Kernel  string
+	}
+	MountSCSIArgs struct {
+		Controller, LUN, Partition int
+		ReadOnly                   bool
+		FSType, Target             string
+	}
+	MountPmemArgs struct {
+		Addr, Size     uint64 // guest-physical region of the device
+		FSType, Target string
+	}
+	MountVirtiofsArgs struct {
+		Tag      string
+		ReadOnly bool
+		Target   string
+	}
+	PathArgs    struct{ Path string }
+	CombineArgs struct {
+		Lowers             []string
+		Upper, Work, Target string
+	}
+	BindArgs struct {
+		Source, Target string
+		ReadOnly       bool
+	}
+	ExecArgs struct {
+		Args  []string
+		Env   []string
+		Cwd   string
+		Root  string // run inside this root file system (new namespaces)
+		Stdin bool   // the host will send stdin frames
+	}
+	ExecResult struct{ ExitCode int }
+	StatResult struct {
+		Mode  uint32
+		Size  int64
+		IsDir bool
+		Link  string
+	}
+	ListResult struct{ Names []string }
+)
+
+// WriteFrame writes one message.
+func WriteFrame(w io.Writer, m *Message) error {
+	b, err := json.Marshal(m)
+	if err != nil {
+		return err
+	}
+	if len(b) > MaxMessage {
+		return fmt.Errorf("agent message of %d bytes exceeds %d", len(b), MaxMessage)
+	}
+	buf := make([]byte, 8+len(b))
+	copy(buf, magic[:])
+	binary.BigEndian.PutUint32(buf[4:], uint32(len(b)))
+	copy(buf[8:], b)
+	_, err = w.Write(buf)
+	return err
+}
+
+// ErrTooLarge is returned by ReadFrame for a frame over MaxMessage; the
+// next ReadFrame looks for the following frame start.
+var ErrTooLarge = errors.New("agent frame exceeds the maximum message size")
+
+// ErrMalformed is returned by ReadFrame for a frame that is not valid JSON.
+var ErrMalformed = errors.New("malformed agent frame")
+
+// ReadFrame reads the next message, skipping bytes until a frame start.
+func ReadFrame(r *bufio.Reader) (*Message, error) {
+	matched := 0
+	for matched < 4 {
+		c, err := r.ReadByte()
+		if err != nil {
+			return nil, err
+		}
+		switch {
+		case c == magic[matched]:
+			matched++
+		case c == magic[0]:
+			matched = 1
+		default:
+			matched = 0
+		}
+	}
+	var lb [4]byte
+	if _, err := io.ReadFull(r, lb[:]); err != nil {
+		return nil, err
+	}
+	n := binary.BigEndian.Uint32(lb[:])
+	if n > MaxMessage {
+		// A length we refuse may be garbage too: do not trust it to skip;
+		// resynchronise on the next frame start instead.
+		return nil, ErrTooLarge
+	}
+	b := make([]byte, n)
+	if _, err := io.ReadFull(r, b); err != nil {
+		return nil, err
+	}
+	var m Message
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	return &m, nil
+}
