@@ -17,6 +17,13 @@ import (
 	"io"
 )
 
+// GuestModules are the kernel modules the agent loads at boot (with their
+// dependencies); the initramfs builder packs the same list.
+var GuestModules = []string{"virtio_pci", "virtio_console", "virtio_scsi", "sd_mod", "virtio_pmem", "nd_pmem", "overlay", "virtiofs", "ext4"}
+
+// PortName is the virtio-serial port of the agent channel.
+const PortName = "layervisor.agent"
+
 // Version is the protocol version.
 const Version = 1
 
@@ -105,7 +112,7 @@ type (
 	}
 	PathArgs    struct{ Path string }
 	CombineArgs struct {
-		Lowers             []string
+		Lowers              []string
 		Upper, Work, Target string
 	}
 	BindArgs struct {

@@ -1,0 +1,215 @@
+package uvm
+
+import (
+	"bufio"
+	"compress/gzip"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/layervisor/layervisor/internal/atomicfile"
+	"github.com/layervisor/layervisor/pkg/agent"
+)
+
+// InitramfsOptions say what goes into the UVM's initramfs.
+type InitramfsOptions struct {
+	// BootDir holds vmlinuz and lib/modules/<version>/ (depmod run).
+	BootDir string
+	// Agent is the guest agent binary; empty finds or builds one (FindAgent).
+	Agent string
+	// Out is the initramfs to write.
+	Out string
+}
+
+// FindAgent locates the guest agent binary: $LAYERVISOR_AGENT, then
+// layervisor-agent next to the running executable, then a fresh build from
+// the module's source when the Go toolchain and the source are here.
+func FindAgent(ctx context.Context, tmpDir string) (string, error) {
+	if p := os.Getenv("LAYERVISOR_AGENT"); p != "" {
+		return p, nil
+	}
+	if exe, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(exe), "layervisor-agent")
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
+		}
+	}
+	out := filepath.Join(tmpDir, "layervisor-agent")
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "github.com/layervisor/layervisor/cmd/layervisor-agent")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("no guest agent: set LAYERVISOR_AGENT, put layervisor-agent next to layervisor, or run from the source tree with Go installed (go build: %v: %s)", err, b)
+	}
+	return out, nil
+}
+
+// BuildInitramfs writes a gzip cpio (newc) with the agent as /init and the
+// kernel modules it loads, with their dependencies and modules.dep.
+func BuildInitramfs(ctx context.Context, o InitramfsOptions) error {
+	kver, err := os.ReadFile(filepath.Join(o.BootDir, "kernel-version"))
+	if err != nil {
+		vers, _ := filepath.Glob(filepath.Join(o.BootDir, "lib", "modules", "*"))
+		if len(vers) != 1 {
+			return fmt.Errorf("boot dir %s: no kernel-version file and not exactly one lib/modules/<version> (run bash scripts/deps.sh): %w", o.BootDir, err)
+		}
+		kver = []byte(filepath.Base(vers[0]))
+	}
+	ver := strings.TrimSpace(string(kver))
+	modDir := filepath.Join(o.BootDir, "lib", "modules", ver)
+	files, err := moduleFiles(filepath.Join(modDir, "modules.dep"), agent.GuestModules)
+	if err != nil {
+		return err
+	}
+	agentPath := o.Agent
+	if agentPath == "" {
+		tmp, err := os.MkdirTemp("", "layervisor-agent-build")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(tmp)
+		if agentPath, err = FindAgent(ctx, tmp); err != nil {
+			return err
+		}
+	}
+	if err := os.MkdirAll(filepath.Dir(o.Out), 0o755); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(o.Out), ".tmp-initramfs-")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	bw := bufio.NewWriterSize(tmp, 1<<20)
+	zw, _ := gzip.NewWriterLevel(bw, gzip.BestSpeed)
+	cw := &cpioWriter{w: zw, ino: 1}
+	for _, d := range []string{"dev", "proc", "sys", "run", "tmp", "lib", "lib/modules", "lib/modules/" + ver} {
+		cw.dir(d)
+	}
+	made := map[string]bool{}
+	if err := cw.file("init", agentPath, 0o755); err != nil {
+		return fmt.Errorf("initramfs: agent %s: %w", agentPath, err)
+	}
+	if err := cw.file("lib/modules/"+ver+"/modules.dep", filepath.Join(modDir, "modules.dep"), 0o644); err != nil {
+		return err
+	}
+	for _, f := range files {
+		for d := filepath.Dir(f); d != "."; d = filepath.Dir(d) {
+			if !made[d] {
+				made[d] = true
+			}
+		}
+	}
+	for _, d := range sortedDirs(made) {
+		cw.dir("lib/modules/" + ver + "/" + d)
+	}
+	for _, f := range files {
+		if err := cw.file("lib/modules/"+ver+"/"+f, filepath.Join(modDir, f), 0o644); err != nil {
+			return err
+		}
+	}
+	if err := cw.trailer(); err != nil {
+		return err
+	}
+	if err := zw.Close(); err != nil {
+		return err
+	}
+	if err := bw.Flush(); err != nil {
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp.Name(), o.Out); err != nil {
+		return err
+	}
+	return atomicfile.SyncDir(filepath.Dir(o.Out))
+}
+
+func sortedDirs(m map[string]bool) []string {
+	out := slices.Collect(maps.Keys(m))
+	slices.Sort(out) // parents before children
+	return out
+}
+
+// moduleFiles returns the module files (relative to the module dir) of
+// wanted and of everything they depend on. Built-in modules have no entry.
+func moduleFiles(depFile string, wanted []string) ([]string, error) {
+	b, err := os.ReadFile(depFile)
+	if err != nil {
+		return nil, fmt.Errorf("kernel modules: %w (run bash scripts/deps.sh)", err)
+	}
+	deps := map[string][]string{}
+	for _, line := range strings.Split(string(b), "\n") {
+		file, rest, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		base := strings.TrimSuffix(filepath.Base(file), ".ko")
+		deps[strings.ReplaceAll(base, "-", "_")] = append([]string{file}, strings.Fields(rest)...)
+	}
+	seen := map[string]bool{}
+	var out []string
+	for _, w := range wanted {
+		for _, f := range deps[w] {
+			if !seen[f] {
+				seen[f] = true
+				out = append(out, f)
+			}
+		}
+	}
+	return out, nil
+}
+
+// cpioWriter writes the "newc" cpio format the kernel unpacks.
+type cpioWriter struct {
+	w   io.Writer
+	ino int
+	err error
+}
+
+func (c *cpioWriter) header(name string, mode uint32, size int) {
+	if c.err != nil {
+		return
+	}
+	c.ino++
+	hdr := fmt.Sprintf("070701%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X",
+		c.ino, mode, 0, 0, 1, 0, size, 0, 0, 0, 0, len(name)+1, 0)
+	_, c.err = io.WriteString(c.w, hdr+name+"\x00")
+	c.pad(len(hdr) + len(name) + 1)
+}
+
+func (c *cpioWriter) pad(n int) {
+	if c.err == nil && n%4 != 0 {
+		_, c.err = c.w.Write(make([]byte, 4-n%4))
+	}
+}
+
+func (c *cpioWriter) dir(name string) { c.header(name, 0o040755, 0) }
+
+func (c *cpioWriter) file(name, src string, perm uint32) error {
+	b, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	c.header(name, 0o100000|perm, len(b))
+	if c.err == nil {
+		_, c.err = c.w.Write(b)
+		c.pad(len(b))
+	}
+	return c.err
+}
+
+func (c *cpioWriter) trailer() error {
+	c.header("TRAILER!!!", 0, 0)
+	if c.err != nil {
+		return errors.Join(errors.New("write initramfs"), c.err)
+	}
+	return nil
+}

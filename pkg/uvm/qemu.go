@@ -1,0 +1,313 @@
+package uvm
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/layervisor/layervisor/pkg/agent"
+	"github.com/layervisor/layervisor/pkg/qmp"
+	"github.com/layervisor/layervisor/pkg/undo"
+	"github.com/layervisor/layervisor/pkg/uvm/pciports"
+	"github.com/layervisor/layervisor/pkg/uvm/scsi"
+	"github.com/layervisor/layervisor/pkg/uvm/share"
+	"github.com/layervisor/layervisor/pkg/uvm/vpmem"
+)
+
+// accel picks KVM when /dev/kvm can be opened, else TCG.
+func accel() string {
+	if f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0); err == nil {
+		f.Close()
+		return "kvm"
+	}
+	return "tcg"
+}
+
+// qemuArgs is the QEMU command line.
+func (u *UVM) qemuArgs(acc string) []string {
+	c := u.cfg
+	mem := strconv.Itoa(c.MemoryMB) + "M"
+	args := []string{
+		"-name", "layervisor-" + c.ID,
+		"-M", "q35,memory-backend=ram", "-accel", acc, "-smp", strconv.Itoa(c.CPUs),
+		"-m", fmt.Sprintf("%s,slots=%d,maxmem=%dM", mem, c.VPMemSlots, c.MemoryMB+c.PmemBudgetMB),
+		// Shared memfd RAM: vhost-user-fs (virtiofs) needs it.
+		"-object", "memory-backend-memfd,id=ram,size=" + mem + ",share=on",
+		"-display", "none", "-nodefaults", "-no-user-config", "-nic", "none",
+		"-kernel", filepath.Join(c.BootDir, "vmlinuz"), "-initrd", c.Initrd,
+		"-append", "console=ttyS0 quiet panic=-1",
+		"-serial", "file:" + u.path("debug/console.log"),
+		"-D", u.path("debug/qemu.log"),
+		"-qmp", "unix:" + u.path("qmp.sock") + ",server=on,wait=off",
+		"-device", "virtio-serial-pci,id=vser",
+		"-chardev", "socket,id=agent,path=" + u.path("agent.sock") + ",server=on,wait=off",
+		"-device", "virtserialport,bus=vser.0,chardev=agent,name=" + agent.PortName,
+	}
+	for i := 0; i < c.SCSIControllers; i++ {
+		args = append(args, "-device", fmt.Sprintf("virtio-scsi-pci,id=scsi%d", i))
+	}
+	// Root ports eight to a slot (multifunction), from slot 0x10 on.
+	for i := 0; i < c.RootPorts; i++ {
+		dev := fmt.Sprintf("pcie-root-port,id=%s,chassis=%d,bus=pcie.0,addr=%#x.%d", pciports.Name(i), i+1, 0x10+i/8, i%8)
+		if i%8 == 0 {
+			dev += ",multifunction=on"
+		}
+		args = append(args, "-device", dev)
+	}
+	return args
+}
+
+// Start boots the UVM and waits for its agent.
+func (u *UVM) Start(ctx context.Context) (err error) {
+	if st := u.State().Status; st == "running" {
+		return fmt.Errorf("uvm %s is already running", u.cfg.ID)
+	}
+	c := u.cfg
+	qemu, err := exec.LookPath(c.QEMU)
+	if err != nil {
+		return fmt.Errorf("uvm %s: QEMU (%s) not found: install qemu-system-x86 (bash scripts/deps.sh): %w", c.ID, c.QEMU, err)
+	}
+	if _, err := os.Stat(filepath.Join(c.BootDir, "vmlinuz")); err != nil {
+		return fmt.Errorf("uvm %s: kernel missing in %s: run bash scripts/deps.sh (or set LAYERVISOR_BOOT_DIR): %w", c.ID, c.BootDir, err)
+	}
+	if _, err := os.Stat(c.Initrd); err != nil {
+		slog.Info("building the UVM initramfs", "path", c.Initrd)
+		if err := BuildInitramfs(ctx, InitramfsOptions{BootDir: c.BootDir, Out: c.Initrd}); err != nil {
+			return fmt.Errorf("uvm %s: initramfs %s missing and could not be built (layervisor uvm image build): %w", c.ID, c.Initrd, err)
+		}
+	}
+	var un undo.Stack
+	defer func() {
+		if err != nil {
+			un.Run(ctx)
+			u.fail(err)
+		}
+	}()
+	for _, s := range []string{"qmp.sock", "agent.sock"} {
+		os.Remove(u.path(s))
+	}
+	os.Remove(u.path("debug/console.log"))
+	acc := accel()
+	cmd := exec.Command(qemu, u.qemuArgs(acc)...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	// Its own session: the VM outlives the CLI process that started it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("uvm %s: start QEMU: %w", c.ID, err)
+	}
+	u.proc = cmd.Process
+	u.exited = make(chan struct{})
+	go func() { cmd.Wait(); close(u.exited) }()
+	un.Push("kill QEMU", func(context.Context) error { u.proc.Kill(); <-u.exited; return nil })
+	u.mu.Lock()
+	u.state.PID, u.state.Status, u.state.Accel, u.state.Started, u.state.Error = cmd.Process.Pid, "starting", acc, time.Now().UTC(), ""
+	u.mu.Unlock()
+	u.save()
+
+	bctx, cancel := context.WithTimeout(ctx, c.BootTimeout)
+	defer cancel()
+	go func() {
+		select {
+		case <-u.exited:
+			cancel()
+		case <-bctx.Done():
+		}
+	}()
+	if u.qmp, err = dialRetry(bctx, u.path("qmp.sock")); err != nil {
+		return u.bootError("QMP", err, stderr.String())
+	}
+	un.Push("close QMP", func(context.Context) error { return u.qmp.Close() })
+	t0 := time.Now()
+	if u.agent, err = agent.Dial(bctx, u.path("agent.sock")); err != nil {
+		return u.bootError("guest agent", err, stderr.String())
+	}
+	slog.Debug("uvm agent ready", "uvm", c.ID, "after", time.Since(t0), "accel", acc)
+	u.wire()
+	u.mu.Lock()
+	u.state.Status = "running"
+	u.mu.Unlock()
+	if err := u.save(); err != nil {
+		return err
+	}
+	go u.watch()
+	return nil
+}
+
+func dialRetry(ctx context.Context, sock string) (*qmp.Client, error) {
+	for {
+		c, err := qmp.Dial(ctx, sock)
+		if err == nil {
+			return c, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// bootError explains a failed boot with the console's last lines.
+func (u *UVM) bootError(what string, err error, qemuStderr string) error {
+	select {
+	case <-u.exited:
+		err = fmt.Errorf("QEMU exited: %s", strings.TrimSpace(qemuStderr))
+	default:
+	}
+	return fmt.Errorf("uvm %s: %s did not come up: %w\n--- console tail (%s) ---\n%s", u.cfg.ID, what, err,
+		u.path("debug/console.log"), tail(u.path("debug/console.log"), 30))
+}
+
+func tail(p string, lines int) string {
+	b, _ := os.ReadFile(p)
+	ls := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(ls) > lines {
+		ls = ls[len(ls)-lines:]
+	}
+	return strings.Join(ls, "\n")
+}
+
+// watch marks the UVM failed when QEMU exits or the agent channel drops
+// while it is meant to be running.
+func (u *UVM) watch() {
+	var why error
+	select {
+	case <-u.exited:
+		why = errors.New("QEMU exited")
+	case <-u.agent.Done():
+		why = fmt.Errorf("agent connection lost: %v", u.agent.Err())
+	case <-u.qmp.Done():
+		why = fmt.Errorf("QMP connection lost: %v", u.qmp.Err())
+	}
+	if u.State().Status == "running" {
+		slog.Warn("uvm failed", "uvm", u.cfg.ID, "why", why)
+		u.fail(why)
+	}
+}
+
+// wire builds the attachment controllers over QMP and the agent.
+func (u *UVM) wire() {
+	c := u.cfg
+	u.ports = pciports.New(c.RootPorts)
+	u.scsi, _ = scsi.New(scsi.NewQEMUHost(u.qmp), scsiGuest{u.agent}, c.SCSIControllers)
+	u.vpmem = vpmem.New(vpmem.NewQEMUHost(u.qmp, u.ports), pmemGuest{u.agent},
+		vpmem.Config{Slots: c.VPMemSlots, MaxSize: c.VPMemMaxSize, Budget: uint64(c.PmemBudgetMB) << 20})
+	u.shareHst = share.NewQEMUHost(u.qmp, u.ports, u.path("shares"), "")
+	u.shares = share.New(u.shareHst, u.agent, u.path("shares"))
+}
+
+type scsiGuest struct{ a *agent.Client }
+
+func (g scsiGuest) MountSCSI(ctx context.Context, s scsi.Slot, partition int, readOnly bool, fsType, guestPath string) error {
+	return g.a.MountSCSI(ctx, agent.MountSCSIArgs{Controller: s.Controller, LUN: s.LUN, Partition: partition, ReadOnly: readOnly, FSType: fsType, Target: guestPath})
+}
+func (g scsiGuest) Unmount(ctx context.Context, p string) error { return g.a.Unmount(ctx, p) }
+
+type pmemGuest struct{ a *agent.Client }
+
+func (g pmemGuest) MountPmem(ctx context.Context, d vpmem.Device, guestPath string) error {
+	return g.a.MountPmem(ctx, agent.MountPmemArgs{Addr: d.Addr, Size: d.Size, FSType: "ext4", Target: guestPath})
+}
+func (g pmemGuest) Unmount(ctx context.Context, p string) error { return g.a.Unmount(ctx, p) }
+
+// Stop shuts the guest down (agent, then QMP quit, then SIGKILL after a
+// deadline) and releases host-side helpers. Idempotent.
+func (u *UVM) Stop(ctx context.Context) error {
+	var errs []error
+	if u.agent != nil {
+		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		if err := u.agent.Shutdown(sctx); err != nil && !errors.Is(err, agent.ErrDisconnected) {
+			slog.Debug("agent shutdown", "err", err)
+		}
+		cancel()
+	}
+	u.mu.Lock()
+	u.state.Status = "stopped"
+	u.mu.Unlock()
+	if !u.waitExit(5 * time.Second) {
+		if u.qmp != nil {
+			qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			u.qmp.Execute(qctx, "quit", nil, nil)
+			cancel()
+		}
+		if !u.waitExit(5 * time.Second) {
+			if p := u.pid(); p > 0 {
+				syscall.Kill(p, syscall.SIGKILL)
+			}
+			u.waitExit(5 * time.Second)
+		}
+	}
+	if u.shareHst != nil {
+		if err := u.shareHst.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if u.agent != nil {
+		u.agent.Close()
+	}
+	if u.qmp != nil {
+		u.qmp.Close()
+	}
+	for _, s := range []string{"qmp.sock", "agent.sock"} {
+		os.Remove(u.path(s))
+	}
+	if err := u.save(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func (u *UVM) pid() int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.state.PID
+}
+
+// waitExit waits for QEMU to exit, in this process or (for a UVM started by
+// another process) by polling its pid.
+func (u *UVM) waitExit(d time.Duration) bool {
+	if u.exited != nil {
+		select {
+		case <-u.exited:
+			return true
+		case <-time.After(d):
+			return false
+		}
+	}
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		if !alive(u.pid(), u.dir) {
+			return true
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return !alive(u.pid(), u.dir)
+}
+
+// alive reports whether pid is a QEMU of the UVM in dir (the pid could
+// have been reused by another process).
+func alive(pid int, dir string) bool {
+	if pid <= 0 {
+		return false
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return false
+	}
+	if st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
+		if f := strings.Fields(string(st)); len(f) > 2 && f[2] == "Z" {
+			return false
+		}
+	}
+	return bytes.Contains(b, []byte(filepath.Join(dir, "qmp.sock")))
+}

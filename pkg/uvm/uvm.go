@@ -1,0 +1,276 @@
+// Package uvm runs a utility VM: QEMU (KVM when /dev/kvm is usable, TCG
+// otherwise) booting Debian's cloud kernel with layervisor's guest agent as
+// init, a QMP control socket, a virtio-serial agent channel, hot-plug slots
+// (virtio-scsi controllers, PCIe root ports, memory slots for pmem) and the
+// three attachment controllers built on them.
+package uvm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sync"
+	"time"
+
+	"github.com/layervisor/layervisor/internal/atomicfile"
+	"github.com/layervisor/layervisor/pkg/agent"
+	"github.com/layervisor/layervisor/pkg/qmp"
+	"github.com/layervisor/layervisor/pkg/scratch"
+	"github.com/layervisor/layervisor/pkg/undo"
+	"github.com/layervisor/layervisor/pkg/uvm/pciports"
+	"github.com/layervisor/layervisor/pkg/uvm/scsi"
+	"github.com/layervisor/layervisor/pkg/uvm/share"
+	"github.com/layervisor/layervisor/pkg/uvm/vpmem"
+)
+
+// Errors callers may test with errors.Is.
+var (
+	ErrInvalidID = errors.New("invalid UVM id")
+	ErrExists    = errors.New("UVM already exists")
+	ErrNotFound  = errors.New("UVM not found")
+	ErrNotReady  = errors.New("UVM is not running")
+)
+
+// KeepOnFailureEnv keeps a failed UVM's state directory for inspection.
+const KeepOnFailureEnv = "LAYERVISOR_KEEP_UVM_ON_FAILURE"
+
+// Config describes a UVM.
+type Config struct {
+	ID   string `json:"id"`
+	Root string `json:"root"` // layervisor state root; the UVM lives in <Root>/uvms/<ID>
+	// BootDir has vmlinuz and lib/modules (default $LAYERVISOR_BOOT_DIR or
+	// /var/cache/layervisor/boot); Initrd defaults to <Root>/boot/initrd.img,
+	// built when missing.
+	BootDir         string `json:"bootDir"`
+	Initrd          string `json:"initrd"`
+	QEMU            string `json:"qemu"`
+	MemoryMB        int    `json:"memoryMB"`
+	CPUs            int    `json:"cpus"`
+	SCSIControllers int    `json:"scsiControllers"`
+	VPMemSlots      int    `json:"vpmemSlots"`
+	VPMemMaxSize    uint64 `json:"vpmemMaxSize"`
+	// PmemBudgetMB is the guest-physical space for pmem (maxmem − RAM).
+	PmemBudgetMB int   `json:"pmemBudgetMB"`
+	RootPorts    int   `json:"rootPorts"`
+	ScratchSize  int64 `json:"scratchSize"`
+	// BootTimeout bounds the wait for the agent.
+	BootTimeout time.Duration `json:"bootTimeout"`
+}
+
+func (c *Config) defaults() {
+	if c.BootDir == "" {
+		c.BootDir = os.Getenv("LAYERVISOR_BOOT_DIR")
+	}
+	if c.BootDir == "" {
+		c.BootDir = "/var/cache/layervisor/boot"
+	}
+	if c.Initrd == "" {
+		c.Initrd = filepath.Join(c.Root, "boot", "initrd.img")
+	}
+	if c.QEMU == "" {
+		c.QEMU = "qemu-system-x86_64"
+	}
+	if c.MemoryMB == 0 {
+		c.MemoryMB = 512
+	}
+	if c.CPUs == 0 {
+		c.CPUs = 2
+	}
+	if c.SCSIControllers == 0 {
+		c.SCSIControllers = 1
+	}
+	if c.VPMemSlots == 0 {
+		c.VPMemSlots = 16
+	}
+	if c.VPMemMaxSize == 0 {
+		c.VPMemMaxSize = vpmem.DefaultMaxSize
+	}
+	if c.PmemBudgetMB == 0 {
+		c.PmemBudgetMB = 4096
+	}
+	if c.RootPorts == 0 {
+		c.RootPorts = c.VPMemSlots + 8 // pmem devices plus shares
+	}
+	if c.ScratchSize == 0 {
+		c.ScratchSize = 1 << 30
+	}
+	if c.BootTimeout == 0 {
+		c.BootTimeout = 60 * time.Second
+	}
+}
+
+var safeID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
+
+// ValidateID checks that id can name a state directory.
+func ValidateID(id string) error {
+	if !safeID.MatchString(id) {
+		return fmt.Errorf("%w %q: use 1-64 letters, digits, '_', '.', '-', starting with a letter or digit", ErrInvalidID, id)
+	}
+	return nil
+}
+
+// State is what uvm.json records, for other processes and gc.
+type State struct {
+	Config  Config    `json:"config"`
+	PID     int       `json:"pid,omitempty"`
+	Status  string    `json:"status"` // created, running, stopped, failed
+	Accel   string    `json:"accel,omitempty"`
+	Started time.Time `json:"started,omitempty"`
+	Error   string    `json:"error,omitempty"`
+}
+
+// UVM is a utility VM.
+type UVM struct {
+	cfg Config
+	dir string
+
+	mu       sync.Mutex
+	state    State
+	proc     *os.Process
+	exited   chan struct{} // closed when QEMU exits (only in the starting process)
+	qmp      *qmp.Client
+	agent    *agent.Client
+	ports    *pciports.Allocator
+	scsi     *scsi.Controller
+	vpmem    *vpmem.Controller
+	shares   *share.Controller
+	shareHst *share.QEMUHost
+}
+
+// Dir returns a UVM's state directory under root.
+func Dir(root, id string) string { return filepath.Join(root, "uvms", id) }
+
+func (u *UVM) path(name string) string { return filepath.Join(u.dir, name) }
+
+// Create makes the UVM's state directory: its scratch (cloned from the
+// scratch template, never copied in full; a stale one is replaced),
+// debug/ and crash/. On failure nothing is left.
+func Create(ctx context.Context, cfg Config) (_ *UVM, err error) {
+	if err := ValidateID(cfg.ID); err != nil {
+		return nil, err
+	}
+	if cfg.Root == "" {
+		return nil, errors.New("uvm: Config.Root is empty")
+	}
+	cfg.defaults()
+	u := &UVM{cfg: cfg, dir: Dir(cfg.Root, cfg.ID)}
+	if st, err := Load(cfg.Root, cfg.ID); err == nil && st.Status == "running" && alive(st.PID, u.dir) {
+		return nil, fmt.Errorf("%w: %s is running (pid %d)", ErrExists, cfg.ID, st.PID)
+	}
+	var un undo.Stack
+	defer un.RunUnlessCommitted(ctx, &err)
+	if err := os.MkdirAll(filepath.Dir(u.dir), 0o755); err != nil {
+		return nil, err
+	}
+	fresh := false
+	if _, err := os.Stat(u.dir); errors.Is(err, os.ErrNotExist) {
+		fresh = true
+	}
+	for _, d := range []string{"debug", "crash"} {
+		if err := os.MkdirAll(u.path(d), 0o750); err != nil {
+			return nil, fmt.Errorf("uvm %s: %w", cfg.ID, err)
+		}
+	}
+	if fresh {
+		un.Push("remove state dir", func(context.Context) error { return os.RemoveAll(u.dir) })
+	}
+	tpl, err := scratch.EnsureTemplate(ctx, cfg.Root, cfg.ScratchSize)
+	if err != nil {
+		return nil, err
+	}
+	os.Remove(u.path("scratch.img")) // a stale scratch from an earlier UVM of this id
+	if err := scratch.Clone(ctx, tpl, u.path("scratch.img")); err != nil {
+		return nil, err
+	}
+	u.state = State{Config: cfg, Status: "created"}
+	if err := u.save(); err != nil {
+		return nil, err
+	}
+	un.Commit()
+	return u, nil
+}
+
+func (u *UVM) save() error {
+	u.mu.Lock()
+	st := u.state
+	u.mu.Unlock()
+	return atomicfile.WriteJSON(u.path("uvm.json"), st, false)
+}
+
+// Load reads a UVM's recorded state.
+func Load(root, id string) (*State, error) {
+	if err := ValidateID(id); err != nil {
+		return nil, err
+	}
+	var st State
+	if err := atomicfile.ReadJSON(filepath.Join(Dir(root, id), "uvm.json"), &st); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
+		}
+		return nil, err
+	}
+	return &st, nil
+}
+
+// ID returns the UVM's id.
+func (u *UVM) ID() string { return u.cfg.ID }
+
+// Config returns the UVM's configuration with defaults filled in.
+func (u *UVM) Config() Config { return u.cfg }
+
+// State returns the UVM's state.
+func (u *UVM) State() State {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.state
+}
+
+// Agent returns the guest agent client (nil before Start).
+func (u *UVM) Agent() *agent.Client { return u.agent }
+
+// QMP returns the QMP client (nil before Start).
+func (u *UVM) QMP() *qmp.Client { return u.qmp }
+
+// SCSI returns the SCSI controller.
+func (u *UVM) SCSI() *scsi.Controller { return u.scsi }
+
+// VPMem returns the VPMEM controller.
+func (u *UVM) VPMem() *vpmem.Controller { return u.vpmem }
+
+// Shares returns the share (virtiofs) controller.
+func (u *UVM) Shares() *share.Controller { return u.shares }
+
+// fail marks the UVM failed.
+func (u *UVM) fail(err error) {
+	u.mu.Lock()
+	if u.state.Status != "stopped" {
+		u.state.Status, u.state.Error = "failed", err.Error()
+	}
+	u.mu.Unlock()
+	u.save()
+}
+
+// Failed reports whether the UVM has failed (QEMU died or the agent
+// connection was lost).
+func (u *UVM) Failed() bool { return u.State().Status == "failed" }
+
+// keepOnFailure says whether a failed UVM's state must be kept.
+func keepOnFailure() bool { return os.Getenv(KeepOnFailureEnv) == "1" }
+
+// Remove deletes the state directory; idempotent. A failed UVM is kept
+// when LAYERVISOR_KEEP_UVM_ON_FAILURE=1, with a warning naming the paths.
+func (u *UVM) Remove(ctx context.Context) error {
+	if u.State().Status == "running" {
+		return fmt.Errorf("uvm %s: stop it before removing it", u.cfg.ID)
+	}
+	if u.State().Status == "failed" && keepOnFailure() {
+		slog.Warn("keeping failed UVM state for inspection", "uvm", u.cfg.ID, "dir", u.dir,
+			"console", u.path("debug/console.log"), "qemu_log", u.path("debug/qemu.log"))
+		return nil
+	}
+	return os.RemoveAll(u.dir)
+}

@@ -1,0 +1,160 @@
+package uvm
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/layervisor/layervisor/internal/testutil"
+	"github.com/layervisor/layervisor/pkg/agent"
+)
+
+var (
+	initrdOnce sync.Once
+	initrdPath string
+	initrdErr  error
+)
+
+// testConfig returns a config whose initramfs is built once per test run.
+func testConfig(t *testing.T, id string) Config {
+	t.Helper()
+	testutil.NeedRoot(t)
+	testutil.NeedTool(t, "qemu-system-x86_64")
+	boot := os.Getenv("LAYERVISOR_BOOT_DIR")
+	if boot == "" {
+		boot = "/var/cache/layervisor/boot"
+	}
+	if _, err := os.Stat(filepath.Join(boot, "vmlinuz")); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("kernel missing: scripts/deps.sh must fetch it")
+		}
+		t.Skip("no UVM kernel")
+	}
+	initrdOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "lv-initrd")
+		if err != nil {
+			initrdErr = err
+			return
+		}
+		initrdPath = filepath.Join(dir, "initrd.img")
+		initrdErr = BuildInitramfs(context.Background(), InitramfsOptions{BootDir: boot, Out: initrdPath})
+	})
+	if initrdErr != nil {
+		t.Fatal(initrdErr)
+	}
+	return Config{ID: id, Root: t.TempDir(), BootDir: boot, Initrd: initrdPath, ScratchSize: 64 << 20, VPMemSlots: 4}
+}
+
+func start(t *testing.T, cfg Config) *UVM {
+	t.Helper()
+	ctx := context.Background()
+	u, err := Create(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := u.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		u.Stop(context.Background())
+		u.Remove(context.Background())
+	})
+	return u
+}
+
+func TestBootExecStop(t *testing.T) {
+	u := start(t, testConfig(t, "t1"))
+	ctx := context.Background()
+	var out, errb bytes.Buffer
+	code, err := u.Agent().Exec(ctx, agent.ExecRequest{Args: []string{"/init", "--version"}, Stdout: &out, Stderr: &errb})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// /init refuses to run as a second agent: a real exit code from the guest.
+	if code != 2 || !strings.Contains(errb.String(), "PID 1") {
+		t.Fatalf("exec: code %d stderr %q", code, errb.String())
+	}
+	if _, err := u.Agent().Exec(ctx, agent.ExecRequest{Args: []string{"nonexistent"}}); !agent.IsCode(err, agent.CodeExecNotFound) {
+		t.Fatalf("exec of a missing command: %v", err)
+	}
+	if err := u.Agent().Mkdir(ctx, "/etc/evil"); !agent.IsCode(err, agent.CodeOutsideRoots) {
+		t.Fatalf("mkdir outside roots: %v", err)
+	}
+	st, err := Load(u.cfg.Root, "t1")
+	if err != nil || st.Status != "running" || st.PID == 0 || (st.Accel != "tcg" && st.Accel != "kvm") {
+		t.Fatalf("state %+v %v", st, err)
+	}
+	pid := st.PID
+	if err := u.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if alive(pid, u.dir) {
+		t.Fatal("QEMU still running after Stop")
+	}
+	if err := u.Stop(ctx); err != nil {
+		t.Fatalf("second Stop: %v", err)
+	}
+	if err := u.Remove(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := u.Remove(ctx); err != nil {
+		t.Fatalf("second Remove: %v", err)
+	}
+	if _, err := os.Stat(u.dir); !os.IsNotExist(err) {
+		t.Fatal("state dir left after Remove")
+	}
+}
+
+func TestQEMUKilled(t *testing.T) {
+	u := start(t, testConfig(t, "t2"))
+	if err := u.proc.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !u.Failed() {
+		if time.Now().After(deadline) {
+			t.Fatal("UVM not marked failed after QEMU died")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := u.Agent().Mkdir(context.Background(), "/run/c/x"); !errors.Is(err, agent.ErrDisconnected) {
+		t.Fatalf("call after QEMU died: %v", err)
+	}
+	// Keep-on-failure keeps the state of a failed UVM only.
+	t.Setenv(KeepOnFailureEnv, "1")
+	u.Stop(context.Background())
+	u.mu.Lock()
+	u.state.Status = "failed"
+	u.mu.Unlock()
+	if err := u.Remove(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(u.dir, "debug")); err != nil {
+		t.Fatal("failed UVM's state not kept with keep-on-failure")
+	}
+}
+
+func TestBadConfig(t *testing.T) {
+	ctx := context.Background()
+	for _, id := range []string{"", "../x", "a/b", ".hidden", strings.Repeat("x", 65)} {
+		if _, err := Create(ctx, Config{ID: id, Root: t.TempDir()}); !errors.Is(err, ErrInvalidID) {
+			t.Errorf("id %q: %v", id, err)
+		}
+	}
+	cfg := testConfig(t, "t3")
+	cfg.BootDir = t.TempDir()
+	u, err := Create(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := u.Start(ctx); err == nil || !strings.Contains(err.Error(), "scripts/deps.sh") {
+		t.Fatalf("missing kernel: %v", err)
+	}
+	u.Remove(ctx)
+}
