@@ -23,7 +23,6 @@ import (
 	"github.com/layervisor/layervisor/pkg/hostrun"
 )
 
-
 func main() {
 	// Process isolation inside the VM re-executes this binary.
 	hostrun.MaybeInit()

@@ -27,6 +27,9 @@ import (
 // ErrInvalidLayer marks a layer tar whose content is refused.
 var ErrInvalidLayer = errors.New("invalid layer")
 
+// PmemAlign is the unit the ext4 part of a layer image is padded to.
+const PmemAlign = 2 << 20
+
 var errConverterStopped = errors.New("ext4 converter stopped early")
 
 // Stats describes a converted layer.
@@ -63,6 +66,12 @@ func Convert(ctx context.Context, r io.Reader, out *os.File) (Stats, error) {
 	size, err := out.Seek(0, io.SeekEnd)
 	if err != nil {
 		return st, fmt.Errorf("layer image size: %w", err)
+	}
+	// Persistent-memory namespaces in the guest come in 2 MiB units: pad
+	// (sparsely) so the image can be mapped as VPMEM exactly.
+	size = (size + PmemAlign - 1) / PmemAlign * PmemAlign
+	if err := out.Truncate(size); err != nil {
+		return st, fmt.Errorf("pad layer image: %w", err)
 	}
 	st.ImageSize = size
 	if err := fixInodeBitmapPadding(out); err != nil {

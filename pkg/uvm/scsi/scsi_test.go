@@ -1,0 +1,535 @@
+package scsi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+)
+
+var errInjected = errors.New("injected failure")
+
+// fakeHost is a VMM that checks it is never asked to double-add or remove
+// a missing disk. Hooks inject failures or block.
+type fakeHost struct {
+	mu      sync.Mutex
+	disks   map[Slot]string
+	adds    int
+	removes int
+	addHook func(Slot, string) error
+	rmHook  func(Slot) error
+	t       *testing.T
+}
+
+func (h *fakeHost) AddDisk(ctx context.Context, s Slot, p string, ro bool) error {
+	if h.addHook != nil {
+		if err := h.addHook(s, p); err != nil {
+			return err
+		}
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if _, ok := h.disks[s]; ok {
+		h.t.Errorf("AddDisk at occupied slot %s", s)
+	}
+	h.disks[s] = p
+	h.adds++
+	return nil
+}
+
+func (h *fakeHost) RemoveDisk(ctx context.Context, s Slot) error {
+	if h.rmHook != nil {
+		if err := h.rmHook(s); err != nil {
+			return err
+		}
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if _, ok := h.disks[s]; !ok {
+		h.t.Errorf("RemoveDisk of empty slot %s", s)
+	}
+	delete(h.disks, s)
+	h.removes++
+	return nil
+}
+
+func (h *fakeHost) count() (disks, adds, removes int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.disks), h.adds, h.removes
+}
+
+type fakeGuest struct {
+	mu        sync.Mutex
+	mounts    map[string]Slot
+	mountHook func(string) error
+	umntHook  func(string) error
+	t         *testing.T
+}
+
+func (g *fakeGuest) MountSCSI(ctx context.Context, s Slot, part int, ro bool, fsType, gp string) error {
+	if g.mountHook != nil {
+		if err := g.mountHook(gp); err != nil {
+			return err
+		}
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if _, ok := g.mounts[gp]; ok {
+		g.t.Errorf("guest path %s mounted twice", gp)
+	}
+	g.mounts[gp] = s
+	return nil
+}
+
+func (g *fakeGuest) Unmount(ctx context.Context, gp string) error {
+	if g.umntHook != nil {
+		if err := g.umntHook(gp); err != nil {
+			return err
+		}
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if _, ok := g.mounts[gp]; !ok {
+		g.t.Errorf("unmount of %s which is not mounted", gp)
+	}
+	delete(g.mounts, gp)
+	return nil
+}
+
+func (g *fakeGuest) count() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return len(g.mounts)
+}
+
+func setup(t *testing.T, controllers int) (*Controller, *fakeHost, *fakeGuest) {
+	t.Helper()
+	h := &fakeHost{disks: map[Slot]string{}, t: t}
+	g := &fakeGuest{mounts: map[string]Slot{}, t: t}
+	c, err := New(h, g, controllers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, h, g
+}
+
+// files makes n empty disk files.
+func files(t *testing.T, n int) []string {
+	t.Helper()
+	dir := t.TempDir()
+	out := make([]string, n)
+	for i := range out {
+		out[i] = filepath.Join(dir, fmt.Sprintf("disk%d.img", i))
+		if err := os.WriteFile(out[i], nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return out
+}
+
+var mounted = Options{MountInGuest: true}
+
+func TestAttachDedupesAndRefCounts(t *testing.T) {
+	ctx := context.Background()
+	c, h, g := setup(t, 1)
+	p := files(t, 1)[0]
+	m1, err := c.Attach(ctx, p, mounted)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A symlink to the same file is the same disk.
+	link := filepath.Join(t.TempDir(), "link")
+	if err := os.Symlink(p, link); err != nil {
+		t.Fatal(err)
+	}
+	m2, err := c.Attach(ctx, link, mounted)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m1.Slot() != m2.Slot() || m1.GuestPath() != m2.GuestPath() {
+		t.Fatalf("second attach got %s %s, first %s %s", m2.Slot(), m2.GuestPath(), m1.Slot(), m1.GuestPath())
+	}
+	if m1.GuestPath() != GuestMountRoot+"/m0" {
+		t.Fatalf("guest path %q", m1.GuestPath())
+	}
+	if n := c.RefCount(p); n != 2 {
+		t.Fatalf("RefCount = %d, want 2", n)
+	}
+	if _, adds, _ := h.count(); adds != 1 {
+		t.Fatalf("AddDisk called %d times, want 1", adds)
+	}
+	if err := m1.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if d, _, _ := h.count(); d != 1 || g.count() != 1 || c.RefCount(p) != 1 {
+		t.Fatalf("after one release: disks %d mounts %d refs %d", d, g.count(), c.RefCount(p))
+	}
+	if err := m1.Release(ctx); !errors.Is(err, ErrAlreadyReleased) {
+		t.Fatalf("double release: %v", err)
+	}
+	if err := m2.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if d, _, rm := h.count(); d != 0 || rm != 1 || g.count() != 0 || c.Attached() != 0 {
+		t.Fatalf("after last release: disks %d removes %d mounts %d attached %d", d, rm, g.count(), c.Attached())
+	}
+	// Re-attach gets a fresh guest path from the counter.
+	m3, err := c.Attach(ctx, p, mounted)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m3.GuestPath() != GuestMountRoot+"/m1" || m3.Slot() != (Slot{0, 0}) {
+		t.Fatalf("re-attach: %s %s", m3.GuestPath(), m3.Slot())
+	}
+	if err := m3.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestSlotsLowestFirstAndExhaustion(t *testing.T) {
+	ctx := context.Background()
+	c, h, _ := setup(t, 2)
+	ps := files(t, 2*LUNsPerController+1)
+	ms := make([]*Mount, 0, len(ps))
+	for i, p := range ps[:2*LUNsPerController] {
+		m, err := c.Attach(ctx, p, Options{ReadOnly: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := Slot{i / LUNsPerController, i % LUNsPerController}
+		if m.Slot() != want {
+			t.Fatalf("disk %d at %s, want %s", i, m.Slot(), want)
+		}
+		if m.GuestPath() != "" {
+			t.Fatalf("attach without guest mount has guest path %q", m.GuestPath())
+		}
+		ms = append(ms, m)
+	}
+	last := ps[len(ps)-1]
+	if _, err := c.Attach(ctx, last, Options{}); !errors.Is(err, ErrNoFreeSlot) {
+		t.Fatalf("attach with all slots taken: %v", err)
+	}
+	if err := ms[5].Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	m, err := c.Attach(ctx, last, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Slot() != (Slot{0, 5}) {
+		t.Fatalf("after freeing 0:5 got %s", m.Slot())
+	}
+	ms[5] = m
+	for _, m := range ms {
+		if err := m.Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if d, a, r := h.count(); d != 0 || a != r {
+		t.Fatalf("leftover disks %d (adds %d removes %d)", d, a, r)
+	}
+}
+
+func TestBadInput(t *testing.T) {
+	ctx := context.Background()
+	c, h, _ := setup(t, 1)
+	p := files(t, 1)[0]
+	if _, err := c.Attach(ctx, filepath.Join(t.TempDir(), "missing.vhd"), mounted); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("missing file: %v", err)
+	}
+	if _, err := c.Attach(ctx, "", mounted); err == nil {
+		t.Fatal("empty path accepted")
+	}
+	if _, err := c.Attach(ctx, t.TempDir(), mounted); err == nil {
+		t.Fatal("directory accepted as a disk")
+	}
+	if _, err := c.Attach(ctx, p, Options{Partition: -1}); err == nil {
+		t.Fatal("negative partition accepted")
+	}
+	if _, err := New(h, nil, 0); err == nil {
+		t.Fatal("zero controllers accepted")
+	}
+	m, err := c.Attach(ctx, p, mounted)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Attach(ctx, p, Options{MountInGuest: true, ReadOnly: true}); !errors.Is(err, ErrConflict) {
+		t.Fatalf("conflicting attach: %v", err)
+	}
+	if c.RefCount(p) != 1 {
+		t.Fatalf("conflict changed the ref-count to %d", c.RefCount(p))
+	}
+	if err := m.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if d, a, _ := h.count(); d != 0 || a != 1 {
+		t.Fatalf("disks %d adds %d", d, a)
+	}
+}
+
+func TestFailureInjection(t *testing.T) {
+	ctx := context.Background()
+	t.Run("add fails", func(t *testing.T) {
+		c, h, g := setup(t, 1)
+		h.addHook = func(Slot, string) error { return errInjected }
+		p := files(t, 1)[0]
+		if _, err := c.Attach(ctx, p, mounted); !errors.Is(err, errInjected) {
+			t.Fatalf("got %v", err)
+		}
+		if c.Attached() != 0 || g.count() != 0 || c.RefCount(p) != 0 {
+			t.Fatal("failed add left state behind")
+		}
+		h.addHook = nil
+		m, err := c.Attach(ctx, p, mounted)
+		if err != nil || m.Slot() != (Slot{0, 0}) {
+			t.Fatalf("retry: %v %v", m, err)
+		}
+		_ = m.Release(ctx)
+	})
+	t.Run("guest mount fails, disk detached again", func(t *testing.T) {
+		c, h, g := setup(t, 1)
+		g.mountHook = func(string) error { return errInjected }
+		p := files(t, 1)[0]
+		if _, err := c.Attach(ctx, p, mounted); !errors.Is(err, errInjected) {
+			t.Fatalf("got %v", err)
+		}
+		if d, a, r := h.count(); d != 0 || a != 1 || r != 1 || c.Attached() != 0 {
+			t.Fatalf("disks %d adds %d removes %d attached %d", d, a, r, c.Attached())
+		}
+	})
+	t.Run("guest mount and rollback fail, slot retired", func(t *testing.T) {
+		c, h, g := setup(t, 1)
+		g.mountHook = func(string) error { return errInjected }
+		rmErr := errors.New("remove failed")
+		h.rmHook = func(Slot) error { return rmErr }
+		ps := files(t, 2)
+		_, err := c.Attach(ctx, ps[0], mounted)
+		if !errors.Is(err, errInjected) || !errors.Is(err, rmErr) {
+			t.Fatalf("want both errors joined, got %v", err)
+		}
+		g.mountHook, h.rmHook = nil, nil
+		m, err := c.Attach(ctx, ps[1], mounted)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.Slot() != (Slot{0, 1}) {
+			t.Fatalf("retired slot reused: %s", m.Slot())
+		}
+		if c.Attached() != 2 {
+			t.Fatalf("Attached = %d, want 2 (one retired)", c.Attached())
+		}
+		_ = m.Release(ctx)
+	})
+	t.Run("release continues past unmount failure", func(t *testing.T) {
+		c, h, g := setup(t, 1)
+		p := files(t, 1)[0]
+		m, err := c.Attach(ctx, p, mounted)
+		if err != nil {
+			t.Fatal(err)
+		}
+		g.umntHook = func(string) error { return errInjected }
+		if err := m.Release(ctx); !errors.Is(err, errInjected) {
+			t.Fatalf("got %v", err)
+		}
+		if d, _, r := h.count(); d != 0 || r != 1 || c.Attached() != 0 {
+			t.Fatalf("disk not removed after unmount failure: disks %d removes %d", d, r)
+		}
+	})
+	t.Run("release with remove failure joins errors and retires slot", func(t *testing.T) {
+		c, h, g := setup(t, 1)
+		ps := files(t, 2)
+		m, err := c.Attach(ctx, ps[0], mounted)
+		if err != nil {
+			t.Fatal(err)
+		}
+		g.umntHook = func(string) error { return errInjected }
+		rmErr := errors.New("remove failed")
+		h.rmHook = func(Slot) error { return rmErr }
+		err = m.Release(ctx)
+		if !errors.Is(err, errInjected) || !errors.Is(err, rmErr) {
+			t.Fatalf("want both errors, got %v", err)
+		}
+		h.rmHook = nil
+		if c.RefCount(ps[0]) != 0 {
+			t.Fatal("released path still counted")
+		}
+		m2, err := c.Attach(ctx, ps[0], mounted)
+		if err != nil || m2.Slot() != (Slot{0, 1}) {
+			t.Fatalf("re-attach after failed remove: %v %v", m2, err)
+		}
+	})
+}
+
+func TestConcurrentSamePath(t *testing.T) {
+	ctx := context.Background()
+	c, h, g := setup(t, 1)
+	gate := make(chan struct{})
+	h.addHook = func(Slot, string) error { <-gate; return nil }
+	p := files(t, 1)[0]
+	const n = 16
+	ms := make(chan *Mount, n)
+	errs := make(chan error, n)
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			m, err := c.Attach(ctx, p, mounted)
+			if err != nil {
+				errs <- err
+				return
+			}
+			ms <- m
+		}()
+	}
+	time.Sleep(10 * time.Millisecond) // let the callers pile up on the in-flight attach
+	close(gate)
+	wg.Wait()
+	close(ms)
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if _, a, _ := h.count(); a != 1 {
+		t.Fatalf("AddDisk called %d times for one path", a)
+	}
+	if c.RefCount(p) != n {
+		t.Fatalf("RefCount = %d, want %d", c.RefCount(p), n)
+	}
+	for m := range ms {
+		wg.Add(1)
+		go func(m *Mount) {
+			defer wg.Done()
+			if err := m.Release(ctx); err != nil {
+				t.Error(err)
+			}
+		}(m)
+	}
+	wg.Wait()
+	if d, _, r := h.count(); d != 0 || r != 1 || g.count() != 0 {
+		t.Fatalf("after releases: disks %d removes %d mounts %d", d, r, g.count())
+	}
+}
+
+func TestConcurrentDifferentPathsChurn(t *testing.T) {
+	ctx := context.Background()
+	c, h, g := setup(t, 1)
+	ps := files(t, 8)
+	var wg sync.WaitGroup
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := 0; i < 40; i++ {
+				p := ps[(w+i)%len(ps)]
+				m, err := c.Attach(ctx, p, mounted)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if err := m.Release(ctx); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}(w)
+	}
+	wg.Wait()
+	d, a, r := h.count()
+	if d != 0 || a != r || g.count() != 0 || c.Attached() != 0 {
+		t.Fatalf("after churn: disks %d adds %d removes %d mounts %d attached %d", d, a, r, g.count(), c.Attached())
+	}
+}
+
+func TestWaitersShareFailedAttach(t *testing.T) {
+	ctx := context.Background()
+	c, h, _ := setup(t, 1)
+	gate := make(chan struct{})
+	var once sync.Once
+	h.addHook = func(Slot, string) error {
+		<-gate
+		var err error
+		once.Do(func() { err = errInjected })
+		return err
+	}
+	p := files(t, 1)[0]
+	const n = 6
+	errs := make(chan error, n)
+	for i := 0; i < n; i++ {
+		go func() {
+			m, err := c.Attach(ctx, p, mounted)
+			if err == nil {
+				err = m.Release(ctx)
+			}
+			errs <- err
+		}()
+	}
+	time.Sleep(10 * time.Millisecond)
+	close(gate)
+	failed := 0
+	for i := 0; i < n; i++ {
+		if err := <-errs; err != nil {
+			if !errors.Is(err, errInjected) {
+				t.Fatalf("unexpected error %v", err)
+			}
+			failed++
+		}
+	}
+	if failed == 0 {
+		t.Fatal("nobody saw the injected failure")
+	}
+	if d, a, r := h.count(); d != 0 || a != r {
+		t.Fatalf("disks %d adds %d removes %d", d, a, r)
+	}
+}
+
+func TestAttachWaitsForDetach(t *testing.T) {
+	ctx := context.Background()
+	c, h, _ := setup(t, 1)
+	p := files(t, 1)[0]
+	m, err := c.Attach(ctx, p, mounted)
+	if err != nil {
+		t.Fatal(err)
+	}
+	entered, gate := make(chan struct{}), make(chan struct{})
+	h.rmHook = func(Slot) error { close(entered); <-gate; return nil }
+	relErr := make(chan error)
+	go func() { relErr <- m.Release(ctx) }()
+	<-entered
+	// The path is being detached: even other options must wait, not conflict.
+	got := make(chan *Mount)
+	go func() {
+		m2, err := c.Attach(ctx, p, Options{MountInGuest: true, ReadOnly: true})
+		if err != nil {
+			t.Error(err)
+		}
+		got <- m2
+	}()
+	// A cancelled waiter gives up with the context's error.
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := c.Attach(cctx, p, mounted); !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled waiter: %v", err)
+	}
+	close(gate)
+	if err := <-relErr; err != nil {
+		t.Fatal(err)
+	}
+	h.rmHook = nil
+	m2 := <-got
+	if m2 == nil {
+		t.FailNow()
+	}
+	if _, a, r := h.count(); a != 2 || r != 1 {
+		t.Fatalf("adds %d removes %d, want 2 and 1", a, r)
+	}
+	if err := m2.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,225 @@
+package share
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/layervisor/layervisor/pkg/undo"
+	"github.com/layervisor/layervisor/pkg/uvm/hotplug"
+	"github.com/layervisor/layervisor/pkg/uvm/pciports"
+)
+
+// DefaultVirtiofsd is the daemon shipped by Debian's qemu-system-common 7.2.
+const DefaultVirtiofsd = "/usr/lib/qemu/virtiofsd"
+
+// QEMUHost implements Host: one virtiofsd per share, serving the directory
+// on a socket under its state directory, then chardev-add (socket client)
+// and device_add vhost-user-fs-pci on a free PCIe root port. Removal is
+// device_del + DEVICE_DELETED, chardev-remove, then stopping the daemon.
+// The VM's RAM must be a shared memory backend (memfd, share=on).
+type QEMUHost struct {
+	mon       hotplug.Monitor
+	ports     *pciports.Allocator
+	dir       string
+	virtiofsd string
+
+	mu      sync.Mutex
+	daemons map[string]*daemon
+}
+
+type daemon struct {
+	cmd    *exec.Cmd
+	exited chan struct{}
+	socket string
+	port   int
+}
+
+// NewQEMUHost returns a Host for the VM behind mon. dir holds the daemons'
+// sockets and logs; virtiofsd "" means DefaultVirtiofsd.
+func NewQEMUHost(mon hotplug.Monitor, ports *pciports.Allocator, dir, virtiofsd string) *QEMUHost {
+	if virtiofsd == "" {
+		virtiofsd = DefaultVirtiofsd
+	}
+	return &QEMUHost{mon: mon, ports: ports, dir: dir, virtiofsd: virtiofsd, daemons: map[string]*daemon{}}
+}
+
+func chardevID(tag string) string { return "vfsc-" + tag }
+func deviceID(tag string) string  { return "vfs-" + tag }
+
+// AddShare implements Host.
+func (h *QEMUHost) AddShare(ctx context.Context, tag, hostDir string) (err error) {
+	var u undo.Stack
+	defer u.RunUnlessCommitted(ctx, &err)
+	if _, err := os.Stat(h.virtiofsd); err != nil {
+		return fmt.Errorf("virtiofsd: %w (install qemu-system-common)", err)
+	}
+	if err := os.MkdirAll(h.dir, 0o700); err != nil {
+		return err
+	}
+	d := &daemon{socket: filepath.Join(h.dir, "virtiofsd-"+tag+".sock"), exited: make(chan struct{})}
+	logPath := filepath.Join(h.dir, "virtiofsd-"+tag+".log")
+	_ = os.Remove(d.socket)
+	logf, err := os.Create(logPath)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	d.cmd = exec.Command(h.virtiofsd, "--socket-path="+d.socket, "-o", "source="+hostDir,
+		"-o", "cache=auto", "-o", "log_level=warn")
+	d.cmd.Stdout, d.cmd.Stderr = logf, logf
+	setDaemonAttrs(d.cmd)
+	if err := d.cmd.Start(); err != nil {
+		return fmt.Errorf("start %s: %w", h.virtiofsd, err)
+	}
+	go func() { _ = d.cmd.Wait(); close(d.exited) }()
+	u.Push("stop virtiofsd", func(context.Context) error { return stopDaemon(d) })
+	if err := waitSocket(ctx, d, logPath); err != nil {
+		return err
+	}
+	port, err := h.ports.Allocate()
+	if err != nil {
+		return err
+	}
+	d.port = port
+	u.Push("free root port", func(context.Context) error { return h.ports.Free(port) })
+	chardev := map[string]any{"id": chardevID(tag), "backend": map[string]any{
+		"type": "socket", "data": map[string]any{
+			"addr":   map[string]any{"type": "unix", "data": map[string]any{"path": d.socket}},
+			"server": false,
+		}}}
+	if err := h.mon.Execute(ctx, "chardev-add", chardev, nil); err != nil {
+		return fmt.Errorf("chardev-add %s: %w", d.socket, err)
+	}
+	u.Push("chardev-remove", func(ctx context.Context) error {
+		return h.mon.Execute(ctx, "chardev-remove", map[string]any{"id": chardevID(tag)}, nil)
+	})
+	dev := map[string]any{"driver": "vhost-user-fs-pci", "id": deviceID(tag), "chardev": chardevID(tag),
+		"tag": tag, "bus": pciports.Name(port)}
+	if err := h.mon.Execute(ctx, "device_add", dev, nil); err != nil {
+		return fmt.Errorf("device_add vhost-user-fs-pci on %s: %w", pciports.Name(port), err)
+	}
+	h.mu.Lock()
+	h.daemons[tag] = d
+	h.mu.Unlock()
+	u.Commit()
+	return nil
+}
+
+// RemoveShare implements Host. It continues past failures.
+func (h *QEMUHost) RemoveShare(ctx context.Context, tag string) error {
+	h.mu.Lock()
+	d := h.daemons[tag]
+	delete(h.daemons, tag)
+	h.mu.Unlock()
+	if d == nil {
+		return fmt.Errorf("share %s: not added", tag)
+	}
+	var errs []error
+	unplugged := true
+	if err := hotplug.Unplug(ctx, h.mon, deviceID(tag)); err != nil {
+		unplugged = false
+		errs = append(errs, err)
+	}
+	if unplugged {
+		if err := h.mon.Execute(ctx, "chardev-remove", map[string]any{"id": chardevID(tag)}, nil); err != nil {
+			errs = append(errs, fmt.Errorf("chardev-remove %s: %w", chardevID(tag), err))
+		}
+		if err := h.ports.Free(d.port); err != nil {
+			errs = append(errs, err)
+		}
+	} // else the device may still sit on its port: keep the port taken
+	if err := stopDaemon(d); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// Close stops every daemon still running (the VM is gone or going).
+func (h *QEMUHost) Close() error {
+	h.mu.Lock()
+	ds := h.daemons
+	h.daemons = map[string]*daemon{}
+	h.mu.Unlock()
+	var errs []error
+	for _, d := range ds {
+		if err := stopDaemon(d); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Daemons reports the PIDs of running virtiofsd processes by tag.
+func (h *QEMUHost) Daemons() map[string]int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := map[string]int{}
+	for tag, d := range h.daemons {
+		out[tag] = d.cmd.Process.Pid
+	}
+	return out
+}
+
+// stopDaemon ends virtiofsd: it usually exits by itself once QEMU drops
+// the connection; otherwise SIGTERM, then SIGKILL.
+func stopDaemon(d *daemon) error {
+	defer os.Remove(d.socket)
+	select {
+	case <-d.exited:
+		return nil
+	case <-time.After(200 * time.Millisecond):
+	}
+	_ = d.cmd.Process.Signal(terminateSignal)
+	select {
+	case <-d.exited:
+		return nil
+	case <-time.After(3 * time.Second):
+	}
+	if err := d.cmd.Process.Kill(); err != nil {
+		return fmt.Errorf("kill virtiofsd %d: %w", d.cmd.Process.Pid, err)
+	}
+	<-d.exited
+	return nil
+}
+
+func waitSocket(ctx context.Context, d *daemon, logPath string) error {
+	deadline := time.NewTimer(10 * time.Second)
+	defer deadline.Stop()
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if _, err := os.Stat(d.socket); err == nil {
+			return nil
+		}
+		select {
+		case <-d.exited:
+			return fmt.Errorf("virtiofsd exited before listening on %s: %s", d.socket, logTail(logPath))
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-deadline.C:
+			return fmt.Errorf("virtiofsd did not create %s within 10s: %s", d.socket, logTail(logPath))
+		case <-tick.C:
+		}
+	}
+}
+
+func logTail(p string) string {
+	b, _ := os.ReadFile(p)
+	s := strings.TrimSpace(string(b))
+	if len(s) > 800 {
+		s = "…" + s[len(s)-800:]
+	}
+	if s == "" {
+		return "(no output)"
+	}
+	slog.Debug("virtiofsd log", "path", p, "tail", s)
+	return s
+}

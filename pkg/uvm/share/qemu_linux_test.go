@@ -1,0 +1,69 @@
+package share
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/layervisor/layervisor/pkg/uvm/hotplug/hotplugtest"
+	"github.com/layervisor/layervisor/pkg/uvm/pciports"
+)
+
+func alive(pid int) bool { return syscall.Kill(pid, 0) == nil }
+
+// The QEMU adapter against a real (paused) QEMU: virtiofsd starts, QEMU
+// connects to it and the device is plugged. Unplugging needs a running
+// guest; that half is covered by the integration tests.
+func TestQEMUHostAddShare(t *testing.T) {
+	if _, err := os.Stat(DefaultVirtiofsd); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal(err)
+		}
+		t.Skip(err)
+	}
+	q := hotplugtest.Start(t)
+	ctx := context.Background()
+	ports := pciports.New(4)
+	state := t.TempDir()
+	h := NewQEMUHost(q, ports, state, "")
+	defer h.Close()
+
+	// A missing source: virtiofsd exits, the error says why, nothing is left.
+	err := h.AddShare(ctx, "s0", filepath.Join(t.TempDir(), "missing"))
+	if err == nil || !strings.Contains(err.Error(), "virtiofsd exited") {
+		t.Fatalf("missing source: %v", err)
+	}
+	if ports.InUse() != 0 || len(h.Daemons()) != 0 {
+		t.Fatal("failed share left a port or daemon")
+	}
+	bad := NewQEMUHost(q, ports, state, "/nonexistent/virtiofsd")
+	if err := bad.AddShare(ctx, "s1", t.TempDir()); err == nil || !strings.Contains(err.Error(), "install") {
+		t.Fatalf("missing virtiofsd: %v", err)
+	}
+
+	if err := h.AddShare(ctx, "s2", t.TempDir()); err != nil {
+		t.Fatal(err)
+	}
+	pid := h.Daemons()["s2"]
+	if pid == 0 || !alive(pid) || ports.InUse() != 1 {
+		t.Fatalf("daemon %d alive %v ports %d", pid, alive(pid), ports.InUse())
+	}
+	var path string
+	if err := q.Execute(ctx, "qom-get", map[string]any{"path": "/machine/peripheral/vfs-s2", "property": "type"}, &path); err != nil {
+		t.Fatal(err)
+	}
+	if path != "vhost-user-fs-pci" {
+		t.Fatalf("device type %q", path)
+	}
+	// QEMU dies: Close stops the daemon, no process is leaked.
+	q.Kill()
+	if err := h.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if alive(pid) {
+		t.Fatalf("virtiofsd %d still running", pid)
+	}
+}

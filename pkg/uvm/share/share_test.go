@@ -1,0 +1,390 @@
+package share
+
+import (
+	"context"
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+)
+
+var errInjected = errors.New("injected failure")
+
+type fakeHost struct {
+	mu      sync.Mutex
+	shares  map[string][]string // tag -> listing of the served directory
+	dirs    map[string]string   // tag -> served directory
+	adds    int
+	removes int
+	addHook func(string) error
+	rmHook  func(string) error
+	t       *testing.T
+}
+
+func (h *fakeHost) AddShare(ctx context.Context, tag, dir string) error {
+	if h.addHook != nil {
+		if err := h.addHook(tag); err != nil {
+			return err
+		}
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if _, ok := h.shares[tag]; ok {
+		h.t.Errorf("tag %s added twice", tag)
+	}
+	h.shares[tag] = names
+	h.dirs[tag] = dir
+	h.adds++
+	return nil
+}
+
+func (h *fakeHost) RemoveShare(ctx context.Context, tag string) error {
+	if h.rmHook != nil {
+		if err := h.rmHook(tag); err != nil {
+			return err
+		}
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if _, ok := h.shares[tag]; !ok {
+		h.t.Errorf("remove of unknown tag %s", tag)
+	}
+	delete(h.shares, tag)
+	h.removes++
+	return nil
+}
+
+func (h *fakeHost) count() (shares, adds, removes int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.shares), h.adds, h.removes
+}
+
+type fakeGuest struct {
+	mu        sync.Mutex
+	mounts    map[string]bool // guest path -> read-only
+	mountHook func(string) error
+	umntHook  func(string) error
+	t         *testing.T
+}
+
+func (g *fakeGuest) MountVirtiofs(ctx context.Context, tag string, ro bool, gp string) error {
+	if g.mountHook != nil {
+		if err := g.mountHook(tag); err != nil {
+			return err
+		}
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if _, ok := g.mounts[gp]; ok {
+		g.t.Errorf("%s mounted twice", gp)
+	}
+	g.mounts[gp] = ro
+	return nil
+}
+
+func (g *fakeGuest) Unmount(ctx context.Context, gp string) error {
+	if g.umntHook != nil {
+		if err := g.umntHook(gp); err != nil {
+			return err
+		}
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if _, ok := g.mounts[gp]; !ok {
+		g.t.Errorf("unmount of %s which is not mounted", gp)
+	}
+	delete(g.mounts, gp)
+	return nil
+}
+
+func (g *fakeGuest) count() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return len(g.mounts)
+}
+
+func setup(t *testing.T) (*Controller, *fakeHost, *fakeGuest, string) {
+	h := &fakeHost{shares: map[string][]string{}, dirs: map[string]string{}, t: t}
+	g := &fakeGuest{mounts: map[string]bool{}, t: t}
+	state := t.TempDir()
+	return New(h, g, state), h, g, state
+}
+
+func TestDirectoryRefCountByPathAndReadOnly(t *testing.T) {
+	ctx := context.Background()
+	c, h, g, _ := setup(t)
+	dir := t.TempDir()
+	a, err := c.Attach(ctx, dir, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := c.Attach(ctx, dir+"/.", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rw, err := c.Attach(ctx, dir, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Tag() != b.Tag() || a.Tag() == rw.Tag() || a.GuestPath() == rw.GuestPath() {
+		t.Fatalf("tags %s %s %s", a.Tag(), b.Tag(), rw.Tag())
+	}
+	if a.GuestPath() != GuestMountRoot+"/s0" || !a.ReadOnly() || rw.ReadOnly() {
+		t.Fatalf("guest path %s ro %v/%v", a.GuestPath(), a.ReadOnly(), rw.ReadOnly())
+	}
+	if c.RefCount(dir, true) != 2 || c.RefCount(dir, false) != 1 {
+		t.Fatalf("refs %d %d", c.RefCount(dir, true), c.RefCount(dir, false))
+	}
+	if g.mounts[a.GuestPath()] != true || g.mounts[rw.GuestPath()] != false {
+		t.Fatal("guest mount read-only flags wrong")
+	}
+	for _, s := range []*Share{a, rw} {
+		if err := s.Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n, _, _ := h.count(); n != 1 || c.Active() != 1 {
+		t.Fatalf("shares left %d, active %d; want 1", n, c.Active())
+	}
+	if err := a.Release(ctx); !errors.Is(err, ErrAlreadyReleased) {
+		t.Fatalf("double release: %v", err)
+	}
+	if err := b.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n, adds, rms := h.count(); n != 0 || adds != 2 || rms != 2 || g.count() != 0 || c.Active() != 0 {
+		t.Fatalf("after all releases: shares %d adds %d removes %d mounts %d", n, adds, rms, g.count())
+	}
+}
+
+func TestSingleFileHidesSiblings(t *testing.T) {
+	ctx := context.Background()
+	c, h, _, state := setup(t)
+	dir := t.TempDir()
+	file := filepath.Join(dir, "config.json")
+	if err := os.WriteFile(file, []byte("{}"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "secret"), []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s, err := c.Attach(ctx, file, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := h.shares[s.Tag()]; len(got) != 1 || got[0] != "config.json" {
+		t.Fatalf("served directory holds %v, want only config.json", got)
+	}
+	if s.GuestPath() != s.GuestDir()+"/config.json" {
+		t.Fatalf("guest path %s", s.GuestPath())
+	}
+	served := filepath.Join(h.dirs[s.Tag()], "config.json")
+	a, _ := os.Stat(file)
+	b, err := os.Stat(served)
+	if err != nil || !os.SameFile(a, b) {
+		t.Fatalf("served file is not the shared file: %v", err)
+	}
+	if err := s.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(h.dirs[s.Tag()]); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("private directory left behind: %v", err)
+	}
+	if left, _ := os.ReadDir(filepath.Join(state, "files")); len(left) != 0 {
+		t.Fatalf("state dir holds %d entries", len(left))
+	}
+}
+
+// A file on another file system cannot be hard-linked: it is bind-mounted.
+func TestSingleFileAcrossFileSystems(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") != "" {
+			t.Fatal("needs root")
+		}
+		t.Skip("needs root")
+	}
+	other, err := os.MkdirTemp("/dev/shm", "share-test-")
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal(err)
+		}
+		t.Skip(err)
+	}
+	defer os.RemoveAll(other)
+	ctx := context.Background()
+	c, h, _, _ := setup(t)
+	file := filepath.Join(other, "data")
+	if err := os.WriteFile(file, []byte("hello"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s, err := c.Attach(ctx, file, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := filepath.Join(h.dirs[s.Tag()], "data")
+	if err := os.WriteFile(served, []byte("written via share"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(file); string(got) != "written via share" {
+		t.Fatalf("write through the share not seen in the file: %q", got)
+	}
+	if err := s.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(h.dirs[s.Tag()]); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("private directory (bind mount) left behind: %v", err)
+	}
+	if got, _ := os.ReadFile(file); string(got) != "written via share" {
+		t.Fatal("file lost after release")
+	}
+}
+
+func TestShareFailureInjection(t *testing.T) {
+	ctx := context.Background()
+	newFile := func(t *testing.T) string {
+		p := filepath.Join(t.TempDir(), "f")
+		if err := os.WriteFile(p, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	noLeftovers := func(t *testing.T, c *Controller, h *fakeHost, g *fakeGuest, state string) {
+		t.Helper()
+		if n, a, r := h.count(); n != 0 || a != r {
+			t.Fatalf("host shares %d (adds %d removes %d)", n, a, r)
+		}
+		if left, _ := os.ReadDir(filepath.Join(state, "files")); len(left) != 0 {
+			t.Fatalf("%d private dirs left", len(left))
+		}
+		if g.count() != 0 || c.Active() != 0 {
+			t.Fatalf("guest mounts %d active %d", g.count(), c.Active())
+		}
+	}
+	t.Run("add fails", func(t *testing.T) {
+		c, h, g, state := setup(t)
+		h.addHook = func(string) error { return errInjected }
+		if _, err := c.Attach(ctx, newFile(t), true); !errors.Is(err, errInjected) {
+			t.Fatal(err)
+		}
+		noLeftovers(t, c, h, g, state)
+	})
+	t.Run("guest mount fails", func(t *testing.T) {
+		c, h, g, state := setup(t)
+		g.mountHook = func(string) error { return errInjected }
+		if _, err := c.Attach(ctx, newFile(t), true); !errors.Is(err, errInjected) {
+			t.Fatal(err)
+		}
+		noLeftovers(t, c, h, g, state)
+		if _, a, _ := h.count(); a != 1 {
+			t.Fatalf("adds %d", a)
+		}
+	})
+	t.Run("release continues past every failure", func(t *testing.T) {
+		c, h, g, state := setup(t)
+		s, err := c.Attach(ctx, newFile(t), false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rmErr := errors.New("remove failed")
+		g.umntHook = func(string) error { return errInjected }
+		h.rmHook = func(string) error { return rmErr }
+		err = s.Release(ctx)
+		if !errors.Is(err, errInjected) || !errors.Is(err, rmErr) {
+			t.Fatalf("want both errors, got %v", err)
+		}
+		if left, _ := os.ReadDir(filepath.Join(state, "files")); len(left) != 0 {
+			t.Fatal("private dir kept after failed removal")
+		}
+		if c.Active() != 0 {
+			t.Fatal("share still active")
+		}
+	})
+	t.Run("bad input", func(t *testing.T) {
+		c, h, g, state := setup(t)
+		if _, err := c.Attach(ctx, filepath.Join(t.TempDir(), "missing"), true); !errors.Is(err, fs.ErrNotExist) {
+			t.Fatalf("missing: %v", err)
+		}
+		if _, err := c.Attach(ctx, "", true); err == nil {
+			t.Fatal("empty path accepted")
+		}
+		if _, err := c.Attach(ctx, "/dev/null", true); err == nil {
+			t.Fatal("device node accepted")
+		}
+		noLeftovers(t, c, h, g, state)
+	})
+}
+
+func TestConcurrentShares(t *testing.T) {
+	ctx := context.Background()
+	c, h, g, _ := setup(t)
+	gate := make(chan struct{})
+	h.addHook = func(string) error { <-gate; return nil }
+	dirs := []string{t.TempDir(), t.TempDir(), t.TempDir()}
+	const per = 6
+	var wg sync.WaitGroup
+	got := make(chan *Share, len(dirs)*per*2)
+	for _, d := range dirs {
+		for i := 0; i < per; i++ {
+			for _, ro := range []bool{true, false} {
+				wg.Add(1)
+				go func(d string, ro bool) {
+					defer wg.Done()
+					s, err := c.Attach(ctx, d, ro)
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					got <- s
+				}(d, ro)
+			}
+		}
+	}
+	time.Sleep(10 * time.Millisecond)
+	close(gate)
+	wg.Wait()
+	close(got)
+	if n, a, _ := h.count(); n != 2*len(dirs) || a != 2*len(dirs) {
+		t.Fatalf("shares %d adds %d, want %d", n, a, 2*len(dirs))
+	}
+	for _, d := range dirs {
+		if c.RefCount(d, true) != per || c.RefCount(d, false) != per {
+			t.Fatalf("refs %d/%d", c.RefCount(d, true), c.RefCount(d, false))
+		}
+	}
+	for s := range got {
+		wg.Add(2)
+		go func(s *Share) {
+			defer wg.Done()
+			if err := s.Release(ctx); err != nil {
+				t.Error(err)
+			}
+		}(s)
+		go func(p string, ro bool) {
+			defer wg.Done()
+			s, err := c.Attach(ctx, p, ro)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if err := s.Release(ctx); err != nil {
+				t.Error(err)
+			}
+		}(s.HostPath(), s.ReadOnly())
+	}
+	wg.Wait()
+	if n, a, r := h.count(); n != 0 || a != r || g.count() != 0 || c.Active() != 0 {
+		t.Fatalf("after churn: shares %d adds %d removes %d mounts %d active %d", n, a, r, g.count(), c.Active())
+	}
+}

@@ -1,0 +1,63 @@
+package vmcontainer
+
+import (
+	"context"
+	"io"
+	"path"
+
+	"github.com/layervisor/layervisor/pkg/agent"
+	"github.com/layervisor/layervisor/pkg/layers"
+	"github.com/layervisor/layervisor/pkg/resources"
+	"github.com/layervisor/layervisor/pkg/uvm"
+	"github.com/layervisor/layervisor/pkg/uvm/scsi"
+)
+
+// SandboxMountsRoot is where sandbox:// mount sources live in the guest.
+const SandboxMountsRoot = "/run/sandbox-mounts"
+
+// VM adapts a running UVM to resources.UVM (and so to layers.UVM).
+type VM struct{ U *uvm.UVM }
+
+var _ resources.UVM = VM{}
+
+func (v VM) AttachVPMem(ctx context.Context, hostPath string) (layers.Attachment, error) {
+	return attachVPMem(ctx, v.U.VPMem(), hostPath)
+}
+
+func (v VM) AttachSCSI(ctx context.Context, hostPath string, readOnly bool) (layers.Attachment, error) {
+	return attachSCSI(ctx, v.U.SCSI(), hostPath, readOnly)
+}
+
+func (v VM) AddShare(ctx context.Context, hostPath string, readOnly bool) (layers.Attachment, error) {
+	return addShare(ctx, v.U.Shares(), hostPath, readOnly)
+}
+
+func (v VM) AttachDisk(ctx context.Context, hostPath string, readOnly, passThrough bool) (layers.Attachment, error) {
+	return v.U.SCSI().Attach(ctx, hostPath, scsi.Options{ReadOnly: readOnly, MountInGuest: true})
+}
+
+func (v VM) MkdirAll(ctx context.Context, p string) error { return v.U.Agent().Mkdir(ctx, p) }
+
+func (v VM) CombineLayers(ctx context.Context, lowers []string, upper, work, target string) error {
+	return v.U.Agent().CombineLayers(ctx, lowers, upper, work, target)
+}
+
+func (v VM) RemoveCombinedLayers(ctx context.Context, target string) error {
+	return v.U.Agent().RemoveCombinedLayers(ctx, target)
+}
+
+func (v VM) BindMount(ctx context.Context, src, dst string, ro bool) error {
+	return v.U.Agent().BindMount(ctx, src, dst, ro)
+}
+
+func (v VM) Unmount(ctx context.Context, p string) error { return v.U.Agent().Unmount(ctx, p) }
+
+func (v VM) SandboxMountsRoot() string { return SandboxMountsRoot }
+
+// GuestRoot is a container's directory in the guest.
+func GuestRoot(id string) string { return path.Join("/run/c", id) }
+
+// Exec runs a command in the container's root file system in the guest.
+func Exec(ctx context.Context, u *uvm.UVM, rootfs string, args, env []string, cwd string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
+	return u.Agent().Exec(ctx, agent.ExecRequest{Args: args, Env: env, Cwd: cwd, Root: rootfs, Stdin: stdin, Stdout: stdout, Stderr: stderr})
+}
