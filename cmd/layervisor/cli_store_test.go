@@ -63,10 +63,12 @@ func TestCLIImportMountLifecycle(t *testing.T) {
 	c.fail("not mounted", "container", "unmount", "c2")
 	c.ok("container", "rm", "c2")
 	c.ok("image", "rm", "demo:1")
-	var gc struct{ RemovedLayers []string }
+	var gc struct {
+		Store struct{ RemovedLayers []string }
+	}
 	json.Unmarshal([]byte(c.ok("gc", "--json")), &gc)
-	if len(gc.RemovedLayers) != len(ims[0].ChainIDs) {
-		t.Fatalf("gc removed %d layers, want %d", len(gc.RemovedLayers), len(ims[0].ChainIDs))
+	if len(gc.Store.RemovedLayers) != len(ims[0].ChainIDs) {
+		t.Fatalf("gc removed %d layers, want %d", len(gc.Store.RemovedLayers), len(ims[0].ChainIDs))
 	}
 	if out := c.ok("layer", "ls", "--json"); strings.TrimSpace(out) != "[]" {
 		t.Fatalf("layers left: %s", out)

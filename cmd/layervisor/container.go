@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -8,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/layervisor/layervisor/pkg/store"
+	"github.com/layervisor/layervisor/pkg/uvm"
 )
 
 // parseSize reads sizes like 20G, 512M, 1048576.
@@ -154,16 +156,18 @@ removes layers that no image or container refers to.`,
 			if err != nil {
 				return err
 			}
+			// UVMs first: a reaped VM no longer holds anything.
+			vrep, vmErr := uvm.GC(cmd.Context(), s.Root())
 			rep, gcErr := s.GC(cmd.Context())
 			if g.json {
-				if err := printJSON(rep); err != nil {
+				if err := printJSON(map[string]any{"store": rep, "uvms": vrep}); err != nil {
 					return err
 				}
 			} else if !g.quiet {
-				fmt.Printf("removed %d layers, %d temp entries; rolled back %d mounts, unmounted %d, detached %d loop devices, kept %d mounted containers\n",
-					len(rep.RemovedLayers), len(rep.RemovedTemp), len(rep.Mounts.RolledBack), len(rep.Mounts.Unmounted), len(rep.Mounts.Detached), len(rep.Mounts.Kept))
+				fmt.Printf("removed %d layers, %d temp entries; rolled back %d mounts, unmounted %d, detached %d loop devices, kept %d mounted containers; reaped %d dead UVMs, killed %d orphan QEMUs\n",
+					len(rep.RemovedLayers), len(rep.RemovedTemp), len(rep.Mounts.RolledBack), len(rep.Mounts.Unmounted), len(rep.Mounts.Detached), len(rep.Mounts.Kept), len(vrep.Reaped), len(vrep.Killed))
 			}
-			return gcErr
+			return errors.Join(vmErr, gcErr)
 		},
 	}
 	rootCmd.AddCommand(cCmd, gcCmd)

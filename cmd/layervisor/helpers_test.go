@@ -4,8 +4,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/layervisor/layervisor/pkg/hostrun"
 	"github.com/layervisor/layervisor/pkg/imagebuild"
@@ -86,5 +88,27 @@ func mustRun(t *testing.T, name string, args ...string) {
 	t.Helper()
 	if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
 		t.Fatalf("%s %v: %v\n%s", name, args, err, out)
+	}
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }
+
+func waitGone(t *testing.T, pid int) {
+	t.Helper()
+	for i := 0; i < 200; i++ {
+		if _, err := os.Stat("/proc/" + itoa(pid)); err != nil {
+			return
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	t.Fatalf("pid %d still alive", pid)
+}
+
+// assertNoQEMU fails if any QEMU of this root is running.
+func assertNoQEMU(t *testing.T, root string) {
+	t.Helper()
+	out, _ := exec.Command("pgrep", "-f", root+"/uvms").Output()
+	if len(strings.TrimSpace(string(out))) > 0 {
+		t.Fatalf("QEMU processes left: %s", out)
 	}
 }

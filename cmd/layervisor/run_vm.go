@@ -3,11 +3,66 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
+	"log/slog"
+	"os"
 
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/layervisor/layervisor/pkg/agent"
+	"github.com/layervisor/layervisor/pkg/layers"
+	"github.com/layervisor/layervisor/pkg/resources"
 	"github.com/layervisor/layervisor/pkg/store"
+	"github.com/layervisor/layervisor/pkg/uvm"
+	"github.com/layervisor/layervisor/pkg/vmcontainer"
 )
 
-// runInUVM is wired up once the utility VM path lands.
-func runInUVM(ctx context.Context, s *store.Store, o runOptions, cname string, argv []string) (int, error) {
-	return 0, errors.New("--isolation vm: not available yet")
+// runInUVM starts a utility VM, sets the container up in it, runs argv in
+// the container's root file system through the agent, and tears it all down.
+func runInUVM(ctx context.Context, s *store.Store, o runOptions, cname string, argv []string) (code int, err error) {
+	if o.uvmID != "" {
+		// Attachments are managed by the process that started a UVM; a
+		// UVM started elsewhere cannot take new hot-plugs from here.
+		return 0, errors.New("--uvm: running in a UVM started by another process is not supported yet; omit --uvm to start one for this run")
+	}
+	teardown := context.WithoutCancel(ctx)
+	u, err := uvm.Create(ctx, uvm.Config{ID: cname, Root: s.Root()})
+	if err != nil {
+		return 0, err
+	}
+	defer func() {
+		if serr := u.Stop(teardown); serr != nil {
+			err = errors.Join(err, serr)
+		}
+		if rerr := u.Remove(teardown); rerr != nil {
+			err = errors.Join(err, rerr)
+		}
+	}()
+	if err := u.Start(ctx); err != nil {
+		return 0, err
+	}
+	folders, err := s.LayerFolders(cname)
+	if err != nil {
+		return 0, err
+	}
+	vm := vmcontainer.VM{U: u}
+	res, err := resources.Setup(ctx, vm, layers.NewInUVM(vm), resources.Container{
+		ID: cname, Spec: &specs.Spec{}, LayerFolders: folders, GuestRoot: vmcontainer.GuestRoot(cname),
+	})
+	if err != nil {
+		return 0, err
+	}
+	defer func() {
+		if rerr := res.Release(teardown); rerr != nil {
+			slog.Error("release container resources", "err", rerr)
+			err = errors.Join(err, rerr)
+		}
+	}()
+	env := append([]string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "TERM=xterm"}, o.env...)
+	code, err = u.Agent().Exec(ctx, agent.ExecRequest{Args: argv, Env: env, Cwd: o.cwd, Root: res.Rootfs,
+		Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr})
+	if err != nil {
+		return 0, fmt.Errorf("run in UVM: %w", err)
+	}
+	return code, nil
 }

@@ -67,7 +67,16 @@ func Run(ctx context.Context, o Options) (int, error) {
 	}
 	cmd := exec.Command(self, append([]string{InitArg, o.Rootfs, cwd, host, "--"}, o.Args...)...)
 	cmd.Env = env
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = o.Stdin, o.Stdout, o.Stderr
+	cmd.Stdout, cmd.Stderr = o.Stdout, o.Stderr
+	// Output copying may outlive the command (a daemon it left holding
+	// stdout): bound it.
+	cmd.WaitDelay = 2 * time.Second
+	stdin, closeStdin, err := FileStdin(o.Stdin)
+	if err != nil {
+		return 0, err
+	}
+	defer closeStdin()
+	cmd.Stdin = stdin
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Cloneflags: unix.CLONE_NEWNS | unix.CLONE_NEWPID | unix.CLONE_NEWUTS | unix.CLONE_NEWIPC,
 		Pdeathsig:  syscall.SIGKILL,
@@ -90,6 +99,12 @@ func Run(ctx context.Context, o Options) (int, error) {
 	}()
 	err = cmd.Wait()
 	close(done)
+	if errors.Is(err, exec.ErrWaitDelay) {
+		err = nil
+		if !cmd.ProcessState.Success() {
+			err = &exec.ExitError{ProcessState: cmd.ProcessState}
+		}
+	}
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
 		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
@@ -101,6 +116,27 @@ func Run(ctx context.Context, o Options) (int, error) {
 		return 0, fmt.Errorf("hostrun: %w", err)
 	}
 	return 0, ctx.Err()
+}
+
+// FileStdin turns a reader into an *os.File for a child's stdin, so that
+// exec.Cmd.Wait does not wait for the reader to reach EOF (an interactive
+// stream may never end). close releases it once the child has exited.
+func FileStdin(r io.Reader) (*os.File, func(), error) {
+	if r == nil {
+		return nil, func() {}, nil
+	}
+	if f, ok := r.(*os.File); ok {
+		return f, func() {}, nil
+	}
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return nil, nil, err
+	}
+	go func() {
+		io.Copy(pw, r)
+		pw.Close()
+	}()
+	return pr, func() { pr.Close(); pw.Close() }, nil
 }
 
 // MaybeInit runs the namespace helper if this process was started as one;

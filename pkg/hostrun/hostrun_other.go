@@ -27,3 +27,5 @@ func Run(context.Context, Options) (int, error) {
 }
 
 func MaybeInit() {}
+
+func FileStdin(r io.Reader) (io.Reader, func(), error) { return r, func() {}, nil }

@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/layervisor/layervisor/pkg/agent"
@@ -100,14 +99,19 @@ func (u *UVM) Start(ctx context.Context) (err error) {
 	cmd := exec.Command(qemu, u.qemuArgs(acc)...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
-	// Its own session: the VM outlives the CLI process that started it.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	detach(cmd)
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("uvm %s: start QEMU: %w", c.ID, err)
 	}
 	u.proc = cmd.Process
 	u.exited = make(chan struct{})
-	go func() { cmd.Wait(); close(u.exited) }()
+	go func() {
+		werr := cmd.Wait()
+		u.mu.Lock()
+		u.exitErr = werr
+		u.mu.Unlock()
+		close(u.exited)
+	}()
 	un.Push("kill QEMU", func(context.Context) error { u.proc.Kill(); <-u.exited; return nil })
 	u.mu.Lock()
 	u.state.PID, u.state.Status, u.state.Accel, u.state.Started, u.state.Error = cmd.Process.Pid, "starting", acc, time.Now().UTC(), ""
@@ -161,7 +165,10 @@ func dialRetry(ctx context.Context, sock string) (*qmp.Client, error) {
 func (u *UVM) bootError(what string, err error, qemuStderr string) error {
 	select {
 	case <-u.exited:
-		err = fmt.Errorf("QEMU exited: %s", strings.TrimSpace(qemuStderr))
+		u.mu.Lock()
+		werr := u.exitErr
+		u.mu.Unlock()
+		err = fmt.Errorf("QEMU exited (%v): %s %s", werr, strings.TrimSpace(qemuStderr), tail(u.path("debug/qemu.log"), 10))
 	default:
 	}
 	return fmt.Errorf("uvm %s: %s did not come up: %w\n--- console tail (%s) ---\n%s", u.cfg.ID, what, err,
@@ -242,7 +249,7 @@ func (u *UVM) Stop(ctx context.Context) error {
 		}
 		if !u.waitExit(5 * time.Second) {
 			if p := u.pid(); p > 0 {
-				syscall.Kill(p, syscall.SIGKILL)
+				killPID(p)
 			}
 			u.waitExit(5 * time.Second)
 		}

@@ -132,6 +132,7 @@ type UVM struct {
 	state    State
 	proc     *os.Process
 	exited   chan struct{} // closed when QEMU exits (only in the starting process)
+	exitErr  error
 	qmp      *qmp.Client
 	agent    *agent.Client
 	ports    *pciports.Allocator

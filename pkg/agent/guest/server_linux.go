@@ -465,8 +465,18 @@ func (s *Server) exec(ctx context.Context, id uint64, a agent.ExecArgs) (any, er
 		return nil, &agent.Error{Code: agent.CodeExecNotFound, Message: fmt.Sprintf("%s: command not found", a.Args[0])}
 	}
 	cmd := exec.CommandContext(ctx, path, a.Args[1:]...)
-	cmd.Env, cmd.Dir, cmd.Stdin, cmd.Stdout, cmd.Stderr = a.Env, a.Cwd, stdin, stdout, stderr
+	cmd.Env, cmd.Dir, cmd.Stdout, cmd.Stderr = a.Env, a.Cwd, stdout, stderr
+	cmd.WaitDelay = 2 * time.Second
+	in, closeIn, err := hostrun.FileStdin(stdin)
+	if err != nil {
+		return nil, err
+	}
+	defer closeIn()
+	cmd.Stdin = in
 	err = cmd.Run()
+	if errors.Is(err, exec.ErrWaitDelay) && cmd.ProcessState != nil {
+		return agent.ExecResult{ExitCode: cmd.ProcessState.ExitCode()}, nil
+	}
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
 		return agent.ExecResult{ExitCode: ee.ExitCode()}, nil

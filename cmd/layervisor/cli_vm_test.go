@@ -1,0 +1,104 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/layervisor/layervisor/internal/testutil"
+)
+
+// The CLI's VM path needs the guest agent next to the binary.
+func vmCLI(t *testing.T) *cli {
+	t.Helper()
+	testutil.NeedTool(t, "qemu-system-x86_64")
+	c := newCLI(t)
+	agentBin := filepath.Join(filepath.Dir(c.bin), "layervisor-agent")
+	if _, err := os.Stat(agentBin); err != nil {
+		cmd := exec.Command("go", "build", "-o", agentBin, "../layervisor-agent")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("build agent: %v %s", err, out)
+		}
+	}
+	return c
+}
+
+func TestCLIRunVM(t *testing.T) {
+	c := vmCLI(t)
+	img := demoImage(t, "oci-tar")
+	script := "cat /etc/demo-release; test -e /etc/motd || echo motd-deleted; ls /app; exit 3"
+	out, errs, code := c.run("run", "--isolation", "vm", img, "--", "sh", "-c", script)
+	if code != 3 {
+		t.Fatalf("exit %d, want 3; stderr %s", code, errs)
+	}
+	hostOut, _, hostCode := c.run("run", "--isolation", "process", "demo:latest", "--", "sh", "-c", script)
+	if hostCode != 3 || hostOut != out || out != "layervisor demo 2\nmotd-deleted\nblob.bin\nconfig\n" {
+		t.Fatalf("vm output %q, host output %q (exit %d)", out, hostOut, hostCode)
+	}
+	_, errs, code = c.run("run", "--isolation", "vm", "demo:latest", "--", "no-such-cmd")
+	if code != 127 || !strings.Contains(errs, "no-such-cmd") {
+		t.Fatalf("missing command in VM: exit %d, stderr %q", code, errs)
+	}
+	// Torn down: no container, no UVM, no QEMU.
+	if out := c.ok("container", "ls", "--json"); strings.TrimSpace(out) != "[]" {
+		t.Fatalf("containers left: %s", out)
+	}
+	if out := c.ok("uvm", "ls", "--json"); strings.TrimSpace(out) != "[]" {
+		t.Fatalf("UVMs left: %s", out)
+	}
+	assertNoQEMU(t, c.root)
+}
+
+func TestCLIUVMLifecycle(t *testing.T) {
+	c := vmCLI(t)
+	c.fail("invalid UVM id", "uvm", "create", "../x")
+	c.ok("uvm", "create", "v1", "--memory", "384M")
+	c.ok("uvm", "start", "v1")
+	var sts []struct {
+		Status string
+		PID    int
+		Accel  string
+	}
+	json.Unmarshal([]byte(c.ok("uvm", "ls", "--json")), &sts)
+	if len(sts) != 1 || sts[0].Status != "running" || sts[0].PID == 0 {
+		t.Fatalf("uvm ls: %+v", sts)
+	}
+	c.fail("running", "uvm", "create", "v1")
+	// exec from another process: exit code and output come back.
+	_, errs, code := c.run("uvm", "exec", "v1", "--", "/init")
+	if code != 2 || !strings.Contains(errs, "PID 1") {
+		t.Fatalf("uvm exec: exit %d stderr %q", code, errs)
+	}
+	if _, _, code := c.run("uvm", "exec", "v1", "--", "nope"); code != 127 {
+		t.Fatalf("uvm exec of a missing command: exit %d", code)
+	}
+	// QEMU killed behind our back: gc reaps the UVM.
+	if err := exec.Command("kill", "-9", itoa(sts[0].PID)).Run(); err != nil {
+		t.Fatal(err)
+	}
+	waitGone(t, sts[0].PID)
+	json.Unmarshal([]byte(c.ok("uvm", "ls", "--json")), &sts)
+	if len(sts) != 1 || sts[0].Status != "failed" {
+		t.Fatalf("after kill: %+v", sts)
+	}
+	var gc struct{ Uvms struct{ Reaped []string } }
+	json.Unmarshal([]byte(c.ok("gc", "--json")), &gc)
+	if len(gc.Uvms.Reaped) != 1 {
+		t.Fatalf("gc did not reap the dead UVM: %+v", gc)
+	}
+	if out := c.ok("uvm", "ls", "--json"); strings.TrimSpace(out) != "[]" {
+		t.Fatalf("UVMs left: %s", out)
+	}
+	// A clean start/rm cycle leaves nothing.
+	c.ok("uvm", "create", "v2")
+	c.ok("uvm", "start", "v2")
+	c.ok("uvm", "rm", "v2")
+	if _, err := os.Stat(filepath.Join(c.root, "uvms", "v2")); !os.IsNotExist(err) {
+		t.Fatal("uvm rm left the state dir")
+	}
+	assertNoQEMU(t, c.root)
+}

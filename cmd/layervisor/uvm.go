@@ -1,0 +1,201 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/layervisor/layervisor/pkg/agent"
+	"github.com/layervisor/layervisor/pkg/uvm"
+)
+
+func absRoot() string {
+	r, err := filepath.Abs(g.root)
+	if err != nil {
+		return g.root
+	}
+	return r
+}
+
+func init() {
+	uvmCmd := &cobra.Command{Use: "uvm", Short: "Create, start, use and remove utility VMs",
+		Long: `A utility VM (UVM) is QEMU booting Debian's cloud kernel with layervisor's guest
+agent as init. Containers' layers, scratch and mounts are hot-plugged into it
+(VPMEM, SCSI, virtiofs). KVM is used when /dev/kvm is usable, TCG otherwise.`}
+
+	var cfg uvm.Config
+	var memory string
+	createCmd := &cobra.Command{
+		Use:     "create ID",
+		Short:   "Create a UVM's state directory and scratch",
+		Example: "  layervisor uvm create vm1 --memory 1G && layervisor uvm start vm1",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c := cfg
+			c.ID, c.Root = args[0], absRoot()
+			if memory != "" {
+				n, err := parseSize(memory)
+				if err != nil {
+					return fmt.Errorf("--memory: %w", err)
+				}
+				c.MemoryMB = int(n >> 20)
+			}
+			u, err := uvm.Create(cmd.Context(), c)
+			if err != nil {
+				return err
+			}
+			return report(u.State())
+		},
+	}
+	f := createCmd.Flags()
+	f.StringVar(&memory, "memory", "", "guest RAM (default 512M)")
+	f.IntVar(&cfg.CPUs, "cpus", 0, "virtual CPUs (default 2)")
+	f.IntVar(&cfg.SCSIControllers, "scsi-controllers", 0, "virtio-scsi controllers, 64 LUNs each (default 1, at most 4)")
+	f.IntVar(&cfg.VPMemSlots, "vpmem-slots", 0, "persistent-memory slots for layers (default 16)")
+
+	startCmd := &cobra.Command{
+		Use:   "start ID",
+		Short: "Boot a created UVM and wait for its agent; the VM keeps running after this command",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			st, err := uvm.Load(absRoot(), args[0])
+			if err != nil {
+				return err
+			}
+			u, err := uvm.Create(cmd.Context(), st.Config)
+			if err != nil {
+				return err
+			}
+			t0 := time.Now()
+			if err := u.Start(cmd.Context()); err != nil {
+				return err
+			}
+			if !g.json && !g.quiet {
+				fmt.Fprintf(os.Stderr, "uvm %s running (%s, agent ready in %s)\n", u.ID(), u.State().Accel, time.Since(t0).Round(time.Millisecond))
+			}
+			return report(u.State())
+		},
+	}
+	execCmd := &cobra.Command{
+		Use:     "exec ID -- CMD [ARGS...]",
+		Short:   "Run a command in a running UVM (outside any container) and exit with its code",
+		Example: "  layervisor uvm exec vm1 -- /init --version",
+		Args:    cobra.MinimumNArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if cmd.ArgsLenAtDash() != 1 {
+				return fmt.Errorf("usage: layervisor uvm exec ID -- CMD [ARGS...]")
+			}
+			u, err := uvm.Open(cmd.Context(), absRoot(), args[0])
+			if err != nil {
+				return err
+			}
+			defer u.Agent().Close()
+			code, err := u.Agent().Exec(cmd.Context(), agent.ExecRequest{Args: args[1:], Stdout: os.Stdout, Stderr: os.Stderr})
+			if agent.IsCode(err, agent.CodeExecNotFound) {
+				fmt.Fprintln(os.Stderr, "layervisor:", err)
+				return exitError{127}
+			}
+			if err != nil {
+				return err
+			}
+			if code != 0 {
+				return exitError{code}
+			}
+			return nil
+		},
+	}
+	lsCmd := &cobra.Command{
+		Use:   "ls",
+		Short: "List UVMs",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			sts, err := uvm.List(absRoot())
+			if err != nil {
+				return err
+			}
+			if g.json {
+				if sts == nil {
+					sts = []uvm.State{}
+				}
+				return printJSON(sts)
+			}
+			fmt.Printf("%-20s %-8s %-8s %-6s %s\n", "ID", "STATUS", "PID", "ACCEL", "MEMORY")
+			for _, s := range sts {
+				fmt.Printf("%-20s %-8s %-8d %-6s %dM\n", s.Config.ID, s.Status, s.PID, s.Accel, s.Config.MemoryMB)
+			}
+			return nil
+		},
+	}
+	stopCmd := &cobra.Command{
+		Use:   "stop ID",
+		Short: "Shut a UVM down (agent, then QEMU quit, then kill)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			u, err := uvm.Open(cmd.Context(), absRoot(), args[0])
+			if u == nil {
+				return err
+			}
+			return u.Stop(cmd.Context())
+		},
+	}
+	rmCmd := &cobra.Command{
+		Use:   "rm ID",
+		Short: "Stop (if running) and remove a UVM's state",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			u, err := uvm.Open(cmd.Context(), absRoot(), args[0])
+			if u == nil {
+				return err
+			}
+			if err := u.Stop(cmd.Context()); err != nil {
+				return err
+			}
+			return u.Remove(cmd.Context())
+		},
+	}
+	var img uvm.InitramfsOptions
+	imageCmd := &cobra.Command{Use: "image", Short: "Boot files of the utility VM"}
+	buildCmd := &cobra.Command{
+		Use:   "build",
+		Short: "Build the UVM initramfs: the guest agent as /init plus the kernel modules it loads",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if img.BootDir == "" {
+				img.BootDir = os.Getenv("LAYERVISOR_BOOT_DIR")
+			}
+			if img.BootDir == "" {
+				img.BootDir = "/var/cache/layervisor/boot"
+			}
+			if img.Out == "" {
+				img.Out = filepath.Join(absRoot(), "boot", "initrd.img")
+			}
+			if err := uvm.BuildInitramfs(cmd.Context(), img); err != nil {
+				return err
+			}
+			if g.json {
+				return printJSON(img)
+			}
+			fmt.Println(img.Out)
+			return nil
+		},
+	}
+	buildCmd.Flags().StringVar(&img.BootDir, "kernel-dir", "", "boot dir with vmlinuz and lib/modules (default $LAYERVISOR_BOOT_DIR or /var/cache/layervisor/boot)")
+	buildCmd.Flags().StringVar(&img.Agent, "agent", "", "guest agent binary (default: next to layervisor, or built from source)")
+	buildCmd.Flags().StringVar(&img.Out, "out", "", "initramfs to write (default <root>/boot/initrd.img)")
+	imageCmd.AddCommand(buildCmd)
+	uvmCmd.AddCommand(createCmd, startCmd, execCmd, lsCmd, stopCmd, rmCmd, imageCmd)
+	rootCmd.AddCommand(uvmCmd)
+}
+
+func report(st uvm.State) error {
+	if g.json {
+		return printJSON(st)
+	}
+	if !g.quiet {
+		fmt.Println(st.Config.ID)
+	}
+	return nil
+}
