@@ -22,7 +22,7 @@ var (
 )
 
 // testConfig returns a config whose initramfs is built once per test run.
-func testConfig(t *testing.T, id string) Config {
+func testConfig(t testing.TB, id string) Config {
 	t.Helper()
 	testutil.NeedRoot(t)
 	testutil.NeedTool(t, "qemu-system-x86_64")
