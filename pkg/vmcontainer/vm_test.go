@@ -47,7 +47,7 @@ func bootDir() string {
 }
 
 // newEnv imports the demo image into a fresh store and boots a UVM.
-func newEnv(t *testing.T, vpmemSlots int) *env {
+func newEnv(t testing.TB, vpmemSlots int) *env {
 	t.Helper()
 	testutil.NeedRoot(t)
 	testutil.NeedTool(t, "qemu-system-x86_64")
@@ -236,5 +236,30 @@ func TestVPMemFallbackMountsAndSharedScratch(t *testing.T) {
 	}
 	if n := e.u.Shares().Active(); n != 0 {
 		t.Fatalf("%d shares left", n)
+	}
+}
+
+// Detach and re-attach at the same LUN in quick succession: the guest must
+// mount the new disk, not trip over the old one's remains.
+func TestSCSIReattach(t *testing.T) {
+	e := newEnv(t, 1)
+	ctx := context.Background()
+	f := e.container(t, "c", store.ContainerOptions{})
+	layer := filepath.Join(f[0], layers.LayerFile)
+	for i := 0; i < 6; i++ {
+		a, err := e.vm.AttachSCSI(ctx, layer, true)
+		if err != nil {
+			t.Fatalf("attach %d: %v", i, err)
+		}
+		names, err := e.u.Agent().List(ctx, a.GuestPath())
+		if err != nil || len(names) == 0 {
+			t.Fatalf("attach %d: mounted disk lists %v, %v", i, names, err)
+		}
+		if err := a.Release(ctx); err != nil {
+			t.Fatalf("release %d: %v", i, err)
+		}
+	}
+	if n := e.u.SCSI().Attached(); n != 0 {
+		t.Fatalf("%d disks left", n)
 	}
 }

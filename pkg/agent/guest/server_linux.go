@@ -248,12 +248,16 @@ func scsiHosts() []string {
 }
 
 func (s *Server) mountSCSI(ctx context.Context, a agent.MountSCSIArgs) error {
-	dev, err := waitFor(ctx, fmt.Sprintf("SCSI disk %d:%d", a.Controller, a.LUN), func() string {
+	find := func() string {
 		hosts := scsiHosts()
 		if a.Controller >= len(hosts) {
 			return ""
 		}
-		blocks, _ := filepath.Glob(fmt.Sprintf("/sys/bus/scsi/devices/%s:0:0:%d/block/*", hosts[a.Controller], a.LUN))
+		sdev := fmt.Sprintf("/sys/bus/scsi/devices/%s:0:0:%d", hosts[a.Controller], a.LUN)
+		if st, err := os.ReadFile(sdev + "/state"); err != nil || strings.TrimSpace(string(st)) != "running" {
+			return ""
+		}
+		blocks, _ := filepath.Glob(sdev + "/block/*")
 		if len(blocks) == 0 {
 			return ""
 		}
@@ -265,11 +269,21 @@ func (s *Server) mountSCSI(ctx context.Context, a agent.MountSCSIArgs) error {
 			return ""
 		}
 		return "/dev/" + name
-	})
-	if err != nil {
-		return err
 	}
-	return s.mountDev(dev, a.Target, a.FSType, a.ReadOnly)
+	// Right after a disk left a LUN, its successor can briefly be shadowed
+	// by the old device's remains (ENXIO): look again until the deadline.
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		dev, err := waitFor(ctx, fmt.Sprintf("SCSI disk %d:%d", a.Controller, a.LUN), find)
+		if err != nil {
+			return err
+		}
+		err = s.mountDev(dev, a.Target, a.FSType, a.ReadOnly)
+		if err == nil || !(errors.Is(err, unix.ENXIO) || errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENODEV)) || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 func (s *Server) mountPmem(ctx context.Context, a agent.MountPmemArgs) error {
