@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -15,7 +16,46 @@ import (
 	"github.com/layervisor/layervisor/pkg/store"
 )
 
+// phaseTimer collects how long each phase of a run took.
+type phaseTimer struct {
+	phases []string
+	times  map[string]time.Duration
+	last   time.Time
+}
+
+func newPhaseTimer() *phaseTimer {
+	return &phaseTimer{times: map[string]time.Duration{}, last: time.Now()}
+}
+
+// add records d for phase.
+func (p *phaseTimer) add(phase string, d time.Duration) {
+	if _, ok := p.times[phase]; !ok {
+		p.phases = append(p.phases, phase)
+	}
+	p.times[phase] += d
+}
+
+// mark records the time since the previous mark as phase.
+func (p *phaseTimer) mark(phase string) {
+	now := time.Now()
+	p.add(phase, now.Sub(p.last))
+	p.last = now
+}
+
+func (p *phaseTimer) print() {
+	var total time.Duration
+	for _, ph := range p.phases {
+		fmt.Fprintf(os.Stderr, "%-10s %8.1f ms\n", ph, float64(p.times[ph].Microseconds())/1000)
+		if ph != "attach" && ph != "combine" {
+			total += p.times[ph]
+		}
+	}
+	fmt.Fprintf(os.Stderr, "%-10s %8.1f ms\n", "total", float64(total.Microseconds())/1000)
+}
+
 type runOptions struct {
+	timings     bool
+	timer       *phaseTimer
 	isolation   string
 	uvmID       string
 	scratchSize string
@@ -47,7 +87,11 @@ A command that does not exist in the image exits with 127.`,
 			if dash != 1 {
 				return fmt.Errorf("usage: layervisor run [flags] IMAGE -- CMD [ARGS...]")
 			}
+			o.timer = newPhaseTimer()
 			code, err := runContainer(cmd.Context(), o, args[0], args[1:])
+			if o.timings {
+				o.timer.print()
+			}
 			if err != nil {
 				return err
 			}
@@ -64,6 +108,7 @@ A command that does not exist in the image exits with 127.`,
 	f.BoolVar(&o.keep, "keep", false, "keep the container afterwards (for inspection)")
 	f.StringArrayVarP(&o.env, "env", "e", nil, "environment variable KEY=VALUE (repeatable)")
 	f.StringVarP(&o.cwd, "workdir", "w", "/", "working directory inside the container")
+	f.BoolVar(&o.timings, "timings", false, "print how long each phase took (import, create, boot, attach, combine, exec, teardown) on stderr")
 	rootCmd.AddCommand(cmd)
 }
 
@@ -107,14 +152,17 @@ func runContainer(ctx context.Context, o runOptions, image string, argv []string
 	if err != nil {
 		return 0, err
 	}
+	o.timer.mark("import")
 	cname := randomName("run-")
 	if _, err := s.CreateContainer(ctx, cname, name, store.ContainerOptions{ScratchSize: size}); err != nil {
 		return 0, err
 	}
+	o.timer.mark("create")
 	// Teardown runs even after Ctrl-C cancelled ctx.
 	teardown := context.WithoutCancel(ctx)
 	if !o.keep {
 		defer func() {
+			defer o.timer.mark("teardown")
 			if rerr := s.RemoveContainer(teardown, cname); rerr != nil {
 				slog.Error("tear down container", "name", cname, "err", rerr)
 				err = errors.Join(err, rerr)
@@ -127,6 +175,7 @@ func runContainer(ctx context.Context, o runOptions, image string, argv []string
 		if err != nil {
 			return 0, err
 		}
+		o.timer.mark("mount")
 		if !o.keep {
 			defer func() {
 				if uerr := s.Unmount(teardown, cname); uerr != nil {
@@ -135,6 +184,7 @@ func runContainer(ctx context.Context, o runOptions, image string, argv []string
 			}()
 		}
 		env := append([]string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "TERM=xterm"}, o.env...)
+		defer o.timer.mark("exec")
 		return hostrun.Run(ctx, hostrun.Options{
 			Rootfs: rootfs, Args: argv, Env: env, Cwd: o.cwd,
 			Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr,

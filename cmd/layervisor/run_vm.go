@@ -31,6 +31,7 @@ func runInUVM(ctx context.Context, s *store.Store, o runOptions, cname string, a
 		return 0, err
 	}
 	defer func() {
+		defer o.timer.mark("teardown")
 		if serr := u.Stop(teardown); serr != nil {
 			err = errors.Join(err, serr)
 		}
@@ -38,21 +39,27 @@ func runInUVM(ctx context.Context, s *store.Store, o runOptions, cname string, a
 			err = errors.Join(err, rerr)
 		}
 	}()
+	o.timer.mark("create")
 	if err := u.Start(ctx); err != nil {
 		return 0, err
 	}
+	o.timer.mark("boot")
 	folders, err := s.LayerFolders(cname)
 	if err != nil {
 		return 0, err
 	}
 	vm := vmcontainer.VM{U: u}
-	res, err := resources.Setup(ctx, vm, layers.NewInUVM(vm), resources.Container{
+	mounter := layers.NewInUVM(vm)
+	mounter.Trace = o.timer.add
+	res, err := resources.Setup(ctx, vm, mounter, resources.Container{
 		ID: cname, Spec: &specs.Spec{}, LayerFolders: folders, GuestRoot: vmcontainer.GuestRoot(cname),
 	})
 	if err != nil {
 		return 0, err
 	}
+	o.timer.mark("mount")
 	defer func() {
+		o.timer.mark("exec")
 		if rerr := res.Release(teardown); rerr != nil {
 			slog.Error("release container resources", "err", rerr)
 			err = errors.Join(err, rerr)

@@ -8,6 +8,7 @@ import (
 	"path"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/layervisor/layervisor/pkg/undo"
 )
@@ -68,6 +69,10 @@ type uvmMount struct {
 // each container attached, so that unmount (possibly in parts) releases
 // exactly that. Safe for concurrent use.
 type InUVM struct {
+	// Trace, when set, receives the duration of each mount phase
+	// ("attach", "combine"), for timing reports.
+	Trace func(phase string, d time.Duration)
+
 	vm     UVM
 	mu     sync.Mutex
 	mounts map[string]*uvmMount
@@ -117,6 +122,7 @@ func (m *InUVM) Mount(ctx context.Context, id string, l Layers, guestRoot string
 		}
 	}()
 
+	t0 := time.Now()
 	lowers := make([]string, 0, len(l.ReadOnly))
 	for _, folder := range l.ReadOnly {
 		hostPath, err := filepath.EvalSymlinks(layerImage(folder))
@@ -143,6 +149,8 @@ func (m *InUVM) Mount(ctx context.Context, id string, l Layers, guestRoot string
 	u.Push("release scratch", sa.Release)
 	rec.scratch = &uvmAttachment{hostPath: scratchHost, kind: kindSCSI, a: sa}
 
+	m.trace("attach", t0)
+	t0 = time.Now()
 	base := path.Join(sa.GuestPath(), "scratch", id)
 	upper, work := path.Join(base, "upper"), path.Join(base, "work")
 	for _, d := range []string{upper, work, rec.rootfs} {
@@ -156,8 +164,15 @@ func (m *InUVM) Mount(ctx context.Context, id string, l Layers, guestRoot string
 	m.mu.Lock()
 	m.combined[id] = true
 	m.mu.Unlock()
+	m.trace("combine", t0)
 	slog.Debug("mounted container layers in UVM", "id", id, "rootfs", rec.rootfs, "layers", len(lowers))
 	return rec.rootfs, nil
+}
+
+func (m *InUVM) trace(phase string, since time.Time) {
+	if m.Trace != nil {
+		m.Trace(phase, time.Since(since))
+	}
 }
 
 func (m *InUVM) attachLayer(ctx context.Context, hostPath string) (*uvmAttachment, error) {

@@ -23,7 +23,6 @@ func (scsiOnly) AttachVPMem(context.Context, string) (layers.Attachment, error) 
 	return nil, layers.ErrVPMemNoSlot
 }
 
-
 // BenchmarkRootfsReady: a running UVM, a container of 1, 5 or 10 layers:
 // from its layer folders to a combined root file system in the guest, with
 // layers on VPMEM and on SCSI, next to the same on the host.
