@@ -1,8 +1,12 @@
 package main
 
 import (
+	"bytes"
+	"os"
+	"os/exec"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestCLIRunProcessIsolation(t *testing.T) {
@@ -28,4 +32,36 @@ func TestCLIRunProcessIsolation(t *testing.T) {
 	}
 	c.fail("--isolation", "run", "--isolation", "bogus", "demo:latest", "--", "true")
 	c.fail("usage", "run", "demo:latest", "true")
+}
+
+// Ctrl-C during run: the command is stopped and everything is torn down.
+func TestCLIRunInterrupted(t *testing.T) {
+	c := newCLI(t)
+	c.ok("image", "import", "--name", "demo", demoImage(t, "oci-tar"))
+	cmd := exec.Command(c.bin, "--root", c.root, "run", "demo", "--", "sleep", "60")
+	var errb bytes.Buffer
+	cmd.Stderr = &errb
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// Wait until the container is mounted, then interrupt.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		out, _, _ := c.run("container", "ls", "--json")
+		if strings.Contains(out, `"mounted": true`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("run never mounted its container")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond)
+	cmd.Process.Signal(os.Interrupt)
+	if err := cmd.Wait(); err == nil {
+		t.Fatal("interrupted run exited 0")
+	}
+	if out := c.ok("container", "ls", "--json"); strings.TrimSpace(out) != "[]" {
+		t.Fatalf("interrupted run left containers: %s (stderr %s)", out, errb.String())
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -157,4 +158,38 @@ func TestBadConfig(t *testing.T) {
 		t.Fatalf("missing kernel: %v", err)
 	}
 	u.Remove(ctx)
+}
+
+// An init that never starts the agent: Start gives up at its deadline with
+// the console's tail, and kills QEMU.
+func TestAgentNeverAnswers(t *testing.T) {
+	cfg := testConfig(t, "t4")
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "main.go"), []byte("package main\n\nimport (\n\t\"fmt\"\n\t\"time\"\n)\n\nfunc main() {\n\tfmt.Println(\"hanging init here\")\n\tfor {\n\t\ttime.Sleep(time.Hour)\n\t}\n}\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "go.mod"), []byte("module hang\n"), 0o644)
+	build := exec.Command("go", "build", "-o", "init", ".")
+	build.Dir, build.Env = dir, append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build: %v %s", err, out)
+	}
+	cfg.Initrd = filepath.Join(dir, "hang.img")
+	if err := BuildInitramfs(context.Background(), InitramfsOptions{BootDir: cfg.BootDir, Agent: filepath.Join(dir, "init"), Out: cfg.Initrd}); err != nil {
+		t.Fatal(err)
+	}
+	cfg.BootTimeout = 8 * time.Second
+	u, err := Create(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = u.Start(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "did not come up") || !strings.Contains(err.Error(), "hanging init here") {
+		t.Fatalf("want a boot error with the console tail, got %v", err)
+	}
+	if !u.Failed() {
+		t.Fatal("UVM not marked failed")
+	}
+	if alive(u.State().PID, u.dir) {
+		t.Fatal("QEMU left running after a failed start")
+	}
+	u.Remove(context.Background())
 }

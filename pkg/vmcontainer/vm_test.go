@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
@@ -262,4 +263,46 @@ func TestSCSIReattach(t *testing.T) {
 	if n := e.u.SCSI().Attached(); n != 0 {
 		t.Fatalf("%d disks left", n)
 	}
+}
+
+// A UVM that dies mid-mount: the mount fails fast and leaves no host state.
+func TestUVMDiesMidMount(t *testing.T) {
+	e := newEnv(t, 16)
+	ctx := context.Background()
+	f := e.container(t, "c", store.ContainerOptions{})
+	// Kill QEMU once the first layer is attached, in the middle of Setup.
+	vm := &killAfterFirst{VM: e.vm, kill: func() { syscallKill(e.u.State().PID) }}
+	done := make(chan error, 1)
+	go func() {
+		_, err := resources.Setup(ctx, vm, layers.NewInUVM(vm), resources.Container{ID: "c", Spec: &specs.Spec{}, LayerFolders: f, GuestRoot: vmcontainer.GuestRoot("c")})
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("mount in a dead UVM succeeded")
+		}
+		t.Logf("mount failed as it should: %v", err)
+	case <-time.After(60 * time.Second):
+		t.Fatal("mount in a dead UVM hangs")
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !e.u.Failed() && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !e.u.Failed() {
+		t.Fatal("UVM not marked failed")
+	}
+}
+
+type killAfterFirst struct {
+	vmcontainer.VM
+	kill func()
+	once sync.Once
+}
+
+func (k *killAfterFirst) AttachVPMem(ctx context.Context, p string) (layers.Attachment, error) {
+	a, err := k.VM.AttachVPMem(ctx, p)
+	k.once.Do(k.kill)
+	return a, err
 }
