@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/layervisor/layervisor/pkg/agent"
@@ -21,6 +22,24 @@ import (
 	"github.com/layervisor/layervisor/pkg/uvm/share"
 	"github.com/layervisor/layervisor/pkg/uvm/vpmem"
 )
+
+// lockedBuffer collects QEMU's stderr while QEMU may still write it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
 
 // accel picks KVM when /dev/kvm can be opened, else TCG.
 func accel() string {
@@ -97,8 +116,8 @@ func (u *UVM) Start(ctx context.Context) (err error) {
 	os.Remove(u.path("debug/console.log"))
 	acc := accel()
 	cmd := exec.Command(qemu, u.qemuArgs(acc)...)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
+	stderr := &lockedBuffer{}
+	cmd.Stderr = stderr
 	detach(cmd)
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("uvm %s: start QEMU: %w", c.ID, err)
