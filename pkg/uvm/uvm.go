@@ -158,6 +158,12 @@ func Create(ctx context.Context, cfg Config) (_ *UVM, err error) {
 		return nil, errors.New("uvm: Config.Root is empty")
 	}
 	cfg.defaults()
+	if cfg.SCSIControllers < 1 || cfg.SCSIControllers > 4 {
+		return nil, fmt.Errorf("uvm %s: %d SCSI controllers: want 1 to 4", cfg.ID, cfg.SCSIControllers)
+	}
+	if cfg.VPMemSlots < 0 || cfg.VPMemSlots > 256 {
+		return nil, fmt.Errorf("uvm %s: %d VPMEM slots: want 0 to 256", cfg.ID, cfg.VPMemSlots)
+	}
 	u := &UVM{cfg: cfg, dir: Dir(cfg.Root, cfg.ID)}
 	if st, err := Load(cfg.Root, cfg.ID); err == nil && st.Status == "running" && alive(st.PID, u.dir) {
 		return nil, fmt.Errorf("%w: %s is running (pid %d)", ErrExists, cfg.ID, st.PID)

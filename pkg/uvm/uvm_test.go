@@ -148,6 +148,9 @@ func TestBadConfig(t *testing.T) {
 			t.Errorf("id %q: %v", id, err)
 		}
 	}
+	if _, err := Create(ctx, Config{ID: "x", Root: t.TempDir(), SCSIControllers: 5}); err == nil || !strings.Contains(err.Error(), "1 to 4") {
+		t.Errorf("5 SCSI controllers: %v", err)
+	}
 	cfg := testConfig(t, "t3")
 	cfg.BootDir = t.TempDir()
 	u, err := Create(ctx, cfg)
