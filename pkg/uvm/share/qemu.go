@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -66,23 +68,45 @@ func (h *QEMUHost) AddShare(ctx context.Context, tag, hostDir string) (err error
 	}
 	d := &daemon{socket: filepath.Join(h.dir, "virtiofsd-"+tag+".sock"), exited: make(chan struct{})}
 	logPath := filepath.Join(h.dir, "virtiofsd-"+tag+".log")
-	_ = os.Remove(d.socket)
+	// We listen and hand virtiofsd the socket (--fd) instead of letting it
+	// make its own: QEMU's connect then queues until virtiofsd accepts, and
+	// there is no window between its bind and listen where connect is refused.
+	listener, err := listenUnix(d.socket)
+	if err != nil {
+		return fmt.Errorf("virtiofsd socket: %w", err)
+	}
+	u.Push("remove socket", func(context.Context) error {
+		if err := os.Remove(d.socket); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		return nil
+	})
 	logf, err := os.Create(logPath)
 	if err != nil {
+		listener.Close()
 		return err
 	}
 	defer logf.Close()
-	d.cmd = exec.Command(h.virtiofsd, "--socket-path="+d.socket, "-o", "source="+hostDir,
+	d.cmd = exec.Command(h.virtiofsd, "--fd=3", "-o", "source="+hostDir,
 		"-o", "cache=auto", "-o", "log_level=warn")
 	d.cmd.Stdout, d.cmd.Stderr = logf, logf
+	d.cmd.ExtraFiles = []*os.File{listener}
 	setDaemonAttrs(d.cmd)
-	if err := d.cmd.Start(); err != nil {
+	err = d.cmd.Start()
+	listener.Close() // virtiofsd holds it now; if it dies, QEMU's connection fails
+	if err != nil {
 		return fmt.Errorf("start %s: %w", h.virtiofsd, err)
 	}
 	go func() { _ = d.cmd.Wait(); close(d.exited) }()
 	u.Push("stop virtiofsd", func(context.Context) error { return stopDaemon(d) })
-	if err := waitSocket(ctx, d, logPath); err != nil {
-		return err
+	// explain names virtiofsd's own words when it died under a QMP failure.
+	explain := func(err error) error {
+		select {
+		case <-d.exited:
+		case <-time.After(time.Second):
+			return err
+		}
+		return fmt.Errorf("%w (virtiofsd exited: %s)", err, logTail(logPath))
 	}
 	port, err := h.ports.Allocate()
 	if err != nil {
@@ -96,7 +120,7 @@ func (h *QEMUHost) AddShare(ctx context.Context, tag, hostDir string) (err error
 			"server": false,
 		}}}
 	if err := h.mon.Execute(ctx, "chardev-add", chardev, nil); err != nil {
-		return fmt.Errorf("chardev-add %s: %w", d.socket, err)
+		return explain(fmt.Errorf("chardev-add %s: %w", d.socket, err))
 	}
 	u.Push("chardev-remove", func(ctx context.Context) error {
 		return h.mon.Execute(ctx, "chardev-remove", map[string]any{"id": chardevID(tag)}, nil)
@@ -104,7 +128,7 @@ func (h *QEMUHost) AddShare(ctx context.Context, tag, hostDir string) (err error
 	dev := map[string]any{"driver": "vhost-user-fs-pci", "id": deviceID(tag), "chardev": chardevID(tag),
 		"tag": tag, "bus": pciports.Name(port)}
 	if err := h.mon.Execute(ctx, "device_add", dev, nil); err != nil {
-		return fmt.Errorf("device_add vhost-user-fs-pci on %s: %w", pciports.Name(port), err)
+		return explain(fmt.Errorf("device_add vhost-user-fs-pci on %s: %w", pciports.Name(port), err))
 	}
 	h.mu.Lock()
 	h.daemons[tag] = d
@@ -190,25 +214,22 @@ func stopDaemon(d *daemon) error {
 	return nil
 }
 
-func waitSocket(ctx context.Context, d *daemon, logPath string) error {
-	deadline := time.NewTimer(10 * time.Second)
-	defer deadline.Stop()
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		if _, err := os.Stat(d.socket); err == nil {
-			return nil
-		}
-		select {
-		case <-d.exited:
-			return fmt.Errorf("virtiofsd exited before listening on %s: %s", d.socket, logTail(logPath))
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-deadline.C:
-			return fmt.Errorf("virtiofsd did not create %s within 10s: %s", d.socket, logTail(logPath))
-		case <-tick.C:
-		}
+// listenUnix makes a listening unix socket at path and returns it as a
+// file for a child to inherit. The path stays when our copy is closed.
+func listenUnix(path string) (*os.File, error) {
+	_ = os.Remove(path)
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		return nil, err
 	}
+	l.SetUnlinkOnClose(false)
+	defer l.Close()
+	f, err := l.File()
+	if err != nil {
+		os.Remove(path)
+		return nil, err
+	}
+	return f, nil
 }
 
 func logTail(p string) string {
