@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/layervisor/layervisor/pkg/diskimage"
 	"github.com/layervisor/layervisor/pkg/uvm/hotplug"
 	"github.com/layervisor/layervisor/pkg/vhd"
 )
@@ -62,9 +63,9 @@ func (h *QEMUHost) RemoveDisk(ctx context.Context, slot Slot) error {
 
 // BlockdevArgs are the blockdev-add arguments for hostPath: the protocol
 // node is "host_device" for a block device and "file" otherwise; the format
-// follows the file: ".vhdx" → vhdx, ".qcow2" → qcow2, a fixed VHD (data then
-// a 512-byte footer, like layer.vhd) → raw limited to the data ("size"),
-// a dynamic or differencing VHD → vpc, anything else raw.
+// follows the content: VHDX → vhdx, a fixed VHD (data then a 512-byte
+// footer, like layer.vhd) → raw limited to the data ("size"), a dynamic or
+// differencing VHD → vpc, ".qcow2" → qcow2, anything else raw.
 //
 // Fixed VHDs do not go through QEMU's vpc driver: for footers whose
 // creator it does not know it derives the size from the CHS geometry,
@@ -94,37 +95,33 @@ func BlockdevArgs(node, hostPath string, readOnly bool) (map[string]any, error) 
 	return args, nil
 }
 
-// formatOf returns the QEMU format driver for the image and, for a fixed
-// VHD, the size of its data.
+// formatOf returns the QEMU format driver for the image (by content, as
+// diskimage detects it) and, for a fixed VHD, the size of its data.
 func formatOf(hostPath string, fi os.FileInfo) (string, int64, error) {
 	if !fi.Mode().IsRegular() {
 		return "raw", 0, nil
 	}
-	switch strings.ToLower(filepath.Ext(hostPath)) {
-	case ".vhdx":
-		return "vhdx", 0, nil
-	case ".qcow2":
-		return "qcow2", 0, nil
-	}
-	if fi.Size() < vhd.FooterSize {
-		return "raw", 0, nil
-	}
-	f, err := os.Open(hostPath)
+	fm, err := diskimage.Detect(hostPath)
 	if err != nil {
 		return "", 0, err
 	}
-	defer f.Close()
-	b := make([]byte, vhd.FooterSize)
-	if _, err := f.ReadAt(b, fi.Size()-vhd.FooterSize); err != nil {
-		return "", 0, fmt.Errorf("%s: read footer: %w", hostPath, err)
+	switch fm {
+	case diskimage.VHDX:
+		return "vhdx", 0, nil
+	case diskimage.VHD:
+		f, err := os.Open(hostPath)
+		if err != nil {
+			return "", 0, err
+		}
+		defer f.Close()
+		ft, err := vhd.ReadFooter(f, fi.Size())
+		if err == nil && ft.DiskType == vhd.DiskTypeFixed {
+			return "raw", fi.Size() - vhd.FooterSize, nil
+		}
+		return "vpc", 0, nil // dynamic (its footer copy at 0 is enough for QEMU)
 	}
-	ft, err := vhd.ParseFooter(b)
-	switch {
-	case err != nil:
-		return "raw", 0, nil
-	case ft.DiskType == vhd.DiskTypeFixed:
-		return "raw", fi.Size() - vhd.FooterSize, nil
-	default:
-		return "vpc", 0, nil
+	if strings.EqualFold(filepath.Ext(hostPath), ".qcow2") {
+		return "qcow2", 0, nil
 	}
+	return "raw", 0, nil
 }

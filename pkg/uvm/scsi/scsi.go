@@ -21,11 +21,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 
+	"github.com/layervisor/layervisor/internal/hostpath"
+	"github.com/layervisor/layervisor/internal/inflight"
 	"github.com/layervisor/layervisor/pkg/undo"
 )
 
@@ -87,12 +87,6 @@ const (
 	detaching
 )
 
-// op is one in-flight transition; waiters block on done and read err.
-type op struct {
-	done chan struct{}
-	err  error
-}
-
 type disk struct {
 	hostPath  string // resolved
 	opts      Options
@@ -100,7 +94,7 @@ type disk struct {
 	guestPath string
 	refs      int
 	state     state
-	op        *op
+	op        *inflight.Op // the transition in flight (or the last one)
 	// unsafe is set when removing the disk failed: the slot may still hold
 	// it, so it is never handed out again.
 	unsafe bool
@@ -179,12 +173,12 @@ func (c *Controller) Attach(ctx context.Context, hostPath string, opts Options) 
 		// Wait for the in-flight attach or detach, then look again.
 		o, wasAttaching := d.op, d.state == attaching
 		c.mu.Unlock()
-		if err := wait(ctx, o); err != nil {
+		if err := o.Wait(ctx); err != nil {
 			return nil, fmt.Errorf("scsi attach %s: %w", hostPath, err)
 		}
-		if wasAttaching && o.err != nil {
+		if wasAttaching && o.Err() != nil {
 			// Every caller waiting on a failed attach gets its error.
-			return nil, fmt.Errorf("scsi attach %s: concurrent attach failed: %w", hostPath, o.err)
+			return nil, fmt.Errorf("scsi attach %s: concurrent attach failed: %w", hostPath, o.Err())
 		}
 		c.mu.Lock()
 	}
@@ -195,7 +189,7 @@ func (c *Controller) Attach(ctx context.Context, hostPath string, opts Options) 
 			hostPath, ErrNoFreeSlot, len(c.slots), LUNsPerController)
 	}
 	d := &disk{hostPath: resolved, opts: opts, slot: slot, refs: 1, state: attaching,
-		op: &op{done: make(chan struct{})}}
+		op: inflight.New()}
 	if opts.MountInGuest {
 		d.guestPath = fmt.Sprintf("%s/m%d", GuestMountRoot, c.nextMount)
 		c.nextMount++
@@ -207,9 +201,7 @@ func (c *Controller) Attach(ctx context.Context, hostPath string, opts Options) 
 	err = c.attach(ctx, d)
 
 	c.mu.Lock()
-	o := d.op
 	if err != nil {
-		o.err = err
 		delete(c.byPath, resolved)
 		if !d.unsafe {
 			c.slots[slot.Controller][slot.LUN] = nil
@@ -217,7 +209,7 @@ func (c *Controller) Attach(ctx context.Context, hostPath string, opts Options) 
 	} else {
 		d.state = attached
 	}
-	close(o.done)
+	d.op.Finish(err)
 	c.mu.Unlock()
 	if err != nil {
 		return nil, err
@@ -263,8 +255,7 @@ func (m *Mount) Release(ctx context.Context) error {
 		return nil
 	}
 	d.state = detaching
-	o := &op{done: make(chan struct{})}
-	d.op = o
+	d.op = inflight.New()
 	c.mu.Unlock()
 
 	var errs []error
@@ -280,7 +271,6 @@ func (m *Mount) Release(ctx context.Context) error {
 	err := errors.Join(errs...)
 
 	c.mu.Lock()
-	o.err = err
 	if c.byPath[d.hostPath] == d {
 		delete(c.byPath, d.hostPath)
 	}
@@ -289,7 +279,7 @@ func (m *Mount) Release(ctx context.Context) error {
 	} else {
 		d.unsafe = true
 	}
-	close(o.done)
+	d.op.Finish(err)
 	c.mu.Unlock()
 	if err == nil {
 		slog.Debug("scsi detached", "path", d.hostPath, "slot", d.slot)
@@ -338,35 +328,15 @@ func (c *Controller) freeSlot() (Slot, bool) {
 	return Slot{}, false
 }
 
-// resolve makes one key per file: absolute, symlinks resolved, and it must
-// exist (QEMU would otherwise create an empty file for some drivers).
+// resolve is hostpath.Resolve for a disk: anything but a directory (an
+// image file or a block device).
 func resolve(hostPath string) (string, error) {
-	if hostPath == "" {
-		return "", errors.New("empty host path")
-	}
-	abs, err := filepath.Abs(hostPath)
+	resolved, fi, err := hostpath.Resolve(hostPath)
 	if err != nil {
-		return "", fmt.Errorf("host path %q: %w", hostPath, err)
-	}
-	resolved, err := filepath.EvalSymlinks(abs)
-	if err != nil {
-		return "", fmt.Errorf("host path %q: %w", hostPath, err)
-	}
-	fi, err := os.Stat(resolved)
-	if err != nil {
-		return "", fmt.Errorf("host path %q: %w", hostPath, err)
+		return "", err
 	}
 	if fi.IsDir() {
 		return "", fmt.Errorf("host path %q is a directory, not a disk", hostPath)
 	}
 	return resolved, nil
-}
-
-func wait(ctx context.Context, o *op) error {
-	select {
-	case <-o.done:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }

@@ -10,6 +10,10 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/layervisor/layervisor/internal/mounttest"
+	"github.com/layervisor/layervisor/pkg/diskimage"
+	"github.com/layervisor/layervisor/pkg/vhdx"
 )
 
 var errInjected = errors.New("injected failure")
@@ -64,54 +68,18 @@ func (h *fakeHost) count() (disks, adds, removes int) {
 	return len(h.disks), h.adds, h.removes
 }
 
-type fakeGuest struct {
-	mu        sync.Mutex
-	mounts    map[string]Slot
-	mountHook func(string) error
-	umntHook  func(string) error
-	t         *testing.T
-}
+// fakeGuest keeps the guest's mount table, which fails the test on a double
+// mount or a stray unmount.
+type fakeGuest struct{ *mounttest.Table[Slot] }
 
-func (g *fakeGuest) MountSCSI(ctx context.Context, s Slot, part int, ro bool, fsType, gp string) error {
-	if g.mountHook != nil {
-		if err := g.mountHook(gp); err != nil {
-			return err
-		}
-	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if _, ok := g.mounts[gp]; ok {
-		g.t.Errorf("guest path %s mounted twice", gp)
-	}
-	g.mounts[gp] = s
-	return nil
-}
-
-func (g *fakeGuest) Unmount(ctx context.Context, gp string) error {
-	if g.umntHook != nil {
-		if err := g.umntHook(gp); err != nil {
-			return err
-		}
-	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if _, ok := g.mounts[gp]; !ok {
-		g.t.Errorf("unmount of %s which is not mounted", gp)
-	}
-	delete(g.mounts, gp)
-	return nil
-}
-
-func (g *fakeGuest) count() int {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return len(g.mounts)
+func (g fakeGuest) MountSCSI(ctx context.Context, s Slot, part int, ro bool, fsType, gp string) error {
+	return g.Mount(gp, s)
 }
 
 func setup(t *testing.T, controllers int) (*Controller, *fakeHost, *fakeGuest) {
 	t.Helper()
 	h := &fakeHost{disks: map[Slot]string{}, t: t}
-	g := &fakeGuest{mounts: map[string]Slot{}, t: t}
+	g := &fakeGuest{mounttest.New[Slot](t)}
 	c, err := New(h, g, controllers)
 	if err != nil {
 		t.Fatal(err)
@@ -167,8 +135,8 @@ func TestAttachDedupesAndRefCounts(t *testing.T) {
 	if err := m1.Release(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if d, _, _ := h.count(); d != 1 || g.count() != 1 || c.RefCount(p) != 1 {
-		t.Fatalf("after one release: disks %d mounts %d refs %d", d, g.count(), c.RefCount(p))
+	if d, _, _ := h.count(); d != 1 || g.Count() != 1 || c.RefCount(p) != 1 {
+		t.Fatalf("after one release: disks %d mounts %d refs %d", d, g.Count(), c.RefCount(p))
 	}
 	if err := m1.Release(ctx); !errors.Is(err, ErrAlreadyReleased) {
 		t.Fatalf("double release: %v", err)
@@ -176,8 +144,8 @@ func TestAttachDedupesAndRefCounts(t *testing.T) {
 	if err := m2.Release(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if d, _, rm := h.count(); d != 0 || rm != 1 || g.count() != 0 || c.Attached() != 0 {
-		t.Fatalf("after last release: disks %d removes %d mounts %d attached %d", d, rm, g.count(), c.Attached())
+	if d, _, rm := h.count(); d != 0 || rm != 1 || g.Count() != 0 || c.Attached() != 0 {
+		t.Fatalf("after last release: disks %d removes %d mounts %d attached %d", d, rm, g.Count(), c.Attached())
 	}
 	// Re-attach gets a fresh guest path from the counter.
 	m3, err := c.Attach(ctx, p, mounted)
@@ -282,7 +250,7 @@ func TestFailureInjection(t *testing.T) {
 		if _, err := c.Attach(ctx, p, mounted); !errors.Is(err, errInjected) {
 			t.Fatalf("got %v", err)
 		}
-		if c.Attached() != 0 || g.count() != 0 || c.RefCount(p) != 0 {
+		if c.Attached() != 0 || g.Count() != 0 || c.RefCount(p) != 0 {
 			t.Fatal("failed add left state behind")
 		}
 		h.addHook = nil
@@ -294,7 +262,7 @@ func TestFailureInjection(t *testing.T) {
 	})
 	t.Run("guest mount fails, disk detached again", func(t *testing.T) {
 		c, h, g := setup(t, 1)
-		g.mountHook = func(string) error { return errInjected }
+		g.MountHook = func(string) error { return errInjected }
 		p := files(t, 1)[0]
 		if _, err := c.Attach(ctx, p, mounted); !errors.Is(err, errInjected) {
 			t.Fatalf("got %v", err)
@@ -305,7 +273,7 @@ func TestFailureInjection(t *testing.T) {
 	})
 	t.Run("guest mount and rollback fail, slot retired", func(t *testing.T) {
 		c, h, g := setup(t, 1)
-		g.mountHook = func(string) error { return errInjected }
+		g.MountHook = func(string) error { return errInjected }
 		rmErr := errors.New("remove failed")
 		h.rmHook = func(Slot) error { return rmErr }
 		ps := files(t, 2)
@@ -313,7 +281,7 @@ func TestFailureInjection(t *testing.T) {
 		if !errors.Is(err, errInjected) || !errors.Is(err, rmErr) {
 			t.Fatalf("want both errors joined, got %v", err)
 		}
-		g.mountHook, h.rmHook = nil, nil
+		g.MountHook, h.rmHook = nil, nil
 		m, err := c.Attach(ctx, ps[1], mounted)
 		if err != nil {
 			t.Fatal(err)
@@ -333,7 +301,7 @@ func TestFailureInjection(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		g.umntHook = func(string) error { return errInjected }
+		g.UnmountHook = func(string) error { return errInjected }
 		if err := m.Release(ctx); !errors.Is(err, errInjected) {
 			t.Fatalf("got %v", err)
 		}
@@ -348,7 +316,7 @@ func TestFailureInjection(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		g.umntHook = func(string) error { return errInjected }
+		g.UnmountHook = func(string) error { return errInjected }
 		rmErr := errors.New("remove failed")
 		h.rmHook = func(Slot) error { return rmErr }
 		err = m.Release(ctx)
@@ -412,8 +380,8 @@ func TestConcurrentSamePath(t *testing.T) {
 		}(m)
 	}
 	wg.Wait()
-	if d, _, r := h.count(); d != 0 || r != 1 || g.count() != 0 {
-		t.Fatalf("after releases: disks %d removes %d mounts %d", d, r, g.count())
+	if d, _, r := h.count(); d != 0 || r != 1 || g.Count() != 0 {
+		t.Fatalf("after releases: disks %d removes %d mounts %d", d, r, g.Count())
 	}
 }
 
@@ -442,8 +410,8 @@ func TestConcurrentDifferentPathsChurn(t *testing.T) {
 	}
 	wg.Wait()
 	d, a, r := h.count()
-	if d != 0 || a != r || g.count() != 0 || c.Attached() != 0 {
-		t.Fatalf("after churn: disks %d adds %d removes %d mounts %d attached %d", d, a, r, g.count(), c.Attached())
+	if d != 0 || a != r || g.Count() != 0 || c.Attached() != 0 {
+		t.Fatalf("after churn: disks %d adds %d removes %d mounts %d attached %d", d, a, r, g.Count(), c.Attached())
 	}
 }
 
@@ -531,5 +499,35 @@ func TestAttachWaitsForDetach(t *testing.T) {
 	}
 	if err := m2.Release(ctx); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// The format QEMU is told comes from the file's content, not its name.
+func TestBlockdevFormatByContent(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		name, format string
+		make         func(string) error
+		size         int64
+	}{
+		{"disk.img", "vhdx", func(p string) error {
+			return diskimage.Create(p, 4<<20, diskimage.CreateOptions{Format: diskimage.VHDX})
+		}, 0},
+		{"layer.vhd", "raw", func(p string) error {
+			return diskimage.Create(p, 4<<20, diskimage.CreateOptions{Format: diskimage.VHD, Type: vhdx.Fixed})
+		}, 4 << 20},
+		{"plain.vhdx", "raw", func(p string) error { return os.WriteFile(p, make([]byte, 4096), 0o600) }, 0},
+	} {
+		p := filepath.Join(dir, tc.name)
+		if err := tc.make(p); err != nil {
+			t.Fatal(err)
+		}
+		args, err := BlockdevArgs("n", p, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if args["driver"] != tc.format || (tc.size != 0 && args["size"] != tc.size) {
+			t.Errorf("%s: driver %v size %v, want %s %d", tc.name, args["driver"], args["size"], tc.format, tc.size)
+		}
 	}
 }

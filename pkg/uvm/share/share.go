@@ -26,12 +26,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"path"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
 
+	"github.com/layervisor/layervisor/internal/hostpath"
+	"github.com/layervisor/layervisor/internal/inflight"
 	"github.com/layervisor/layervisor/pkg/undo"
 )
 
@@ -69,11 +70,6 @@ const (
 	detaching
 )
 
-type op struct {
-	done chan struct{}
-	err  error
-}
-
 type share struct {
 	key      key
 	tag      string
@@ -82,7 +78,7 @@ type share struct {
 	exposed  *exposedFile
 	refs     int
 	state    state
-	op       *op
+	op       *inflight.Op // the transition in flight (or the last one)
 }
 
 // Controller manages the shares of one VM. Safe for concurrent use.
@@ -152,18 +148,18 @@ func (c *Controller) Attach(ctx context.Context, hostPath string, readOnly bool)
 		}
 		o, wasAttaching := s.op, s.state == attaching
 		c.mu.Unlock()
-		if err := wait(ctx, o); err != nil {
+		if err := o.Wait(ctx); err != nil {
 			return nil, fmt.Errorf("share attach %s: %w", hostPath, err)
 		}
-		if wasAttaching && o.err != nil {
-			return nil, fmt.Errorf("share attach %s: concurrent attach failed: %w", hostPath, o.err)
+		if wasAttaching && o.Err() != nil {
+			return nil, fmt.Errorf("share attach %s: concurrent attach failed: %w", hostPath, o.Err())
 		}
 		c.mu.Lock()
 	}
 	n := c.next
 	c.next++
 	s := &share{key: k, tag: fmt.Sprintf("s%d", n), guestDir: fmt.Sprintf("%s/s%d", GuestMountRoot, n),
-		refs: 1, state: attaching, op: &op{done: make(chan struct{})}}
+		refs: 1, state: attaching, op: inflight.New()}
 	if !isDir {
 		s.file = filepath.Base(resolved)
 	}
@@ -180,8 +176,7 @@ func (c *Controller) Attach(ctx context.Context, hostPath string, readOnly bool)
 	} else {
 		s.state = attached
 	}
-	s.op.err = err
-	close(s.op.done)
+	s.op.Finish(err)
 	c.mu.Unlock()
 	if err != nil {
 		return nil, err
@@ -229,8 +224,7 @@ func (s *Share) Release(ctx context.Context) error {
 		return nil
 	}
 	sh.state = detaching
-	o := &op{done: make(chan struct{})}
-	sh.op = o
+	sh.op = inflight.New()
 	c.mu.Unlock()
 
 	var errs []error
@@ -251,8 +245,7 @@ func (s *Share) Release(ctx context.Context) error {
 		delete(c.byKey, sh.key)
 	}
 	c.active--
-	o.err = err
-	close(o.done)
+	sh.op.Finish(err)
 	c.mu.Unlock()
 	return err
 }
@@ -278,33 +271,15 @@ func (c *Controller) Active() int {
 	return c.active
 }
 
+// resolve is hostpath.Resolve for a share: a directory, or a regular file
+// that is exposed on its own.
 func resolve(hostPath string) (resolved string, isDir bool, err error) {
-	if hostPath == "" {
-		return "", false, errors.New("empty host path")
-	}
-	abs, err := filepath.Abs(hostPath)
+	resolved, fi, err := hostpath.Resolve(hostPath)
 	if err != nil {
-		return "", false, fmt.Errorf("host path %q: %w", hostPath, err)
-	}
-	resolved, err = filepath.EvalSymlinks(abs)
-	if err != nil {
-		return "", false, fmt.Errorf("host path %q: %w", hostPath, err)
-	}
-	fi, err := os.Stat(resolved)
-	if err != nil {
-		return "", false, fmt.Errorf("host path %q: %w", hostPath, err)
+		return "", false, err
 	}
 	if !fi.IsDir() && !fi.Mode().IsRegular() {
 		return "", false, fmt.Errorf("host path %q is neither a directory nor a regular file", hostPath)
 	}
 	return resolved, fi.IsDir(), nil
-}
-
-func wait(ctx context.Context, o *op) error {
-	select {
-	case <-o.done:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }

@@ -9,6 +9,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/layervisor/layervisor/internal/mounttest"
+	"github.com/layervisor/layervisor/internal/testutil"
 )
 
 var errInjected = errors.New("injected failure")
@@ -71,53 +74,17 @@ func (h *fakeHost) count() (shares, adds, removes int) {
 	return len(h.shares), h.adds, h.removes
 }
 
-type fakeGuest struct {
-	mu        sync.Mutex
-	mounts    map[string]bool // guest path -> read-only
-	mountHook func(string) error
-	umntHook  func(string) error
-	t         *testing.T
-}
+// fakeGuest keeps the guest's mount table (guest path → read-only), which
+// fails the test on a double mount or a stray unmount.
+type fakeGuest struct{ *mounttest.Table[bool] }
 
-func (g *fakeGuest) MountVirtiofs(ctx context.Context, tag string, ro bool, gp string) error {
-	if g.mountHook != nil {
-		if err := g.mountHook(tag); err != nil {
-			return err
-		}
-	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if _, ok := g.mounts[gp]; ok {
-		g.t.Errorf("%s mounted twice", gp)
-	}
-	g.mounts[gp] = ro
-	return nil
-}
-
-func (g *fakeGuest) Unmount(ctx context.Context, gp string) error {
-	if g.umntHook != nil {
-		if err := g.umntHook(gp); err != nil {
-			return err
-		}
-	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if _, ok := g.mounts[gp]; !ok {
-		g.t.Errorf("unmount of %s which is not mounted", gp)
-	}
-	delete(g.mounts, gp)
-	return nil
-}
-
-func (g *fakeGuest) count() int {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return len(g.mounts)
+func (g fakeGuest) MountVirtiofs(ctx context.Context, tag string, ro bool, gp string) error {
+	return g.Mount(gp, ro)
 }
 
 func setup(t *testing.T) (*Controller, *fakeHost, *fakeGuest, string) {
 	h := &fakeHost{shares: map[string][]string{}, dirs: map[string]string{}, t: t}
-	g := &fakeGuest{mounts: map[string]bool{}, t: t}
+	g := &fakeGuest{mounttest.New[bool](t)}
 	state := t.TempDir()
 	return New(h, g, state), h, g, state
 }
@@ -147,7 +114,9 @@ func TestDirectoryRefCountByPathAndReadOnly(t *testing.T) {
 	if c.RefCount(dir, true) != 2 || c.RefCount(dir, false) != 1 {
 		t.Fatalf("refs %d %d", c.RefCount(dir, true), c.RefCount(dir, false))
 	}
-	if g.mounts[a.GuestPath()] != true || g.mounts[rw.GuestPath()] != false {
+	roA, _ := g.Get(a.GuestPath())
+	roRW, _ := g.Get(rw.GuestPath())
+	if !roA || roRW {
 		t.Fatal("guest mount read-only flags wrong")
 	}
 	for _, s := range []*Share{a, rw} {
@@ -164,8 +133,8 @@ func TestDirectoryRefCountByPathAndReadOnly(t *testing.T) {
 	if err := b.Release(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if n, adds, rms := h.count(); n != 0 || adds != 2 || rms != 2 || g.count() != 0 || c.Active() != 0 {
-		t.Fatalf("after all releases: shares %d adds %d removes %d mounts %d", n, adds, rms, g.count())
+	if n, adds, rms := h.count(); n != 0 || adds != 2 || rms != 2 || g.Count() != 0 || c.Active() != 0 {
+		t.Fatalf("after all releases: shares %d adds %d removes %d mounts %d", n, adds, rms, g.Count())
 	}
 }
 
@@ -209,18 +178,10 @@ func TestSingleFileHidesSiblings(t *testing.T) {
 
 // A file on another file system cannot be hard-linked: it is bind-mounted.
 func TestSingleFileAcrossFileSystems(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") != "" {
-			t.Fatal("needs root")
-		}
-		t.Skip("needs root")
-	}
+	testutil.NeedRoot(t)
 	other, err := os.MkdirTemp("/dev/shm", "share-test-")
 	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal(err)
-		}
-		t.Skip(err)
+		testutil.Unavailable(t, err.Error())
 	}
 	defer os.RemoveAll(other)
 	ctx := context.Background()
@@ -268,8 +229,8 @@ func TestShareFailureInjection(t *testing.T) {
 		if left, _ := os.ReadDir(filepath.Join(state, "files")); len(left) != 0 {
 			t.Fatalf("%d private dirs left", len(left))
 		}
-		if g.count() != 0 || c.Active() != 0 {
-			t.Fatalf("guest mounts %d active %d", g.count(), c.Active())
+		if g.Count() != 0 || c.Active() != 0 {
+			t.Fatalf("guest mounts %d active %d", g.Count(), c.Active())
 		}
 	}
 	t.Run("add fails", func(t *testing.T) {
@@ -282,7 +243,7 @@ func TestShareFailureInjection(t *testing.T) {
 	})
 	t.Run("guest mount fails", func(t *testing.T) {
 		c, h, g, state := setup(t)
-		g.mountHook = func(string) error { return errInjected }
+		g.MountHook = func(string) error { return errInjected }
 		if _, err := c.Attach(ctx, newFile(t), true); !errors.Is(err, errInjected) {
 			t.Fatal(err)
 		}
@@ -298,7 +259,7 @@ func TestShareFailureInjection(t *testing.T) {
 			t.Fatal(err)
 		}
 		rmErr := errors.New("remove failed")
-		g.umntHook = func(string) error { return errInjected }
+		g.UnmountHook = func(string) error { return errInjected }
 		h.rmHook = func(string) error { return rmErr }
 		err = s.Release(ctx)
 		if !errors.Is(err, errInjected) || !errors.Is(err, rmErr) {
@@ -384,7 +345,7 @@ func TestConcurrentShares(t *testing.T) {
 		}(s.HostPath(), s.ReadOnly())
 	}
 	wg.Wait()
-	if n, a, r := h.count(); n != 0 || a != r || g.count() != 0 || c.Active() != 0 {
-		t.Fatalf("after churn: shares %d adds %d removes %d mounts %d active %d", n, a, r, g.count(), c.Active())
+	if n, a, r := h.count(); n != 0 || a != r || g.Count() != 0 || c.Active() != 0 {
+		t.Fatalf("after churn: shares %d adds %d removes %d mounts %d active %d", n, a, r, g.Count(), c.Active())
 	}
 }

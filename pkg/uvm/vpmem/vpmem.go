@@ -22,10 +22,11 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 
+	"github.com/layervisor/layervisor/internal/hostpath"
+	"github.com/layervisor/layervisor/internal/inflight"
 	"github.com/layervisor/layervisor/pkg/vhd"
 )
 
@@ -96,18 +97,13 @@ const (
 	idle                    // bound to its layer, not mounted
 )
 
-type op struct {
-	done chan struct{}
-	err  error
-}
-
 type device struct {
 	hostPath  string
 	dev       Device
 	guestPath string
 	refs      int
 	state     state
-	op        *op
+	op        *inflight.Op // the transition in flight (or the last one)
 }
 
 // Controller manages the VPMEM devices of one VM. Safe for concurrent use.
@@ -183,11 +179,11 @@ func (c *Controller) Attach(ctx context.Context, hostPath string) (*Mount, error
 		}
 		o, wasMounting := d.op, d.state != unmounting
 		c.mu.Unlock()
-		if err := wait(ctx, o); err != nil {
+		if err := o.Wait(ctx); err != nil {
 			return nil, fmt.Errorf("vpmem attach %s: %w", hostPath, err)
 		}
-		if wasMounting && o.err != nil {
-			return nil, fmt.Errorf("vpmem attach %s: concurrent attach failed: %w", hostPath, o.err)
+		if wasMounting && o.Err() != nil {
+			return nil, fmt.Errorf("vpmem attach %s: concurrent attach failed: %w", hostPath, o.Err())
 		}
 		c.mu.Lock()
 	}
@@ -218,7 +214,7 @@ func (c *Controller) Attach(ctx context.Context, hostPath string) (*Mount, error
 			hostPath, ErrNoFreeSlot, size, c.cfg.Budget-c.used, c.cfg.Budget)
 	}
 	d := &device{hostPath: resolved, dev: Device{Slot: slot, Size: size}, refs: 1, state: adding,
-		guestPath: c.newGuestPath(), op: &op{done: make(chan struct{})}}
+		guestPath: c.newGuestPath(), op: inflight.New()}
 	c.slots[slot] = d
 	c.byPath[resolved] = d
 	c.used += size
@@ -233,7 +229,7 @@ func (c *Controller) Attach(ctx context.Context, hostPath string) (*Mount, error
 			c.slots[slot] = nil
 			c.used -= size
 		} // else the slot and its memory are lost until the VM stops
-		c.finish(d, err)
+		d.op.Finish(err)
 		c.mu.Unlock()
 		return nil, err
 	}
@@ -248,7 +244,7 @@ func (c *Controller) remount(ctx context.Context, d *device) (*Mount, error) {
 	d.state = mounting
 	d.refs = 1
 	d.guestPath = c.newGuestPath()
-	d.op = &op{done: make(chan struct{})}
+	d.op = inflight.New()
 	c.mu.Unlock()
 	return c.mount(ctx, d, d.hostPath)
 }
@@ -265,19 +261,13 @@ func (c *Controller) mount(ctx context.Context, d *device, hostPath string) (*Mo
 	if err != nil {
 		err = fmt.Errorf("vpmem attach %s: mount device %d at %s in the guest: %w", hostPath, dev.Slot, gp, err)
 		d.state, d.refs = idle, 0
-		c.finish(d, err)
+		d.op.Finish(err)
 		return nil, err
 	}
 	d.state = mounted
-	c.finish(d, nil)
+	d.op.Finish(nil)
 	slog.Debug("vpmem mounted", "path", d.hostPath, "slot", dev.Slot, "guest", gp)
 	return &Mount{c: c, d: d, guestPath: gp}, nil
-}
-
-// finish completes d's in-flight op. Called with c.mu held.
-func (c *Controller) finish(d *device, err error) {
-	d.op.err = err
-	close(d.op.done)
 }
 
 // Release drops this reference; the last one unmounts the layer in the
@@ -294,7 +284,7 @@ func (m *Mount) Release(ctx context.Context) error {
 		return nil
 	}
 	d.state = unmounting
-	d.op = &op{done: make(chan struct{})}
+	d.op = inflight.New()
 	gp := d.guestPath
 	c.mu.Unlock()
 
@@ -305,7 +295,7 @@ func (m *Mount) Release(ctx context.Context) error {
 	c.mu.Lock()
 	// Idle even on failure: a later Attach mounts it again at a new path.
 	d.state = idle
-	c.finish(d, err)
+	d.op.Finish(err)
 	c.mu.Unlock()
 	return err
 }
@@ -393,33 +383,15 @@ func MappedSize(path string, align uint64) (uint64, error) {
 	return size, nil
 }
 
+// resolve is hostpath.Resolve for a layer image: a regular file, which
+// QEMU's memory-backend-file can map.
 func resolve(hostPath string) (string, error) {
-	if hostPath == "" {
-		return "", errors.New("empty host path")
-	}
-	abs, err := filepath.Abs(hostPath)
+	resolved, fi, err := hostpath.Resolve(hostPath)
 	if err != nil {
-		return "", fmt.Errorf("host path %q: %w", hostPath, err)
-	}
-	resolved, err := filepath.EvalSymlinks(abs)
-	if err != nil {
-		return "", fmt.Errorf("host path %q: %w", hostPath, err)
-	}
-	fi, err := os.Stat(resolved)
-	if err != nil {
-		return "", fmt.Errorf("host path %q: %w", hostPath, err)
+		return "", err
 	}
 	if !fi.Mode().IsRegular() {
 		return "", fmt.Errorf("host path %q is not a regular file", hostPath)
 	}
 	return resolved, nil
-}
-
-func wait(ctx context.Context, o *op) error {
-	select {
-	case <-o.done:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }

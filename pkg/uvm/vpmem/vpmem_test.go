@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/layervisor/layervisor/internal/mounttest"
 	"github.com/layervisor/layervisor/pkg/vhd"
 )
 
@@ -46,56 +47,26 @@ func (h *fakeHost) count() (devs, adds int) {
 	return len(h.devs), h.adds
 }
 
+// fakeGuest keeps the guest's mount table, which fails the test on a double
+// mount or a stray unmount.
 type fakeGuest struct {
-	mu        sync.Mutex
-	mounts    map[string]Device
-	mountHook func(Device) error
-	umntHook  func(string) error
-	t         *testing.T
+	*mounttest.Table[Device]
+	t *testing.T
 }
 
-func (g *fakeGuest) MountPmem(ctx context.Context, d Device, gp string) error {
-	if g.mountHook != nil {
-		if err := g.mountHook(d); err != nil {
-			return err
-		}
-	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if _, ok := g.mounts[gp]; ok {
-		g.t.Errorf("guest path %s mounted twice", gp)
+func (g fakeGuest) MountPmem(ctx context.Context, d Device, gp string) error {
+	if err := g.Mount(gp, d); err != nil {
+		return err
 	}
 	if d.Addr == 0 {
 		g.t.Errorf("mount of device %d without an address", d.Slot)
 	}
-	g.mounts[gp] = d
 	return nil
-}
-
-func (g *fakeGuest) Unmount(ctx context.Context, gp string) error {
-	if g.umntHook != nil {
-		if err := g.umntHook(gp); err != nil {
-			return err
-		}
-	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if _, ok := g.mounts[gp]; !ok {
-		g.t.Errorf("unmount of %s which is not mounted", gp)
-	}
-	delete(g.mounts, gp)
-	return nil
-}
-
-func (g *fakeGuest) count() int {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return len(g.mounts)
 }
 
 func setup(t *testing.T, cfg Config) (*Controller, *fakeHost, *fakeGuest) {
 	h := &fakeHost{devs: map[int]string{}, t: t}
-	g := &fakeGuest{mounts: map[string]Device{}, t: t}
+	g := &fakeGuest{mounttest.New[Device](t), t}
 	return New(h, g, cfg), h, g
 }
 
@@ -145,7 +116,7 @@ func TestRefCountAndIdleReuse(t *testing.T) {
 	if err := m1.Release(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if g.count() != 1 {
+	if g.Count() != 1 {
 		t.Fatal("unmounted while referenced")
 	}
 	if err := m1.Release(ctx); !errors.Is(err, ErrAlreadyReleased) {
@@ -154,7 +125,7 @@ func TestRefCountAndIdleReuse(t *testing.T) {
 	if err := m2.Release(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if g.count() != 0 || c.RefCount(p) != 0 {
+	if g.Count() != 0 || c.RefCount(p) != 0 {
 		t.Fatal("still mounted after last release")
 	}
 	if n, used := c.Bound(); n != 1 || used != 8192 {
@@ -287,18 +258,18 @@ func TestFailureInjection(t *testing.T) {
 	})
 	t.Run("guest mount fails, slot stays bound for the layer", func(t *testing.T) {
 		c, h, g := setup(t, Config{Slots: 1})
-		g.mountHook = func(Device) error { return errInjected }
+		g.MountHook = func(string) error { return errInjected }
 		p := layers(t, 1, 4096)[0]
 		if _, err := c.Attach(ctx, p); !errors.Is(err, errInjected) {
 			t.Fatal(err)
 		}
-		g.mountHook = nil
+		g.MountHook = nil
 		m, err := c.Attach(ctx, p)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, adds := h.count(); adds != 1 || g.count() != 1 {
-			t.Fatalf("adds %d mounts %d", adds, g.count())
+		if _, adds := h.count(); adds != 1 || g.Count() != 1 {
+			t.Fatalf("adds %d mounts %d", adds, g.Count())
 		}
 		_ = m.Release(ctx)
 	})
@@ -309,11 +280,11 @@ func TestFailureInjection(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		g.umntHook = func(string) error { return errInjected }
+		g.UnmountHook = func(string) error { return errInjected }
 		if err := m.Release(ctx); !errors.Is(err, errInjected) {
 			t.Fatal(err)
 		}
-		g.umntHook = nil
+		g.UnmountHook = nil
 		m2, err := c.Attach(ctx, p)
 		if err != nil {
 			t.Fatal(err)
@@ -381,8 +352,8 @@ func TestConcurrentAttachRelease(t *testing.T) {
 		}(m.HostPath())
 	}
 	wg.Wait()
-	if g.count() != 0 {
-		t.Fatalf("%d guest mounts left", g.count())
+	if g.Count() != 0 {
+		t.Fatalf("%d guest mounts left", g.Count())
 	}
 	if n, _ := c.Bound(); n != len(ps) {
 		t.Fatalf("Bound %d", n)
