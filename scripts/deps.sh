@@ -7,12 +7,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
-  ca-certificates git gcc
+  ca-certificates git gcc libc6-dev   # cgo: go test -race and the default build need libc headers
   e2fsprogs util-linux kmod cpio zstd
   busybox-static            # real content for test images
   qemu-system-x86 qemu-utils # utility VM; qemu-img validates VHD/VHDX
   containerd                # import/mount benchmark anchor
-  libhivex-bin libregf-utils chntpw        # registry hive validators
+  libhivex-bin libwin-hivex-perl libregf-utils chntpw  # registry hive validators (hivexregedit is in the perl package)
   libvhdi-utils python3-libvhdi python3    # VHDX differencing validators
 )
 

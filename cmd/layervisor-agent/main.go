@@ -41,11 +41,11 @@ func main() {
 	fmt.Println("layervisor-agent: ready")
 	s := &guest.Server{Poweroff: poweroff}
 	for {
-		// The port outlives host connections; a read error is transient.
-		if err := s.Serve(context.Background(), port); err != nil {
-			slog.Warn("agent channel", "err", err)
-			time.Sleep(100 * time.Millisecond)
-		}
+		// The port outlives host connections; Serve returns only on a read
+		// error, which is transient.
+		err := s.Serve(context.Background(), port)
+		slog.Warn("agent channel", "err", err)
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 

@@ -228,3 +228,18 @@ func TestCLISharedScratch(t *testing.T) {
 	c.ok("container", "rm", "member")
 	c.ok("container", "rm", "sandbox")
 }
+
+// A VHDX scratch cannot be loop-mounted: the host path refuses it before
+// touching anything, and run refuses it for process isolation.
+func TestCLIVHDXScratchOnHost(t *testing.T) {
+	c := newCLI(t)
+	c.ok("image", "import", demoImage(t, "oci-dir"), "--name", "demo")
+	c.ok("container", "create", "v", "--image", "demo", "--scratch-size", "64M", "--scratch-format", "vhdx")
+	if _, err := os.Stat(filepath.Join(c.root, "containers", "v", "sandbox.vhdx")); err != nil {
+		t.Fatalf("no VHDX scratch: %v", err)
+	}
+	c.fail("VHDX scratch", "container", "mount", "v")
+	c.fail("needs --isolation vm", "run", "--scratch-format", "vhdx", "demo", "--", "true")
+	c.fail("scratch format", "container", "create", "w", "--image", "demo", "--scratch-format", "qcow2")
+	c.ok("container", "rm", "v")
+}

@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/layervisor/layervisor/internal/testutil"
@@ -77,7 +78,7 @@ func TestCLIUVMLifecycle(t *testing.T) {
 		t.Fatalf("uvm exec of a missing command: exit %d", code)
 	}
 	// QEMU killed behind our back: gc reaps the UVM.
-	if err := exec.Command("kill", "-9", itoa(sts[0].PID)).Run(); err != nil {
+	if err := syscall.Kill(sts[0].PID, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	waitGone(t, sts[0].PID)
@@ -100,5 +101,49 @@ func TestCLIUVMLifecycle(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(c.root, "uvms", "v2")); !os.IsNotExist(err) {
 		t.Fatal("uvm rm left the state dir")
 	}
+	assertNoQEMU(t, c.root)
+}
+
+// A VHDX scratch in the VM path: QEMU attaches our VHDX, the guest writes
+// through the container's overlay into it, and afterwards our reader (via a
+// conversion to raw) sees QEMU's writes as a clean ext4 holding the file.
+func TestCLIRunVMWithVHDXScratch(t *testing.T) {
+	c := vmCLI(t)
+	img := demoImage(t, "oci-tar")
+	out := c.ok("run", "--isolation", "vm", "--scratch-format", "vhdx", "--scratch-size", "256M", "--keep", img,
+		"--", "sh", "-c", "echo written-in-vm > /hello && cat /hello")
+	if out != "written-in-vm\n" {
+		t.Fatalf("output %q", out)
+	}
+	var cs []struct{ Name, ScratchFormat string }
+	json.Unmarshal([]byte(c.ok("container", "ls", "--json")), &cs)
+	if len(cs) != 1 || cs[0].ScratchFormat != "vhdx" {
+		t.Fatalf("containers: %+v", cs)
+	}
+	sandbox := filepath.Join(c.root, "containers", cs[0].Name, "sandbox.vhdx")
+	mustRun(t, testutil.NeedTool(t, "qemu-img"), "check", "-f", "vhdx", sandbox)
+	if out := c.ok("disk", "check", sandbox); !strings.Contains(out, "no problems") {
+		t.Fatalf("disk check: %s", out)
+	}
+	raw := filepath.Join(t.TempDir(), "scratch.img")
+	c.ok("disk", "convert", sandbox, raw)
+	e2fsck(t, raw)
+	ls, err := exec.Command("debugfs", "-R", "ls -p /scratch", raw).Output()
+	if err != nil {
+		t.Fatalf("debugfs: %v", err)
+	}
+	found := false
+	for _, line := range strings.Split(string(ls), "\n") {
+		f := strings.Split(line, "/")
+		if len(f) < 6 || f[5] == "." || f[5] == ".." || f[5] == "" {
+			continue
+		}
+		got, _ := exec.Command("debugfs", "-R", "cat /scratch/"+f[5]+"/upper/hello", raw).Output()
+		found = found || string(got) == "written-in-vm\n"
+	}
+	if !found {
+		t.Fatalf("the file written in the VM is not in the scratch's upper dir; /scratch holds:\n%s", ls)
+	}
+	c.ok("container", "rm", cs[0].Name)
 	assertNoQEMU(t, c.root)
 }

@@ -9,8 +9,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/layervisor/layervisor/internal/testutil"
 	"github.com/layervisor/layervisor/pkg/hostrun"
 	"github.com/layervisor/layervisor/pkg/imagebuild"
+	"github.com/layervisor/layervisor/pkg/uvm"
 )
 
 func TestMain(m *testing.M) {
@@ -86,9 +88,7 @@ func e2fsck(t *testing.T, p string) {
 
 func mustRun(t *testing.T, name string, args ...string) {
 	t.Helper()
-	if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
-		t.Fatalf("%s %v: %v\n%s", name, args, err, out)
-	}
+	testutil.Run(t, name, args...)
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
@@ -107,8 +107,7 @@ func waitGone(t *testing.T, pid int) {
 // assertNoQEMU fails if any QEMU of this root is running.
 func assertNoQEMU(t *testing.T, root string) {
 	t.Helper()
-	out, _ := exec.Command("pgrep", "-f", root+"/uvms").Output()
-	if len(strings.TrimSpace(string(out))) > 0 {
-		t.Fatalf("QEMU processes left: %s", out)
+	if pids := uvm.QEMUProcesses(root); len(pids) > 0 {
+		t.Fatalf("QEMU processes left: %v", pids)
 	}
 }

@@ -4,13 +4,16 @@
 package testutil
 
 import (
+	"bytes"
 	"os"
 	"os/exec"
+	"strings"
 	"testing"
 )
 
-// unavailable fails in CI and skips outside it.
-func unavailable(t testing.TB, why string) {
+// Unavailable stops a test that lacks something the set-up provides: it
+// fails in CI and skips outside it.
+func Unavailable(t testing.TB, why string) {
 	t.Helper()
 	if os.Getenv("CI") != "" {
 		t.Fatalf("%s (CI must provide it: run scripts/test.sh as root)", why)
@@ -22,7 +25,7 @@ func unavailable(t testing.TB, why string) {
 func NeedRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		unavailable(t, "needs root")
+		Unavailable(t, "needs root")
 	}
 }
 
@@ -31,7 +34,21 @@ func NeedTool(t testing.TB, name string) string {
 	t.Helper()
 	p, err := exec.LookPath(name)
 	if err != nil {
-		unavailable(t, name+" is not installed")
+		Unavailable(t, name+" is not installed")
 	}
 	return p
+}
+
+// Run runs a command (found with NeedTool) and returns its standard
+// output, failing the test with its standard error when it exits non-zero.
+func Run(t testing.TB, name string, args ...string) []byte {
+	t.Helper()
+	cmd := exec.Command(NeedTool(t, name), args...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s%s", name, strings.Join(args, " "), err, out, stderr.Bytes())
+	}
+	return out
 }

@@ -172,6 +172,10 @@ func MaybeInit() {
 func setupRoot(rootfs, host string) error {
 	// Nothing we mount may propagate back to the host.
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+		if errors.Is(err, unix.EINVAL) {
+			// The kernel refuses when / is not a mount point: a plain chroot.
+			return fmt.Errorf("make mounts private: %w (is / a mount point? in a chroot, bind-mount its directory onto itself first)", err)
+		}
 		return fmt.Errorf("make mounts private: %w", err)
 	}
 	if err := unix.Mount(rootfs, rootfs, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {

@@ -90,15 +90,8 @@ func GC(ctx context.Context, root string) (GCReport, error) {
 			rep.Reaped = append(rep.Reaped, st.Config.ID)
 		}
 	}
-	prefix := filepath.Join(root, "uvms") + "/"
-	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
-	for _, p := range procs {
-		b, err := os.ReadFile(p)
-		if err != nil || !strings.Contains(string(b), prefix) || !strings.Contains(string(b), "qmp.sock") {
-			continue
-		}
-		pid, _ := strconv.Atoi(strings.Split(p, "/")[2])
-		if pid == os.Getpid() || running[pid] {
+	for _, pid := range QEMUProcesses(root) {
+		if running[pid] {
 			continue
 		}
 		if err := killPID(pid); err == nil {
@@ -106,4 +99,23 @@ func GC(ctx context.Context, root string) (GCReport, error) {
 		}
 	}
 	return rep, errors.Join(errs...)
+}
+
+// QEMUProcesses lists the QEMU processes serving UVMs under root, found by
+// their command lines in /proc (none where there is no /proc).
+func QEMUProcesses(root string) []int {
+	prefix := filepath.Join(root, "uvms") + "/"
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	var pids []int
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err != nil || !strings.Contains(string(b), prefix) || !strings.Contains(string(b), "qmp.sock") {
+			continue
+		}
+		pid, _ := strconv.Atoi(strings.Split(p, "/")[2])
+		if pid != os.Getpid() {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }

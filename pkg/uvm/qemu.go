@@ -41,10 +41,42 @@ func (l *lockedBuffer) String() string {
 	return l.b.String()
 }
 
-// accel picks KVM when /dev/kvm can be opened, else TCG.
+// accel picks KVM when /dev/kvm can be opened and is backed by hardware
+// virtualization (kvm_intel or kvm_amd), else TCG. LAYERVISOR_ACCEL=kvm|tcg
+// overrides. Some nested hosts offer a /dev/kvm from a paravirtual backend
+// (kvm_pvm) that only boots kernels built for it: an ordinary guest kernel
+// hangs there without printing a line, so such a /dev/kvm does not count.
 func accel() string {
-	if f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0); err == nil {
+	if a := os.Getenv("LAYERVISOR_ACCEL"); a == "kvm" || a == "tcg" {
+		return a
+	}
+	return pickAccel(func(p string) bool { _, err := os.Stat(p); return err == nil }, func() bool {
+		f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
+		if err != nil {
+			return false
+		}
 		f.Close()
+		return true
+	})
+}
+
+// accelOption is QEMU's -accel value. TCG runs single-threaded: every vCPU
+// in one host thread, round robin. With one thread per vCPU (MTTCG, QEMU's
+// default), a CI run saw a 2-vCPU guest whose idle vCPU 0 was never woken
+// again by its timer or by IPIs from vCPU 1 (RCU stalls from 1.7 s on, no
+// agent after 60 s); in one thread no cross-thread wake-up can be lost. It
+// costs about 5% of boot time, and on small hosts the spare core serves the
+// host side of the I/O.
+func accelOption(acc string) string {
+	if acc == "tcg" {
+		return "tcg,thread=single"
+	}
+	return acc
+}
+
+func pickAccel(exists func(string) bool, kvmOpens func() bool) string {
+	hardware := exists("/sys/module/kvm_intel") || exists("/sys/module/kvm_amd")
+	if hardware && kvmOpens() {
 		return "kvm"
 	}
 	return "tcg"
@@ -56,7 +88,7 @@ func (u *UVM) qemuArgs(acc string) []string {
 	mem := strconv.Itoa(c.MemoryMB) + "M"
 	args := []string{
 		"-name", "layervisor-" + c.ID,
-		"-M", "q35,memory-backend=ram", "-accel", acc, "-smp", strconv.Itoa(c.CPUs),
+		"-M", "q35,memory-backend=ram", "-accel", accelOption(acc), "-smp", strconv.Itoa(c.CPUs),
 		"-m", fmt.Sprintf("%s,slots=%d,maxmem=%dM", mem, c.VPMemSlots, c.MemoryMB+c.PmemBudgetMB),
 		// Shared memfd RAM: vhost-user-fs (virtiofs) needs it.
 		"-object", "memory-backend-memfd,id=ram,size=" + mem + ",share=on",
@@ -190,7 +222,8 @@ func (u *UVM) bootError(what string, err error, qemuStderr string) error {
 		err = fmt.Errorf("QEMU exited (%v): %s %s", werr, strings.TrimSpace(qemuStderr), tail(u.path("debug/qemu.log"), 10))
 	default:
 	}
-	return fmt.Errorf("uvm %s: %s did not come up: %w\n--- console tail (%s) ---\n%s", u.cfg.ID, what, err,
+	return fmt.Errorf("uvm %s (-accel %s, %d vCPUs): %s did not come up: %w\n--- console tail (%s) ---\n%s",
+		u.cfg.ID, accelOption(u.State().Accel), u.cfg.CPUs, what, err,
 		u.path("debug/console.log"), tail(u.path("debug/console.log"), 30))
 }
 

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -32,10 +33,7 @@ func testConfig(t testing.TB, id string) Config {
 		boot = "/var/cache/layervisor/boot"
 	}
 	if _, err := os.Stat(filepath.Join(boot, "vmlinuz")); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("kernel missing: scripts/deps.sh must fetch it")
-		}
-		t.Skip("no UVM kernel")
+		testutil.Unavailable(t, "no UVM kernel in "+boot+": scripts/deps.sh fetches it")
 	}
 	initrdOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "lv-initrd")
@@ -185,7 +183,8 @@ func TestAgentNeverAnswers(t *testing.T) {
 		t.Fatal(err)
 	}
 	err = u.Start(context.Background())
-	if err == nil || !strings.Contains(err.Error(), "did not come up") || !strings.Contains(err.Error(), "hanging init here") {
+	if err == nil || !strings.Contains(err.Error(), "did not come up") || !strings.Contains(err.Error(), "hanging init here") ||
+		!strings.Contains(err.Error(), "-accel "+accelOption(accel())) {
 		t.Fatalf("want a boot error with the console tail, got %v", err)
 	}
 	if !u.Failed() {
@@ -195,4 +194,32 @@ func TestAgentNeverAnswers(t *testing.T) {
 		t.Fatal("QEMU left running after a failed start")
 	}
 	u.Remove(context.Background())
+}
+
+func TestPickAccel(t *testing.T) {
+	for _, tc := range []struct {
+		modules []string
+		opens   bool
+		want    string
+	}{
+		{[]string{"/sys/module/kvm", "/sys/module/kvm_intel"}, true, "kvm"},
+		{[]string{"/sys/module/kvm", "/sys/module/kvm_amd"}, true, "kvm"},
+		{[]string{"/sys/module/kvm", "/sys/module/kvm_intel"}, false, "tcg"},
+		{[]string{"/sys/module/kvm", "/sys/module/kvm_pvm"}, true, "tcg"}, // paravirtual /dev/kvm
+		{nil, false, "tcg"},
+	} {
+		exists := func(p string) bool { return slices.Contains(tc.modules, p) }
+		if got := pickAccel(exists, func() bool { return tc.opens }); got != tc.want {
+			t.Errorf("modules %v, opens %v: %s, want %s", tc.modules, tc.opens, got, tc.want)
+		}
+	}
+}
+
+func TestAccelOption(t *testing.T) {
+	if got := accelOption("tcg"); got != "tcg,thread=single" {
+		t.Errorf("tcg: %s", got)
+	}
+	if got := accelOption("kvm"); got != "kvm" {
+		t.Errorf("kvm: %s", got)
+	}
 }

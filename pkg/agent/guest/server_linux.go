@@ -32,13 +32,13 @@ type Server struct {
 	rw      io.ReadWriter
 	writeMu sync.Mutex
 	mu      sync.Mutex
-	stdins  map[uint64]*io.PipeWriter
+	stdins  map[uint64]*stdinFeed
 }
 
 // Serve reads requests from rw until it fails.
 func (s *Server) Serve(ctx context.Context, rw io.ReadWriter) error {
 	s.rw = rw
-	s.stdins = map[uint64]*io.PipeWriter{}
+	s.stdins = map[uint64]*stdinFeed{}
 	if s.Roots == nil {
 		s.Roots = DefaultRoots
 	}
@@ -57,16 +57,22 @@ func (s *Server) Serve(ctx context.Context, rw io.ReadWriter) error {
 		}
 		if m.Op == agent.OpStdin {
 			s.mu.Lock()
-			w := s.stdins[m.ID]
+			f := s.stdins[m.ID]
 			s.mu.Unlock()
-			if w != nil {
-				if m.EOF {
-					w.Close()
-				} else {
-					w.Write(m.Data)
-				}
+			if f != nil {
+				f.push(m.Data, m.EOF)
 			}
 			continue
+		}
+		if m.Op == agent.OpExec {
+			// Open the process's stdin before reading the next frame: the
+			// host sends stdin right after the request, and frames that
+			// arrived before the handler ran would be lost.
+			if a, err := decode[agent.ExecArgs](m); err == nil && a.Stdin {
+				s.mu.Lock()
+				s.stdins[m.ID] = newStdinFeed()
+				s.mu.Unlock()
+			}
 		}
 		go s.handle(ctx, m)
 	}
@@ -270,24 +276,36 @@ func (s *Server) mountSCSI(ctx context.Context, a agent.MountSCSIArgs) error {
 		}
 		return "/dev/" + name
 	}
-	// Right after a disk left a LUN, its successor can briefly be shadowed
-	// by the old device's remains (ENXIO): look again until the deadline.
+	return s.mountWhenReady(ctx, fmt.Sprintf("SCSI disk %d:%d", a.Controller, a.LUN), find, a.Target, a.FSType, a.ReadOnly)
+}
+
+// mountWhenReady waits for find to name the device node, then mounts it.
+// A node can exist before its disk can be opened: a freshly plugged device
+// may still be probing, and right after a disk left a SCSI LUN its
+// successor can briefly be shadowed by the old device's remains. Both fail
+// the mount with ENXIO, ENODEV or ENOENT, so those are retried until the
+// deadline.
+func (s *Server) mountWhenReady(ctx context.Context, what string, find func() string, target, fsType string, readOnly bool) error {
 	deadline := time.Now().Add(15 * time.Second)
 	for {
-		dev, err := waitFor(ctx, fmt.Sprintf("SCSI disk %d:%d", a.Controller, a.LUN), find)
+		dev, err := waitFor(ctx, what, find)
 		if err != nil {
 			return err
 		}
-		err = s.mountDev(dev, a.Target, a.FSType, a.ReadOnly)
+		err = s.mountDev(dev, target, fsType, readOnly)
 		if err == nil || !(errors.Is(err, unix.ENXIO) || errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENODEV)) || time.Now().After(deadline) {
 			return err
 		}
-		time.Sleep(20 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
 	}
 }
 
 func (s *Server) mountPmem(ctx context.Context, a agent.MountPmemArgs) error {
-	dev, err := waitFor(ctx, fmt.Sprintf("pmem region at %#x", a.Addr), func() string {
+	find := func() string {
 		regions, _ := filepath.Glob("/sys/bus/nd/devices/region*")
 		for _, r := range regions {
 			b, err := os.ReadFile(filepath.Join(r, "resource"))
@@ -306,11 +324,8 @@ func (s *Server) mountPmem(ctx context.Context, a agent.MountPmemArgs) error {
 			}
 		}
 		return ""
-	})
-	if err != nil {
-		return err
 	}
-	return s.mountDev(dev, a.Target, a.FSType, true)
+	return s.mountWhenReady(ctx, fmt.Sprintf("pmem region at %#x", a.Addr), find, a.Target, a.FSType, true)
 }
 
 func (s *Server) mountVirtiofs(ctx context.Context, a agent.MountVirtiofsArgs) error {
@@ -448,22 +463,21 @@ func (w streamWriter) Write(p []byte) (int, error) {
 }
 
 func (s *Server) exec(ctx context.Context, id uint64, a agent.ExecArgs) (any, error) {
-	if len(a.Args) == 0 {
-		return nil, &agent.Error{Code: agent.CodeInvalid, Message: "exec needs a command"}
-	}
 	var stdin io.Reader
-	if a.Stdin {
-		pr, pw := io.Pipe()
-		s.mu.Lock()
-		s.stdins[id] = pw
-		s.mu.Unlock()
+	s.mu.Lock()
+	feed := s.stdins[id]
+	s.mu.Unlock()
+	if feed != nil {
 		defer func() {
 			s.mu.Lock()
 			delete(s.stdins, id)
 			s.mu.Unlock()
-			pr.Close()
+			feed.close()
 		}()
-		stdin = pr
+		stdin = feed.r
+	}
+	if len(a.Args) == 0 {
+		return nil, &agent.Error{Code: agent.CodeInvalid, Message: "exec needs a command"}
 	}
 	stdout, stderr := streamWriter{s, id, "stdout"}, streamWriter{s, id, "stderr"}
 	if a.Root != "" {
@@ -531,4 +545,64 @@ func (s *Server) list(p string) (any, error) {
 		r.Names = append(r.Names, e.Name())
 	}
 	return r, nil
+}
+
+// stdinFeed queues the stdin frames of one process and writes them to its
+// stdin pipe from its own goroutine, so the frame reader never blocks on a
+// process that is slow to read, or never reads, its input.
+type stdinFeed struct {
+	r    *io.PipeReader
+	w    *io.PipeWriter
+	mu   sync.Mutex
+	cond *sync.Cond
+	q    [][]byte
+	eof  bool
+	done bool
+}
+
+func newStdinFeed() *stdinFeed {
+	f := &stdinFeed{}
+	f.r, f.w = io.Pipe()
+	f.cond = sync.NewCond(&f.mu)
+	go f.run()
+	return f
+}
+
+func (f *stdinFeed) push(b []byte, eof bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(b) > 0 {
+		f.q = append(f.q, b)
+	}
+	f.eof = f.eof || eof
+	f.cond.Signal()
+}
+
+// close ends the feed once the process has exited.
+func (f *stdinFeed) close() {
+	f.mu.Lock()
+	f.done = true
+	f.cond.Signal()
+	f.mu.Unlock()
+	f.r.Close()
+}
+
+func (f *stdinFeed) run() {
+	for {
+		f.mu.Lock()
+		for len(f.q) == 0 && !f.eof && !f.done {
+			f.cond.Wait()
+		}
+		if f.done || (len(f.q) == 0 && f.eof) {
+			f.mu.Unlock()
+			f.w.Close()
+			return
+		}
+		b := f.q[0]
+		f.q = f.q[1:]
+		f.mu.Unlock()
+		if _, err := f.w.Write(b); err != nil {
+			return // the process is gone
+		}
+	}
 }

@@ -20,6 +20,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/layervisor/layervisor/internal/testutil"
 )
 
 // QEMU is a paused QEMU process and its monitor. It implements
@@ -40,13 +42,7 @@ type QEMU struct {
 // when QEMU is missing outside CI. QEMU is killed at test cleanup.
 func Start(t testing.TB) *QEMU {
 	t.Helper()
-	bin, err := exec.LookPath("qemu-system-x86_64")
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("qemu-system-x86_64 not installed (scripts/deps.sh installs it)")
-		}
-		t.Skip("qemu-system-x86_64 not installed")
-	}
+	bin := testutil.NeedTool(t, "qemu-system-x86_64")
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "qmp.sock")
 	args := []string{"-M", "q35,memory-backend=ram", "-S", "-display", "none", "-nodefaults", "-no-user-config",
@@ -66,6 +62,7 @@ func Start(t testing.TB) *QEMU {
 	go func() { _ = cmd.Wait(); close(q.dead) }()
 	t.Cleanup(func() { q.Kill() })
 	for i := 0; ; i++ {
+		var err error
 		q.conn, err = net.Dial("unix", sock)
 		if err == nil {
 			break
