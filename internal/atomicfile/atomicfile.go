@@ -80,3 +80,36 @@ func SyncDir(dir string) error {
 	}
 	return nil
 }
+
+// Create makes a new file at path whose content fill writes into a temp file
+// in the same directory. Only when fill succeeds is the file flushed and
+// linked into place; an existing path is never replaced (os.ErrExist), and
+// on any failure nothing is left behind.
+func Create(path string, perm os.FileMode, fill func(*os.File) error) (err error) {
+	if _, err := os.Lstat(path); err == nil {
+		return fmt.Errorf("create %s: %w", path, os.ErrExist)
+	}
+	dir := filepath.Dir(path)
+	tmp, err := os.CreateTemp(dir, ".tmp-"+filepath.Base(path)+"-*")
+	if err != nil {
+		return fmt.Errorf("create %s: %w", path, err)
+	}
+	defer func() {
+		tmp.Close()
+		os.Remove(tmp.Name())
+	}()
+	if err := fill(tmp); err != nil {
+		return fmt.Errorf("create %s: %w", path, err)
+	}
+	if err := tmp.Chmod(perm); err != nil {
+		return fmt.Errorf("create %s: %w", path, err)
+	}
+	if err := tmp.Sync(); err != nil {
+		return fmt.Errorf("create %s: %w", path, err)
+	}
+	// A link, unlike a rename, fails when path appeared meanwhile.
+	if err := os.Link(tmp.Name(), path); err != nil {
+		return fmt.Errorf("create %s: %w", path, err)
+	}
+	return SyncDir(dir)
+}

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"io"
 	"os"
+
+	"github.com/layervisor/layervisor/internal/zero"
 )
 
 func reflink(in, out *os.File) error { return errors.ErrUnsupported }
@@ -27,7 +29,7 @@ func sparseCopy(ctx context.Context, in, out *os.File) error {
 			return err
 		}
 		n, err := in.ReadAt(buf, off)
-		if n > 0 && !allZero(buf[:n]) {
+		if n > 0 && !zero.Is(buf[:n]) {
 			if _, werr := out.WriteAt(buf[:n], off); werr != nil {
 				return werr
 			}
@@ -40,13 +42,4 @@ func sparseCopy(ctx context.Context, in, out *os.File) error {
 			return err
 		}
 	}
-}
-
-func allZero(b []byte) bool {
-	for _, c := range b {
-		if c != 0 {
-			return false
-		}
-	}
-	return true
 }

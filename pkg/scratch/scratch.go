@@ -13,7 +13,9 @@ import (
 	"path/filepath"
 	"strconv"
 
+	"github.com/layervisor/layervisor/internal/atomicfile"
 	"github.com/layervisor/layervisor/internal/flock"
+	"github.com/layervisor/layervisor/pkg/vhdx"
 )
 
 // DefaultSize is the virtual size of a scratch disk when none is given.
@@ -46,61 +48,56 @@ func EnsureTemplate(ctx context.Context, root string, size int64) (string, error
 	if size%4096 != 0 {
 		return "", fmt.Errorf("scratch size %d is not a multiple of 4096", size)
 	}
-	dir := TemplateDir(root)
-	path := filepath.Join(dir, "ext4-"+strconv.FormatInt(size, 10)+".img")
+	path := filepath.Join(TemplateDir(root), "ext4-"+strconv.FormatInt(size, 10)+".img")
+	err := cached(path, func() error {
+		return atomicfile.Create(path, 0o600, func(f *os.File) error {
+			if err := f.Truncate(size); err != nil {
+				return fmt.Errorf("size %d: %w", size, err)
+			}
+			// Lazy init keeps the image sparse: inode tables and journal are
+			// not zeroed, so a clone copies a few MiB whatever the size.
+			cmd := exec.CommandContext(ctx, "mkfs.ext4", "-q", "-F", "-m", "0", "-L", "scratch",
+				"-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard", f.Name())
+			if out, err := cmd.CombinedOutput(); err != nil {
+				if errors.Is(err, exec.ErrNotFound) {
+					return fmt.Errorf("mkfs.ext4 not found: install e2fsprogs (scripts/deps.sh): %w", err)
+				}
+				return fmt.Errorf("mkfs.ext4: %w: %s", err, out)
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return "", fmt.Errorf("scratch template: %w", err)
+	}
+	return path, nil
+}
+
+// cached makes a template at path with build unless it exists. One maker at
+// a time across processes; gc takes the same lock before it removes temp
+// files here. build must create path atomically (a crash leaves at most a
+// ".tmp-" file that gc removes).
+func cached(path string, build func() error) error {
 	if _, err := os.Stat(path); err == nil {
-		return path, nil
+		return nil
 	}
+	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return "", fmt.Errorf("scratch template dir: %w", err)
+		return err
 	}
-	// One maker at a time across processes; gc takes the same lock before
-	// it removes temp files here.
 	lk, err := flock.Acquire(filepath.Join(dir, LockFile))
 	if err != nil {
-		return "", err
+		return err
 	}
 	defer lk.Release()
 	if _, err := os.Stat(path); err == nil {
-		return path, nil
+		return nil
 	}
-	tmp, err := os.CreateTemp(dir, ".tmp-template-*")
-	if err != nil {
-		return "", fmt.Errorf("scratch template: %w", err)
+	if err := build(); err != nil {
+		return err
 	}
-	tmpName := tmp.Name()
-	ok := false
-	defer func() {
-		if !ok {
-			tmp.Close()
-			os.Remove(tmpName)
-		}
-	}()
-	if err := tmp.Truncate(size); err != nil {
-		return "", fmt.Errorf("scratch template: size %d: %w", size, err)
-	}
-	// Lazy init keeps the image sparse: inode tables and journal are not
-	// zeroed, so a clone copies a few MiB whatever the size.
-	cmd := exec.CommandContext(ctx, "mkfs.ext4", "-q", "-F", "-m", "0", "-L", "scratch",
-		"-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard", tmpName)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		if errors.Is(err, exec.ErrNotFound) {
-			return "", fmt.Errorf("mkfs.ext4 not found: install e2fsprogs (scripts/deps.sh): %w", err)
-		}
-		return "", fmt.Errorf("mkfs.ext4 scratch template: %w: %s", err, out)
-	}
-	if err := tmp.Sync(); err != nil {
-		return "", fmt.Errorf("scratch template: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return "", fmt.Errorf("scratch template: %w", err)
-	}
-	if err := os.Rename(tmpName, path); err != nil {
-		return "", fmt.Errorf("scratch template: %w", err)
-	}
-	ok = true
-	slog.Info("made scratch template", "path", path, "size", size)
-	return path, nil
+	slog.Info("made scratch template", "path", path)
+	return nil
 }
 
 // Clone makes dst a copy of the template src without copying it in full.
@@ -130,11 +127,17 @@ func CloneFile(ctx context.Context, src, dst string) (m Method, err error) {
 			os.Remove(dst)
 		}
 	}()
-	if reflink(in, out) == nil {
-		return MethodReflink, nil
+	m = MethodReflink
+	if reflink(in, out) != nil {
+		m = MethodSparseCopy
+		if err := sparseCopy(ctx, in, out); err != nil {
+			return "", fmt.Errorf("clone scratch %s to %s: %w", src, dst, err)
+		}
 	}
-	if err := sparseCopy(ctx, in, out); err != nil {
-		return "", fmt.Errorf("clone scratch %s to %s: %w", src, dst, err)
+	if filepath.Ext(dst) == ".vhdx" {
+		if err := vhdx.Reidentify(dst); err != nil {
+			return "", fmt.Errorf("clone scratch %s: %w", dst, err)
+		}
 	}
-	return MethodSparseCopy, nil
+	return m, nil
 }

@@ -1,6 +1,3 @@
-// Package vhd reads and writes the VHD (Virtual Hard Disk v1) footer, the
-// 512-byte trailer that turns a raw image into a fixed VHD. layervisor appends
-// it to every read-only layer image (layer.vhd).
 package vhd
 
 import (
@@ -102,10 +99,16 @@ func NewFixedFooter(size int64) (*Footer, error) {
 	if size <= 0 || size%512 != 0 {
 		return nil, fmt.Errorf("vhd: fixed disk size %d is not a positive multiple of 512", size)
 	}
+	return newFooter(size, DiskTypeFixed, fixedDataOffset)
+}
+
+// newFooter returns a footer with a fresh unique id; dataOffset is where a
+// dynamic disk's header is (none for a fixed disk).
+func newFooter(size int64, diskType uint32, dataOffset uint64) (*Footer, error) {
 	f := &Footer{
 		Features:       featuresReserved,
 		FormatVersion:  formatVersion,
-		DataOffset:     fixedDataOffset,
+		DataOffset:     dataOffset,
 		Timestamp:      time.Now().UTC().Truncate(time.Second),
 		CreatorApp:     [4]byte{'l', 'y', 'v', 's'},
 		CreatorVersion: creatorVersion,
@@ -113,7 +116,7 @@ func NewFixedFooter(size int64) (*Footer, error) {
 		OriginalSize:   uint64(size),
 		CurrentSize:    uint64(size),
 		Geometry:       GeometryFor(size),
-		DiskType:       DiskTypeFixed,
+		DiskType:       diskType,
 	}
 	if _, err := rand.Read(f.UniqueID[:]); err != nil {
 		return nil, fmt.Errorf("vhd: unique id: %w", err)
@@ -155,14 +158,18 @@ func (f *Footer) encode() []byte {
 	return b
 }
 
-// checksum is the one's complement of the byte sum, checksum field excluded.
-func checksum(b []byte) uint32 {
+// checksum is the footer's checksum.
+func checksum(b []byte) uint32 { return checksumAt(b, 64) }
+
+// checksumAt is the one's complement of the byte sum of b, leaving out the
+// 4-byte checksum field at field (the footer's and the dynamic header's
+// checksums are computed alike).
+func checksumAt(b []byte, field int) uint32 {
 	var sum uint32
 	for i, c := range b {
-		if i >= 64 && i < 68 {
-			continue
+		if i < field || i >= field+4 {
+			sum += uint32(c)
 		}
-		sum += uint32(c)
 	}
 	return ^sum
 }
@@ -236,4 +243,41 @@ func ReadFooter(r io.ReaderAt, size int64) (*Footer, error) {
 		return nil, fmt.Errorf("vhd: read footer: %w", err)
 	}
 	return ParseFooter(b)
+}
+
+// CheckFile validates the footer of a VHD file beyond its checksum: a fixed
+// disk's data must fill the file before the footer, and the CHS geometry
+// must be the one the specification computes for its size, since tools
+// that do not trust the size field derive the disk size from it.
+func CheckFile(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("vhd: %w", err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("vhd: %w", err)
+	}
+	ft, err := ReadFooter(f, st.Size())
+	if err != nil {
+		if _, derr := readDynamic(f, path); derr == nil {
+			return nil // dynamic VHD with a damaged tail footer but a good copy at 0
+		}
+		return fmt.Errorf("vhd: %s: %w", path, err)
+	}
+	if ft.DiskType == DiskTypeFixed && int64(ft.CurrentSize) != st.Size()-FooterSize {
+		return fmt.Errorf("vhd: %s: footer says %d bytes of data, the file holds %d", path, ft.CurrentSize, st.Size()-FooterSize)
+	}
+	if want := GeometryFor(int64(ft.CurrentSize)); ft.Geometry != want {
+		return fmt.Errorf("vhd: %s: CHS geometry %d/%d/%d, want %d/%d/%d for %d bytes", path,
+			ft.Geometry.Cylinders, ft.Geometry.Heads, ft.Geometry.SectorsPerTrack,
+			want.Cylinders, want.Heads, want.SectorsPerTrack, ft.CurrentSize)
+	}
+	if ft.DiskType != DiskTypeFixed {
+		if _, err := readDynamic(f, path); err != nil {
+			return fmt.Errorf("vhd: %s: %w", path, err)
+		}
+	}
+	return nil
 }
