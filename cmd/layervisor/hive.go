@@ -1,0 +1,513 @@
+package main
+
+import (
+	"bufio"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/layervisor/layervisor/pkg/regf"
+	"github.com/layervisor/layervisor/pkg/regf/cimboot"
+	"github.com/layervisor/layervisor/pkg/regf/regtext"
+)
+
+func init() {
+	hiveCmd := &cobra.Command{Use: "hive", Short: "Read, edit, merge and diff Windows registry hive files",
+		Long: `Registry hives (regf files such as SYSTEM, SOFTWARE or a layer's
+Hives/*_DELTA) are read and written in pure Go. Key paths are written with
+backslashes below the hive's root (quote them in the shell), e.g.
+'ControlSet001\Services'; names compare case-insensitively as on Windows.
+
+Every command that changes a hive writes a whole new file atomically (temp
+file, fsync, rename): on any error the original is left as it was. A dirty
+hive's transaction logs (HIVE.LOG1/.LOG2, or HIVE.LOG) are replayed in
+memory when it is read; an edit then writes the recovered, clean hive.`}
+
+	var rootName string
+	var layered bool
+	createCmd := &cobra.Command{
+		Use:   "create HIVE",
+		Short: "Create an empty hive",
+		Long: `Create an empty hive (version 1.5, or 1.6 with --layered for a delta hive)
+whose root key carries a default security descriptor. An existing file is
+not overwritten.`,
+		Example: "  layervisor hive create SOFTWARE",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if _, err := os.Lstat(args[0]); err == nil {
+				return fmt.Errorf("%s already exists", args[0])
+			}
+			h := regf.New()
+			h.Layered = layered
+			if rootName != "" {
+				k, err := regf.NewKey(rootName)
+				if err != nil {
+					return err
+				}
+				k.Security, k.Flags = h.Root.Security, h.Root.Flags
+				h.Root = k
+			}
+			return h.WriteFile(args[0])
+		},
+	}
+	createCmd.Flags().StringVar(&rootName, "root-name", "", `name of the root key (default "ROOT")`)
+	createCmd.Flags().BoolVar(&layered, "layered", false, "create a delta (layered-keys) hive")
+
+	dumpCmd := &cobra.Command{
+		Use:   "dump HIVE [KEYPATH]",
+		Short: "Print a hive (or a subtree) as a tree of keys and values",
+		Long: `Print the keys below KEYPATH (default: the root) as an indented tree with
+their values; --json prints the same tree as JSON (values with their type,
+decoded data where the type has an obvious decoding, and raw hex).`,
+		Example: "  layervisor hive dump SYSTEM 'ControlSet001\\Control'\n  layervisor --json hive dump SYSTEM",
+		Args:    cobra.RangeArgs(1, 2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			h, k, err := openKey(args[0], optArg(args, 1))
+			if err != nil {
+				return err
+			}
+			if g.json {
+				return printJSON(keyJSON(h, k, true))
+			}
+			w := bufio.NewWriter(os.Stdout)
+			switch {
+			case h.Replayed > 0:
+				fmt.Fprintf(w, "# %s is dirty: replayed %d transaction log entries in memory\n", args[0], h.Replayed)
+			case h.Dirty:
+				fmt.Fprintf(w, "# %s is dirty and no transaction log applied: newer data may be missing\n", args[0])
+			}
+			dumpTree(w, k, 0, h.Layered)
+			return w.Flush()
+		},
+	}
+
+	getCmd := &cobra.Command{
+		Use:   "get HIVE KEYPATH [VALUE]",
+		Short: "Print a key's values and subkeys, or one value",
+		Long: `Without VALUE, list the key's values and subkeys. With VALUE ("@" or "" for
+the default value), print its data: strings as text, numbers in decimal,
+multi-strings one per line, anything else as hex.`,
+		Example: "  layervisor hive get SYSTEM 'Setup' BootPathOverride",
+		Args:    cobra.RangeArgs(2, 3),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			h, k, err := openKey(args[0], args[1])
+			if err != nil {
+				return err
+			}
+			if len(args) == 2 {
+				if g.json {
+					return printJSON(keyJSON(h, k, false))
+				}
+				w := bufio.NewWriter(os.Stdout)
+				for _, v := range k.Values() {
+					fmt.Fprintf(w, "%s %s %s\n", displayName(v.Name), v.Type, v.Format())
+				}
+				for _, s := range k.Subkeys() {
+					fmt.Fprintf(w, "%s\\\n", s.Name())
+				}
+				return w.Flush()
+			}
+			name := valueName(args[2])
+			v := k.Value(name)
+			if v == nil {
+				return fmt.Errorf("%s: key %q has no value %s: %w", args[0], args[1], displayName(name), regf.ErrNotFound)
+			}
+			if g.json {
+				return printJSON(valueJSON(v))
+			}
+			fmt.Println(plainData(v))
+			return nil
+		},
+	}
+
+	var typeName string
+	var hexData bool
+	setCmd := &cobra.Command{
+		Use:   "set HIVE KEYPATH [NAME [DATA...]]",
+		Short: "Create a key, or set a value (creating its key)",
+		Long: `Set value NAME ("@" or "" for the default value) of KEYPATH, creating missing
+keys; with only KEYPATH, just create the key. --type picks the value type
+(default REG_SZ) and how DATA is read:
+  REG_SZ, REG_EXPAND_SZ, REG_LINK   one string (stored UTF-16LE, NUL-terminated)
+  REG_MULTI_SZ                      one argument per string
+  REG_DWORD, REG_DWORD_BIG_ENDIAN,
+  REG_QWORD                         a number, decimal or 0x-prefixed hex
+  anything else (REG_BINARY, REG_NONE, numeric types such as 0x20001)
+                                    hex bytes: "de,ad,be,ef" or "deadbeef"
+--hex takes DATA as raw hex bytes whatever the type.`,
+		Example: "  layervisor hive set SYSTEM 'ControlSet001\\Services\\wcifs' Start --type REG_DWORD 4\n" +
+			"  layervisor hive set SOFTWARE 'Vendor\\App' Paths --type REG_MULTI_SZ 'C:\\a' 'C:\\b'",
+		Args: cobra.MinimumNArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			typ, err := regf.ParseValueType(typeName)
+			if err != nil {
+				return fmt.Errorf("--type: %w", err)
+			}
+			return editHive(args[0], func(h *regf.Hive) error {
+				k, err := h.CreateKey(args[1])
+				if err != nil {
+					return err
+				}
+				if len(args) == 2 {
+					return nil
+				}
+				data, err := valueData(typ, args[3:], hexData)
+				if err != nil {
+					return err
+				}
+				k.Modified = time.Now().UTC()
+				return k.SetValue(valueName(args[2]), typ, data)
+			})
+		},
+	}
+	setCmd.Flags().StringVarP(&typeName, "type", "t", "REG_SZ", "value type: REG_SZ, REG_DWORD, REG_BINARY, ... or a number")
+	setCmd.Flags().BoolVar(&hexData, "hex", false, "DATA is raw hex bytes, whatever the type")
+
+	deleteCmd := &cobra.Command{
+		Use:   "delete HIVE KEYPATH [NAME]",
+		Short: "Delete a key and its subtree, or one value",
+		Long: `With NAME ("@" or "" for the default value), delete that value of KEYPATH;
+without, delete KEYPATH and everything below it. Deleting something that
+does not exist is an error.`,
+		Example: "  layervisor hive delete SOFTWARE 'Vendor\\Old'",
+		Args:    cobra.RangeArgs(2, 3),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return editHive(args[0], func(h *regf.Hive) error {
+				if len(args) == 2 {
+					return h.DeleteKey(args[1])
+				}
+				k := h.Lookup(args[1])
+				if k == nil {
+					return fmt.Errorf("key %q: %w", args[1], regf.ErrNotFound)
+				}
+				name := valueName(args[2])
+				if !k.DeleteValue(name) {
+					return fmt.Errorf("key %q has no value %s: %w", args[1], displayName(name), regf.ErrNotFound)
+				}
+				return nil
+			})
+		},
+	}
+
+	var prefix string
+	importCmd := &cobra.Command{
+		Use:   "import HIVE FILE.reg",
+		Short: "Apply a Windows .reg file to a hive",
+		Long: `Apply a .reg file (regedit version 5 or REGEDIT4, UTF-8 or UTF-16 with a BOM):
+[Key] creates the key and sets the values listed under it, [-Key] deletes a
+subtree, "name"=- and @=- delete values. Every value form is read: "string",
+dword:, hex:, hex(N):, str(N):"...", with \ line continuations.
+
+Key paths are below the hive root; --prefix strips a leading part such as
+'HKEY_LOCAL_MACHINE\SOFTWARE' (a key outside it is an error). Nothing is
+written unless the whole file applies.`,
+		Example: "  layervisor hive import SOFTWARE changes.reg --prefix 'HKEY_LOCAL_MACHINE\\SOFTWARE'",
+		Args:    cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			f, err := os.Open(args[1])
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			return editHive(args[0], func(h *regf.Hive) error {
+				if err := regtext.Apply(h, f, regtext.Options{Prefix: prefix}); err != nil {
+					return fmt.Errorf("%s: %w", args[1], err)
+				}
+				return nil
+			})
+		},
+	}
+	importCmd.Flags().StringVar(&prefix, "prefix", "", `key path prefix to strip, e.g. 'HKEY_LOCAL_MACHINE\SOFTWARE'`)
+
+	var exportPrefix string
+	exportCmd := &cobra.Command{
+		Use:   "export HIVE [KEYPATH]",
+		Short: "Print a hive (or a subtree) as .reg text",
+		Long: `Print KEYPATH (default: the root) and everything below it as .reg text on
+stdout, in the dialect of 'hivexregedit --export': keys as [prefix\path],
+values sorted by name, DWORDs as dword:, all else as hex(type): bytes. The
+output imports back with 'hive import' or 'hivexregedit --merge'.`,
+		Example: "  layervisor hive export SOFTWARE 'Microsoft' --prefix 'HKEY_LOCAL_MACHINE\\SOFTWARE' > sw.reg",
+		Args:    cobra.RangeArgs(1, 2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			_, k, err := openKey(args[0], optArg(args, 1))
+			if err != nil {
+				return err
+			}
+			return regtext.Export(os.Stdout, k, exportPrefix)
+		},
+	}
+	exportCmd.Flags().StringVar(&exportPrefix, "prefix", "", "text printed before every key path")
+
+	mergeCmd := &cobra.Command{
+		Use:   "merge BASE DELTA OUT",
+		Short: "Apply a delta (layered) hive to a base hive",
+		Long: `Write OUT = BASE with DELTA applied, as Windows stacks container layer hives:
+per delta key, tombstone deletes the base subtree, supersede-tree replaces
+it, supersede-local replaces the key's values and class but merges subkeys,
+merge overrides values (tombstone values delete them) and merges subkeys;
+inherit-class keeps the base class; the newer key time wins.`,
+		Example: "  layervisor hive merge parent/Hives/System_Base layer/Hives/System_Delta layer/Hives/System_Base",
+		Args:    cobra.ExactArgs(3),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return combineHives(args, func(base, delta *regf.Hive) (*regf.Hive, error) {
+				if !delta.Layered && !g.quiet {
+					fmt.Fprintf(os.Stderr, "warning: %s is not a layered (delta) hive; merging it as one\n", args[1])
+				}
+				return regf.Merge(base, delta)
+			})
+		},
+	}
+
+	diffCmd := &cobra.Command{
+		Use:   "diff BASE TARGET OUT",
+		Short: "Write the delta hive that turns BASE into TARGET",
+		Long: `Write OUT, a delta hive (version 1.6, layered keys), such that
+'hive merge BASE OUT' gives a hive with TARGET's keys, values, classes and
+security descriptors. Unchanged keys are left out.`,
+		Example: "  layervisor hive diff SYSTEM.orig SYSTEM System_Delta",
+		Args:    cobra.ExactArgs(3),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return combineHives(args, regf.Diff)
+		},
+	}
+
+	cimbootCmd := &cobra.Command{
+		Use:   "cimboot SYSTEM",
+		Short: "Enable CIM boot in a utility VM's SYSTEM hive",
+		Long: `Set the values a utility VM needs to boot from a CIM: BootContainerGuid under
+ControlSet001\Control, UnionFS Start=0, wcifs Start=4 and Setup's
+BootPathOverride. (The matching BCD device elements are not publicly
+documented and are not written.)`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return editHive(args[0], cimboot.EnableSystemHive)
+		},
+	}
+
+	hiveCmd.AddCommand(createCmd, dumpCmd, getCmd, setCmd, deleteCmd, importCmd, exportCmd, mergeCmd, diffCmd, cimbootCmd)
+	rootCmd.AddCommand(hiveCmd)
+}
+
+func optArg(args []string, i int) string {
+	if i < len(args) {
+		return args[i]
+	}
+	return ""
+}
+
+// openKey reads a hive and finds a key in it ("" is the root).
+func openKey(path, keyPath string) (*regf.Hive, *regf.Key, error) {
+	h, err := regf.ReadFile(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	k := h.Lookup(keyPath)
+	if k == nil {
+		return nil, nil, fmt.Errorf("%s: key %q: %w", path, keyPath, regf.ErrNotFound)
+	}
+	return h, k, nil
+}
+
+// editHive reads a hive, applies edit and writes it back atomically; on
+// any error the file is untouched.
+func editHive(path string, edit func(*regf.Hive) error) error {
+	h, err := regf.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	if err := edit(h); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	h.Modified = time.Now().UTC()
+	return h.WriteFile(path)
+}
+
+// combineHives reads the hives args[0] and args[1], combines them with op
+// (Merge, Diff) and writes the result atomically to args[2].
+func combineHives(args []string, op func(a, b *regf.Hive) (*regf.Hive, error)) error {
+	a, err := regf.ReadFile(args[0])
+	if err != nil {
+		return err
+	}
+	b, err := regf.ReadFile(args[1])
+	if err != nil {
+		return err
+	}
+	out, err := op(a, b)
+	if err != nil {
+		return fmt.Errorf("%s, %s: %w", args[0], args[1], err)
+	}
+	return out.WriteFile(args[2])
+}
+
+// valueName maps the command line's "@" to the default value's name.
+func valueName(s string) string {
+	if s == "@" {
+		return ""
+	}
+	return s
+}
+
+func displayName(name string) string {
+	if name == "" {
+		return "@"
+	}
+	return strconv.Quote(name)
+}
+
+// valueData parses command-line data for a value type.
+func valueData(t regf.ValueType, args []string, rawHex bool) ([]byte, error) {
+	one := func() (string, error) {
+		if len(args) != 1 {
+			return "", fmt.Errorf("%s takes exactly one DATA argument, got %d", t, len(args))
+		}
+		return args[0], nil
+	}
+	switch {
+	case rawHex:
+		return parseHex(strings.Join(args, ""))
+	case t == regf.RegSZ || t == regf.RegExpandSZ || t == regf.RegLink:
+		s, err := one()
+		return regf.StringData(s), err
+	case t == regf.RegMultiSZ:
+		return regf.MultiStringData(args), nil
+	case t == regf.RegDWord || t == regf.RegDWordBigEndian || t == regf.RegQWord:
+		s, err := one()
+		if err != nil {
+			return nil, err
+		}
+		bits := 32
+		if t == regf.RegQWord {
+			bits = 64
+		}
+		n, err := strconv.ParseUint(s, 0, bits)
+		if err != nil {
+			return nil, fmt.Errorf("%s data %q: not a %d-bit number", t, s, bits)
+		}
+		switch t {
+		case regf.RegQWord:
+			return regf.QWordData(n), nil
+		case regf.RegDWordBigEndian:
+			return binary.BigEndian.AppendUint32(nil, uint32(n)), nil
+		}
+		return regf.DWordData(uint32(n)), nil
+	}
+	return parseHex(strings.Join(args, ""))
+}
+
+func parseHex(s string) ([]byte, error) {
+	clean := strings.NewReplacer(",", "", " ", "", ":", "").Replace(s)
+	b, err := hex.DecodeString(clean)
+	if err != nil {
+		return nil, fmt.Errorf("data %q is not hex bytes: %v", s, err)
+	}
+	return b, nil
+}
+
+// plainData is a value's data as `hive get` prints it.
+func plainData(v *regf.Value) string {
+	switch d := v.Decoded().(type) {
+	case string:
+		return d
+	case []string:
+		return strings.Join(d, "\n")
+	case uint64:
+		return strconv.FormatUint(d, 10)
+	}
+	return hex.EncodeToString(v.Data)
+}
+
+func dumpTree(w io.Writer, k *regf.Key, depth int, layered bool) {
+	indent := strings.Repeat("  ", depth)
+	name := k.Name()
+	var notes []string
+	if k.Class != "" {
+		notes = append(notes, "class "+strconv.Quote(k.Class))
+	}
+	if layered && (k.Layer != regf.LayerMerge || k.InheritClass) {
+		notes = append(notes, k.Layer.String())
+		if k.InheritClass {
+			notes = append(notes, "inherit-class")
+		}
+	}
+	if len(notes) > 0 {
+		name += " (" + strings.Join(notes, ", ") + ")"
+	}
+	fmt.Fprintf(w, "%s%s\n", indent, name)
+	for _, v := range k.Values() {
+		fmt.Fprintf(w, "%s  %s %s %s\n", indent, displayName(v.Name), v.Type, v.Format())
+	}
+	for _, s := range k.Subkeys() {
+		dumpTree(w, s, depth+1, layered)
+	}
+}
+
+type keyOut struct {
+	Name         string      `json:"name"`
+	Path         string      `json:"path"`
+	Class        string      `json:"class,omitempty"`
+	Modified     time.Time   `json:"modified"`
+	Layer        string      `json:"layer,omitempty"`
+	InheritClass bool        `json:"inherit_class,omitempty"`
+	Values       []valueOut  `json:"values"`
+	Subkeys      []*keyOut   `json:"subkeys,omitempty"`
+	SubkeyNames  []string    `json:"subkey_names,omitempty"`
+	Hive         *hiveHeader `json:"hive,omitempty"`
+}
+
+type hiveHeader struct {
+	Version  string `json:"version"`
+	Layered  bool   `json:"layered"`
+	Dirty    bool   `json:"dirty"`
+	Replayed int    `json:"replayed_log_entries,omitempty"`
+}
+
+type valueOut struct {
+	Name      string `json:"name"`
+	Type      string `json:"type"`
+	Data      any    `json:"data"`
+	Hex       string `json:"hex"`
+	Tombstone bool   `json:"tombstone,omitempty"`
+}
+
+func valueJSON(v *regf.Value) valueOut {
+	out := valueOut{Name: v.Name, Type: v.Type.String(), Hex: hex.EncodeToString(v.Data), Tombstone: v.Tombstone}
+	if out.Data = v.Decoded(); out.Data == nil {
+		out.Data = out.Hex
+	}
+	return out
+}
+
+// keyJSON renders a key of h, with its whole subtree when deep, else with
+// the names of its subkeys; the hive's header comes with the top key.
+func keyJSON(h *regf.Hive, k *regf.Key, deep bool) *keyOut {
+	out := keyTreeJSON(k, deep, h.Layered)
+	out.Hive = &hiveHeader{Version: fmt.Sprintf("1.%d", h.MinorVersion), Layered: h.Layered, Dirty: h.Dirty, Replayed: h.Replayed}
+	return out
+}
+
+func keyTreeJSON(k *regf.Key, deep, layered bool) *keyOut {
+	out := &keyOut{Name: k.Name(), Path: k.Path(), Class: k.Class, Modified: k.Modified, Values: []valueOut{}}
+	if layered {
+		out.Layer, out.InheritClass = k.Layer.String(), k.InheritClass
+	}
+	for _, v := range k.Values() {
+		out.Values = append(out.Values, valueJSON(v))
+	}
+	for _, s := range k.Subkeys() {
+		if deep {
+			out.Subkeys = append(out.Subkeys, keyTreeJSON(s, true, layered))
+		} else {
+			out.SubkeyNames = append(out.SubkeyNames, s.Name())
+		}
+	}
+	return out
+}
