@@ -56,6 +56,24 @@ step "run a command in the image, process isolation (host namespaces)"
 step "the same command in a utility VM (hypervisor isolation: QEMU + guest agent)"
 time ./bin/layervisor run --isolation vm demo:latest -- sh -c "$show" </dev/null
 
+step "the VM again, its scratch a VHDX that QEMU attaches directly"
+./bin/layervisor run --isolation vm --scratch-format vhdx demo:latest -- sh -c 'echo "written through overlayfs to a VHDX scratch" > /x && cat /x' </dev/null
+
+step "Windows artifacts in pure Go: VHDX disks and registry hives"
+disks="$work/disks"; mkdir -p "$disks"
+./bin/layervisor disk create "$disks/SystemTemplateBase.vhdx" 10G
+./bin/layervisor disk create "$disks/SystemTemplate.vhdx" --parent "$disks/SystemTemplateBase.vhdx"
+./bin/layervisor disk convert "$work/demo.tar" "$disks/demo-tar.vhdx" --format vhdx
+./bin/layervisor disk check "$disks/demo-tar.vhdx"
+qemu-img compare -f vhdx -F raw "$disks/demo-tar.vhdx" "$work/demo.tar"
+hive="$disks/SYSTEM"
+./bin/layervisor hive create "$hive"
+./bin/layervisor hive set "$hive" 'ControlSet001\Control' SystemStartOptions --type REG_SZ " NOEXECUTE=OPTOUT"
+./bin/layervisor hive cimboot "$hive"
+./bin/layervisor hive export "$hive"
+echo "--- the same hive through hivex:"
+hivexregedit --export "$hive" '\' | head -20
+
 step "unmount, remove, gc"
 ./bin/layervisor container unmount demo-1
 ./bin/layervisor container rm demo-1 demo-2

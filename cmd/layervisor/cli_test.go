@@ -14,6 +14,7 @@ import (
 
 	"github.com/layervisor/layervisor/internal/mountinfo"
 	"github.com/layervisor/layervisor/pkg/loop"
+	"github.com/layervisor/layervisor/pkg/uvm"
 
 	"github.com/layervisor/layervisor/internal/testutil"
 )
@@ -115,6 +116,17 @@ func (c *cli) fail(want string, args ...string) {
 func (c *cli) assertNoLeaks() {
 	t := c.t
 	t.Helper()
+	// QEMU runs in its own session and would outlive the test binary, so
+	// every VM goes, even one a failed test left behind. One that no UVM
+	// records is a leak.
+	if pids := uvm.QEMUProcesses(c.root); len(pids) > 0 {
+		if out, _, _ := c.run("uvm", "ls", "--json"); strings.TrimSpace(out) == "[]" {
+			t.Errorf("leaked QEMU processes %v", pids)
+		}
+		for _, pid := range pids {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
 	out, _, _ := c.run("container", "ls", "--json")
 	var cs []map[string]any
 	json.Unmarshal([]byte(out), &cs)

@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/layervisor/layervisor/pkg/scratch"
 	"github.com/layervisor/layervisor/pkg/store"
 	"github.com/layervisor/layervisor/pkg/uvm"
 )
@@ -38,7 +39,7 @@ func parseSize(s string) (int64, error) {
 
 func init() {
 	cCmd := &cobra.Command{Use: "container", Short: "Create, mount, unmount and remove containers' storage"}
-	var image, scratchSize, shareWith string
+	var image, scratchSize, scratchFormat, shareWith string
 	createCmd := &cobra.Command{
 		Use:   "create NAME --image REF",
 		Short: "Create a container: record its layers and clone its scratch",
@@ -46,7 +47,9 @@ func init() {
 cloned from a cached ext4 template of the requested size (reflink where the file
 system supports it, else a sparse copy of only the allocated extents).
 With --share-scratch-with, the container uses another container's scratch (as
-the containers of a pod share their sandbox's); each keeps its own upper dir.`,
+the containers of a pod share their sandbox's); each keeps its own upper dir.
+--scratch-format vhdx keeps the scratch as a VHDX (a few MiB until written),
+which utility VMs attach directly; the host path needs the raw default.`,
 		Example: `  layervisor container create web --image demo:latest
   layervisor container create side --image demo:latest --share-scratch-with web`,
 		Args: cobra.ExactArgs(1),
@@ -54,7 +57,7 @@ the containers of a pod share their sandbox's); each keeps its own upper dir.`,
 			if image == "" {
 				return fmt.Errorf("--image is required")
 			}
-			opts := store.ContainerOptions{ShareScratchWith: shareWith}
+			opts := store.ContainerOptions{ShareScratchWith: shareWith, ScratchFormat: scratch.Format(scratchFormat)}
 			if scratchSize != "" {
 				n, err := parseSize(scratchSize)
 				if err != nil {
@@ -80,6 +83,7 @@ the containers of a pod share their sandbox's); each keeps its own upper dir.`,
 	createCmd.Flags().StringVar(&image, "image", "", "image to use (required)")
 	createCmd.Flags().StringVar(&scratchSize, "scratch-size", "", "scratch virtual size, e.g. 20G (default 20G)")
 	createCmd.Flags().StringVar(&shareWith, "share-scratch-with", "", "use this container's scratch instead of a new one")
+	createCmd.Flags().StringVar(&scratchFormat, "scratch-format", "raw", "scratch disk format: raw (host and VM) or vhdx (VM only)")
 
 	mountCmd := &cobra.Command{
 		Use:   "mount NAME",

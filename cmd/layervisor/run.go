@@ -13,6 +13,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/layervisor/layervisor/pkg/hostrun"
+	"github.com/layervisor/layervisor/pkg/layers"
+	"github.com/layervisor/layervisor/pkg/scratch"
 	"github.com/layervisor/layervisor/pkg/store"
 )
 
@@ -59,6 +61,7 @@ type runOptions struct {
 	isolation   string
 	uvmID       string
 	scratchSize string
+	scratchFmt  string
 	keep        bool
 	env         []string
 	cwd         string
@@ -105,6 +108,7 @@ A command that does not exist in the image exits with 127.`,
 	f.StringVar(&o.isolation, "isolation", "process", "process (host namespaces) or vm (utility VM)")
 	f.StringVar(&o.uvmID, "uvm", "", "with --isolation vm: use this running utility VM instead of starting one")
 	f.StringVar(&o.scratchSize, "scratch-size", "1G", "scratch virtual size")
+	f.StringVar(&o.scratchFmt, "scratch-format", "raw", "scratch disk format: raw, or vhdx (with --isolation vm)")
 	f.BoolVar(&o.keep, "keep", false, "keep the container afterwards (for inspection)")
 	f.StringArrayVarP(&o.env, "env", "e", nil, "environment variable KEY=VALUE (repeatable)")
 	f.StringVarP(&o.cwd, "workdir", "w", "/", "working directory inside the container")
@@ -154,7 +158,14 @@ func runContainer(ctx context.Context, o runOptions, image string, argv []string
 	}
 	o.timer.mark("import")
 	cname := randomName("run-")
-	if _, err := s.CreateContainer(ctx, cname, name, store.ContainerOptions{ScratchSize: size}); err != nil {
+	format, err := scratch.ParseFormat(o.scratchFmt)
+	if err != nil {
+		return 0, err
+	}
+	if format == scratch.VHDX && o.isolation != "vm" {
+		return 0, fmt.Errorf("--scratch-format vhdx needs --isolation vm: %w", layers.ErrVHDXScratchOnHost)
+	}
+	if _, err := s.CreateContainer(ctx, cname, name, store.ContainerOptions{ScratchSize: size, ScratchFormat: format}); err != nil {
 		return 0, err
 	}
 	o.timer.mark("create")

@@ -113,7 +113,7 @@ func filter(ctx context.Context, r io.Reader, w io.Writer, st *Stats) error {
 		}
 		hdr.Name = name
 		switch hdr.Typeflag {
-		case tar.TypeReg, tar.TypeRegA, tar.TypeDir, tar.TypeFifo:
+		case tar.TypeReg, tar.TypeDir, tar.TypeFifo: // tar.Reader turns legacy TypeRegA into TypeReg
 		case tar.TypeSymlink:
 			if err := checkSymlink(name, hdr.Linkname); err != nil {
 				return err
@@ -131,9 +131,6 @@ func filter(ctx context.Context, r io.Reader, w io.Writer, st *Stats) error {
 			return fmt.Errorf("%w: %q is a device node (%d:%d); layers may not contain devices", ErrInvalidLayer, hdr.Name, hdr.Devmajor, hdr.Devminor)
 		default:
 			return fmt.Errorf("%w: %q has unsupported tar type %q", ErrInvalidLayer, hdr.Name, hdr.Typeflag)
-		}
-		if hdr.Typeflag == tar.TypeRegA {
-			hdr.Typeflag = tar.TypeReg
 		}
 		seen[name] = true
 		st.Entries++

@@ -152,9 +152,12 @@ func (h *Host) Mount(ctx context.Context, id string, l Layers) (rootfs string, e
 		}
 		rec.Layers = append(rec.Layers, sharedRef{Source: p, ReadOnly: true})
 	}
-	scratchSrc, err := filepath.EvalSymlinks(filepath.Join(l.Scratch, ScratchFile))
+	scratchSrc, err := ScratchImage(l.Scratch)
 	if err != nil {
-		return "", fmt.Errorf("scratch folder %s: %w", l.Scratch, err)
+		return "", err
+	}
+	if filepath.Ext(scratchSrc) == ".vhdx" {
+		return "", fmt.Errorf("scratch %s: %w", scratchSrc, ErrVHDXScratchOnHost)
 	}
 	rec.Scratch = sharedRef{Source: scratchSrc}
 

@@ -13,9 +13,31 @@ import (
 
 // File names inside layer folders.
 const (
-	LayerFile   = "layer.vhd"   // read-only layer: ext4 + fixed VHD footer
-	ScratchFile = "sandbox.img" // writable scratch: ext4 (raw)
+	LayerFile   = "layer.vhd"    // read-only layer: ext4 + fixed VHD footer
+	ScratchFile = "sandbox.img"  // writable scratch: ext4 (raw)
+	ScratchVHDX = "sandbox.vhdx" // the same ext4 in a VHDX (VM path only)
 )
+
+// ErrVHDXScratchOnHost is returned when a VHDX scratch is mounted on the
+// host: the host path loop-mounts raw ext4, and the kernel cannot read VHDX.
+var ErrVHDXScratchOnHost = errors.New("a VHDX scratch can only be used in a utility VM (create the container with the raw scratch format for process isolation)")
+
+// ScratchImage returns the resolved path of the scratch image in a scratch
+// folder: sandbox.img or sandbox.vhdx, either possibly a symlink to a
+// shared scratch.
+func ScratchImage(folder string) (string, error) {
+	var firstErr error
+	for _, name := range []string{ScratchFile, ScratchVHDX} {
+		p, err := filepath.EvalSymlinks(filepath.Join(folder, name))
+		if err == nil {
+			return p, nil
+		}
+		if firstErr == nil {
+			firstErr = err
+		}
+	}
+	return "", fmt.Errorf("scratch folder %s: %w", folder, firstErr)
+}
 
 // Layers names a container's layer folders with an explicit type instead of
 // hcsshim's positional list.

@@ -138,9 +138,9 @@ func (m *InUVM) Mount(ctx context.Context, id string, l Layers, guestRoot string
 		lowers = append(lowers, at.a.GuestPath())
 	}
 
-	scratchHost, err := filepath.EvalSymlinks(filepath.Join(l.Scratch, ScratchFile))
+	scratchHost, err := ScratchImage(l.Scratch)
 	if err != nil {
-		return "", fmt.Errorf("scratch folder %s: %w", l.Scratch, err)
+		return "", err
 	}
 	sa, err := m.vm.AttachSCSI(ctx, scratchHost, false)
 	if err != nil {

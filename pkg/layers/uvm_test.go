@@ -86,12 +86,11 @@ func TestUVMOtherVPMemErrorFails(t *testing.T) {
 	ctx := context.Background()
 	f := fakeuvm.New()
 	l := folders(t, 2)
-	m := layers.NewInUVM(f)
 	// A good first layer, then a VPMEM error that is not a fallback reason.
 	f.VPMemSlots = 64
 	calls := 0
 	f2 := &failAfter{UVM: f, n: 1, err: errors.New("qmp: device_add failed"), calls: &calls}
-	m = layers.NewInUVM(f2)
+	m := layers.NewInUVM(f2)
 	if _, err := m.Mount(ctx, "c1", l, "/run/c1"); err == nil || !strings.Contains(err.Error(), "device_add") {
 		t.Fatalf("want VPMEM error, got %v", err)
 	}

@@ -126,7 +126,7 @@ func openTar(p string) (*tarSource, error) {
 		}
 		name := strings.TrimPrefix(path.Clean("/"+hdr.Name), "/")
 		switch hdr.Typeflag {
-		case tar.TypeReg, tar.TypeRegA:
+		case tar.TypeReg: // tar.Reader turns legacy TypeRegA into TypeReg
 			ts.entries[name] = tarEntry{off: or.off, size: hdr.Size}
 		case tar.TypeSymlink:
 			ts.entries[name] = tarEntry{link: path.Join(path.Dir(name), hdr.Linkname)}

@@ -49,9 +49,11 @@ type Container struct {
 	// LayerFolders, top-most read-only layer first, scratch last. When nil,
 	// Spec.Windows.LayerFolders is used (the field hcsshim reads).
 	LayerFolders []string
-	// ScratchSize and TemplateRoot say how to create a missing scratch.
-	ScratchSize  int64
-	TemplateRoot string
+	// ScratchSize, ScratchFormat and TemplateRoot say how to create a
+	// missing scratch.
+	ScratchSize   int64
+	ScratchFormat scratch.Format
+	TemplateRoot  string
 	// GuestRoot is the container's directory in the UVM; its rootfs is
 	// <GuestRoot>/rootfs.
 	GuestRoot string
@@ -145,11 +147,14 @@ func Setup(ctx context.Context, vm UVM, mounter *layers.InUVM, c Container) (_ *
 // ensureScratch creates the scratch folder and its image from the template
 // when missing. A symlinked (shared) scratch is used as it is.
 func ensureScratch(ctx context.Context, folder string, c Container) error {
-	img := filepath.Join(folder, layers.ScratchFile)
-	if _, err := os.Stat(img); err == nil {
+	if _, err := layers.ScratchImage(folder); err == nil {
 		return nil
 	} else if !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("scratch %s: %w", img, err)
+		return err
+	}
+	img := filepath.Join(folder, layers.ScratchFile)
+	if c.ScratchFormat == scratch.VHDX {
+		img = filepath.Join(folder, layers.ScratchVHDX)
 	}
 	if c.TemplateRoot == "" {
 		return fmt.Errorf("scratch %s is missing and no template root is configured", img)
@@ -161,7 +166,7 @@ func ensureScratch(ctx context.Context, folder string, c Container) error {
 	if size == 0 {
 		size = scratch.DefaultSize
 	}
-	tpl, err := scratch.EnsureTemplate(ctx, c.TemplateRoot, size)
+	tpl, err := scratch.EnsureTemplateFormat(ctx, c.TemplateRoot, size, c.ScratchFormat)
 	if err != nil {
 		return err
 	}

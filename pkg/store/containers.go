@@ -25,6 +25,8 @@ type Container struct {
 	// ScratchSize is the virtual size of the container's own scratch; zero
 	// when it shares another container's scratch.
 	ScratchSize int64 `json:"scratchSize,omitempty"`
+	// ScratchFormat is raw (loop-mountable ext4, the default) or vhdx.
+	ScratchFormat scratch.Format `json:"scratchFormat,omitempty"`
 	// SharesScratchOf names the container whose scratch this one uses.
 	SharesScratchOf string    `json:"sharesScratchOf,omitempty"`
 	Created         time.Time `json:"created"`
@@ -33,6 +35,9 @@ type Container struct {
 // ContainerOptions tune CreateContainer.
 type ContainerOptions struct {
 	ScratchSize int64 // default scratch.DefaultSize
+	// ScratchFormat is scratch.Raw (default) or scratch.VHDX; a VHDX
+	// scratch can be used by utility VMs only.
+	ScratchFormat scratch.Format
 	// ShareScratchWith makes the new container's scratch a symlink to that
 	// container's scratch, as the containers of a pod share their sandbox's.
 	ShareScratchWith string
@@ -64,11 +69,14 @@ func (s *Store) CreateContainer(ctx context.Context, name, image string, opts Co
 	if size == 0 {
 		size = scratch.DefaultSize
 	}
+	format, err := scratch.ParseFormat(string(opts.ScratchFormat))
+	if err != nil {
+		return nil, err
+	}
 	var tpl string
 	if opts.ShareScratchWith == "" {
 		// Formatting a template can take a moment: do it outside the lock.
-		var err error
-		if tpl, err = scratch.EnsureTemplate(ctx, s.root, size); err != nil {
+		if tpl, err = scratch.EnsureTemplateFormat(ctx, s.root, size, format); err != nil {
 			return nil, err
 		}
 	}
@@ -103,13 +111,21 @@ func (s *Store) CreateContainer(ctx context.Context, name, image string, opts Co
 			}
 		}
 		c.SharesScratchOf = other.Name
-		target := filepath.Join(s.containerDir(other.Name), layers.ScratchFile)
-		if err := os.Symlink(target, filepath.Join(tmp, layers.ScratchFile)); err != nil {
+		img, err := layers.ScratchImage(s.containerDir(other.Name))
+		if err != nil {
+			return nil, err
+		}
+		target := filepath.Join(s.containerDir(other.Name), filepath.Base(img))
+		if err := os.Symlink(target, filepath.Join(tmp, filepath.Base(img))); err != nil {
 			return nil, err
 		}
 	} else {
-		c.ScratchSize = size
-		if err := scratch.Clone(ctx, tpl, filepath.Join(tmp, layers.ScratchFile)); err != nil {
+		c.ScratchSize, c.ScratchFormat = size, format
+		name := layers.ScratchFile
+		if format == scratch.VHDX {
+			name = layers.ScratchVHDX
+		}
+		if err := scratch.Clone(ctx, tpl, filepath.Join(tmp, name)); err != nil {
 			return nil, err
 		}
 	}

@@ -9,7 +9,8 @@
 //	layers/.locks/<hex>               per-layer import lock
 //	images/<hash of name>.json        image records
 //	containers/<name>/container.json  container records
-//	containers/<name>/sandbox.img     scratch (or a symlink to a shared one)
+//	containers/<name>/sandbox.img     scratch (or a symlink to a shared one;
+//	                                  sandbox.vhdx for a VHDX scratch)
 //	scratch/templates/                formatted scratch templates
 //	mounts/                           host mount state (package layers)
 //	tmp/                              work in progress; gc removes leftovers
