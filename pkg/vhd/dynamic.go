@@ -11,6 +11,8 @@ import (
 	"os"
 	"slices"
 	"sync"
+
+	"github.com/layervisor/layervisor/internal/diskio"
 )
 
 const (
@@ -220,18 +222,13 @@ func (d *Dynamic) AllocatedBlocks() int64 {
 	return n
 }
 
-// ReadAt reads the virtual disk.
+// ReadAt reads the virtual disk. Reads at or past the end return io.EOF.
 func (d *Dynamic) ReadAt(p []byte, off int64) (int, error) {
-	if off < 0 {
-		return 0, fmt.Errorf("vhd: %s: negative offset %d", d.name, off)
-	}
-	if off >= d.size {
-		return 0, io.EOF
-	}
-	want := len(p)
-	if int64(want) > d.size-off {
-		p = p[:d.size-off]
-	}
+	return diskio.ReadAt("vhd: "+d.name, d.size, p, off, d.readAt)
+}
+
+// readAt reads p at off (inside the disk) block by block.
+func (d *Dynamic) readAt(p []byte, off int64) (int, error) {
 	d.mu.RLock()
 	defer d.mu.RUnlock()
 	n := 0
@@ -251,9 +248,6 @@ func (d *Dynamic) ReadAt(p []byte, off int64) (int, error) {
 			}
 		}
 		n += c
-	}
-	if len(p) < want {
-		return n, io.EOF
 	}
 	return n, nil
 }

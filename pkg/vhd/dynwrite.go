@@ -8,6 +8,7 @@ import (
 	"os"
 
 	"github.com/layervisor/layervisor/internal/atomicfile"
+	"github.com/layervisor/layervisor/internal/diskio"
 	"github.com/layervisor/layervisor/internal/zero"
 )
 
@@ -120,8 +121,8 @@ func (d *Dynamic) WriteAt(p []byte, off int64) (int, error) {
 	if !d.writable {
 		return 0, fmt.Errorf("vhd: %s: %w", d.name, ErrReadOnly)
 	}
-	if off < 0 || off > d.size || int64(len(p)) > d.size-off {
-		return 0, fmt.Errorf("vhd: %s: write of %d bytes at %d is outside the %d-byte disk", d.name, len(p), off, d.size)
+	if err := diskio.CheckWrite("vhd: "+d.name, d.size, len(p), off); err != nil {
+		return 0, err
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()

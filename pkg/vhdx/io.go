@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/layervisor/layervisor/internal/diskio"
 	"github.com/layervisor/layervisor/internal/zero"
 )
 
@@ -23,26 +24,15 @@ const (
 
 // ReadAt reads the virtual disk. Reads at or past the end return io.EOF.
 func (d *Disk) ReadAt(p []byte, off int64) (int, error) {
-	if off < 0 {
-		return 0, fmt.Errorf("vhdx: %s: read at negative offset %d", d.name, off)
-	}
-	if off >= d.size {
-		return 0, io.EOF
-	}
-	want := len(p)
-	if int64(want) > d.size-off {
-		p = p[:d.size-off]
-	}
-	d.mu.RLock()
-	err := d.readAt(p, off)
-	d.mu.RUnlock()
-	if err != nil {
-		return 0, fmt.Errorf("vhdx: %s: read at %d: %w", d.name, off, err)
-	}
-	if len(p) < want {
-		return len(p), io.EOF
-	}
-	return len(p), nil
+	return diskio.ReadAt("vhdx: "+d.name, d.size, p, off, func(p []byte, off int64) (int, error) {
+		d.mu.RLock()
+		err := d.readAt(p, off)
+		d.mu.RUnlock()
+		if err != nil {
+			return 0, fmt.Errorf("vhdx: %s: read at %d: %w", d.name, off, err)
+		}
+		return len(p), nil
+	})
 }
 
 // readAt reads p at off (inside the disk) block by block; d.mu is held.
@@ -151,8 +141,8 @@ func (d *Disk) WriteAt(p []byte, off int64) (int, error) {
 	if d.readOnly {
 		return 0, fmt.Errorf("vhdx: %s: %w", d.name, ErrReadOnly)
 	}
-	if off < 0 || off+int64(len(p)) > d.size {
-		return 0, fmt.Errorf("vhdx: %s: write of %d bytes at %d is outside the %d-byte disk", d.name, len(p), off, d.size)
+	if err := diskio.CheckWrite("vhdx: "+d.name, d.size, len(p), off); err != nil {
+		return 0, err
 	}
 	if len(p) == 0 {
 		return 0, nil
