@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -424,6 +425,21 @@ func TestReadOnlyRefusesWrites(t *testing.T) {
 	}
 	if _, err := d.ReadAt(make([]byte, 10), mib-5); err == nil {
 		t.Error("read across the end did not report io.EOF")
+	}
+}
+
+// Writes outside the disk are refused, including offsets where off+len
+// overflows.
+func TestWriteOutsideIsAnError(t *testing.T) {
+	d, err := Create(filepath.Join(t.TempDir(), "d.vhdx"), CreateOptions{Size: mib})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	for _, off := range []int64{-1, mib - 1, mib + 1, math.MaxInt64} {
+		if _, err := d.WriteAt([]byte{1, 2}, off); err == nil || !strings.Contains(err.Error(), "outside") {
+			t.Errorf("write at %d: %v", off, err)
+		}
 	}
 }
 
