@@ -71,3 +71,27 @@ func TestQEMUHostAddShare(t *testing.T) {
 		t.Fatalf("virtiofsd %d still running", pid)
 	}
 }
+
+// A daemon slow to start still serves: QEMU's connect queues on the socket
+// we listen on, and the vhost-user handshake waits for the daemon. (With
+// virtiofsd making its own socket, a connect between its bind and listen
+// was refused.)
+func TestQEMUHostSlowDaemon(t *testing.T) {
+	if _, err := os.Stat(DefaultVirtiofsd); err != nil {
+		testutil.Unavailable(t, err.Error())
+	}
+	slow := filepath.Join(t.TempDir(), "slow-virtiofsd")
+	script := "#!/bin/sh\nsleep 0.5\nexec " + DefaultVirtiofsd + " \"$@\"\n"
+	if err := os.WriteFile(slow, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	q := hotplugtest.Start(t)
+	h := NewQEMUHost(q, pciports.New(2), t.TempDir(), slow)
+	defer h.Close()
+	if err := h.AddShare(context.Background(), "s0", t.TempDir()); err != nil {
+		t.Fatal(err)
+	}
+	if len(h.Daemons()) != 1 {
+		t.Fatal("no daemon recorded")
+	}
+}
