@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/layervisor/layervisor/internal/mounttest"
+	"github.com/layervisor/layervisor/internal/attachtest"
 	"github.com/layervisor/layervisor/pkg/diskimage"
 	"github.com/layervisor/layervisor/pkg/vhdx"
 )
@@ -19,67 +19,29 @@ import (
 var errInjected = errors.New("injected failure")
 
 // fakeHost is a VMM that checks it is never asked to double-add or remove
-// a missing disk. Hooks inject failures or block.
+// a missing disk. Its hooks inject failures or block.
 type fakeHost struct {
-	mu      sync.Mutex
-	disks   map[Slot]string
-	adds    int
-	removes int
-	addHook func(Slot, string) error
-	rmHook  func(Slot) error
-	t       *testing.T
+	*attachtest.Table[Slot, string]
 }
 
-func (h *fakeHost) AddDisk(ctx context.Context, s Slot, p string, ro bool) error {
-	if h.addHook != nil {
-		if err := h.addHook(s, p); err != nil {
-			return err
-		}
-	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if _, ok := h.disks[s]; ok {
-		h.t.Errorf("AddDisk at occupied slot %s", s)
-	}
-	h.disks[s] = p
-	h.adds++
-	return nil
-}
-
-func (h *fakeHost) RemoveDisk(ctx context.Context, s Slot) error {
-	if h.rmHook != nil {
-		if err := h.rmHook(s); err != nil {
-			return err
-		}
-	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if _, ok := h.disks[s]; !ok {
-		h.t.Errorf("RemoveDisk of empty slot %s", s)
-	}
-	delete(h.disks, s)
-	h.removes++
-	return nil
-}
-
-func (h *fakeHost) count() (disks, adds, removes int) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return len(h.disks), h.adds, h.removes
-}
+func (h fakeHost) AddDisk(ctx context.Context, s Slot, p string, ro bool) error { return h.Add(s, p) }
+func (h fakeHost) RemoveDisk(ctx context.Context, s Slot) error                 { return h.Remove(s) }
 
 // fakeGuest keeps the guest's mount table, which fails the test on a double
 // mount or a stray unmount.
-type fakeGuest struct{ *mounttest.Table[Slot] }
+type fakeGuest struct {
+	*attachtest.Table[string, Slot]
+}
 
 func (g fakeGuest) MountSCSI(ctx context.Context, s Slot, part int, ro bool, fsType, gp string) error {
-	return g.Mount(gp, s)
+	return g.Add(gp, s)
 }
+func (g fakeGuest) Unmount(ctx context.Context, gp string) error { return g.Remove(gp) }
 
 func setup(t *testing.T, controllers int) (*Controller, *fakeHost, *fakeGuest) {
 	t.Helper()
-	h := &fakeHost{disks: map[Slot]string{}, t: t}
-	g := &fakeGuest{mounttest.New[Slot](t)}
+	h := &fakeHost{attachtest.New[Slot, string](t, "SCSI disk")}
+	g := &fakeGuest{attachtest.New[string, Slot](t, "guest mount")}
 	c, err := New(h, g, controllers)
 	if err != nil {
 		t.Fatal(err)
@@ -129,13 +91,13 @@ func TestAttachDedupesAndRefCounts(t *testing.T) {
 	if n := c.RefCount(p); n != 2 {
 		t.Fatalf("RefCount = %d, want 2", n)
 	}
-	if _, adds, _ := h.count(); adds != 1 {
+	if _, adds, _ := h.Counts(); adds != 1 {
 		t.Fatalf("AddDisk called %d times, want 1", adds)
 	}
 	if err := m1.Release(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if d, _, _ := h.count(); d != 1 || g.Count() != 1 || c.RefCount(p) != 1 {
+	if d, _, _ := h.Counts(); d != 1 || g.Count() != 1 || c.RefCount(p) != 1 {
 		t.Fatalf("after one release: disks %d mounts %d refs %d", d, g.Count(), c.RefCount(p))
 	}
 	if err := m1.Release(ctx); !errors.Is(err, ErrAlreadyReleased) {
@@ -144,7 +106,7 @@ func TestAttachDedupesAndRefCounts(t *testing.T) {
 	if err := m2.Release(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if d, _, rm := h.count(); d != 0 || rm != 1 || g.Count() != 0 || c.Attached() != 0 {
+	if d, _, rm := h.Counts(); d != 0 || rm != 1 || g.Count() != 0 || c.Attached() != 0 {
 		t.Fatalf("after last release: disks %d removes %d mounts %d attached %d", d, rm, g.Count(), c.Attached())
 	}
 	// Re-attach gets a fresh guest path from the counter.
@@ -199,7 +161,7 @@ func TestSlotsLowestFirstAndExhaustion(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if d, a, r := h.count(); d != 0 || a != r {
+	if d, a, r := h.Counts(); d != 0 || a != r {
 		t.Fatalf("leftover disks %d (adds %d removes %d)", d, a, r)
 	}
 }
@@ -236,7 +198,7 @@ func TestBadInput(t *testing.T) {
 	if err := m.Release(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if d, a, _ := h.count(); d != 0 || a != 1 {
+	if d, a, _ := h.Counts(); d != 0 || a != 1 {
 		t.Fatalf("disks %d adds %d", d, a)
 	}
 }
@@ -245,7 +207,7 @@ func TestFailureInjection(t *testing.T) {
 	ctx := context.Background()
 	t.Run("add fails", func(t *testing.T) {
 		c, h, g := setup(t, 1)
-		h.addHook = func(Slot, string) error { return errInjected }
+		h.AddHook = func(Slot) error { return errInjected }
 		p := files(t, 1)[0]
 		if _, err := c.Attach(ctx, p, mounted); !errors.Is(err, errInjected) {
 			t.Fatalf("got %v", err)
@@ -253,7 +215,7 @@ func TestFailureInjection(t *testing.T) {
 		if c.Attached() != 0 || g.Count() != 0 || c.RefCount(p) != 0 {
 			t.Fatal("failed add left state behind")
 		}
-		h.addHook = nil
+		h.AddHook = nil
 		m, err := c.Attach(ctx, p, mounted)
 		if err != nil || m.Slot() != (Slot{0, 0}) {
 			t.Fatalf("retry: %v %v", m, err)
@@ -262,26 +224,26 @@ func TestFailureInjection(t *testing.T) {
 	})
 	t.Run("guest mount fails, disk detached again", func(t *testing.T) {
 		c, h, g := setup(t, 1)
-		g.MountHook = func(string) error { return errInjected }
+		g.AddHook = func(string) error { return errInjected }
 		p := files(t, 1)[0]
 		if _, err := c.Attach(ctx, p, mounted); !errors.Is(err, errInjected) {
 			t.Fatalf("got %v", err)
 		}
-		if d, a, r := h.count(); d != 0 || a != 1 || r != 1 || c.Attached() != 0 {
+		if d, a, r := h.Counts(); d != 0 || a != 1 || r != 1 || c.Attached() != 0 {
 			t.Fatalf("disks %d adds %d removes %d attached %d", d, a, r, c.Attached())
 		}
 	})
 	t.Run("guest mount and rollback fail, slot retired", func(t *testing.T) {
 		c, h, g := setup(t, 1)
-		g.MountHook = func(string) error { return errInjected }
+		g.AddHook = func(string) error { return errInjected }
 		rmErr := errors.New("remove failed")
-		h.rmHook = func(Slot) error { return rmErr }
+		h.RemoveHook = func(Slot) error { return rmErr }
 		ps := files(t, 2)
 		_, err := c.Attach(ctx, ps[0], mounted)
 		if !errors.Is(err, errInjected) || !errors.Is(err, rmErr) {
 			t.Fatalf("want both errors joined, got %v", err)
 		}
-		g.MountHook, h.rmHook = nil, nil
+		g.AddHook, h.RemoveHook = nil, nil
 		m, err := c.Attach(ctx, ps[1], mounted)
 		if err != nil {
 			t.Fatal(err)
@@ -301,11 +263,11 @@ func TestFailureInjection(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		g.UnmountHook = func(string) error { return errInjected }
+		g.RemoveHook = func(string) error { return errInjected }
 		if err := m.Release(ctx); !errors.Is(err, errInjected) {
 			t.Fatalf("got %v", err)
 		}
-		if d, _, r := h.count(); d != 0 || r != 1 || c.Attached() != 0 {
+		if d, _, r := h.Counts(); d != 0 || r != 1 || c.Attached() != 0 {
 			t.Fatalf("disk not removed after unmount failure: disks %d removes %d", d, r)
 		}
 	})
@@ -316,14 +278,14 @@ func TestFailureInjection(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		g.UnmountHook = func(string) error { return errInjected }
+		g.RemoveHook = func(string) error { return errInjected }
 		rmErr := errors.New("remove failed")
-		h.rmHook = func(Slot) error { return rmErr }
+		h.RemoveHook = func(Slot) error { return rmErr }
 		err = m.Release(ctx)
 		if !errors.Is(err, errInjected) || !errors.Is(err, rmErr) {
 			t.Fatalf("want both errors, got %v", err)
 		}
-		h.rmHook = nil
+		h.RemoveHook = nil
 		if c.RefCount(ps[0]) != 0 {
 			t.Fatal("released path still counted")
 		}
@@ -338,7 +300,7 @@ func TestConcurrentSamePath(t *testing.T) {
 	ctx := context.Background()
 	c, h, g := setup(t, 1)
 	gate := make(chan struct{})
-	h.addHook = func(Slot, string) error { <-gate; return nil }
+	h.AddHook = func(Slot) error { <-gate; return nil }
 	p := files(t, 1)[0]
 	const n = 16
 	ms := make(chan *Mount, n)
@@ -364,7 +326,7 @@ func TestConcurrentSamePath(t *testing.T) {
 	for err := range errs {
 		t.Fatal(err)
 	}
-	if _, a, _ := h.count(); a != 1 {
+	if _, a, _ := h.Counts(); a != 1 {
 		t.Fatalf("AddDisk called %d times for one path", a)
 	}
 	if c.RefCount(p) != n {
@@ -380,7 +342,7 @@ func TestConcurrentSamePath(t *testing.T) {
 		}(m)
 	}
 	wg.Wait()
-	if d, _, r := h.count(); d != 0 || r != 1 || g.Count() != 0 {
+	if d, _, r := h.Counts(); d != 0 || r != 1 || g.Count() != 0 {
 		t.Fatalf("after releases: disks %d removes %d mounts %d", d, r, g.Count())
 	}
 }
@@ -409,7 +371,7 @@ func TestConcurrentDifferentPathsChurn(t *testing.T) {
 		}(w)
 	}
 	wg.Wait()
-	d, a, r := h.count()
+	d, a, r := h.Counts()
 	if d != 0 || a != r || g.Count() != 0 || c.Attached() != 0 {
 		t.Fatalf("after churn: disks %d adds %d removes %d mounts %d attached %d", d, a, r, g.Count(), c.Attached())
 	}
@@ -420,7 +382,7 @@ func TestWaitersShareFailedAttach(t *testing.T) {
 	c, h, _ := setup(t, 1)
 	gate := make(chan struct{})
 	var once sync.Once
-	h.addHook = func(Slot, string) error {
+	h.AddHook = func(Slot) error {
 		<-gate
 		var err error
 		once.Do(func() { err = errInjected })
@@ -452,7 +414,7 @@ func TestWaitersShareFailedAttach(t *testing.T) {
 	if failed == 0 {
 		t.Fatal("nobody saw the injected failure")
 	}
-	if d, a, r := h.count(); d != 0 || a != r {
+	if d, a, r := h.Counts(); d != 0 || a != r {
 		t.Fatalf("disks %d adds %d removes %d", d, a, r)
 	}
 }
@@ -466,7 +428,7 @@ func TestAttachWaitsForDetach(t *testing.T) {
 		t.Fatal(err)
 	}
 	entered, gate := make(chan struct{}), make(chan struct{})
-	h.rmHook = func(Slot) error { close(entered); <-gate; return nil }
+	h.RemoveHook = func(Slot) error { close(entered); <-gate; return nil }
 	relErr := make(chan error)
 	go func() { relErr <- m.Release(ctx) }()
 	<-entered
@@ -489,12 +451,12 @@ func TestAttachWaitsForDetach(t *testing.T) {
 	if err := <-relErr; err != nil {
 		t.Fatal(err)
 	}
-	h.rmHook = nil
+	h.RemoveHook = nil
 	m2 := <-got
 	if m2 == nil {
 		t.FailNow()
 	}
-	if _, a, r := h.count(); a != 2 || r != 1 {
+	if _, a, r := h.Counts(); a != 2 || r != 1 {
 		t.Fatalf("adds %d removes %d, want 2 and 1", a, r)
 	}
 	if err := m2.Release(ctx); err != nil {

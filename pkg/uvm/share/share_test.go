@@ -10,29 +10,26 @@ import (
 	"testing"
 	"time"
 
-	"github.com/layervisor/layervisor/internal/mounttest"
+	"github.com/layervisor/layervisor/internal/attachtest"
 	"github.com/layervisor/layervisor/internal/testutil"
 )
 
 var errInjected = errors.New("injected failure")
 
-type fakeHost struct {
-	mu      sync.Mutex
-	shares  map[string][]string // tag -> listing of the served directory
-	dirs    map[string]string   // tag -> served directory
-	adds    int
-	removes int
-	addHook func(string) error
-	rmHook  func(string) error
-	t       *testing.T
+// served is what the fake host serves under a tag: the directory, and its
+// listing when the share was added.
+type served struct {
+	dir   string
+	names []string
 }
 
-func (h *fakeHost) AddShare(ctx context.Context, tag, dir string) error {
-	if h.addHook != nil {
-		if err := h.addHook(tag); err != nil {
-			return err
-		}
-	}
+// fakeHost is a VMM that checks it is never asked to add a tag twice or
+// remove a missing one. Its hooks inject failures or block.
+type fakeHost struct {
+	*attachtest.Table[string, served]
+}
+
+func (h fakeHost) AddShare(ctx context.Context, tag, dir string) error {
 	ents, err := os.ReadDir(dir)
 	if err != nil {
 		return err
@@ -41,50 +38,30 @@ func (h *fakeHost) AddShare(ctx context.Context, tag, dir string) error {
 	for _, e := range ents {
 		names = append(names, e.Name())
 	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if _, ok := h.shares[tag]; ok {
-		h.t.Errorf("tag %s added twice", tag)
-	}
-	h.shares[tag] = names
-	h.dirs[tag] = dir
-	h.adds++
-	return nil
+	return h.Add(tag, served{dir, names})
 }
 
-func (h *fakeHost) RemoveShare(ctx context.Context, tag string) error {
-	if h.rmHook != nil {
-		if err := h.rmHook(tag); err != nil {
-			return err
-		}
-	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if _, ok := h.shares[tag]; !ok {
-		h.t.Errorf("remove of unknown tag %s", tag)
-	}
-	delete(h.shares, tag)
-	h.removes++
-	return nil
-}
+func (h fakeHost) RemoveShare(ctx context.Context, tag string) error { return h.Remove(tag) }
 
-func (h *fakeHost) count() (shares, adds, removes int) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return len(h.shares), h.adds, h.removes
+func (h fakeHost) served(tag string) served {
+	v, _ := h.Get(tag)
+	return v
 }
 
 // fakeGuest keeps the guest's mount table (guest path → read-only), which
 // fails the test on a double mount or a stray unmount.
-type fakeGuest struct{ *mounttest.Table[bool] }
-
-func (g fakeGuest) MountVirtiofs(ctx context.Context, tag string, ro bool, gp string) error {
-	return g.Mount(gp, ro)
+type fakeGuest struct {
+	*attachtest.Table[string, bool]
 }
 
+func (g fakeGuest) MountVirtiofs(ctx context.Context, tag string, ro bool, gp string) error {
+	return g.Add(gp, ro)
+}
+func (g fakeGuest) Unmount(ctx context.Context, gp string) error { return g.Remove(gp) }
+
 func setup(t *testing.T) (*Controller, *fakeHost, *fakeGuest, string) {
-	h := &fakeHost{shares: map[string][]string{}, dirs: map[string]string{}, t: t}
-	g := &fakeGuest{mounttest.New[bool](t)}
+	h := &fakeHost{attachtest.New[string, served](t, "share")}
+	g := &fakeGuest{attachtest.New[string, bool](t, "guest mount")}
 	state := t.TempDir()
 	return New(h, g, state), h, g, state
 }
@@ -124,7 +101,7 @@ func TestDirectoryRefCountByPathAndReadOnly(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if n, _, _ := h.count(); n != 1 || c.Active() != 1 {
+	if n, _, _ := h.Counts(); n != 1 || c.Active() != 1 {
 		t.Fatalf("shares left %d, active %d; want 1", n, c.Active())
 	}
 	if err := a.Release(ctx); !errors.Is(err, ErrAlreadyReleased) {
@@ -133,7 +110,7 @@ func TestDirectoryRefCountByPathAndReadOnly(t *testing.T) {
 	if err := b.Release(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if n, adds, rms := h.count(); n != 0 || adds != 2 || rms != 2 || g.Count() != 0 || c.Active() != 0 {
+	if n, adds, rms := h.Counts(); n != 0 || adds != 2 || rms != 2 || g.Count() != 0 || c.Active() != 0 {
 		t.Fatalf("after all releases: shares %d adds %d removes %d mounts %d", n, adds, rms, g.Count())
 	}
 }
@@ -153,22 +130,22 @@ func TestSingleFileHidesSiblings(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := h.shares[s.Tag()]; len(got) != 1 || got[0] != "config.json" {
+	sh := h.served(s.Tag())
+	if got := sh.names; len(got) != 1 || got[0] != "config.json" {
 		t.Fatalf("served directory holds %v, want only config.json", got)
 	}
 	if s.GuestPath() != s.GuestDir()+"/config.json" {
 		t.Fatalf("guest path %s", s.GuestPath())
 	}
-	served := filepath.Join(h.dirs[s.Tag()], "config.json")
 	a, _ := os.Stat(file)
-	b, err := os.Stat(served)
+	b, err := os.Stat(filepath.Join(sh.dir, "config.json"))
 	if err != nil || !os.SameFile(a, b) {
 		t.Fatalf("served file is not the shared file: %v", err)
 	}
 	if err := s.Release(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(h.dirs[s.Tag()]); !errors.Is(err, fs.ErrNotExist) {
+	if _, err := os.Stat(sh.dir); !errors.Is(err, fs.ErrNotExist) {
 		t.Fatalf("private directory left behind: %v", err)
 	}
 	if left, _ := os.ReadDir(filepath.Join(state, "files")); len(left) != 0 {
@@ -194,8 +171,8 @@ func TestSingleFileAcrossFileSystems(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	served := filepath.Join(h.dirs[s.Tag()], "data")
-	if err := os.WriteFile(served, []byte("written via share"), 0o644); err != nil {
+	sh := h.served(s.Tag())
+	if err := os.WriteFile(filepath.Join(sh.dir, "data"), []byte("written via share"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if got, _ := os.ReadFile(file); string(got) != "written via share" {
@@ -204,7 +181,7 @@ func TestSingleFileAcrossFileSystems(t *testing.T) {
 	if err := s.Release(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(h.dirs[s.Tag()]); !errors.Is(err, fs.ErrNotExist) {
+	if _, err := os.Stat(sh.dir); !errors.Is(err, fs.ErrNotExist) {
 		t.Fatalf("private directory (bind mount) left behind: %v", err)
 	}
 	if got, _ := os.ReadFile(file); string(got) != "written via share" {
@@ -223,7 +200,7 @@ func TestShareFailureInjection(t *testing.T) {
 	}
 	noLeftovers := func(t *testing.T, c *Controller, h *fakeHost, g *fakeGuest, state string) {
 		t.Helper()
-		if n, a, r := h.count(); n != 0 || a != r {
+		if n, a, r := h.Counts(); n != 0 || a != r {
 			t.Fatalf("host shares %d (adds %d removes %d)", n, a, r)
 		}
 		if left, _ := os.ReadDir(filepath.Join(state, "files")); len(left) != 0 {
@@ -235,7 +212,7 @@ func TestShareFailureInjection(t *testing.T) {
 	}
 	t.Run("add fails", func(t *testing.T) {
 		c, h, g, state := setup(t)
-		h.addHook = func(string) error { return errInjected }
+		h.AddHook = func(string) error { return errInjected }
 		if _, err := c.Attach(ctx, newFile(t), true); !errors.Is(err, errInjected) {
 			t.Fatal(err)
 		}
@@ -243,12 +220,12 @@ func TestShareFailureInjection(t *testing.T) {
 	})
 	t.Run("guest mount fails", func(t *testing.T) {
 		c, h, g, state := setup(t)
-		g.MountHook = func(string) error { return errInjected }
+		g.AddHook = func(string) error { return errInjected }
 		if _, err := c.Attach(ctx, newFile(t), true); !errors.Is(err, errInjected) {
 			t.Fatal(err)
 		}
 		noLeftovers(t, c, h, g, state)
-		if _, a, _ := h.count(); a != 1 {
+		if _, a, _ := h.Counts(); a != 1 {
 			t.Fatalf("adds %d", a)
 		}
 	})
@@ -259,8 +236,8 @@ func TestShareFailureInjection(t *testing.T) {
 			t.Fatal(err)
 		}
 		rmErr := errors.New("remove failed")
-		g.UnmountHook = func(string) error { return errInjected }
-		h.rmHook = func(string) error { return rmErr }
+		g.RemoveHook = func(string) error { return errInjected }
+		h.RemoveHook = func(string) error { return rmErr }
 		err = s.Release(ctx)
 		if !errors.Is(err, errInjected) || !errors.Is(err, rmErr) {
 			t.Fatalf("want both errors, got %v", err)
@@ -291,7 +268,7 @@ func TestConcurrentShares(t *testing.T) {
 	ctx := context.Background()
 	c, h, g, _ := setup(t)
 	gate := make(chan struct{})
-	h.addHook = func(string) error { <-gate; return nil }
+	h.AddHook = func(string) error { <-gate; return nil }
 	dirs := []string{t.TempDir(), t.TempDir(), t.TempDir()}
 	const per = 6
 	var wg sync.WaitGroup
@@ -316,7 +293,7 @@ func TestConcurrentShares(t *testing.T) {
 	close(gate)
 	wg.Wait()
 	close(got)
-	if n, a, _ := h.count(); n != 2*len(dirs) || a != 2*len(dirs) {
+	if n, a, _ := h.Counts(); n != 2*len(dirs) || a != 2*len(dirs) {
 		t.Fatalf("shares %d adds %d, want %d", n, a, 2*len(dirs))
 	}
 	for _, d := range dirs {
@@ -345,7 +322,7 @@ func TestConcurrentShares(t *testing.T) {
 		}(s.HostPath(), s.ReadOnly())
 	}
 	wg.Wait()
-	if n, a, r := h.count(); n != 0 || a != r || g.Count() != 0 || c.Active() != 0 {
+	if n, a, r := h.Counts(); n != 0 || a != r || g.Count() != 0 || c.Active() != 0 {
 		t.Fatalf("after churn: shares %d adds %d removes %d mounts %d active %d", n, a, r, g.Count(), c.Active())
 	}
 }

@@ -11,51 +11,32 @@ import (
 	"testing"
 	"time"
 
-	"github.com/layervisor/layervisor/internal/mounttest"
+	"github.com/layervisor/layervisor/internal/attachtest"
 	"github.com/layervisor/layervisor/pkg/vhd"
 )
 
 var errInjected = errors.New("injected failure")
 
-type fakeHost struct {
-	mu      sync.Mutex
-	devs    map[int]string
-	adds    int
-	addHook func(int) error
-	t       *testing.T
-}
+// fakeHost is a VMM that checks it is never asked to fill a bound slot.
+// Its AddHook injects failures or blocks.
+type fakeHost struct{ *attachtest.Table[int, string] }
 
-func (h *fakeHost) AddPmem(ctx context.Context, slot int, p string, size uint64) (uint64, error) {
-	if h.addHook != nil {
-		if err := h.addHook(slot); err != nil {
-			return 0, err
-		}
+func (h fakeHost) AddPmem(ctx context.Context, slot int, p string, size uint64) (uint64, error) {
+	if err := h.Add(slot, p); err != nil {
+		return 0, err
 	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if _, ok := h.devs[slot]; ok {
-		h.t.Errorf("AddPmem at bound slot %d", slot)
-	}
-	h.devs[slot] = p
-	h.adds++
 	return 1<<32 + uint64(slot)<<30, nil
-}
-
-func (h *fakeHost) count() (devs, adds int) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return len(h.devs), h.adds
 }
 
 // fakeGuest keeps the guest's mount table, which fails the test on a double
 // mount or a stray unmount.
 type fakeGuest struct {
-	*mounttest.Table[Device]
+	*attachtest.Table[string, Device]
 	t *testing.T
 }
 
 func (g fakeGuest) MountPmem(ctx context.Context, d Device, gp string) error {
-	if err := g.Mount(gp, d); err != nil {
+	if err := g.Add(gp, d); err != nil {
 		return err
 	}
 	if d.Addr == 0 {
@@ -63,10 +44,11 @@ func (g fakeGuest) MountPmem(ctx context.Context, d Device, gp string) error {
 	}
 	return nil
 }
+func (g fakeGuest) Unmount(ctx context.Context, gp string) error { return g.Remove(gp) }
 
 func setup(t *testing.T, cfg Config) (*Controller, *fakeHost, *fakeGuest) {
-	h := &fakeHost{devs: map[int]string{}, t: t}
-	g := &fakeGuest{mounttest.New[Device](t), t}
+	h := &fakeHost{attachtest.New[int, string](t, "pmem slot")}
+	g := &fakeGuest{attachtest.New[string, Device](t, "guest mount"), t}
 	return New(h, g, cfg), h, g
 }
 
@@ -135,7 +117,7 @@ func TestRefCountAndIdleReuse(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, adds := h.count(); adds != 1 || m3.Device().Slot != 0 || m3.GuestPath() != GuestMountRoot+"/m1" {
+	if _, adds, _ := h.Counts(); adds != 1 || m3.Device().Slot != 0 || m3.GuestPath() != GuestMountRoot+"/m1" {
 		t.Fatalf("re-attach: adds %d slot %d path %s", adds, m3.Device().Slot, m3.GuestPath())
 	}
 	if err := m3.Release(ctx); err != nil {
@@ -228,7 +210,7 @@ func TestFailureInjection(t *testing.T) {
 	ctx := context.Background()
 	t.Run("add fails", func(t *testing.T) {
 		c, h, _ := setup(t, Config{Slots: 1})
-		h.addHook = func(int) error { return errInjected }
+		h.AddHook = func(int) error { return errInjected }
 		p := layers(t, 1, 4096)[0]
 		if _, err := c.Attach(ctx, p); !errors.Is(err, errInjected) {
 			t.Fatal(err)
@@ -236,7 +218,7 @@ func TestFailureInjection(t *testing.T) {
 		if n, used := c.Bound(); n != 0 || used != 0 {
 			t.Fatalf("failed add kept slot/budget: %d %d", n, used)
 		}
-		h.addHook = nil
+		h.AddHook = nil
 		m, err := c.Attach(ctx, p)
 		if err != nil {
 			t.Fatal(err)
@@ -245,12 +227,12 @@ func TestFailureInjection(t *testing.T) {
 	})
 	t.Run("add fails after plug", func(t *testing.T) {
 		c, h, _ := setup(t, Config{Slots: 2})
-		h.addHook = func(int) error { return fmt.Errorf("query: %w", ErrPlugged) }
+		h.AddHook = func(int) error { return fmt.Errorf("query: %w", ErrPlugged) }
 		ps := layers(t, 2, 4096)
 		if _, err := c.Attach(ctx, ps[0]); !errors.Is(err, ErrPlugged) {
 			t.Fatal(err)
 		}
-		h.addHook = nil
+		h.AddHook = nil
 		m, err := c.Attach(ctx, ps[1])
 		if err != nil || m.Device().Slot != 1 {
 			t.Fatalf("lost slot reused: %v %v", m, err)
@@ -258,17 +240,17 @@ func TestFailureInjection(t *testing.T) {
 	})
 	t.Run("guest mount fails, slot stays bound for the layer", func(t *testing.T) {
 		c, h, g := setup(t, Config{Slots: 1})
-		g.MountHook = func(string) error { return errInjected }
+		g.AddHook = func(string) error { return errInjected }
 		p := layers(t, 1, 4096)[0]
 		if _, err := c.Attach(ctx, p); !errors.Is(err, errInjected) {
 			t.Fatal(err)
 		}
-		g.MountHook = nil
+		g.AddHook = nil
 		m, err := c.Attach(ctx, p)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, adds := h.count(); adds != 1 || g.Count() != 1 {
+		if _, adds, _ := h.Counts(); adds != 1 || g.Count() != 1 {
 			t.Fatalf("adds %d mounts %d", adds, g.Count())
 		}
 		_ = m.Release(ctx)
@@ -280,11 +262,11 @@ func TestFailureInjection(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		g.UnmountHook = func(string) error { return errInjected }
+		g.RemoveHook = func(string) error { return errInjected }
 		if err := m.Release(ctx); !errors.Is(err, errInjected) {
 			t.Fatal(err)
 		}
-		g.UnmountHook = nil
+		g.RemoveHook = nil
 		m2, err := c.Attach(ctx, p)
 		if err != nil {
 			t.Fatal(err)
@@ -299,7 +281,7 @@ func TestConcurrentAttachRelease(t *testing.T) {
 	ctx := context.Background()
 	c, h, g := setup(t, Config{Slots: 8})
 	gate := make(chan struct{})
-	h.addHook = func(int) error { <-gate; return nil }
+	h.AddHook = func(int) error { <-gate; return nil }
 	ps := layers(t, 4, 4096)
 	const perLayer = 8
 	var wg sync.WaitGroup
@@ -322,7 +304,7 @@ func TestConcurrentAttachRelease(t *testing.T) {
 	close(gate)
 	wg.Wait()
 	close(ms)
-	if devs, adds := h.count(); devs != len(ps) || adds != len(ps) {
+	if devs, adds, _ := h.Counts(); devs != len(ps) || adds != len(ps) {
 		t.Fatalf("devs %d adds %d, want %d each", devs, adds, len(ps))
 	}
 	for _, p := range ps {
@@ -358,7 +340,7 @@ func TestConcurrentAttachRelease(t *testing.T) {
 	if n, _ := c.Bound(); n != len(ps) {
 		t.Fatalf("Bound %d", n)
 	}
-	if _, adds := h.count(); adds != len(ps) {
+	if _, adds, _ := h.Counts(); adds != len(ps) {
 		t.Fatalf("adds %d: a bound slot was plugged again", adds)
 	}
 }
@@ -368,7 +350,7 @@ func TestWaitersShareFailedAttach(t *testing.T) {
 	c, h, _ := setup(t, Config{Slots: 4})
 	gate := make(chan struct{})
 	var once sync.Once
-	h.addHook = func(int) error {
+	h.AddHook = func(int) error {
 		<-gate
 		var err error
 		once.Do(func() { err = errInjected })
