@@ -1,21 +1,27 @@
 // Package hostrun runs a command with a container's root file system as its
 // root, on the host, in new mount, PID, UTS and IPC namespaces (process
-// isolation). It is the host half of `layervisor run`; it is not a full
-// container runtime (no cgroups, seccomp, capabilities or user namespace).
+// isolation), confined the way runc's defaults confine a container: the OCI
+// default capability set, no_new_privs, a /dev with only the standard
+// nodes, masked and read-only /proc and /sys paths. It is the host half of
+// `layervisor run` and runs containers in the utility VM's agent too; it is
+// not a full container runtime (no cgroups, seccomp or user namespace).
 package hostrun
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"time"
 
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 )
 
@@ -39,6 +45,25 @@ type Options struct {
 	Stderr io.Writer
 	// Hostname inside the UTS namespace; default "layervisor".
 	Hostname string
+	// Capabilities of the command, as an OCI spec's process.capabilities;
+	// nil means DefaultCapabilities().
+	Capabilities *specs.LinuxCapabilities
+	// Mounts are host paths bound into the root file system, in order,
+	// before the command starts (visible only to it).
+	Mounts []Mount
+	// noPivot makes the helper move the root and chroot, as it must on an
+	// initramfs root, so that tests can reach that path on the host.
+	noPivot bool
+}
+
+// initConfig is what Run passes to the helper (as one JSON argument).
+type initConfig struct {
+	Rootfs   string   `json:"rootfs"`
+	Cwd      string   `json:"cwd"`
+	Hostname string   `json:"hostname"`
+	Caps     capMasks `json:"caps"`
+	NoPivot  bool     `json:"noPivot,omitempty"`
+	Mounts   []Mount  `json:"mounts,omitempty"`
 }
 
 // Run runs the command and returns its exit code. A cancelled ctx kills it.
@@ -65,7 +90,19 @@ func Run(ctx context.Context, o Options) (int, error) {
 	if host == "" {
 		host = "layervisor"
 	}
-	cmd := exec.Command(self, append([]string{InitArg, o.Rootfs, cwd, host, "--"}, o.Args...)...)
+	caps := o.Capabilities
+	if caps == nil {
+		caps = DefaultCapabilities()
+	}
+	masks, err := parseCaps(caps)
+	if err != nil {
+		return 0, err
+	}
+	cfg, err := json.Marshal(initConfig{Rootfs: o.Rootfs, Cwd: cwd, Hostname: host, Caps: masks, NoPivot: o.noPivot, Mounts: o.Mounts})
+	if err != nil {
+		return 0, fmt.Errorf("hostrun: %w", err)
+	}
+	cmd := exec.Command(self, append([]string{InitArg, string(cfg), "--"}, o.Args...)...)
 	cmd.Env = env
 	cmd.Stdout, cmd.Stderr = o.Stdout, o.Stderr
 	// Output copying may outlive the command (a daemon it left holding
@@ -142,22 +179,35 @@ func FileStdin(r io.Reader) (*os.File, func(), error) {
 // MaybeInit runs the namespace helper if this process was started as one;
 // it never returns then. Otherwise it returns at once.
 func MaybeInit() {
-	if len(os.Args) < 6 || os.Args[1] != InitArg || os.Args[5] != "--" {
+	if len(os.Args) < 5 || os.Args[1] != InitArg || os.Args[3] != "--" {
 		return
 	}
-	rootfs, cwd, host, args := os.Args[2], os.Args[3], os.Args[4], os.Args[6:]
-	if err := setupRoot(rootfs, host); err != nil {
-		fmt.Fprintf(os.Stderr, "layervisor: set up container root %s: %v\n", rootfs, err)
+	// Capabilities and no_new_privs belong to a thread, not the process:
+	// set them on the thread that calls execve.
+	runtime.LockOSThread()
+	var c initConfig
+	if err := json.Unmarshal([]byte(os.Args[2]), &c); err != nil {
+		fmt.Fprintf(os.Stderr, "layervisor: bad helper configuration: %v\n", err)
 		os.Exit(126)
 	}
-	if err := unix.Chdir(cwd); err != nil {
-		fmt.Fprintf(os.Stderr, "layervisor: working directory %s: %v\n", cwd, err)
+	args := os.Args[4:]
+	if err := setupRoot(c); err != nil {
+		fmt.Fprintf(os.Stderr, "layervisor: set up container root %s: %v\n", c.Rootfs, err)
+		os.Exit(126)
+	}
+	if err := unix.Chdir(c.Cwd); err != nil {
+		fmt.Fprintf(os.Stderr, "layervisor: working directory %s: %v\n", c.Cwd, err)
 		os.Exit(126)
 	}
 	path, err := lookPath(args[0])
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "layervisor: %s: command not found in the container\n", args[0])
 		os.Exit(ExitCommandNotFound)
+	}
+	// Last, once nothing needs privileges any more.
+	if err := c.Caps.apply(); err != nil {
+		fmt.Fprintf(os.Stderr, "layervisor: %v\n", err)
+		os.Exit(126)
 	}
 	err = unix.Exec(path, args, os.Environ())
 	fmt.Fprintf(os.Stderr, "layervisor: exec %s: %v\n", args[0], err)
@@ -167,9 +217,11 @@ func MaybeInit() {
 	os.Exit(126)
 }
 
-// setupRoot makes rootfs the root of this (new) mount namespace with its
-// own /proc and a minimal /dev.
-func setupRoot(rootfs, host string) error {
+// setupRoot makes the rootfs the root of this (new) mount namespace with its
+// own /proc, a read-only /sys and a minimal /dev, masks what containers
+// must not see, and sets the hostname.
+func setupRoot(c initConfig) error {
+	rootfs := c.Rootfs
 	// Nothing we mount may propagate back to the host.
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 		if errors.Is(err, unix.EINVAL) {
@@ -181,28 +233,24 @@ func setupRoot(rootfs, host string) error {
 	if err := unix.Mount(rootfs, rootfs, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
 		return fmt.Errorf("bind rootfs: %w", err)
 	}
-	if err := unix.Sethostname([]byte(host)); err != nil {
+	// CAP_MKNOD is in the default set and there is no device cgroup: device
+	// nodes must work only where we bind them, so nothing else honours them.
+	if err := unix.MountSetattr(unix.AT_FDCWD, rootfs, unix.AT_RECURSIVE, &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_NODEV}); err != nil {
+		return fmt.Errorf("make rootfs nodev: %w", err)
+	}
+	if err := unix.Sethostname([]byte(c.Hostname)); err != nil {
 		return fmt.Errorf("hostname: %w", err)
 	}
 	if err := mountIn(rootfs, "proc", "proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
 		return err
 	}
-	if err := mountIn(rootfs, "dev", "tmpfs", "tmpfs", unix.MS_NOSUID, "mode=755,size=64k"); err != nil {
+	// A fresh sysfs (it shows the host's network devices: there is no
+	// network namespace), read-only like runc's.
+	if err := mountIn(rootfs, "sys", "sysfs", "sysfs", unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
 		return err
 	}
-	for _, dev := range []string{"null", "zero", "full", "random", "urandom", "tty"} {
-		target := filepath.Join(rootfs, "dev", dev)
-		f, err := os.OpenFile(target, os.O_CREATE|os.O_WRONLY, 0o666)
-		if err != nil {
-			return fmt.Errorf("/dev/%s: %w", dev, err)
-		}
-		f.Close()
-		if err := unix.Mount("/dev/"+dev, target, "", unix.MS_BIND, ""); err != nil {
-			return fmt.Errorf("bind /dev/%s: %w", dev, err)
-		}
-	}
-	for _, l := range [][2]string{{"/proc/self/fd", "fd"}, {"/proc/self/fd/0", "stdin"}, {"/proc/self/fd/1", "stdout"}, {"/proc/self/fd/2", "stderr"}} {
-		os.Symlink(l[0], filepath.Join(rootfs, "dev", l[1]))
+	if err := setupDev(rootfs); err != nil {
+		return err
 	}
 	if err := mountIn(rootfs, "tmp", "tmpfs", "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=1777"); err != nil {
 		// A root without /tmp is fine.
@@ -210,23 +258,42 @@ func setupRoot(rootfs, host string) error {
 			return err
 		}
 	}
-	// pivot_root with the old root stacked on the new one, then detach it.
+	if err := bindMounts(rootfs, c.Mounts); err != nil {
+		return err
+	}
+	if err := enterRoot(rootfs, c.NoPivot); err != nil {
+		return err
+	}
+	return maskPaths()
+}
+
+// enterRoot makes rootfs the process's root: pivot_root with the old root
+// stacked on the new one, then detached; or, where pivot_root is refused
+// (an initramfs root, as in the utility VM's agent), move the rootfs over
+// "/" and chroot into it. The move matters: CAP_SYS_CHROOT is in the
+// default set, and a plain chroot is escaped with a second chroot, while
+// a ".." out of a mount on "/" comes back to that mount.
+func enterRoot(rootfs string, noPivot bool) error {
 	if err := unix.Chdir(rootfs); err != nil {
 		return err
 	}
-	if err := unix.PivotRoot(".", "."); err != nil {
-		// An initramfs root (a utility VM's agent) cannot be pivoted
-		// away from; chroot in the private mount namespace instead.
+	if !noPivot {
+		err := unix.PivotRoot(".", ".")
+		if err == nil {
+			if err := unix.Unmount(".", unix.MNT_DETACH); err != nil {
+				return fmt.Errorf("detach old root: %w", err)
+			}
+			return unix.Chdir("/")
+		}
 		if !errors.Is(err, unix.EINVAL) {
 			return fmt.Errorf("pivot_root: %w", err)
 		}
-		if err := unix.Chroot("."); err != nil {
-			return fmt.Errorf("chroot: %w", err)
-		}
-		return unix.Chdir("/")
 	}
-	if err := unix.Unmount(".", unix.MNT_DETACH); err != nil {
-		return fmt.Errorf("detach old root: %w", err)
+	if err := unix.Mount(rootfs, "/", "", unix.MS_MOVE, ""); err != nil {
+		return fmt.Errorf("move rootfs to /: %w", err)
+	}
+	if err := unix.Chroot("."); err != nil {
+		return fmt.Errorf("chroot: %w", err)
 	}
 	return unix.Chdir("/")
 }

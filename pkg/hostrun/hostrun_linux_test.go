@@ -29,7 +29,7 @@ func busyboxRoot(t *testing.T) string {
 		t.Fatal(err)
 	}
 	os.WriteFile(filepath.Join(root, "bin", "busybox"), data, 0o755)
-	for _, app := range []string{"sh", "cat", "echo", "ls", "hostname", "true", "false"} {
+	for _, app := range []string{"sh", "cat", "echo", "ls", "hostname", "true", "false", "mount", "mknod", "head", "wc", "grep", "insmod"} {
 		os.Symlink("busybox", filepath.Join(root, "bin", app))
 	}
 	os.WriteFile(filepath.Join(root, "marker"), []byte("inside\n"), 0o644)

@@ -7,19 +7,23 @@ import (
 	"context"
 	"errors"
 	"io"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
 const ExitCommandNotFound = 127
 
 type Options struct {
-	Rootfs   string
-	Args     []string
-	Env      []string
-	Cwd      string
-	Stdin    io.Reader
-	Stdout   io.Writer
-	Stderr   io.Writer
-	Hostname string
+	Rootfs       string
+	Args         []string
+	Env          []string
+	Cwd          string
+	Stdin        io.Reader
+	Stdout       io.Writer
+	Stderr       io.Writer
+	Hostname     string
+	Capabilities *specs.LinuxCapabilities
+	Mounts       []Mount
 }
 
 func Run(context.Context, Options) (int, error) {
