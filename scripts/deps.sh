@@ -14,6 +14,7 @@ APT_PACKAGES=(
   containerd                # import/mount benchmark anchor
   libhivex-bin libwin-hivex-perl libregf-utils chntpw  # registry hive validators (hivexregedit is in the perl package)
   libvhdi-utils python3-libvhdi python3    # VHDX differencing validators
+  bzip2 xz-utils            # tests decompress the Windows-made test files fast
 )
 
 missing=()

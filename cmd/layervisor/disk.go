@@ -10,7 +10,6 @@ import (
 	"golang.org/x/term"
 
 	"github.com/layervisor/layervisor/pkg/diskimage"
-	"github.com/layervisor/layervisor/pkg/vhd"
 	"github.com/layervisor/layervisor/pkg/vhdx"
 )
 
@@ -152,7 +151,7 @@ file without overlapping). Exits 0 when the file is sound, 2 when it is corrupt.
 VHDX for writing so that a pending log is replayed.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			rep, err := checkDisk(args[0], repair)
+			rep, err := diskimage.Check(args[0], repair)
 			if err != nil {
 				return err
 			}
@@ -193,74 +192,8 @@ func outputFormat(flag, name string) (diskimage.Format, error) {
 	return "", fmt.Errorf("cannot tell the format of %s from its name: give --format vhdx, vhd or raw", name)
 }
 
-// diskInfo is what `disk info` prints for any format.
-type diskInfo struct {
-	Path        string      `json:"path"`
-	Format      string      `json:"format"`
-	Type        string      `json:"type"`
-	VirtualSize int64       `json:"virtualSize"`
-	FileSize    int64       `json:"fileSize"`
-	VHDX        *vhdx.Info  `json:"vhdx,omitempty"`
-	VHDFooter   *vhd.Footer `json:"vhdFooter,omitempty"`
-	VHDDynamic  *vhdBlocks  `json:"vhdDynamic,omitempty"`
-}
-
-// vhdBlocks is a dynamic VHD's allocation.
-type vhdBlocks struct {
-	BlockSize     int64 `json:"blockSize"`
-	Blocks        int64 `json:"blocks"`
-	BlocksPresent int64 `json:"blocksPresent"`
-}
-
-func readDiskInfo(path string) (*diskInfo, error) {
-	fm, err := diskimage.Detect(path)
-	if err != nil {
-		return nil, err
-	}
-	st, err := os.Stat(path)
-	if err != nil {
-		return nil, err
-	}
-	in := &diskInfo{Path: path, Format: string(fm), FileSize: st.Size()}
-	switch fm {
-	case diskimage.VHDX:
-		d, err := vhdx.Open(path, vhdx.OpenOptions{ReadOnly: true, NoParent: true})
-		if err != nil {
-			return nil, err
-		}
-		defer d.Close()
-		vi := d.Info()
-		in.VHDX, in.Type, in.VirtualSize = &vi, string(vi.Type), vi.VirtualSize
-	case diskimage.VHD:
-		f, err := os.Open(path)
-		if err != nil {
-			return nil, err
-		}
-		defer f.Close()
-		ft, err := vhd.ReadFooter(f, st.Size())
-		if err != nil || ft.DiskType == vhd.DiskTypeDynamic {
-			// A damaged header still shows the footer; `disk check` says why.
-			d, derr := vhd.OpenDynamic(path)
-			if derr != nil && err != nil {
-				return nil, derr
-			}
-			if derr == nil {
-				defer d.Close()
-				ft = d.Footer
-				bs := d.BlockSize()
-				in.VHDDynamic = &vhdBlocks{BlockSize: bs, Blocks: (d.Size() + bs - 1) / bs, BlocksPresent: d.AllocatedBlocks()}
-			}
-		}
-		in.VHDFooter, in.VirtualSize = ft, int64(ft.CurrentSize)
-		in.Type = map[uint32]string{vhd.DiskTypeFixed: "fixed", vhd.DiskTypeDynamic: "dynamic", vhd.DiskTypeDifferencing: "differencing"}[ft.DiskType]
-	default:
-		in.Type, in.VirtualSize = "raw", st.Size()
-	}
-	return in, nil
-}
-
 func printDiskInfo(path string) error {
-	in, err := readDiskInfo(path)
+	in, err := diskimage.Inspect(path)
 	if err != nil {
 		return err
 	}
@@ -289,30 +222,4 @@ func printDiskInfo(path string) error {
 		fmt.Printf("  block size %s, %d of %d blocks present\n", humanBytes(v.BlockSize), v.BlocksPresent, v.Blocks)
 	}
 	return nil
-}
-
-// checkDisk validates a VHDX with vhdx.Check and a VHD's footer; a raw
-// file has nothing to check.
-func checkDisk(path string, repair bool) (*vhdx.CheckReport, error) {
-	fm, err := diskimage.Detect(path)
-	if err != nil {
-		return nil, err
-	}
-	switch fm {
-	case diskimage.VHDX:
-		return vhdx.Check(path, repair)
-	case diskimage.VHD:
-		rep := &vhdx.CheckReport{}
-		if p := vhd.CheckFile(path); p != nil {
-			rep.Problems = append(rep.Problems, p.Error())
-		}
-		return rep, nil
-	}
-	// A raw image has no structure of its own; sanity is the size.
-	if st, err := os.Stat(path); err != nil {
-		return nil, err
-	} else if st.Size()%512 != 0 {
-		return &vhdx.CheckReport{Warnings: []string{fmt.Sprintf("raw size %d is not a multiple of 512", st.Size())}}, nil
-	}
-	return &vhdx.CheckReport{}, nil
 }

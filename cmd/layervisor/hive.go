@@ -2,12 +2,8 @@ package main
 
 import (
 	"bufio"
-	"encoding/binary"
-	"encoding/hex"
 	"fmt"
-	"io"
 	"os"
-	"strconv"
 	"strings"
 	"time"
 
@@ -74,7 +70,7 @@ decoded data where the type has an obvious decoding, and raw hex).`,
 				return err
 			}
 			if g.json {
-				return printJSON(keyJSON(h, k, true))
+				return printJSON(h.KeyJSON(k, true))
 			}
 			w := bufio.NewWriter(os.Stdout)
 			switch {
@@ -83,7 +79,9 @@ decoded data where the type has an obvious decoding, and raw hex).`,
 			case h.Dirty:
 				fmt.Fprintf(w, "# %s is dirty and no transaction log applied: newer data may be missing\n", args[0])
 			}
-			dumpTree(w, k, 0, h.Layered)
+			if err := h.Dump(w, k); err != nil {
+				return err
+			}
 			return w.Flush()
 		},
 	}
@@ -103,11 +101,11 @@ multi-strings one per line, anything else as hex.`,
 			}
 			if len(args) == 2 {
 				if g.json {
-					return printJSON(keyJSON(h, k, false))
+					return printJSON(h.KeyJSON(k, false))
 				}
 				w := bufio.NewWriter(os.Stdout)
 				for _, v := range k.Values() {
-					fmt.Fprintf(w, "%s %s %s\n", displayName(v.Name), v.Type, v.Format())
+					fmt.Fprintf(w, "%s %s %s\n", regf.DisplayName(v.Name), v.Type, v.Format())
 				}
 				for _, s := range k.Subkeys() {
 					fmt.Fprintf(w, "%s\\\n", s.Name())
@@ -117,12 +115,12 @@ multi-strings one per line, anything else as hex.`,
 			name := valueName(args[2])
 			v := k.Value(name)
 			if v == nil {
-				return fmt.Errorf("%s: key %q has no value %s: %w", args[0], args[1], displayName(name), regf.ErrNotFound)
+				return fmt.Errorf("%s: key %q has no value %s: %w", args[0], args[1], regf.DisplayName(name), regf.ErrNotFound)
 			}
 			if g.json {
-				return printJSON(valueJSON(v))
+				return printJSON(v.JSON())
 			}
-			fmt.Println(plainData(v))
+			fmt.Println(v.PlainText())
 			return nil
 		},
 	}
@@ -150,7 +148,7 @@ keys; with only KEYPATH, just create the key. --type picks the value type
 			if err != nil {
 				return fmt.Errorf("--type: %w", err)
 			}
-			return editHive(args[0], func(h *regf.Hive) error {
+			return regf.EditFile(args[0], func(h *regf.Hive) error {
 				k, err := h.CreateKey(args[1])
 				if err != nil {
 					return err
@@ -158,7 +156,12 @@ keys; with only KEYPATH, just create the key. --type picks the value type
 				if len(args) == 2 {
 					return nil
 				}
-				data, err := valueData(typ, args[3:], hexData)
+				var data []byte
+				if hexData {
+					data, err = regf.ParseHexData(strings.Join(args[3:], ""))
+				} else {
+					data, err = regf.ParseValueData(typ, args[3:])
+				}
 				if err != nil {
 					return err
 				}
@@ -179,17 +182,17 @@ does not exist is an error.`,
 		Example: "  layervisor hive delete SOFTWARE 'Vendor\\Old'",
 		Args:    cobra.RangeArgs(2, 3),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return editHive(args[0], func(h *regf.Hive) error {
+			return regf.EditFile(args[0], func(h *regf.Hive) error {
 				if len(args) == 2 {
 					return h.DeleteKey(args[1])
 				}
-				k := h.Lookup(args[1])
-				if k == nil {
-					return fmt.Errorf("key %q: %w", args[1], regf.ErrNotFound)
+				k, err := h.OpenKey(args[1])
+				if err != nil {
+					return err
 				}
 				name := valueName(args[2])
 				if !k.DeleteValue(name) {
-					return fmt.Errorf("key %q has no value %s: %w", args[1], displayName(name), regf.ErrNotFound)
+					return fmt.Errorf("key %q has no value %s: %w", args[1], regf.DisplayName(name), regf.ErrNotFound)
 				}
 				return nil
 			})
@@ -216,7 +219,7 @@ written unless the whole file applies.`,
 				return err
 			}
 			defer f.Close()
-			return editHive(args[0], func(h *regf.Hive) error {
+			return regf.EditFile(args[0], func(h *regf.Hive) error {
 				if err := regtext.Apply(h, f, regtext.Options{Prefix: prefix}); err != nil {
 					return fmt.Errorf("%s: %w", args[1], err)
 				}
@@ -288,7 +291,7 @@ BootPathOverride. (The matching BCD device elements are not publicly
 documented and are not written.)`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return editHive(args[0], cimboot.EnableSystemHive)
+			return regf.EditFile(args[0], cimboot.EnableSystemHive)
 		},
 	}
 
@@ -309,25 +312,11 @@ func openKey(path, keyPath string) (*regf.Hive, *regf.Key, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	k := h.Lookup(keyPath)
-	if k == nil {
-		return nil, nil, fmt.Errorf("%s: key %q: %w", path, keyPath, regf.ErrNotFound)
+	k, err := h.OpenKey(keyPath)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return h, k, nil
-}
-
-// editHive reads a hive, applies edit and writes it back atomically; on
-// any error the file is untouched.
-func editHive(path string, edit func(*regf.Hive) error) error {
-	h, err := regf.ReadFile(path)
-	if err != nil {
-		return err
-	}
-	if err := edit(h); err != nil {
-		return fmt.Errorf("%s: %w", path, err)
-	}
-	h.Modified = time.Now().UTC()
-	return h.WriteFile(path)
 }
 
 // combineHives reads the hives args[0] and args[1], combines them with op
@@ -354,160 +343,4 @@ func valueName(s string) string {
 		return ""
 	}
 	return s
-}
-
-func displayName(name string) string {
-	if name == "" {
-		return "@"
-	}
-	return strconv.Quote(name)
-}
-
-// valueData parses command-line data for a value type.
-func valueData(t regf.ValueType, args []string, rawHex bool) ([]byte, error) {
-	one := func() (string, error) {
-		if len(args) != 1 {
-			return "", fmt.Errorf("%s takes exactly one DATA argument, got %d", t, len(args))
-		}
-		return args[0], nil
-	}
-	switch {
-	case rawHex:
-		return parseHex(strings.Join(args, ""))
-	case t == regf.RegSZ || t == regf.RegExpandSZ || t == regf.RegLink:
-		s, err := one()
-		return regf.StringData(s), err
-	case t == regf.RegMultiSZ:
-		return regf.MultiStringData(args), nil
-	case t == regf.RegDWord || t == regf.RegDWordBigEndian || t == regf.RegQWord:
-		s, err := one()
-		if err != nil {
-			return nil, err
-		}
-		bits := 32
-		if t == regf.RegQWord {
-			bits = 64
-		}
-		n, err := strconv.ParseUint(s, 0, bits)
-		if err != nil {
-			return nil, fmt.Errorf("%s data %q: not a %d-bit number", t, s, bits)
-		}
-		switch t {
-		case regf.RegQWord:
-			return regf.QWordData(n), nil
-		case regf.RegDWordBigEndian:
-			return binary.BigEndian.AppendUint32(nil, uint32(n)), nil
-		}
-		return regf.DWordData(uint32(n)), nil
-	}
-	return parseHex(strings.Join(args, ""))
-}
-
-func parseHex(s string) ([]byte, error) {
-	clean := strings.NewReplacer(",", "", " ", "", ":", "").Replace(s)
-	b, err := hex.DecodeString(clean)
-	if err != nil {
-		return nil, fmt.Errorf("data %q is not hex bytes: %v", s, err)
-	}
-	return b, nil
-}
-
-// plainData is a value's data as `hive get` prints it.
-func plainData(v *regf.Value) string {
-	switch d := v.Decoded().(type) {
-	case string:
-		return d
-	case []string:
-		return strings.Join(d, "\n")
-	case uint64:
-		return strconv.FormatUint(d, 10)
-	}
-	return hex.EncodeToString(v.Data)
-}
-
-func dumpTree(w io.Writer, k *regf.Key, depth int, layered bool) {
-	indent := strings.Repeat("  ", depth)
-	name := k.Name()
-	var notes []string
-	if k.Class != "" {
-		notes = append(notes, "class "+strconv.Quote(k.Class))
-	}
-	if layered && (k.Layer != regf.LayerMerge || k.InheritClass) {
-		notes = append(notes, k.Layer.String())
-		if k.InheritClass {
-			notes = append(notes, "inherit-class")
-		}
-	}
-	if len(notes) > 0 {
-		name += " (" + strings.Join(notes, ", ") + ")"
-	}
-	fmt.Fprintf(w, "%s%s\n", indent, name)
-	for _, v := range k.Values() {
-		fmt.Fprintf(w, "%s  %s %s %s\n", indent, displayName(v.Name), v.Type, v.Format())
-	}
-	for _, s := range k.Subkeys() {
-		dumpTree(w, s, depth+1, layered)
-	}
-}
-
-type keyOut struct {
-	Name         string      `json:"name"`
-	Path         string      `json:"path"`
-	Class        string      `json:"class,omitempty"`
-	Modified     time.Time   `json:"modified"`
-	Layer        string      `json:"layer,omitempty"`
-	InheritClass bool        `json:"inherit_class,omitempty"`
-	Values       []valueOut  `json:"values"`
-	Subkeys      []*keyOut   `json:"subkeys,omitempty"`
-	SubkeyNames  []string    `json:"subkey_names,omitempty"`
-	Hive         *hiveHeader `json:"hive,omitempty"`
-}
-
-type hiveHeader struct {
-	Version  string `json:"version"`
-	Layered  bool   `json:"layered"`
-	Dirty    bool   `json:"dirty"`
-	Replayed int    `json:"replayed_log_entries,omitempty"`
-}
-
-type valueOut struct {
-	Name      string `json:"name"`
-	Type      string `json:"type"`
-	Data      any    `json:"data"`
-	Hex       string `json:"hex"`
-	Tombstone bool   `json:"tombstone,omitempty"`
-}
-
-func valueJSON(v *regf.Value) valueOut {
-	out := valueOut{Name: v.Name, Type: v.Type.String(), Hex: hex.EncodeToString(v.Data), Tombstone: v.Tombstone}
-	if out.Data = v.Decoded(); out.Data == nil {
-		out.Data = out.Hex
-	}
-	return out
-}
-
-// keyJSON renders a key of h, with its whole subtree when deep, else with
-// the names of its subkeys; the hive's header comes with the top key.
-func keyJSON(h *regf.Hive, k *regf.Key, deep bool) *keyOut {
-	out := keyTreeJSON(k, deep, h.Layered)
-	out.Hive = &hiveHeader{Version: fmt.Sprintf("1.%d", h.MinorVersion), Layered: h.Layered, Dirty: h.Dirty, Replayed: h.Replayed}
-	return out
-}
-
-func keyTreeJSON(k *regf.Key, deep, layered bool) *keyOut {
-	out := &keyOut{Name: k.Name(), Path: k.Path(), Class: k.Class, Modified: k.Modified, Values: []valueOut{}}
-	if layered {
-		out.Layer, out.InheritClass = k.Layer.String(), k.InheritClass
-	}
-	for _, v := range k.Values() {
-		out.Values = append(out.Values, valueJSON(v))
-	}
-	for _, s := range k.Subkeys() {
-		if deep {
-			out.Subkeys = append(out.Subkeys, keyTreeJSON(s, true, layered))
-		} else {
-			out.SubkeyNames = append(out.SubkeyNames, s.Name())
-		}
-	}
-	return out
 }

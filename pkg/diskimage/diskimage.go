@@ -1,6 +1,7 @@
 // Package diskimage treats raw images, VHDs (fixed and dynamic) and VHDX
-// files alike: detect the format, read any of them as a virtual disk, create
-// them, and convert between them without writing zero blocks.
+// files alike: detect the format, read any of them as a virtual disk,
+// describe and check them, create them, and convert between them without
+// writing zero blocks.
 package diskimage
 
 import (

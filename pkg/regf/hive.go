@@ -62,6 +62,15 @@ func New() *Hive {
 // Lookup returns the key at path (`A\B\C`, case-insensitive), or nil.
 func (h *Hive) Lookup(path string) *Key { return h.Root.Lookup(path) }
 
+// OpenKey returns the key at path ("" is the root), or an error naming
+// the path and wrapping ErrNotFound.
+func (h *Hive) OpenKey(path string) (*Key, error) {
+	if k := h.Root.Lookup(path); k != nil {
+		return k, nil
+	}
+	return nil, fmt.Errorf("key %q: %w", path, ErrNotFound)
+}
+
 // CreateKey returns the key at path, creating missing keys on the way.
 func (h *Hive) CreateKey(path string) (*Key, error) { return h.Root.CreatePath(path) }
 
@@ -119,6 +128,21 @@ func (h *Hive) WriteFile(path string) error {
 		return fmt.Errorf("%s: %w", path, err)
 	}
 	return atomicfile.Write(path, b, 0o644, true)
+}
+
+// EditFile reads the hive file at path (replaying its logs, as ReadFile
+// does), applies edit, stamps the hive's modification time and writes it
+// back atomically. On any error the file is left as it was.
+func EditFile(path string, edit func(*Hive) error) error {
+	h, err := ReadFile(path)
+	if err != nil {
+		return err
+	}
+	if err := edit(h); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	h.Modified = time.Now().UTC()
+	return h.WriteFile(path)
 }
 
 // checksum is the base block checksum: the XOR of the first 508 bytes as
