@@ -1,0 +1,81 @@
+package cimfs
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"slices"
+	"unicode/utf16"
+)
+
+// A link table maps names to fixed-size values: directory entries (FileID),
+// alternate streams (Stream) and, in 3.0, back links (parent FileID).
+// Layout: Length u32 | Count u32 | Values[Count] | NameOffsets[Count] u32 |
+// names (u16 length in UTF-16 units + the units), offsets from the table start.
+type linkEntry struct {
+	name  []uint16
+	value []byte
+}
+
+// encodeLinkTable sorts entries by upcased name and lays the table out.
+func encodeLinkTable(up []uint16, entries []linkEntry, valueSize int) []byte {
+	slices.SortStableFunc(entries, func(a, b linkEntry) int { return compareNames(up, a.name, b.name) })
+	n := len(entries)
+	size := 8 + n*(valueSize+4)
+	for _, e := range entries {
+		size += 2 + 2*len(e.name)
+	}
+	b := make([]byte, size)
+	le := binary.LittleEndian
+	le.PutUint32(b, uint32(size))
+	le.PutUint32(b[4:], uint32(n))
+	pos := 8 + n*(valueSize+4)
+	for i, e := range entries {
+		copy(b[8+i*valueSize:], e.value)
+		le.PutUint32(b[8+n*valueSize+4*i:], uint32(pos))
+		le.PutUint16(b[pos:], uint16(len(e.name)))
+		for j, u := range e.name {
+			le.PutUint16(b[pos+2+2*j:], u)
+		}
+		pos += 2 + 2*len(e.name)
+	}
+	return b
+}
+
+var errLinkTable = errors.New("corrupt link table")
+
+// decodeLinkTable parses b (exactly the table's bytes).
+func decodeLinkTable(b []byte, valueSize int) ([]linkEntry, error) {
+	le := binary.LittleEndian
+	if len(b) < 8 {
+		return nil, fmt.Errorf("%w: %d bytes", errLinkTable, len(b))
+	}
+	if l := le.Uint32(b); int64(l) != int64(len(b)) {
+		return nil, fmt.Errorf("%w: length field %d, expected %d", errLinkTable, l, len(b))
+	}
+	n := int64(le.Uint32(b[4:]))
+	if 8+n*int64(valueSize+4) > int64(len(b)) {
+		return nil, fmt.Errorf("%w: %d entries do not fit in %d bytes", errLinkTable, n, len(b))
+	}
+	out := make([]linkEntry, n)
+	for i := range out {
+		vo := 8 + i*valueSize
+		no := int64(le.Uint32(b[8+int(n)*valueSize+4*i:]))
+		if no+2 > int64(len(b)) {
+			return nil, fmt.Errorf("%w: name offset %#x out of range", errLinkTable, no)
+		}
+		nl := int64(le.Uint16(b[no:]))
+		if no+2+2*nl > int64(len(b)) || nl == 0 {
+			return nil, fmt.Errorf("%w: name at %#x (length %d) out of range", errLinkTable, no, nl)
+		}
+		name := make([]uint16, nl)
+		for j := range name {
+			name[j] = le.Uint16(b[no+2+2*int64(j):])
+		}
+		out[i] = linkEntry{name: name, value: b[vo : vo+valueSize]}
+	}
+	return out, nil
+}
+
+func encodeName(s string) []uint16 { return utf16.Encode([]rune(s)) }
+func decodeName(u []uint16) string { return string(utf16.Decode(u)) }
