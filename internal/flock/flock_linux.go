@@ -2,6 +2,7 @@
 package flock
 
 import (
+	"errors"
 	"fmt"
 	"os"
 
@@ -9,44 +10,62 @@ import (
 )
 
 // Lock is a held exclusive lock.
-type Lock struct{ f *os.File }
+type Lock struct {
+	f    *os.File
+	path string
+}
 
 // Acquire blocks until it holds an exclusive flock on path, creating the
 // file if needed. flock locks belong to the open file description, so two
 // goroutines of one process exclude each other as two processes do, and the
 // kernel drops the lock when a crashed holder's file is closed.
 func Acquire(path string) (*Lock, error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("lock %s: %w", path, err)
-	}
-	for {
-		err = unix.Flock(int(f.Fd()), unix.LOCK_EX)
-		if err != unix.EINTR {
-			break
-		}
-	}
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("lock %s: %w", path, err)
-	}
-	return &Lock{f}, nil
+	l, _, err := acquire(path, unix.LOCK_EX)
+	return l, err
 }
 
 // TryAcquire is Acquire that returns ok=false instead of waiting.
 func TryAcquire(path string) (l *Lock, ok bool, err error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
-	if err != nil {
-		return nil, false, fmt.Errorf("lock %s: %w", path, err)
-	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		f.Close()
-		if err == unix.EWOULDBLOCK {
-			return nil, false, nil
+	return acquire(path, unix.LOCK_EX|unix.LOCK_NB)
+}
+
+// acquire locks the file at path. Lock files may be removed (Remove) by a
+// holder, so after locking it checks that path still names the locked
+// file; if not, the lock is on an unlinked file nobody else will see, and it
+// tries again on the new one.
+func acquire(path string, how int) (*Lock, bool, error) {
+	for {
+		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
+		if err != nil {
+			return nil, false, fmt.Errorf("lock %s: %w", path, err)
 		}
-		return nil, false, fmt.Errorf("lock %s: %w", path, err)
+		for {
+			err = unix.Flock(int(f.Fd()), how)
+			if err != unix.EINTR {
+				break
+			}
+		}
+		if err != nil {
+			f.Close()
+			if err == unix.EWOULDBLOCK {
+				return nil, false, nil
+			}
+			return nil, false, fmt.Errorf("lock %s: %w", path, err)
+		}
+		var held, named unix.Stat_t
+		if err := unix.Fstat(int(f.Fd()), &held); err != nil {
+			f.Close()
+			return nil, false, fmt.Errorf("lock %s: %w", path, err)
+		}
+		err = unix.Stat(path, &named)
+		if err == nil && held.Dev == named.Dev && held.Ino == named.Ino {
+			return &Lock{f: f, path: path}, true, nil
+		}
+		f.Close()
+		if err != nil && !errors.Is(err, unix.ENOENT) {
+			return nil, false, fmt.Errorf("lock %s: %w", path, err)
+		}
 	}
-	return &Lock{f}, true, nil
 }
 
 // Release drops the lock.
@@ -57,4 +76,17 @@ func (l *Lock) Release() error {
 	err := l.f.Close()
 	l.f = nil
 	return err
+}
+
+// Remove deletes the lock file while holding the lock, then releases it.
+// Waiters that locked the removed file notice and lock the path afresh.
+func (l *Lock) Remove() error {
+	if l == nil || l.f == nil {
+		return errors.New("flock: Remove of a released lock")
+	}
+	err := os.Remove(l.path)
+	if errors.Is(err, os.ErrNotExist) {
+		err = nil
+	}
+	return errors.Join(err, l.Release())
 }

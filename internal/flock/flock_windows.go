@@ -9,7 +9,10 @@ import (
 )
 
 // Lock is a held exclusive lock.
-type Lock struct{ f *os.File }
+type Lock struct {
+	f    *os.File
+	path string
+}
 
 func lockFile(path string, flags uint32) (*Lock, bool, error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
@@ -25,7 +28,7 @@ func lockFile(path string, flags uint32) (*Lock, bool, error) {
 		}
 		return nil, false, fmt.Errorf("lock %s: %w", path, err)
 	}
-	return &Lock{f}, true, nil
+	return &Lock{f: f, path: path}, true, nil
 }
 
 // Acquire blocks until it holds an exclusive lock on path.
@@ -46,5 +49,18 @@ func (l *Lock) Release() error {
 	}
 	err := l.f.Close()
 	l.f = nil
+	return err
+}
+
+// Remove releases the lock and deletes the lock file. Windows cannot delete
+// an open file, so unlike on Linux a waiter may recreate it in between.
+func (l *Lock) Remove() error {
+	if l == nil || l.f == nil {
+		return fmt.Errorf("flock: Remove of a released lock")
+	}
+	err := l.Release()
+	if rerr := os.Remove(l.path); rerr != nil && !os.IsNotExist(rerr) && err == nil {
+		err = rerr
+	}
 	return err
 }

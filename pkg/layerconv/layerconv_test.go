@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -59,7 +60,7 @@ func convert(t *testing.T, tarball []byte) (string, error) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	_, err = Convert(context.Background(), bytes.NewReader(tarball), f)
+	_, err = Convert(context.Background(), OpenBytes(tarball), f)
 	return p, err
 }
 
@@ -97,7 +98,7 @@ func TestConvertPassesE2fsck(t *testing.T) {
 	if err != nil {
 		t.Fatalf("e2fsck -n -f failed: %v\n%s", err, out)
 	}
-	out, err = exec.Command("debugfs", "-R", "ls -l /", p).CombinedOutput()
+	out, err = exec.Command("debugfs", "-R", "ls -l /content", p).CombinedOutput()
 	if err != nil {
 		t.Fatalf("debugfs: %v\n%s", err, out)
 	}
@@ -106,11 +107,11 @@ func TestConvertPassesE2fsck(t *testing.T) {
 			t.Errorf("root listing lacks %q:\n%s", want, out)
 		}
 	}
-	out, _ = exec.Command("debugfs", "-R", "ea_list /gone", p).CombinedOutput()
+	out, _ = exec.Command("debugfs", "-R", "ea_list /content/gone", p).CombinedOutput()
 	if !strings.Contains(string(out), "trusted.overlay.opaque") {
 		t.Errorf("opaque dir lacks overlay xattr:\n%s", out)
 	}
-	out, _ = exec.Command("debugfs", "-R", "stat /deleted", p).CombinedOutput()
+	out, _ = exec.Command("debugfs", "-R", "stat /content/deleted", p).CombinedOutput()
 	if !strings.Contains(string(out), "Type: character special") {
 		t.Errorf("whiteout is not a 0:0 char device:\n%s", out)
 	}
@@ -126,6 +127,12 @@ func TestConvertRefusesBadEntries(t *testing.T) {
 		"hardlink abs":     {{name: "a", typ: tar.TypeLink, link: "/etc/shadow"}},
 		"hardlink missing": {{name: "a", typ: tar.TypeLink, link: "nothere"}},
 		"symlink escape":   {{name: "d/", typ: tar.TypeDir}, {name: "d/l", typ: tar.TypeSymlink, link: "../../etc"}},
+		"under a file":     {{name: "a", typ: tar.TypeReg, body: "x"}, {name: "a/x", typ: tar.TypeReg, body: "x"}},
+		"under a symlink":  {{name: "a", typ: tar.TypeSymlink, link: "b"}, {name: "a/x", typ: tar.TypeReg, body: "x"}},
+		"hardlink to dir":  {{name: "d/", typ: tar.TypeDir}, {name: "l", typ: tar.TypeLink, link: "d"}},
+		"hardlink to gone": {{name: "f", typ: tar.TypeReg}, {name: ".wh.f", typ: tar.TypeReg}, {name: "d/", typ: tar.TypeDir}, {name: "f/", typ: tar.TypeDir}, {name: "l", typ: tar.TypeLink, link: "f"}},
+		"empty whiteout":   {{name: "d/", typ: tar.TypeDir}, {name: "d/.wh.", typ: tar.TypeReg}},
+		"under a whiteout": {{name: ".wh.d/x", typ: tar.TypeReg}},
 	}
 	for name, entries := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -153,7 +160,109 @@ func TestConvertCancelled(t *testing.T) {
 	cancel()
 	f, _ := os.Create(filepath.Join(t.TempDir(), "l"))
 	defer f.Close()
-	if _, err := Convert(ctx, bytes.NewReader(mkTar(t, goodLayer)), f); !errors.Is(err, context.Canceled) {
+	if _, err := Convert(ctx, OpenBytes(mkTar(t, goodLayer)), f); !errors.Is(err, context.Canceled) {
 		t.Fatalf("want context.Canceled, got %v", err)
+	}
+}
+
+// Overlayfs xattrs in a tar would let a layer make itself opaque or
+// redirect lookups; only the converter may set them. Other xattrs stay.
+func TestConvertDropsOverlayXattrs(t *testing.T) {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, h := range []*tar.Header{
+		{Name: "d/", Typeflag: tar.TypeDir, Mode: 0o755, PAXRecords: map[string]string{
+			"SCHILY.xattr.trusted.overlay.opaque":   "y",
+			"SCHILY.xattr.trusted.overlay.redirect": "/etc",
+			"SCHILY.xattr.user.keep":                "kept",
+		}},
+		{Name: "d/f", Typeflag: tar.TypeReg, Mode: 0o644, PAXRecords: map[string]string{
+			"SCHILY.xattr.trusted.overlay.metacopy": "",
+			"SCHILY.xattr.user.keep":                "kept",
+		}},
+	} {
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tw.Close()
+	p, err := convert(t, buf.Bytes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"/content/d", "/content/d/f"} {
+		out, err := exec.Command("debugfs", "-R", "ea_list "+f, p).CombinedOutput()
+		if err != nil {
+			t.Fatalf("debugfs: %v\n%s", err, out)
+		}
+		if strings.Contains(string(out), "trusted.overlay") || !strings.Contains(string(out), "user.keep") {
+			t.Errorf("xattrs of %s: want user.keep only:\n%s", f, out)
+		}
+	}
+}
+
+// The image keeps lost+found at its root and the layer under ContentDir,
+// with the metadata of the tar's "./" entry.
+func TestConvertContentDir(t *testing.T) {
+	p, err := convert(t, mkTar(t, []entry{{name: "./", typ: tar.TypeDir, mode: 0o750}, {name: "f", typ: tar.TypeReg, body: "f"}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, _ := exec.Command("debugfs", "-R", "ls /", p).CombinedOutput()
+	for _, want := range []string{"lost+found", ContentDir} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("image root lacks %s:\n%s", want, out)
+		}
+	}
+	out, _ = exec.Command("debugfs", "-R", "stat /"+ContentDir, p).CombinedOutput()
+	if !strings.Contains(string(out), "Mode:  0750") {
+		t.Errorf("content dir does not have the root entry's mode 0750:\n%s", out)
+	}
+}
+
+// openSeq opens the given tars in turn, one per call.
+func openSeq(tars ...[]byte) Opener {
+	n := 0
+	return func() (io.ReadCloser, error) {
+		b := tars[n]
+		n++
+		return io.NopCloser(bytes.NewReader(b)), nil
+	}
+}
+
+// errAtEnd returns b, then err instead of io.EOF, like a reader whose
+// digest check fails.
+type errAtEnd struct {
+	r   *bytes.Reader
+	err error
+}
+
+func (e *errAtEnd) Read(p []byte) (int, error) {
+	n, err := e.r.Read(p)
+	if err == io.EOF {
+		return n, e.err
+	}
+	return n, err
+}
+
+func TestConvertOpenerFailures(t *testing.T) {
+	a := mkTar(t, []entry{{name: "f", typ: tar.TypeReg, body: "a"}})
+	b := mkTar(t, []entry{{name: "g", typ: tar.TypeReg, body: "b"}})
+	f, _ := os.Create(filepath.Join(t.TempDir(), "l"))
+	defer f.Close()
+	if _, err := Convert(context.Background(), openSeq(a, b), f); err == nil || !strings.Contains(err.Error(), "changed between passes") {
+		t.Errorf("tar changed between passes: got %v", err)
+	}
+
+	bad := errors.New("digest mismatch")
+	f2, _ := os.Create(filepath.Join(t.TempDir(), "l"))
+	defer f2.Close()
+	open := func() (io.ReadCloser, error) { return io.NopCloser(&errAtEnd{bytes.NewReader(a), bad}), nil }
+	if _, err := Convert(context.Background(), open, f2); !errors.Is(err, bad) {
+		t.Errorf("error at the end of the stream: got %v, want %v", err, bad)
+	}
+	// Pass 1 reads the whole stream before anything is written.
+	if st, _ := f2.Stat(); st.Size() != 0 {
+		t.Errorf("a layer failing its check wrote %d bytes", st.Size())
 	}
 }

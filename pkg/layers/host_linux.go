@@ -18,6 +18,7 @@ import (
 	"github.com/layervisor/layervisor/internal/crashpoint"
 	"github.com/layervisor/layervisor/internal/flock"
 	"github.com/layervisor/layervisor/internal/mountinfo"
+	"github.com/layervisor/layervisor/pkg/layerconv/layerfmt"
 	"github.com/layervisor/layervisor/pkg/loop"
 	"github.com/layervisor/layervisor/pkg/undo"
 	"github.com/layervisor/layervisor/pkg/vhd"
@@ -218,9 +219,11 @@ func (h *Host) Mount(ctx context.Context, id string, l Layers) (rootfs string, e
 		if err := ctx.Err(); err != nil {
 			return "", err
 		}
-		if lowers[i], err = ensure(r); err != nil {
+		mp, err := ensure(r)
+		if err != nil {
 			return "", fmt.Errorf("layer folder %s: %w", l.ReadOnly[i], err)
 		}
+		lowers[i] = layerfmt.LowerDir(mp) // the image root also holds lost+found
 		crashpoint.Hit("mount.layer-mounted")
 	}
 	scratchMp, err := ensure(rec.Scratch)

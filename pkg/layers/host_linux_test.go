@@ -71,7 +71,7 @@ func makeLayerB(t testing.TB, dir string, files map[string]string) string {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	if _, err := layerconv.Convert(context.Background(), bytes.NewReader(tarOf(t, files)), f); err != nil {
+	if _, err := layerconv.Convert(context.Background(), layerconv.OpenBytes(tarOf(t, files)), f); err != nil {
 		t.Fatal(err)
 	}
 	return dir

@@ -19,6 +19,7 @@ import (
 type GCReport struct {
 	RemovedLayers []digest.Digest        `json:"removedLayers,omitempty"`
 	RemovedTemp   []string               `json:"removedTemp,omitempty"`
+	RemovedLocks  int                    `json:"removedLocks,omitempty"` // lock files of layers that no longer exist
 	Mounts        layers.ReconcileReport `json:"mounts"`
 }
 
@@ -96,13 +97,25 @@ func (s *Store) GC(ctx context.Context) (GCReport, error) {
 	if err != nil {
 		return rep, errors.Join(append(errs, err)...)
 	}
+	// A layer in an old format is useless to images (import converts it
+	// again) but may be mounted by a container: keep only the latter.
+	cs, err := s.Containers()
+	if err != nil {
+		return rep, errors.Join(append(errs, err)...)
+	}
+	inContainer := map[digest.Digest]bool{}
+	for _, c := range cs {
+		for _, id := range c.ChainIDs {
+			inContainer[id] = true
+		}
+	}
 	ents, _ = os.ReadDir(filepath.Join(s.root, "layers"))
 	for _, e := range ents {
 		if !e.IsDir() || e.Name() == ".locks" {
 			continue
 		}
 		id := digest.NewDigestFromEncoded(digest.SHA256, e.Name())
-		if used[id] {
+		if inContainer[id] || used[id] && s.layerCurrent(id) {
 			continue
 		}
 		l, ok, err := flock.TryAcquire(s.layerLockPath(id))
@@ -111,10 +124,53 @@ func (s *Store) GC(ctx context.Context) (GCReport, error) {
 		}
 		if err := os.RemoveAll(filepath.Join(s.root, "layers", e.Name())); err != nil {
 			errs = append(errs, err)
+			l.Release()
 		} else {
 			rep.RemovedLayers = append(rep.RemovedLayers, id)
+			if err := l.Remove(); err != nil {
+				errs = append(errs, err)
+			}
 		}
-		l.Release()
+	}
+	if err := s.removeStaleLayerLocks(&rep); err != nil {
+		errs = append(errs, err)
 	}
 	return rep, errors.Join(errs...)
+}
+
+// removeStaleLayerLocks deletes the lock files of layers that do not exist
+// (left by removed layers and failed imports), so layers/.locks does not
+// grow forever. A lock held by an import in progress is left alone; flock
+// makes a waiter that locked a removed file lock the path afresh.
+func (s *Store) removeStaleLayerLocks(rep *GCReport) error {
+	ents, err := os.ReadDir(filepath.Join(s.root, "layers", ".locks"))
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		return err
+	}
+	var errs []error
+	for _, e := range ents {
+		layerDir := filepath.Join(s.root, "layers", e.Name())
+		if _, err := os.Stat(layerDir); err == nil {
+			continue
+		}
+		p := filepath.Join(s.root, "layers", ".locks", e.Name())
+		l, ok, err := flock.TryAcquire(p)
+		if err != nil || !ok {
+			continue
+		}
+		// Checked again under the lock: an import may have finished.
+		if _, err := os.Stat(layerDir); err == nil {
+			l.Release()
+			continue
+		}
+		if err := l.Remove(); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		rep.RemovedLocks++
+	}
+	return errors.Join(errs...)
 }

@@ -141,7 +141,7 @@ func (s *Store) Import(ctx context.Context, path string, opts ImportOptions) (re
 		var size int64
 		for _, c := range rec.ChainIDs {
 			st, err := os.Stat(filepath.Join(s.LayerDir(c), layers.LayerFile))
-			if err != nil {
+			if err != nil || !s.layerCurrent(c) {
 				missing = true
 				break
 			}
@@ -209,7 +209,7 @@ func (s *Store) ensureLayer(ctx context.Context, img *ociimage.Image, i int, pro
 		}
 	}
 	dir := s.LayerDir(l.ChainID)
-	if _, err := os.Stat(dir); err == nil {
+	if s.layerCurrent(l.ChainID) {
 		report("exists", 0)
 		return false, nil
 	}
@@ -218,9 +218,12 @@ func (s *Store) ensureLayer(ctx context.Context, img *ociimage.Image, i int, pro
 		return false, err
 	}
 	defer lk.Release()
-	if _, err := os.Stat(dir); err == nil {
+	if s.layerCurrent(l.ChainID) {
 		report("exists", 0)
 		return false, nil
+	}
+	if err := s.removeStaleLayer(l.ChainID); err != nil {
+		return false, err
 	}
 	tmp, err := os.MkdirTemp(filepath.Join(s.root, "tmp"), "import-"+l.ChainID.Encoded()+"-")
 	if err != nil {
@@ -232,30 +235,31 @@ func (s *Store) ensureLayer(ctx context.Context, img *ociimage.Image, i int, pro
 			os.RemoveAll(tmp)
 		}
 	}()
-	rc, err := img.OpenLayer(ctx, i)
-	if err != nil {
-		return false, err
-	}
-	defer rc.Close()
 	f, err := os.OpenFile(filepath.Join(tmp, layers.LayerFile), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
 		return false, err
 	}
 	defer f.Close()
-	cr := &countingReader{r: rc}
-	if progress != nil {
-		cr.report = func(n int64) { report("converting", n) }
+	// The converter reads the layer twice (headers, then content); each
+	// pass verifies the blob digest and diffID at its end. Progress counts
+	// both passes and reports half, so it ends at the layer's size.
+	var read atomic.Int64
+	open := func() (io.ReadCloser, error) {
+		rc, err := img.OpenLayer(ctx, i)
+		if err != nil {
+			return nil, err
+		}
+		cr := &countingReader{r: rc, total: &read}
+		if progress != nil {
+			cr.report = func(n int64) { report("converting", n/2) }
+		}
+		return struct {
+			io.Reader
+			io.Closer
+		}{cr, rc}, nil
 	}
-	st, err := layerconv.Convert(ctx, cr, f)
+	st, err := layerconv.Convert(ctx, open, f)
 	if err != nil {
-		return false, err
-	}
-	// The converter stops at the tar end marker; drain the rest so the
-	// reader verifies the digest and diffID of the whole blob.
-	if _, err := io.Copy(io.Discard, cr); err != nil {
-		return false, err
-	}
-	if err := rc.Close(); err != nil {
 		return false, err
 	}
 	if err := f.Sync(); err != nil {
@@ -265,7 +269,7 @@ func (s *Store) ensureLayer(ctx context.Context, img *ociimage.Image, i int, pro
 	if err != nil {
 		return false, err
 	}
-	info := LayerInfo{ChainID: l.ChainID, DiffID: l.DiffID, Size: fi.Size(), Entries: st.Entries, Created: time.Now().UTC()}
+	info := LayerInfo{ChainID: l.ChainID, DiffID: l.DiffID, Format: layerconv.FormatVersion, Size: fi.Size(), Entries: st.Entries, Created: time.Now().UTC()}
 	if err := atomicfile.WriteJSON(filepath.Join(tmp, "layer.json"), info, true); err != nil {
 		return false, err
 	}
@@ -281,7 +285,7 @@ func (s *Store) ensureLayer(ctx context.Context, img *ociimage.Image, i int, pro
 		return true, err
 	}
 	crashpoint.Hit("import.layer-published")
-	report("done", cr.n)
+	report("done", read.Load()/2)
 	slog.Debug("imported layer", "chainID", l.ChainID, "entries", st.Entries, "bytes", st.FileBytes)
 	return true, nil
 }
@@ -314,19 +318,60 @@ func (s *Store) rollbackLayers(created []digest.Digest) {
 
 type countingReader struct {
 	r      io.Reader
-	n      int64
+	total  *atomic.Int64 // bytes read, shared by the readers of one layer
 	last   int64
 	report func(int64)
 }
 
 func (c *countingReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
-	c.n += int64(n)
-	if c.report != nil && c.n-c.last >= 4<<20 {
-		c.last = c.n
-		c.report(c.n)
+	t := c.total.Add(int64(n))
+	if c.report != nil && t-c.last >= 4<<20 {
+		c.last = t
+		c.report(t)
 	}
 	return n, err
+}
+
+// layerCurrent reports whether the layer is stored in the format this
+// version of layervisor writes; other layers count as absent.
+func (s *Store) layerCurrent(chainID digest.Digest) bool {
+	var li LayerInfo
+	if err := atomicfile.ReadJSON(filepath.Join(s.LayerDir(chainID), "layer.json"), &li); err != nil {
+		return false
+	}
+	return li.Format == layerconv.FormatVersion
+}
+
+// removeStaleLayer removes a layer stored in another format, so that it can
+// be converted again; the caller holds the layer's lock. A layer a
+// container uses stays: its mounts may be live.
+func (s *Store) removeStaleLayer(chainID digest.Digest) error {
+	dir := s.LayerDir(chainID)
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	cs, err := s.Containers()
+	if err != nil {
+		return err
+	}
+	for _, c := range cs {
+		if slices.Contains(c.ChainIDs, chainID) {
+			return fmt.Errorf("layer %s is stored in an old format and used by container %s: remove the container, then import again", chainID, c.Name)
+		}
+	}
+	// Move it aside first so that the layer is gone atomically; gc removes
+	// whatever a crash leaves under tmp/.
+	trash, err := os.MkdirTemp(filepath.Join(s.root, "tmp"), "stale-"+chainID.Encoded()+"-")
+	if err != nil {
+		return err
+	}
+	if err := os.Rename(dir, filepath.Join(trash, "layer")); err != nil {
+		os.Remove(trash)
+		return fmt.Errorf("remove old-format layer %s: %w", chainID, err)
+	}
+	slog.Info("removed layer stored in an old format", "chainID", chainID)
+	return os.RemoveAll(trash)
 }
 
 // Image returns the record of the named image.

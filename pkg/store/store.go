@@ -4,8 +4,8 @@
 //
 // Layout under the root:
 //
-//	layers/<chain-id-hex>/layer.vhd   read-only ext4 + VHD footer
-//	layers/<chain-id-hex>/layer.json  what the layer is
+//	layers/<chain-id-hex>/layer.vhd   read-only ext4 + VHD footer (content under layerconv.ContentDir)
+//	layers/<chain-id-hex>/layer.json  what the layer is, and its image format (other formats count as absent)
 //	layers/.locks/<hex>               per-layer import lock
 //	images/<hash of name>.json        image records
 //	containers/<name>/container.json  container records
@@ -110,7 +110,8 @@ func ValidName(name string) error {
 type LayerInfo struct {
 	ChainID   digest.Digest `json:"chainID"`
 	DiffID    digest.Digest `json:"diffID"`
-	Size      int64         `json:"size"` // bytes on disk (layer.vhd)
+	Format    int           `json:"format,omitempty"` // layerconv.FormatVersion it was written in
+	Size      int64         `json:"size"`             // bytes on disk (layer.vhd)
 	Entries   int           `json:"entries"`
 	Created   time.Time     `json:"created"`
 	Images    []string      `json:"images,omitempty"`     // images using it

@@ -149,3 +149,56 @@ func TestLargeFile(t *testing.T) {
 		t.Fatalf("big.bin differs after import (%d bytes)", n)
 	}
 }
+
+// gc removes the lock files of layers that are gone (removed images and
+// failed imports) and keeps those of layers that exist.
+func TestGCRemovesStaleLayerLocks(t *testing.T) {
+	root := t.TempDir()
+	s, _ := store.Open(root)
+	ctx := context.Background()
+	if _, err := s.Import(ctx, build(t, small("keep:1", "a")), store.ImportOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Import(ctx, build(t, small("drop:1", "other")), store.ImportOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	locks := func() int {
+		ents, err := os.ReadDir(filepath.Join(root, "layers", ".locks"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(ents)
+	}
+	if n := locks(); n != 6 {
+		t.Fatalf("%d lock files after importing 6 layers", n)
+	}
+	if err := s.RemoveImage(ctx, "drop:1"); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := s.GC(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.RemovedLayers) != 3 {
+		t.Fatalf("gc removed %d layers, want 3: %+v", len(rep.RemovedLayers), rep)
+	}
+	if n := locks(); n != 3 {
+		t.Fatalf("%d lock files after gc, want the 3 of the kept image", n)
+	}
+	// A stray lock (an import that failed before making its layer) goes too.
+	stray := filepath.Join(root, "layers", ".locks", strings.Repeat("ab", 32))
+	if err := os.WriteFile(stray, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if rep, err = s.GC(ctx); err != nil || rep.RemovedLocks != 1 {
+		t.Fatalf("gc of a stray lock: %+v %v", rep, err)
+	}
+	if _, err := os.Stat(stray); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("stray lock still there: %v", err)
+	}
+	// The kept image still imports as reused (its locks work).
+	res, err := s.Import(ctx, build(t, small("keep:2", "a")), store.ImportOptions{})
+	if err != nil || res.Converted != 0 {
+		t.Fatalf("re-import after gc: %+v %v", res, err)
+	}
+}

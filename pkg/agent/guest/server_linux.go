@@ -21,6 +21,7 @@ import (
 
 	"github.com/layervisor/layervisor/pkg/agent"
 	"github.com/layervisor/layervisor/pkg/hostrun"
+	"github.com/layervisor/layervisor/pkg/layerconv/layerfmt"
 )
 
 // Server serves one host channel.
@@ -380,7 +381,7 @@ func (s *Server) combine(a agent.CombineArgs) error {
 		if err != nil {
 			return err
 		}
-		lowers = append(lowers, c)
+		lowers = append(lowers, layerfmt.LowerDir(c)) // the image root also holds lost+found
 	}
 	var paths [3]string
 	for i, p := range []string{a.Upper, a.Work, a.Target} {
