@@ -15,6 +15,7 @@ APT_PACKAGES=(
   libhivex-bin libwin-hivex-perl libregf-utils chntpw  # registry hive validators (hivexregedit is in the perl package)
   libvhdi-utils python3-libvhdi python3    # VHDX differencing validators
   bzip2 xz-utils            # tests decompress the Windows-made test files fast
+  ntfs-3g gdisk             # mkntfs formats the UVM template disk; sgdisk/ntfsinfo validate it
 )
 
 missing=()

@@ -80,9 +80,6 @@ func TestLimitations(t *testing.T) {
 	if err := s.SetDevice(loader, OSDevice, "partition=C:"); !errors.Is(err, ErrNotPublic) {
 		t.Errorf("SetDevice: %v", err)
 	}
-	if err := s.ConfigureCIMBoot("{d}", "{p}", `\x.cim`); !errors.Is(err, ErrNotPublic) {
-		t.Errorf("ConfigureCIMBoot: %v", err)
-	}
 	if err := s.SetString(loader, TestSigning, "x"); !errors.Is(err, ErrWrongFormat) {
 		t.Errorf("string into a boolean element: %v", err)
 	}
