@@ -18,7 +18,6 @@ import (
 	"github.com/layervisor/layervisor/internal/crashpoint"
 	"github.com/layervisor/layervisor/internal/flock"
 	"github.com/layervisor/layervisor/internal/mountinfo"
-	"github.com/layervisor/layervisor/pkg/layerconv/layerfmt"
 	"github.com/layervisor/layervisor/pkg/loop"
 	"github.com/layervisor/layervisor/pkg/undo"
 	"github.com/layervisor/layervisor/pkg/vhd"
@@ -138,29 +137,33 @@ func (st *hostState) users(r sharedRef, skip string) []string {
 
 // Mount mounts the container's layers and returns the root file system path.
 func (h *Host) Mount(ctx context.Context, id string, l Layers) (rootfs string, err error) {
-	if err := validID(id); err != nil {
-		return "", err
-	}
-	if len(l.ReadOnly) == 0 || l.Scratch == "" {
-		return "", ErrTooFewLayers
-	}
 	// Resolve sources before taking the lock: bad input fails fast.
-	rec := &containerRec{State: stateMounting, Rootfs: h.RootfsPath(id)}
-	for _, f := range l.ReadOnly {
-		p, err := filepath.EvalSymlinks(layerImage(f))
-		if err != nil {
-			return "", fmt.Errorf("layer folder %s: %w", f, err)
-		}
-		rec.Layers = append(rec.Layers, sharedRef{Source: p, ReadOnly: true})
-	}
-	scratchSrc, err := ScratchImage(l.Scratch)
+	plan, err := NewPlan(id, l)
 	if err != nil {
 		return "", err
 	}
-	if filepath.Ext(scratchSrc) == ".vhdx" {
-		return "", fmt.Errorf("scratch %s: %w", scratchSrc, ErrVHDXScratchOnHost)
+	if plan.ScratchIsVHDX() {
+		return "", fmt.Errorf("scratch %s: %w", plan.Scratch, ErrVHDXScratchOnHost)
 	}
-	rec.Scratch = sharedRef{Source: scratchSrc}
+	rec := &containerRec{State: stateMounting, Rootfs: h.RootfsPath(id)}
+	for _, p := range plan.Layers {
+		rec.Layers = append(rec.Layers, sharedRef{Source: p, ReadOnly: true})
+	}
+	rec.Scratch = sharedRef{Source: plan.Scratch}
+	// Where each image will be mounted is known up front, so an overlay
+	// that cannot be mounted (too many layers) fails before any work.
+	layerMounts := make([]string, len(rec.Layers))
+	for i, r := range rec.Layers {
+		layerMounts[i] = h.sharedMountpoint(r)
+	}
+	ov, err := plan.Overlay(layerMounts, h.sharedMountpoint(rec.Scratch))
+	if err != nil {
+		return "", err
+	}
+	opts, err := ov.Options()
+	if err != nil {
+		return "", err
+	}
 
 	lk, err := h.lock()
 	if err != nil {
@@ -214,28 +217,19 @@ func (h *Host) Mount(ctx context.Context, id string, l Layers) (rootfs string, e
 		u.Push("release "+r.Source, func(context.Context) error { return h.releaseShared(st, r, id) })
 		return mp, nil
 	}
-	lowers := make([]string, len(rec.Layers))
 	for i, r := range rec.Layers {
 		if err := ctx.Err(); err != nil {
 			return "", err
 		}
-		mp, err := ensure(r)
-		if err != nil {
+		if _, err := ensure(r); err != nil {
 			return "", fmt.Errorf("layer folder %s: %w", l.ReadOnly[i], err)
 		}
-		lowers[i] = layerfmt.LowerDir(mp) // the image root also holds lost+found
 		crashpoint.Hit("mount.layer-mounted")
 	}
-	scratchMp, err := ensure(rec.Scratch)
-	if err != nil {
+	if _, err := ensure(rec.Scratch); err != nil {
 		return "", fmt.Errorf("scratch folder %s: %w", l.Scratch, err)
 	}
-
-	// Upper and work live in a per-container directory of the scratch, so
-	// that containers sharing a scratch keep separate changes.
-	base := filepath.Join(scratchMp, "scratch", id)
-	upper, work := filepath.Join(base, "upper"), filepath.Join(base, "work")
-	for _, d := range []string{upper, work} {
+	for _, d := range []string{ov.Upper, ov.Work} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return "", fmt.Errorf("scratch of %s: %w", id, err)
 		}
@@ -244,10 +238,6 @@ func (h *Host) Mount(ctx context.Context, id string, l Layers) (rootfs string, e
 		return "", fmt.Errorf("rootfs dir: %w", err)
 	}
 	u.Push("remove rootfs dir", func(context.Context) error { return removeIfExists(h.containerDir(id)) })
-	opts := "lowerdir=" + strings.Join(lowers, ":") + ",upperdir=" + upper + ",workdir=" + work
-	if len(opts) > 4000 {
-		return "", fmt.Errorf("container %s: %d layers make overlay options too long (%d bytes)", id, len(lowers), len(opts))
-	}
 	if err := unix.Mount("overlay", rec.Rootfs, "overlay", 0, opts); err != nil {
 		return "", fmt.Errorf("mount overlay for %s: %w", id, err)
 	}
@@ -259,7 +249,7 @@ func (h *Host) Mount(ctx context.Context, id string, l Layers) (rootfs string, e
 		return "", err
 	}
 	u.Commit()
-	slog.Debug("mounted container layers", "id", id, "rootfs", rec.Rootfs, "layers", len(lowers))
+	slog.Debug("mounted container layers", "id", id, "rootfs", rec.Rootfs, "layers", len(layerMounts))
 	return rec.Rootfs, nil
 }
 

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"path"
-	"path/filepath"
 	"sync"
 	"time"
 
@@ -94,11 +93,9 @@ func GuestRootfs(guestRoot string) string { return path.Join(guestRoot, "rootfs"
 // combines them with overlay at <guestRoot>/rootfs, which it returns. On
 // failure it releases everything this call attached.
 func (m *InUVM) Mount(ctx context.Context, id string, l Layers, guestRoot string) (rootfs string, err error) {
-	if err := validID(id); err != nil {
+	plan, err := NewPlan(id, l)
+	if err != nil {
 		return "", err
-	}
-	if len(l.ReadOnly) == 0 || l.Scratch == "" {
-		return "", ErrTooFewLayers
 	}
 	if !path.IsAbs(guestRoot) {
 		return "", fmt.Errorf("guest root %q is not an absolute path", guestRoot)
@@ -123,25 +120,18 @@ func (m *InUVM) Mount(ctx context.Context, id string, l Layers, guestRoot string
 	}()
 
 	t0 := time.Now()
-	lowers := make([]string, 0, len(l.ReadOnly))
-	for _, folder := range l.ReadOnly {
-		hostPath, err := filepath.EvalSymlinks(layerImage(folder))
-		if err != nil {
-			return "", fmt.Errorf("layer folder %s: %w", folder, err)
-		}
+	layerMounts := make([]string, 0, len(plan.Layers))
+	for i, hostPath := range plan.Layers {
 		at, err := m.attachLayer(ctx, hostPath)
 		if err != nil {
-			return "", fmt.Errorf("layer folder %s: %w", folder, err)
+			return "", fmt.Errorf("layer folder %s: %w", l.ReadOnly[i], err)
 		}
 		u.Push("release layer "+hostPath, at.a.Release)
 		rec.layers = append(rec.layers, at)
-		lowers = append(lowers, at.a.GuestPath())
+		layerMounts = append(layerMounts, at.a.GuestPath())
 	}
 
-	scratchHost, err := ScratchImage(l.Scratch)
-	if err != nil {
-		return "", err
-	}
+	scratchHost := plan.Scratch
 	sa, err := m.vm.AttachSCSI(ctx, scratchHost, false)
 	if err != nil {
 		return "", fmt.Errorf("scratch %s: %w", scratchHost, err)
@@ -151,21 +141,23 @@ func (m *InUVM) Mount(ctx context.Context, id string, l Layers, guestRoot string
 
 	m.trace("attach", t0)
 	t0 = time.Now()
-	base := path.Join(sa.GuestPath(), "scratch", id)
-	upper, work := path.Join(base, "upper"), path.Join(base, "work")
-	for _, d := range []string{upper, work, rec.rootfs} {
+	ov, err := plan.Overlay(layerMounts, sa.GuestPath())
+	if err != nil {
+		return "", err
+	}
+	for _, d := range []string{ov.Upper, ov.Work, rec.rootfs} {
 		if err := m.vm.MkdirAll(ctx, d); err != nil {
 			return "", fmt.Errorf("container %s: create %s in the UVM: %w", id, d, err)
 		}
 	}
-	if err := m.vm.CombineLayers(ctx, lowers, upper, work, rec.rootfs); err != nil {
+	if err := m.vm.CombineLayers(ctx, ov.Lowers, ov.Upper, ov.Work, rec.rootfs); err != nil {
 		return "", fmt.Errorf("container %s: combine layers: %w", id, err)
 	}
 	m.mu.Lock()
 	m.combined[id] = true
 	m.mu.Unlock()
 	m.trace("combine", t0)
-	slog.Debug("mounted container layers in UVM", "id", id, "rootfs", rec.rootfs, "layers", len(lowers))
+	slog.Debug("mounted container layers in UVM", "id", id, "rootfs", rec.rootfs, "layers", len(layerMounts))
 	return rec.rootfs, nil
 }
 

@@ -53,7 +53,9 @@ func TestUVMMountVPMemAndFallback(t *testing.T) {
 		t.Fatalf("rootfs %q", rootfs)
 	}
 	lowers := f.Combined[rootfs]
-	want := []string{"/run/layers/p-layer0", "/run/mounts/scsi/layer1", "/run/mounts/scsi/layer2",
+	// The layers' content directories (the host's plan) under the guest
+	// mount points of each attachment.
+	want := []string{"/run/layers/p-layer0/content", "/run/mounts/scsi/layer1/content", "/run/mounts/scsi/layer2/content",
 		"/run/mounts/scsi/scratch/scratch/c1/upper", "/run/mounts/scsi/scratch/scratch/c1/work"}
 	if !slices.Equal(lowers, want) {
 		t.Fatalf("overlay %v\nwant    %v", lowers, want)

@@ -21,7 +21,7 @@ import (
 
 	"github.com/layervisor/layervisor/pkg/agent"
 	"github.com/layervisor/layervisor/pkg/hostrun"
-	"github.com/layervisor/layervisor/pkg/layerconv/layerfmt"
+	"github.com/layervisor/layervisor/pkg/layers/overlay"
 )
 
 // Server serves one host channel.
@@ -381,7 +381,7 @@ func (s *Server) combine(a agent.CombineArgs) error {
 		if err != nil {
 			return err
 		}
-		lowers = append(lowers, layerfmt.LowerDir(c)) // the image root also holds lost+found
+		lowers = append(lowers, c)
 	}
 	var paths [3]string
 	for i, p := range []string{a.Upper, a.Work, a.Target} {
@@ -394,7 +394,12 @@ func (s *Server) combine(a agent.CombineArgs) error {
 		}
 		paths[i] = c
 	}
-	opts := "lowerdir=" + strings.Join(lowers, ":") + ",upperdir=" + paths[0] + ",workdir=" + paths[1]
+	// The host planned the overlay (layers.Plan); the guest checks it with
+	// the same rules before mounting.
+	opts, err := overlay.Mount{Lowers: lowers, Upper: paths[0], Work: paths[1]}.Options()
+	if err != nil {
+		return &agent.Error{Code: agent.CodeInvalid, Message: err.Error()}
+	}
 	if err := unix.Mount("overlay", paths[2], "overlay", 0, opts); err != nil {
 		return fmt.Errorf("combine layers at %s: %w", paths[2], err)
 	}
