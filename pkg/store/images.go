@@ -95,6 +95,9 @@ func (s *Store) Import(ctx context.Context, path string, opts ImportOptions) (re
 			name = img.ManifestDigest.String()
 		}
 	}
+	if IsWindows(img.Platform) { // CIM layers: see windows.go
+		return s.importWindows(ctx, img, path, name, opts)
+	}
 	rec := Image{
 		Name:           name,
 		ManifestDigest: img.ManifestDigest,
