@@ -56,6 +56,12 @@ step "run a command in the image, process isolation (host namespaces)"
 step "the same command in a utility VM (hypervisor isolation: QEMU + guest agent)"
 time ./bin/layervisor run --isolation vm demo:latest -- sh -c "$show" </dev/null
 
+step "host directories in the container: a read-only bind mount in the VM (-v HOST:CONTAINER:ro)"
+mkdir -p "$work/shared" && echo "from the host" > "$work/shared/note"
+./bin/layervisor run --isolation vm -v "$work/shared:/shared:ro" demo:latest -- sh -c \
+  'cat /shared/note; (echo x > /shared/new) 2>/dev/null && echo "write: allowed" || echo "write: refused (read-only)"' </dev/null
+test ! -e "$work/shared/new" && echo "host directory unchanged"
+
 step "the VM again, its scratch a VHDX that QEMU attaches directly"
 ./bin/layervisor run --isolation vm --scratch-format vhdx demo:latest -- sh -c 'echo "written through overlayfs to a VHDX scratch" > /x && cat /x' </dev/null
 

@@ -58,6 +58,7 @@ func TestCLIUVMLifecycle(t *testing.T) {
 	c := vmCLI(t)
 	c.fail("invalid UVM id", "uvm", "create", "../x")
 	c.ok("uvm", "create", "v1", "--memory", "384M")
+	c.fail("already exists", "uvm", "create", "v1") // in any state
 	c.ok("uvm", "start", "v1")
 	var sts []struct {
 		Status string

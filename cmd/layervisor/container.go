@@ -153,7 +153,10 @@ which utility VMs attach directly; the host path needs the raw default.`,
 		Short: "Reconcile after crashes and remove what nothing uses",
 		Long: `gc rolls back incomplete mounts (complete ones stay usable), releases stray mounts
 and loop devices, deletes temp files and half-written layers or containers, and
-removes layers that no image or container refers to.`,
+removes layers that no image or container refers to. It also reaps utility VMs
+whose owner process died (a killed run's VM) or whose QEMU died, kills QEMU and
+virtiofsd processes that no live UVM accounts for, and removes the containers
+of runs that died before their teardown.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			s, err := openStore()
@@ -163,13 +166,16 @@ removes layers that no image or container refers to.`,
 			// UVMs first: a reaped VM no longer holds anything.
 			vrep, vmErr := uvm.GC(cmd.Context(), s.Root())
 			rep, gcErr := s.GC(cmd.Context())
+			// Then the containers of dead runs (incomplete mounts are rolled back by now).
+			runs, runErr := reapDeadRuns(cmd.Context(), s)
+			gcErr = errors.Join(gcErr, runErr)
 			if g.json {
-				if err := printJSON(map[string]any{"store": rep, "uvms": vrep}); err != nil {
+				if err := printJSON(map[string]any{"store": rep, "uvms": vrep, "deadRuns": runs}); err != nil {
 					return err
 				}
 			} else if !g.quiet {
-				fmt.Printf("removed %d layers, %d temp entries; rolled back %d mounts, unmounted %d, detached %d loop devices, kept %d mounted containers; reaped %d dead UVMs, killed %d orphan QEMUs\n",
-					len(rep.RemovedLayers), len(rep.RemovedTemp), len(rep.Mounts.RolledBack), len(rep.Mounts.Unmounted), len(rep.Mounts.Detached), len(rep.Mounts.Kept), len(vrep.Reaped), len(vrep.Killed))
+				fmt.Printf("removed %d layers, %d temp entries; rolled back %d mounts, unmounted %d, detached %d loop devices, kept %d mounted containers; reaped %d dead UVMs and %d dead runs' containers, killed %d orphan QEMU/virtiofsd processes\n",
+					len(rep.RemovedLayers), len(rep.RemovedTemp), len(rep.Mounts.RolledBack), len(rep.Mounts.Unmounted), len(rep.Mounts.Detached), len(rep.Mounts.Kept), len(vrep.Reaped), len(runs), len(vrep.Killed))
 			}
 			return errors.Join(vmErr, gcErr)
 		},

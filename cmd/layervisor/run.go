@@ -8,12 +8,15 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"time"
 
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/spf13/cobra"
 
 	"github.com/layervisor/layervisor/pkg/hostrun"
 	"github.com/layervisor/layervisor/pkg/layers"
+	"github.com/layervisor/layervisor/pkg/runspec"
 	"github.com/layervisor/layervisor/pkg/scratch"
 	"github.com/layervisor/layervisor/pkg/store"
 )
@@ -65,12 +68,15 @@ type runOptions struct {
 	keep        bool
 	env         []string
 	cwd         string
+	specFile    string
+	volumes     []string
+	mounts      []string
 }
 
 func init() {
 	var o runOptions
 	cmd := &cobra.Command{
-		Use:   "run [flags] IMAGE -- CMD [ARGS...]",
+		Use:   "run [flags] IMAGE [-- CMD [ARGS...]]",
 		Short: "Run a command in a fresh container of an image, then tear it down",
 		Long: `run imports IMAGE if it is a path (OCI layout directory or archive) rather than
 an imported image name, creates a container, mounts its root file system, runs
@@ -81,17 +87,35 @@ Everything is torn down afterwards, also on Ctrl-C.
 IPC namespaces. --isolation vm assembles the root file system inside a utility
 VM and runs CMD there through the guest agent.
 
+Mounts: -v HOST:CONTAINER[:ro] binds a host directory or file; --mount takes
+type=bind|sandbox|virtual-disk|physical-disk,source=…,target=…[,readonly]
+[,format=raw|vhd|vhdx] (sandbox: a directory inside the utility VM, shared by
+the containers in it; disks: attached over SCSI). Binds work in both modes;
+sandbox and disk mounts need --isolation vm. Read-only is enforced by the host.
+
+--spec config.json takes an OCI runtime spec: process.args, env and cwd, and
+its mounts (the /proc, /dev, /sys, cgroup mounts of "runc spec" are provided
+anyway and skipped). A command after "--", -e and -w override the spec's.
+
 A command that does not exist in the image exits with 127.`,
 		Example: `  layervisor run demo:latest -- sh -c 'cat /etc/os-release'
-  layervisor run --isolation vm ./demo.tar -- ls -l /`,
-		Args: cobra.MinimumNArgs(2),
+  layervisor run --isolation vm ./demo.tar -- ls -l /
+  layervisor run -v /srv/data:/data:ro demo:latest -- ls /data
+  layervisor run --isolation vm --mount type=virtual-disk,source=/var/disks/d.vhdx,target=/d demo:latest -- df /d
+  layervisor run --spec config.json demo:latest`,
+		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			dash := cmd.ArgsLenAtDash()
-			if dash != 1 {
-				return fmt.Errorf("usage: layervisor run [flags] IMAGE -- CMD [ARGS...]")
+			if dash != 1 && !(dash == -1 && len(args) == 1) {
+				return fmt.Errorf("usage: layervisor run [flags] IMAGE [-- CMD [ARGS...]]")
+			}
+			spec, err := runspec.Build(runspec.Flags{SpecFile: o.specFile, Args: args[1:], Env: o.env,
+				Cwd: o.cwd, Volumes: o.volumes, Mounts: o.mounts})
+			if err != nil {
+				return err
 			}
 			o.timer = newPhaseTimer()
-			code, err := runContainer(cmd.Context(), o, args[0], args[1:])
+			code, err := runContainer(cmd.Context(), o, args[0], spec)
 			if o.timings {
 				o.timer.print()
 			}
@@ -111,7 +135,10 @@ A command that does not exist in the image exits with 127.`,
 	f.StringVar(&o.scratchFmt, "scratch-format", "raw", "scratch disk format: raw, or vhdx (with --isolation vm)")
 	f.BoolVar(&o.keep, "keep", false, "keep the container afterwards (for inspection)")
 	f.StringArrayVarP(&o.env, "env", "e", nil, "environment variable KEY=VALUE (repeatable)")
-	f.StringVarP(&o.cwd, "workdir", "w", "/", "working directory inside the container")
+	f.StringVarP(&o.cwd, "workdir", "w", "", "working directory inside the container (default: the spec's, else /)")
+	f.StringVar(&o.specFile, "spec", "", "OCI runtime spec (config.json): process args/env/cwd and mounts")
+	f.StringArrayVarP(&o.volumes, "volume", "v", nil, "bind mount HOST:CONTAINER[:ro] (repeatable)")
+	f.StringArrayVar(&o.mounts, "mount", nil, "mount type=bind|sandbox|virtual-disk|physical-disk,source=…,target=…[,readonly][,format=…] (repeatable)")
 	f.BoolVar(&o.timings, "timings", false, "print how long each phase took (import, create, boot, attach, combine, exec, teardown) on stderr")
 	rootCmd.AddCommand(cmd)
 }
@@ -138,9 +165,13 @@ func randomName(prefix string) string {
 	return prefix + hex.EncodeToString(b)
 }
 
-func runContainer(ctx context.Context, o runOptions, image string, argv []string) (code int, err error) {
+func runContainer(ctx context.Context, o runOptions, image string, spec *specs.Spec) (code int, err error) {
 	switch o.isolation {
-	case "process", "vm":
+	case "process":
+		if err := checkProcessMounts(spec); err != nil {
+			return 0, err
+		}
+	case "vm":
 	default:
 		return 0, fmt.Errorf("--isolation %q: want process or vm", o.isolation)
 	}
@@ -158,6 +189,11 @@ func runContainer(ctx context.Context, o runOptions, image string, argv []string
 	}
 	o.timer.mark("import")
 	cname := randomName("run-")
+	release, err := claimRun(s.Root(), cname) // gc removes the container if this run dies
+	if err != nil {
+		return 0, err
+	}
+	defer release()
 	format, err := scratch.ParseFormat(o.scratchFmt)
 	if err != nil {
 		return 0, err
@@ -194,13 +230,47 @@ func runContainer(ctx context.Context, o runOptions, image string, argv []string
 				}
 			}()
 		}
-		env := append([]string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "TERM=xterm"}, o.env...)
 		defer o.timer.mark("exec")
+		p := spec.Process
 		return hostrun.Run(ctx, hostrun.Options{
-			Rootfs: rootfs, Args: argv, Env: env, Cwd: o.cwd,
+			Rootfs: rootfs, Args: p.Args, Env: p.Env, Cwd: p.Cwd, Mounts: hostMounts(spec),
 			Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr,
 		})
 	default:
-		return runInUVM(ctx, s, o, cname, argv)
+		return runInUVM(ctx, s, o, cname, spec)
 	}
+}
+
+// checkProcessMounts refuses, before anything is created, the mounts that
+// only a utility VM can provide.
+func checkProcessMounts(spec *specs.Spec) error {
+	for i, m := range spec.Mounts {
+		if runspec.RuntimeProvided(m) {
+			continue
+		}
+		switch {
+		case strings.HasPrefix(m.Source, runspec.SandboxPrefix):
+			return fmt.Errorf("mount %d (%s -> %s): sandbox mounts live in a utility VM: use --isolation vm", i, m.Source, m.Destination)
+		case m.Type == runspec.TypeBind || m.Type == "":
+			if _, err := os.Stat(m.Source); err != nil {
+				return fmt.Errorf("mount %d (%s -> %s): bind source: %w", i, m.Source, m.Destination, err)
+			}
+		case m.Type == runspec.TypeVirtualDisk || m.Type == runspec.TypePhysicalDisk:
+			return fmt.Errorf("mount %d (%s -> %s): type %s needs --isolation vm", i, m.Source, m.Destination, m.Type)
+		default:
+			return fmt.Errorf("mount %d (%s -> %s): type %q is not supported", i, m.Source, m.Destination, m.Type)
+		}
+	}
+	return nil
+}
+
+// hostMounts are the bind mounts of a process-isolated run.
+func hostMounts(spec *specs.Spec) []hostrun.Mount {
+	var out []hostrun.Mount
+	for _, m := range spec.Mounts {
+		if !runspec.RuntimeProvided(m) {
+			out = append(out, hostrun.Mount{Source: m.Source, Target: m.Destination, ReadOnly: runspec.ReadOnly(m)})
+		}
+	}
+	return out
 }

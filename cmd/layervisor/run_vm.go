@@ -19,7 +19,7 @@ import (
 
 // runInUVM starts a utility VM, sets the container up in it, runs argv in
 // the container's root file system through the agent, and tears it all down.
-func runInUVM(ctx context.Context, s *store.Store, o runOptions, cname string, argv []string) (code int, err error) {
+func runInUVM(ctx context.Context, s *store.Store, o runOptions, cname string, spec *specs.Spec) (code int, err error) {
 	if o.uvmID != "" {
 		// Attachments are managed by the process that started a UVM; a
 		// UVM started elsewhere cannot take new hot-plugs from here.
@@ -52,7 +52,7 @@ func runInUVM(ctx context.Context, s *store.Store, o runOptions, cname string, a
 	mounter := layers.NewInUVM(vm)
 	mounter.Trace = o.timer.add
 	res, err := resources.Setup(ctx, vm, mounter, resources.Container{
-		ID: cname, Spec: &specs.Spec{}, LayerFolders: folders, GuestRoot: vmcontainer.GuestRoot(cname),
+		ID: cname, Spec: spec, LayerFolders: folders, GuestRoot: vmcontainer.GuestRoot(cname),
 	})
 	if err != nil {
 		return 0, err
@@ -65,8 +65,8 @@ func runInUVM(ctx context.Context, s *store.Store, o runOptions, cname string, a
 			err = errors.Join(err, rerr)
 		}
 	}()
-	env := append([]string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "TERM=xterm"}, o.env...)
-	code, err = u.Agent().Exec(ctx, agent.ExecRequest{Args: argv, Env: env, Cwd: o.cwd, Root: res.Rootfs,
+	p := spec.Process
+	code, err = u.Agent().Exec(ctx, agent.ExecRequest{Args: p.Args, Env: p.Env, Cwd: p.Cwd, Root: res.Rootfs,
 		Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr})
 	if err != nil {
 		return 0, fmt.Errorf("run in UVM: %w", err)

@@ -30,12 +30,12 @@ agent as init. Containers' layers, scratch and mounts are hot-plugged into it
 	var memory string
 	createCmd := &cobra.Command{
 		Use:     "create ID",
-		Short:   "Create a UVM's state directory and scratch",
+		Short:   "Create a long-lived UVM's state directory and scratch (an existing ID is refused)",
 		Example: "  layervisor uvm create vm1 --memory 1G && layervisor uvm start vm1",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c := cfg
-			c.ID, c.Root = args[0], absRoot()
+			c.ID, c.Root, c.LongLived = args[0], absRoot(), true
 			if memory != "" {
 				n, err := parseSize(memory)
 				if err != nil {
@@ -61,14 +61,11 @@ agent as init. Containers' layers, scratch and mounts are hot-plugged into it
 		Short: "Boot a created UVM and wait for its agent; the VM keeps running after this command",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			st, err := uvm.Load(absRoot(), args[0])
+			u, err := uvm.Acquire(absRoot(), args[0])
 			if err != nil {
 				return err
 			}
-			u, err := uvm.Create(cmd.Context(), st.Config)
-			if err != nil {
-				return err
-			}
+			defer u.Close()
 			t0 := time.Now()
 			if err := u.Start(cmd.Context()); err != nil {
 				return err

@@ -24,6 +24,8 @@ type Table[K comparable, V any] struct {
 	mu            sync.Mutex
 	items         map[K]V
 	adds, removes int
+	tries         int           // Remove calls, failed ones included
+	broken        func(K) error // set by BreakRemove
 }
 
 // New returns an empty table that reports misuse to t, naming entries what
@@ -51,6 +53,15 @@ func (m *Table[K, V]) Add(k K, v V) error {
 
 // Remove runs RemoveHook, then forgets k.
 func (m *Table[K, V]) Remove(k K) error {
+	m.mu.Lock()
+	m.tries++
+	broken := m.broken
+	m.mu.Unlock()
+	if broken != nil {
+		if err := broken(k); err != nil {
+			return err
+		}
+	}
 	if m.RemoveHook != nil {
 		if err := m.RemoveHook(k); err != nil {
 			return err
@@ -86,4 +97,43 @@ func (m *Table[K, V]) Counts() (attached, adds, removes int) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return len(m.items), m.adds, m.removes
+}
+
+// RemoveTries reports how many removals were attempted, failed ones
+// included.
+func (m *Table[K, V]) RemoveTries() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.tries
+}
+
+// BreakRemove makes the removal of every key matching match fail with err
+// until fix is called. Unlike RemoveHook it may be set while the
+// controller runs.
+func (m *Table[K, V]) BreakRemove(match func(K) bool, err error) (fix func()) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.broken = func(k K) error {
+		if match(k) {
+			return err
+		}
+		return nil
+	}
+	return func() {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		m.broken = nil
+	}
+}
+
+// Any reports whether some entry satisfies match.
+func (m *Table[K, V]) Any(match func(K, V) bool) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for k, v := range m.items {
+		if match(k, v) {
+			return true
+		}
+	}
+	return false
 }

@@ -1,6 +1,13 @@
 // Package fakeuvm is an in-memory model of a utility VM's controllers, with
 // exact reference counts and failure injection, for unit-testing the state
 // machines built on them (layers, resources). Real VMs test the real thing.
+//
+// It follows the controllers' contract (internal/refcount, checked against
+// both by internal/attachtest.Contract): only the last reference's Release
+// does work and so can fail; a failed Release keeps the reference and a
+// later Release retries; Release after a successful one is
+// refcount.ErrAlreadyReleased; a VPMEM slot stays bound to its layer once
+// used.
 package fakeuvm
 
 import (
@@ -13,7 +20,9 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/layervisor/layervisor/internal/refcount"
 	"github.com/layervisor/layervisor/pkg/layers"
+	"github.com/layervisor/layervisor/pkg/uvm/scsi"
 )
 
 // UVM is a ref-counting model of a UVM's controllers, with failure
@@ -24,12 +33,17 @@ type UVM struct {
 	VPMemMax    int64
 	Refs        map[string]int // "vpmem:"/"scsi:" + host path
 	ReadOnly    map[string]bool
+	Formats     map[string]scsi.Format // how each SCSI disk was opened
 	Combined    map[string][]string
 	Dirs        map[string]bool
 	FailVPMem   error
 	FailSCSI    string // host path whose SCSI attach fails
 	FailCombine bool
+	// FailRelease makes the last Release of a key ending with it fail.
 	FailRelease string
+	// Bound are the layers holding a VPMEM slot: never unbound (QEMU
+	// cannot unplug pmem), so a slot is reused only by its own layer.
+	Bound       map[string]bool
 	AttachCalls int
 	FailShare   bool
 	Binds       map[string]string // guest target -> source
@@ -37,25 +51,30 @@ type UVM struct {
 
 // New returns an empty fake with 64 VPMEM slots of 1 GiB.
 func New() *UVM {
-	return &UVM{VPMemSlots: 64, VPMemMax: 1 << 30, Refs: map[string]int{}, ReadOnly: map[string]bool{}, Combined: map[string][]string{}, Dirs: map[string]bool{}}
+	return &UVM{VPMemSlots: 64, VPMemMax: 1 << 30, Refs: map[string]int{}, ReadOnly: map[string]bool{}, Combined: map[string][]string{}, Dirs: map[string]bool{}, Bound: map[string]bool{}}
 }
 
 type attachment struct {
-	f    *UVM
-	key  string
-	path string
+	f        *UVM
+	key      string
+	path     string
+	released bool // under f.mu
 }
 
 func (a *attachment) GuestPath() string { return a.path }
 func (a *attachment) Release(ctx context.Context) error {
 	a.f.mu.Lock()
 	defer a.f.mu.Unlock()
-	if a.f.FailRelease != "" && strings.HasSuffix(a.key, a.f.FailRelease) {
-		return errors.New("injected release failure")
+	if a.released {
+		return fmt.Errorf("%s: %w", a.key, refcount.ErrAlreadyReleased)
 	}
 	if a.f.Refs[a.key] <= 0 {
 		return fmt.Errorf("release of %s below zero", a.key)
 	}
+	if a.f.Refs[a.key] == 1 && a.f.FailRelease != "" && strings.HasSuffix(a.key, a.f.FailRelease) {
+		return fmt.Errorf("release %s: injected failure", a.key) // the reference is kept
+	}
+	a.released = true
 	a.f.Refs[a.key]--
 	if a.f.Refs[a.key] == 0 {
 		delete(a.f.Refs, a.key)
@@ -71,14 +90,8 @@ func (f *UVM) AttachVPMem(ctx context.Context, hostPath string) (layers.Attachme
 		return nil, f.FailVPMem
 	}
 	key := "vpmem:" + hostPath
-	if f.Refs[key] == 0 {
-		used := 0
-		for k := range f.Refs {
-			if strings.HasPrefix(k, "vpmem:") {
-				used++
-			}
-		}
-		if used >= f.VPMemSlots {
+	if !f.Bound[hostPath] {
+		if len(f.Bound) >= f.VPMemSlots {
 			return nil, fmt.Errorf("attach %s: %w", hostPath, layers.ErrVPMemNoSlot)
 		}
 		st, err := os.Stat(hostPath)
@@ -88,12 +101,13 @@ func (f *UVM) AttachVPMem(ctx context.Context, hostPath string) (layers.Attachme
 		if st.Size() > f.VPMemMax {
 			return nil, fmt.Errorf("attach %s: %w", hostPath, layers.ErrVPMemTooLarge)
 		}
+		f.Bound[hostPath] = true
 	}
 	f.Refs[key]++
-	return &attachment{f, key, "/run/layers/p-" + filepath.Base(filepath.Dir(hostPath))}, nil
+	return &attachment{f: f, key: key, path: "/run/layers/p-" + filepath.Base(filepath.Dir(hostPath))}, nil
 }
 
-func (f *UVM) AttachSCSI(ctx context.Context, hostPath string, ReadOnly bool) (layers.Attachment, error) {
+func (f *UVM) AttachSCSI(ctx context.Context, hostPath string, format scsi.Format, ReadOnly bool) (layers.Attachment, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.AttachCalls++
@@ -101,12 +115,19 @@ func (f *UVM) AttachSCSI(ctx context.Context, hostPath string, ReadOnly bool) (l
 		return nil, errors.New("injected SCSI failure")
 	}
 	key := "scsi:" + hostPath
-	if f.Refs[key] > 0 && f.ReadOnly[key] != ReadOnly {
+	if !format.Valid() {
+		return nil, fmt.Errorf("scsi attach %s: unknown disk format %q", hostPath, format)
+	}
+	if f.Refs[key] > 0 && (f.ReadOnly[key] != ReadOnly || f.Formats[key] != format) {
 		return nil, errors.New("conflicting attach")
 	}
+	if f.Formats == nil {
+		f.Formats = map[string]scsi.Format{}
+	}
+	f.Formats[key] = format
 	f.Refs[key]++
 	f.ReadOnly[key] = ReadOnly
-	return &attachment{f, key, "/run/mounts/scsi/" + filepath.Base(filepath.Dir(hostPath))}, nil
+	return &attachment{f: f, key: key, path: "/run/mounts/scsi/" + filepath.Base(filepath.Dir(hostPath))}, nil
 }
 
 func (f *UVM) MkdirAll(ctx context.Context, p string) error {
@@ -159,15 +180,15 @@ func (f *UVM) AddShare(ctx context.Context, hostDir string, readOnly bool) (laye
 	}
 	key := fmt.Sprintf("share:%s:ro=%v", hostDir, readOnly)
 	f.Refs[key]++
-	return &attachment{f, key, "/run/shares/" + filepath.Base(hostDir)}, nil // a file's share is the file
+	return &attachment{f: f, key: key, path: "/run/shares/" + filepath.Base(hostDir)}, nil // a file's share is the file
 }
 
 // AttachDisk models a SCSI disk mounted in the guest.
-func (f *UVM) AttachDisk(ctx context.Context, hostPath string, readOnly, passThrough bool) (layers.Attachment, error) {
+func (f *UVM) AttachDisk(ctx context.Context, hostPath string, format scsi.Format, readOnly, passThrough bool) (layers.Attachment, error) {
 	if _, err := os.Stat(hostPath); err != nil {
 		return nil, err
 	}
-	return f.AttachSCSI(ctx, hostPath, readOnly)
+	return f.AttachSCSI(ctx, hostPath, format, readOnly)
 }
 
 // BindMount records a guest bind mount.

@@ -6,6 +6,7 @@ import (
 
 	"github.com/layervisor/layervisor/pkg/layerconv/layerfmt"
 	"github.com/layervisor/layervisor/pkg/layers/overlay"
+	"github.com/layervisor/layervisor/pkg/uvm/scsi"
 )
 
 // Plan is a container's root file system described once — which images,
@@ -45,8 +46,23 @@ func NewPlan(id string, l Layers) (Plan, error) {
 	return p, nil
 }
 
+// LayerFormat is how a layer image is opened: ext4 followed by a fixed VHD
+// footer that the guest must not see.
+const LayerFormat = scsi.FormatVHDFixed
+
 // ScratchIsVHDX reports whether the scratch is a VHDX (the VM path only).
 func (p Plan) ScratchIsVHDX() bool { return filepath.Ext(p.Scratch) == ".vhdx" }
+
+// ScratchFormat is how the scratch is opened. It comes from the name the
+// store gave the image when it made it (sandbox.img or sandbox.vhdx), never
+// from its content: the guest writes the scratch, and a VHD footer or VHDX
+// signature it wrote must not change how the host opens it next time.
+func (p Plan) ScratchFormat() scsi.Format {
+	if p.ScratchIsVHDX() {
+		return scsi.FormatVHDX
+	}
+	return scsi.FormatRaw
+}
 
 // Overlay is the plan's overlay, given where its layer images (in Layers
 // order) and its scratch are mounted — host paths or guest paths alike.

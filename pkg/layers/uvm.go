@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/layervisor/layervisor/pkg/undo"
+	"github.com/layervisor/layervisor/pkg/uvm/scsi"
 )
 
 // Attachment is a reference-counted device or share in a utility VM.
@@ -35,7 +36,9 @@ type UVM interface {
 	AttachVPMem(ctx context.Context, hostPath string) (Attachment, error)
 	// AttachSCSI hot-adds a disk image and mounts it in the guest. The same
 	// host path with the same options is attached once and ref-counted.
-	AttachSCSI(ctx context.Context, hostPath string, readOnly bool) (Attachment, error)
+	// format is how the host opens the image, decided by layervisor
+	// (never by the image's content, which a guest may have written).
+	AttachSCSI(ctx context.Context, hostPath string, format scsi.Format, readOnly bool) (Attachment, error)
 	// MkdirAll creates a directory in the guest.
 	MkdirAll(ctx context.Context, guestPath string) error
 	// CombineLayers mounts an overlay of lowers (top-most first) with upper
@@ -132,7 +135,7 @@ func (m *InUVM) Mount(ctx context.Context, id string, l Layers, guestRoot string
 	}
 
 	scratchHost := plan.Scratch
-	sa, err := m.vm.AttachSCSI(ctx, scratchHost, false)
+	sa, err := m.vm.AttachSCSI(ctx, scratchHost, plan.ScratchFormat(), false)
 	if err != nil {
 		return "", fmt.Errorf("scratch %s: %w", scratchHost, err)
 	}
@@ -176,7 +179,7 @@ func (m *InUVM) attachLayer(ctx context.Context, hostPath string) (*uvmAttachmen
 		return nil, fmt.Errorf("attach as VPMEM: %w", err)
 	}
 	slog.Debug("layer falls back to SCSI", "layer", hostPath, "reason", err)
-	a, serr := m.vm.AttachSCSI(ctx, hostPath, true)
+	a, serr := m.vm.AttachSCSI(ctx, hostPath, LayerFormat, true)
 	if serr != nil {
 		return nil, fmt.Errorf("attach as SCSI after VPMEM refused (%v): %w", err, serr)
 	}

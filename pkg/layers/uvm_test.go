@@ -13,6 +13,7 @@ import (
 
 	"github.com/layervisor/layervisor/internal/fakeuvm"
 	"github.com/layervisor/layervisor/pkg/layers"
+	"github.com/layervisor/layervisor/pkg/uvm/scsi"
 )
 
 // folders makes n layer folders (the fake only stats them) and a scratch.
@@ -257,5 +258,44 @@ func TestUVMBadInput(t *testing.T) {
 	missing := layers.Layers{ReadOnly: []string{"/nonexistent/layer"}, Scratch: l.Scratch}
 	if _, err := m.Mount(ctx, "c", missing, "/run/c"); err == nil || !strings.Contains(err.Error(), "/nonexistent/layer") {
 		t.Fatalf("missing layer: %v", err)
+	}
+}
+
+// The host tells the VM how to open each disk from what layervisor made it
+// as — layers as fixed-VHD images, the scratch by the name the store gave
+// it — never from content: a raw scratch that starts with a VHDX signature
+// (the guest can write one into its first sector) stays raw.
+func TestUVMDiskFormatsAreRecordedNotProbed(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name string
+		want scsi.Format
+	}{{layers.ScratchFile, scsi.FormatRaw}, {layers.ScratchVHDX, scsi.FormatVHDX}} {
+		f := fakeuvm.New()
+		f.VPMemSlots = 0 // every layer goes to SCSI
+		l := folders(t, 2)
+		os.Remove(filepath.Join(l.Scratch, layers.ScratchFile))
+		scratch := filepath.Join(l.Scratch, tc.name)
+		// Content that says the opposite of the name.
+		content := []byte("vhdxfile")
+		if tc.name == layers.ScratchVHDX {
+			content = make([]byte, 4096)
+		}
+		os.WriteFile(scratch, content, 0o644)
+		m := layers.NewInUVM(f)
+		if _, err := m.Mount(ctx, "c1", l, "/run/gcs/c/c1"); err != nil {
+			t.Fatal(err)
+		}
+		if got := f.Formats["scsi:"+scratch]; got != tc.want {
+			t.Errorf("scratch %s opened as %q, want %q", tc.name, got, tc.want)
+		}
+		for _, d := range l.ReadOnly {
+			if got := f.Formats["scsi:"+filepath.Join(d, layers.LayerFile)]; got != layers.LayerFormat {
+				t.Errorf("layer %s opened as %q, want %q", d, got, layers.LayerFormat)
+			}
+		}
+		if err := m.Unmount(ctx, "c1", layers.UnmountAll); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

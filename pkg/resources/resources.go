@@ -17,12 +17,15 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/layervisor/layervisor/pkg/layers"
+	"github.com/layervisor/layervisor/pkg/runspec"
 	"github.com/layervisor/layervisor/pkg/scratch"
+	"github.com/layervisor/layervisor/pkg/uvm/scsi"
+	"github.com/layervisor/layervisor/pkg/vhd"
 )
 
 // SandboxPrefix marks a mount source that is a directory inside the UVM's
 // sandbox-mounts root rather than on the host.
-const SandboxPrefix = "sandbox://"
+const SandboxPrefix = runspec.SandboxPrefix
 
 // UVM is what container resources need from a utility VM.
 type UVM interface {
@@ -31,9 +34,9 @@ type UVM interface {
 	// siblings, into the VM (virtiofs), ref-counted by (path, read-only);
 	// the attachment's GuestPath is the directory or file in the guest.
 	AddShare(ctx context.Context, hostDir string, readOnly bool) (layers.Attachment, error)
-	// AttachDisk attaches a disk image (or, with passThrough, a host block
-	// device) over SCSI and mounts it in the guest.
-	AttachDisk(ctx context.Context, hostPath string, readOnly, passThrough bool) (layers.Attachment, error)
+	// AttachDisk attaches a disk image in the given format (or, with
+	// passThrough, a host block device) over SCSI and mounts it in the guest.
+	AttachDisk(ctx context.Context, hostPath string, format scsi.Format, readOnly, passThrough bool) (layers.Attachment, error)
 	// BindMount binds a guest path onto a guest target (created if needed).
 	BindMount(ctx context.Context, source, target string, readOnly bool) error
 	// Unmount unmounts a guest path.
@@ -137,6 +140,9 @@ func Setup(ctx context.Context, vm UVM, mounter *layers.InUVM, c Container) (_ *
 	res.Rootfs = c.Spec.Root.Path
 
 	for i, m := range c.Spec.Mounts {
+		if runspec.RuntimeProvided(m) {
+			continue // the guest's exec sets up /proc, /dev and /sys itself
+		}
 		if err := setupMount(ctx, vm, c, res, m); err != nil {
 			return nil, fmt.Errorf("mount %d (%s -> %s): %w", i, m.Source, m.Destination, err)
 		}
@@ -173,15 +179,6 @@ func ensureScratch(ctx context.Context, folder string, c Container) error {
 	return scratch.Clone(ctx, tpl, img)
 }
 
-func hasReadOnly(options []string) bool {
-	for _, o := range options {
-		if strings.EqualFold(o, "ro") {
-			return true
-		}
-	}
-	return false
-}
-
 // containerTarget maps a destination in the container to a guest path under
 // the rootfs, refusing escapes.
 func containerTarget(rootfs, dest string) (string, error) {
@@ -208,7 +205,7 @@ func setupMount(ctx context.Context, vm UVM, c Container, res *Resources, m spec
 	if err != nil {
 		return err
 	}
-	ro := hasReadOnly(m.Options)
+	ro := runspec.ReadOnly(m)
 	bind := func(src string) error {
 		if err := vm.BindMount(ctx, src, target, ro); err != nil {
 			return err
@@ -239,7 +236,14 @@ func setupMount(ctx context.Context, vm UVM, c Container, res *Resources, m spec
 	case "", "bind":
 		return setupBind(ctx, vm, res, m, ro, bind)
 	case "physical-disk", "virtual-disk":
-		a, err := vm.AttachDisk(ctx, m.Source, ro, m.Type == "physical-disk")
+		format := scsi.FormatRaw // a block device
+		if m.Type == runspec.TypeVirtualDisk {
+			var err error
+			if format, err = diskFormat(m.Source, runspec.DiskFormat(m)); err != nil {
+				return err
+			}
+		}
+		a, err := vm.AttachDisk(ctx, m.Source, format, ro, m.Type == runspec.TypePhysicalDisk)
 		if err != nil {
 			return err
 		}
@@ -267,4 +271,37 @@ func setupBind(ctx context.Context, vm UVM, res *Resources, m specs.Mount, ro bo
 	}
 	res.add("share "+m.Source, a.Release)
 	return bind(a.GuestPath())
+}
+
+// diskFormat maps a virtual disk's registered format (runspec.DiskFormat:
+// the mount's format= option or the file name) to how QEMU opens it. For a
+// VHD the footer's disk type picks fixed (opened raw, cut before the
+// footer) or dynamic (QEMU's vpc): the guest cannot reach a footer through
+// either, so it is not content the guest decides.
+func diskFormat(path, f string) (scsi.Format, error) {
+	switch f {
+	case "vhdx":
+		return scsi.FormatVHDX, nil
+	case "raw":
+		return scsi.FormatRaw, nil
+	case "vhd":
+		file, err := os.Open(path)
+		if err != nil {
+			return "", err
+		}
+		defer file.Close()
+		st, err := file.Stat()
+		if err != nil {
+			return "", err
+		}
+		ft, err := vhd.ReadFooter(file, st.Size())
+		if err != nil {
+			return "", fmt.Errorf("%s (format vhd): %w", path, err)
+		}
+		if ft.DiskType == vhd.DiskTypeFixed {
+			return scsi.FormatVHDFixed, nil
+		}
+		return scsi.FormatVHDDynamic, nil
+	}
+	return "", fmt.Errorf("%s: unknown disk format %q (want raw, vhd or vhdx)", path, f)
 }

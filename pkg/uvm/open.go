@@ -4,31 +4,43 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
+	"time"
 
 	"github.com/layervisor/layervisor/pkg/agent"
 )
 
+const openTimeout = 15 * time.Second
+
 // Open attaches to a UVM another process started: its agent channel and
 // QMP socket. Attachment controllers are not rebuilt (their state belongs
-// to the process that started the VM), so an opened UVM is for exec,
-// inspection and Stop.
+// to the process that started the VM): an opened UVM is for exec,
+// inspection and Stop, and its SCSI, VPMem and Shares return ErrNotOwner.
+// A UVM that belongs to a live process cannot be opened (ErrNotOwner, with
+// the UVM for inspection).
 func Open(ctx context.Context, root, id string) (*UVM, error) {
 	st, err := Load(root, id)
 	if err != nil {
 		return nil, err
 	}
-	u := &UVM{cfg: st.Config, dir: Dir(root, id), state: *st}
+	u := &UVM{cfg: st.Config, dir: Dir(root, id), state: *st, opened: true}
+	if st.Owner != nil && st.Owner.Alive() {
+		// Its owner holds the agent channel (one client at a time).
+		return u, fmt.Errorf("uvm %s: %w: it belongs to %s and stops when that process ends", id, ErrNotOwner, st.Owner)
+	}
 	if st.Status != "running" || !alive(st.PID, u.dir) {
 		return u, fmt.Errorf("%w: %s is %s", ErrNotReady, id, st.Status)
 	}
-	if u.qmp, err = dialRetry(ctx, u.path("qmp.sock")); err != nil {
+	// Bounded: QEMU may die meanwhile, and its agent socket takes one
+	// client at a time.
+	dctx, cancel := context.WithTimeout(ctx, openTimeout)
+	defer cancel()
+	if u.qmp, err = dialRetry(dctx, u.path("qmp.sock")); err != nil {
 		return u, fmt.Errorf("uvm %s: %w", id, err)
 	}
-	if u.agent, err = agent.Dial(ctx, u.path("agent.sock")); err != nil {
+	if u.agent, err = agent.Dial(dctx, u.path("agent.sock")); err != nil {
 		u.qmp.Close()
 		return u, fmt.Errorf("uvm %s: %w", id, err)
 	}
@@ -36,7 +48,8 @@ func Open(ctx context.Context, root, id string) (*UVM, error) {
 }
 
 // List returns the recorded state of every UVM under root, with the
-// status corrected to "failed" for a running UVM whose QEMU is gone.
+// status corrected to "failed" for a running UVM whose QEMU is gone and
+// for a UVM whose owner process is gone.
 func List(root string) ([]State, error) {
 	ents, err := os.ReadDir(filepath.Join(root, "uvms"))
 	if errors.Is(err, os.ErrNotExist) {
@@ -51,7 +64,10 @@ func List(root string) ([]State, error) {
 		if err != nil {
 			continue
 		}
-		if (st.Status == "running" || st.Status == "starting") && !alive(st.PID, Dir(root, e.Name())) {
+		switch {
+		case st.Owner != nil && !st.Owner.Alive():
+			st.Status, st.Error = "failed", fmt.Sprintf("its owner, %s, is gone", st.Owner)
+		case (st.Status == "running" || st.Status == "starting") && !alive(st.PID, Dir(root, e.Name())):
 			st.Status, st.Error = "failed", "QEMU is not running"
 		}
 		out = append(out, *st)
@@ -59,63 +75,139 @@ func List(root string) ([]State, error) {
 	return out, nil
 }
 
-// GCReport says what GC did.
-type GCReport struct {
-	Reaped []string `json:"reaped,omitempty"` // UVMs whose QEMU had died
-	Killed []int    `json:"killed,omitempty"` // orphan QEMU processes
+// Process is a host process serving a UVM.
+type Process struct {
+	PID  int    `json:"pid"`
+	UVM  string `json:"uvm"`
+	Kind string `json:"kind"` // qemu or virtiofsd
 }
 
-// GC reaps UVMs whose QEMU died (their state is removed unless
-// LAYERVISOR_KEEP_UVM_ON_FAILURE=1) and kills QEMU processes of UVMs under
-// root that no state records as running.
+// Processes lists the QEMU and virtiofsd processes of UVMs under root,
+// found through /proc (none where there is no /proc).
+func Processes(root string) []Process { return hostProcesses(root) }
+
+// QEMUProcesses lists the PIDs of QEMU processes serving UVMs under root.
+func QEMUProcesses(root string) []int {
+	var pids []int
+	for _, p := range hostProcesses(root) {
+		if p.Kind == "qemu" {
+			pids = append(pids, p.PID)
+		}
+	}
+	return pids
+}
+
+// GCReport says what GC did.
+type GCReport struct {
+	Reaped []string `json:"reaped,omitempty"` // UVMs whose QEMU or owner had died
+	Killed []int    `json:"killed,omitempty"` // QEMU and virtiofsd processes no live UVM accounts for
+}
+
+// GC reaps dead UVMs and kills the host processes of UVMs under root that
+// are not alive. A UVM is dead when its owner process is gone (its lock is
+// free), when a long-lived UVM's QEMU died, or when a create or start died
+// half-way. Reaping kills its QEMU and virtiofsd, unmounts what is mounted
+// under its directory and removes the directory (kept, processes killed,
+// with LAYERVISOR_KEEP_UVM_ON_FAILURE=1). A UVM being created, started or
+// used by a live process is left alone.
 func GC(ctx context.Context, root string) (GCReport, error) {
 	var rep GCReport
 	var errs []error
-	sts, err := List(root)
-	if err != nil {
+	ents, err := os.ReadDir(filepath.Join(root, "uvms"))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return rep, err
 	}
-	running := map[int]bool{}
-	for _, st := range sts {
-		if st.Status == "running" || st.Status == "starting" {
-			running[st.PID] = true
+	live := map[string]bool{}
+	for _, e := range ents {
+		if !e.IsDir() || ValidateID(e.Name()) != nil {
 			continue
 		}
-		if st.Status == "failed" {
-			u := &UVM{cfg: st.Config, dir: Dir(root, st.Config.ID), state: st}
-			u.save()
-			if err := u.Remove(ctx); err != nil {
-				errs = append(errs, err)
-			}
-			rep.Reaped = append(rep.Reaped, st.Config.ID)
+		reaped, isLive, err := gcOne(ctx, root, e.Name())
+		live[e.Name()] = isLive
+		if reaped {
+			rep.Reaped = append(rep.Reaped, e.Name())
+		}
+		if err != nil {
+			errs = append(errs, err)
 		}
 	}
-	for _, pid := range QEMUProcesses(root) {
-		if running[pid] {
+	// Also processes of UVMs whose directory is gone.
+	for _, p := range hostProcesses(root) {
+		if live[p.UVM] {
 			continue
 		}
-		if err := killPID(pid); err == nil {
-			rep.Killed = append(rep.Killed, pid)
+		if err := killPID(p.PID); err == nil {
+			rep.Killed = append(rep.Killed, p.PID)
 		}
 	}
 	return rep, errors.Join(errs...)
 }
 
-// QEMUProcesses lists the QEMU processes serving UVMs under root, found by
-// their command lines in /proc (none where there is no /proc).
-func QEMUProcesses(root string) []int {
-	prefix := filepath.Join(root, "uvms") + "/"
-	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
-	var pids []int
-	for _, p := range procs {
-		b, err := os.ReadFile(p)
-		if err != nil || !strings.Contains(string(b), prefix) || !strings.Contains(string(b), "qmp.sock") {
-			continue
+// gcOne reaps the UVM id if it is dead; isLive says its processes belong.
+func gcOne(ctx context.Context, root, id string) (reaped, isLive bool, err error) {
+	dir := Dir(root, id)
+	lk, ok, err := lockUVM(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return false, false, nil
+	}
+	if err != nil {
+		return false, true, fmt.Errorf("uvm %s: %w", id, err)
+	}
+	if !ok {
+		return false, true, nil // a live owner, or a create or start in progress
+	}
+	u := &UVM{dir: dir, lock: lk}
+	defer lk.release()
+	st, err := Load(root, id)
+	var why string
+	switch {
+	case errors.Is(err, ErrNotFound):
+		why = "created half-way"
+		u.cfg.ID = id
+	case err != nil:
+		return false, false, err // unreadable: leave it for a human
+	case st.Owner != nil:
+		why = fmt.Sprintf("its owner, %s, is gone", st.Owner)
+	case st.Status == "running" && alive(st.PID, dir):
+		return false, true, nil
+	case st.Status == "created" || st.Status == "stopped":
+		return false, false, nil
+	case st.Status == "starting":
+		why = "its start was interrupted"
+	case st.Status == "failed":
+		why = st.Error
+	default:
+		why = "QEMU is not running"
+	}
+	if st != nil {
+		u.cfg, u.state = st.Config, *st
+	}
+	slog.Info("reaping UVM", "uvm", id, "why", why)
+	u.kill()
+	if st != nil {
+		if u.state.Status != "failed" {
+			u.state.Status, u.state.Error = "failed", why
 		}
-		pid, _ := strconv.Atoi(strings.Split(p, "/")[2])
-		if pid != os.Getpid() {
-			pids = append(pids, pid)
+		if err := u.save(); err != nil {
+			return true, false, err
 		}
 	}
-	return pids
+	return true, false, u.Remove(ctx)
+}
+
+// kill ends the UVM's QEMU and virtiofsd processes and waits (briefly)
+// for QEMU to go, so its files can be removed.
+func (u *UVM) kill() {
+	for _, p := range hostProcesses(filepath.Dir(filepath.Dir(u.dir))) {
+		if p.UVM == u.cfg.ID {
+			killPID(p.PID)
+		}
+	}
+	if p := u.pid(); p > 0 && alive(p, u.dir) {
+		killPID(p)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for alive(u.pid(), u.dir) && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
 }

@@ -3,12 +3,119 @@
 package uvm
 
 import (
+	"fmt"
+	"os"
 	"os/exec"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
-// detach puts QEMU in its own session: the VM outlives the CLI process
-// that started it.
-func detach(cmd *exec.Cmd) { cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true} }
+// detach puts QEMU in its own session, so a terminal's Ctrl-C reaches the
+// CLI (which tears the VM down in order) and not QEMU first. A tied QEMU
+// also gets SIGKILL from the kernel when its owner dies (PR_SET_PDEATHSIG).
+func detach(cmd *exec.Cmd, tied bool) {
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if tied {
+		cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	}
+}
+
+// The parent-death signal fires when the *thread* that forked the child
+// exits, and Go ends the thread of a goroutine that exits while locked to
+// it. So tied children are forked from one locked thread that lives as
+// long as the process: the signal then means "the owner process died".
+var (
+	spawnOnce sync.Once
+	spawnReqs chan spawnReq
+)
+
+type spawnReq struct {
+	cmd  *exec.Cmd
+	done chan error
+}
+
+func startTied(cmd *exec.Cmd) error {
+	spawnOnce.Do(func() {
+		spawnReqs = make(chan spawnReq)
+		go func() {
+			runtime.LockOSThread() // never unlocked: the thread must not exit
+			for r := range spawnReqs {
+				r.done <- r.cmd.Start()
+			}
+		}()
+	})
+	r := spawnReq{cmd: cmd, done: make(chan error, 1)}
+	spawnReqs <- r
+	return <-r.done
+}
 
 func killPID(pid int) error { return syscall.Kill(pid, syscall.SIGKILL) }
+
+// procStart is a process's start time in clock ticks since boot (field 22
+// of /proc/<pid>/stat), which differs for a reused PID.
+func procStart(pid int) (uint64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) may hold spaces and parentheses: count
+	// fields after its last ')'. State is field 3, so field 22 is the 20th.
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	if len(f) < 20 {
+		return 0, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f))
+	}
+	if f[0] == "Z" {
+		return 0, fmt.Errorf("process %d is a zombie", pid)
+	}
+	return strconv.ParseUint(f[19], 10, 64)
+}
+
+// dirLock is an flock on a directory.
+type dirLock struct{ f *os.File }
+
+func tryLockDir(dir string) (*dirLock, bool, error) {
+	f, err := os.OpenFile(dir, os.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, false, fmt.Errorf("lock %s: %w", dir, err)
+	}
+	for {
+		err = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	if err != nil {
+		f.Close()
+		if err == unix.EWOULDBLOCK {
+			return nil, false, nil
+		}
+		return nil, false, fmt.Errorf("lock %s: %w", dir, err)
+	}
+	return &dirLock{f}, true, nil
+}
+
+// names reports whether path still names the locked directory.
+func (l *dirLock) names(path string) (bool, error) {
+	a, err := l.f.Stat()
+	if err != nil {
+		return false, err
+	}
+	b, err := os.Stat(path)
+	if err != nil {
+		return false, err
+	}
+	return os.SameFile(a, b), nil
+}
+
+func (l *dirLock) release() {
+	if l != nil && l.f != nil {
+		l.f.Close()
+		l.f = nil
+	}
+}

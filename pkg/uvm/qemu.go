@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/layervisor/layervisor/internal/crashpoint"
 	"github.com/layervisor/layervisor/pkg/agent"
 	"github.com/layervisor/layervisor/pkg/qmp"
 	"github.com/layervisor/layervisor/pkg/undo"
@@ -150,10 +151,18 @@ func (u *UVM) Start(ctx context.Context) (err error) {
 	cmd := exec.Command(qemu, u.qemuArgs(acc)...)
 	stderr := &lockedBuffer{}
 	cmd.Stderr = stderr
-	detach(cmd)
-	if err := cmd.Start(); err != nil {
+	// A UVM with an owner dies with it: the kernel kills QEMU when the
+	// owner process dies, whatever it was doing (gc removes the rest).
+	tied := u.State().Owner != nil
+	detach(cmd, tied)
+	start := cmd.Start
+	if tied {
+		start = func() error { return startTied(cmd) }
+	}
+	if err := start(); err != nil {
 		return fmt.Errorf("uvm %s: start QEMU: %w", c.ID, err)
 	}
+	crashpoint.Hit("uvm.qemu-started") // before its PID is recorded
 	u.proc = cmd.Process
 	u.exited = make(chan struct{})
 	go func() {
@@ -257,6 +266,8 @@ func (u *UVM) watch() {
 // wire builds the attachment controllers over QMP and the agent.
 func (u *UVM) wire() {
 	c := u.cfg
+	u.mu.Lock()
+	defer u.mu.Unlock()
 	u.ports = pciports.New(c.RootPorts)
 	u.scsi, _ = scsi.New(scsi.NewQEMUHost(u.qmp), scsiGuest{u.agent}, c.SCSIControllers)
 	u.vpmem = vpmem.New(vpmem.NewQEMUHost(u.qmp, u.ports), pmemGuest{u.agent},
@@ -282,6 +293,9 @@ func (g pmemGuest) Unmount(ctx context.Context, p string) error { return g.a.Unm
 // Stop shuts the guest down (agent, then QMP quit, then SIGKILL after a
 // deadline) and releases host-side helpers. Idempotent.
 func (u *UVM) Stop(ctx context.Context) error {
+	if o := u.State().Owner; u.opened && o != nil && o.Alive() {
+		return fmt.Errorf("uvm %s: %w: it belongs to %s and stops when that process ends", u.cfg.ID, ErrNotOwner, o)
+	}
 	var errs []error
 	if u.agent != nil {
 		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)

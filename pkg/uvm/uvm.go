@@ -59,6 +59,10 @@ type Config struct {
 	ScratchSize  int64 `json:"scratchSize"`
 	// BootTimeout bounds the wait for the agent.
 	BootTimeout time.Duration `json:"bootTimeout"`
+	// LongLived makes a UVM that runs until it is stopped (layervisor uvm
+	// start). Otherwise the UVM belongs to the process that creates it: its
+	// QEMU dies with that process and the next gc removes what is left.
+	LongLived bool `json:"longLived,omitempty"`
 }
 
 func (c *Config) defaults() {
@@ -115,7 +119,9 @@ func ValidateID(id string) error {
 
 // State is what uvm.json records, for other processes and gc.
 type State struct {
-	Config  Config    `json:"config"`
+	Config Config `json:"config"`
+	// Owner is the process the UVM belongs to; nil for a long-lived UVM.
+	Owner   *Owner    `json:"owner,omitempty"`
 	PID     int       `json:"pid,omitempty"`
 	Status  string    `json:"status"` // created, running, stopped, failed
 	Accel   string    `json:"accel,omitempty"`
@@ -127,6 +133,11 @@ type State struct {
 type UVM struct {
 	cfg Config
 	dir string
+
+	// lock is held on dir while this process creates, starts or owns the
+	// UVM; opened is set for a UVM another process started (Open).
+	lock   *dirLock
+	opened bool
 
 	mu       sync.Mutex
 	state    State
@@ -148,8 +159,10 @@ func Dir(root, id string) string { return filepath.Join(root, "uvms", id) }
 func (u *UVM) path(name string) string { return filepath.Join(u.dir, name) }
 
 // Create makes the UVM's state directory: its scratch (cloned from the
-// scratch template, never copied in full; a stale one is replaced),
-// debug/ and crash/. On failure nothing is left.
+// scratch template, never copied in full), debug/ and crash/. An id that
+// already exists, in any state, is refused. Unless cfg.LongLived, the UVM
+// belongs to this process (see Config.LongLived) until Remove. On failure
+// nothing is left.
 func Create(ctx context.Context, cfg Config) (_ *UVM, err error) {
 	if err := ValidateID(cfg.ID); err != nil {
 		return nil, err
@@ -165,41 +178,102 @@ func Create(ctx context.Context, cfg Config) (_ *UVM, err error) {
 		return nil, fmt.Errorf("uvm %s: %d VPMEM slots: want 0 to 256", cfg.ID, cfg.VPMemSlots)
 	}
 	u := &UVM{cfg: cfg, dir: Dir(cfg.Root, cfg.ID)}
-	if st, err := Load(cfg.Root, cfg.ID); err == nil && st.Status == "running" && alive(st.PID, u.dir) {
-		return nil, fmt.Errorf("%w: %s is running (pid %d)", ErrExists, cfg.ID, st.PID)
+	if err := os.MkdirAll(filepath.Dir(u.dir), 0o755); err != nil {
+		return nil, fmt.Errorf("uvm %s: %w", cfg.ID, err)
 	}
+	var lk *dirLock
+	var ok bool
+	// A gc may take the new, still empty directory for a dead create's
+	// leftover and remove it before we lock it: then make it again.
+	for try := 0; ; try++ {
+		if err := os.Mkdir(u.dir, 0o750); err != nil && !errors.Is(err, os.ErrExist) {
+			return nil, fmt.Errorf("uvm %s: %w", cfg.ID, err)
+		}
+		lk, ok, err = lockUVM(u.dir)
+		if err == nil || !errors.Is(err, os.ErrNotExist) || try == 2 {
+			break
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("uvm %s: %w", cfg.ID, err)
+	}
+	if !ok {
+		return nil, fmt.Errorf("%w: %s is in use by another process", ErrExists, cfg.ID)
+	}
+	u.lock = lk
 	var un undo.Stack
 	defer un.RunUnlessCommitted(ctx, &err)
-	if err := os.MkdirAll(filepath.Dir(u.dir), 0o755); err != nil {
-		return nil, err
+	un.Push("unlock", func(context.Context) error { lk.release(); return nil })
+	if st, err := Load(cfg.Root, cfg.ID); err == nil {
+		return nil, fmt.Errorf("%w: %s (%s); remove it first: layervisor uvm rm %s", ErrExists, cfg.ID, st.Status, cfg.ID)
+	} else if !errors.Is(err, ErrNotFound) {
+		return nil, fmt.Errorf("%w: %s (unreadable state: %v); remove it first: layervisor uvm rm %s", ErrExists, cfg.ID, err, cfg.ID)
 	}
-	fresh := false
-	if _, err := os.Stat(u.dir); errors.Is(err, os.ErrNotExist) {
-		fresh = true
-	}
+	// The directory is new, or the leftover of a create that died before
+	// recording anything (we hold its lock): either way it is ours to remove.
+	un.Push("remove state dir", func(context.Context) error { return os.RemoveAll(u.dir) })
 	for _, d := range []string{"debug", "crash"} {
 		if err := os.MkdirAll(u.path(d), 0o750); err != nil {
 			return nil, fmt.Errorf("uvm %s: %w", cfg.ID, err)
 		}
 	}
-	if fresh {
-		un.Push("remove state dir", func(context.Context) error { return os.RemoveAll(u.dir) })
-	}
 	tpl, err := scratch.EnsureTemplate(ctx, cfg.Root, cfg.ScratchSize)
 	if err != nil {
 		return nil, err
 	}
-	os.Remove(u.path("scratch.img")) // a stale scratch from an earlier UVM of this id
+	os.Remove(u.path("scratch.img")) // a leftover's
 	if err := scratch.Clone(ctx, tpl, u.path("scratch.img")); err != nil {
 		return nil, err
 	}
 	u.state = State{Config: cfg, Status: "created"}
+	if !cfg.LongLived {
+		u.state.Owner = self()
+	}
 	if err := u.save(); err != nil {
 		return nil, err
 	}
 	un.Commit()
 	return u, nil
 }
+
+// Acquire takes a created or stopped long-lived UVM for Start in this
+// process (a UVM that belongs to a process is started by it). It
+// holds the UVM's lock (gc, create and other starts leave the UVM alone)
+// until Close, Remove or the process's exit.
+func Acquire(root, id string) (*UVM, error) {
+	if err := ValidateID(id); err != nil {
+		return nil, err
+	}
+	dir := Dir(root, id)
+	lk, ok, err := lockUVM(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("uvm %s: %w", id, err)
+	}
+	if !ok {
+		return nil, fmt.Errorf("uvm %s is in use by another process (starting, or owned by a running command)", id)
+	}
+	st, err := Load(root, id)
+	if err != nil {
+		lk.release()
+		return nil, err
+	}
+	if st.Status == "running" && alive(st.PID, dir) {
+		lk.release()
+		return nil, fmt.Errorf("uvm %s is already running (pid %d)", id, st.PID)
+	}
+	if st.Owner != nil {
+		lk.release()
+		return nil, fmt.Errorf("uvm %s belonged to %s, which is gone: layervisor gc removes it", id, st.Owner)
+	}
+	return &UVM{cfg: st.Config, dir: dir, state: *st, lock: lk}, nil
+}
+
+// Close releases this process's hold on the UVM without stopping it. For
+// a UVM this process owns, that hands it to the next gc.
+func (u *UVM) Close() { u.lock.release(); u.lock = nil }
 
 func (u *UVM) save() error {
 	u.mu.Lock()
@@ -242,14 +316,49 @@ func (u *UVM) Agent() *agent.Client { return u.agent }
 // QMP returns the QMP client (nil before Start).
 func (u *UVM) QMP() *qmp.Client { return u.qmp }
 
-// SCSI returns the SCSI controller.
-func (u *UVM) SCSI() *scsi.Controller { return u.scsi }
+// SCSI returns the SCSI controller; an error for a UVM not started by
+// this process.
+func (u *UVM) SCSI() (*scsi.Controller, error) {
+	u.mu.Lock()
+	c := u.scsi
+	u.mu.Unlock()
+	if c == nil {
+		return nil, u.noControllers()
+	}
+	return c, nil
+}
 
-// VPMem returns the VPMEM controller.
-func (u *UVM) VPMem() *vpmem.Controller { return u.vpmem }
+// VPMem returns the VPMEM controller; an error for a UVM not started by
+// this process.
+func (u *UVM) VPMem() (*vpmem.Controller, error) {
+	u.mu.Lock()
+	c := u.vpmem
+	u.mu.Unlock()
+	if c == nil {
+		return nil, u.noControllers()
+	}
+	return c, nil
+}
 
-// Shares returns the share (virtiofs) controller.
-func (u *UVM) Shares() *share.Controller { return u.shares }
+// Shares returns the share (virtiofs) controller; an error for a UVM not
+// started by this process.
+func (u *UVM) Shares() (*share.Controller, error) {
+	u.mu.Lock()
+	c := u.shares
+	u.mu.Unlock()
+	if c == nil {
+		return nil, u.noControllers()
+	}
+	return c, nil
+}
+
+// noControllers says why a UVM has no attachment controllers.
+func (u *UVM) noControllers() error {
+	if u.opened {
+		return fmt.Errorf("uvm %s: %w: attachments belong to the process that started the VM", u.cfg.ID, ErrNotOwner)
+	}
+	return fmt.Errorf("uvm %s: %w: start it first", u.cfg.ID, ErrNotReady)
+}
 
 // fail marks the UVM failed.
 func (u *UVM) fail(err error) {
@@ -270,14 +379,36 @@ func keepOnFailure() bool { return os.Getenv(KeepOnFailureEnv) == "1" }
 
 // Remove deletes the state directory; idempotent. A failed UVM is kept
 // when LAYERVISOR_KEEP_UVM_ON_FAILURE=1, with a warning naming the paths.
+// A UVM another process is creating, starting or owns is refused.
 func (u *UVM) Remove(ctx context.Context) error {
 	if u.State().Status == "running" {
 		return fmt.Errorf("uvm %s: stop it before removing it", u.cfg.ID)
 	}
+	if u.lock == nil {
+		lk, ok, err := lockUVM(u.dir)
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("uvm %s: %w", u.cfg.ID, err)
+		}
+		if !ok {
+			return fmt.Errorf("uvm %s is in use by another process", u.cfg.ID)
+		}
+		u.lock = lk
+	}
+	defer func() { u.lock.release(); u.lock = nil }()
 	if u.State().Status == "failed" && keepOnFailure() {
 		slog.Warn("keeping failed UVM state for inspection", "uvm", u.cfg.ID, "dir", u.dir,
 			"console", u.path("debug/console.log"), "qemu_log", u.path("debug/qemu.log"))
 		return nil
 	}
-	return os.RemoveAll(u.dir)
+	return removeDir(u.dir)
+}
+
+// removeDir unmounts what is mounted under dir (a share's file bind mounts
+// left by a dead owner) and removes it.
+func removeDir(dir string) error {
+	err := unmountUnder(dir)
+	return errors.Join(err, os.RemoveAll(dir))
 }

@@ -29,8 +29,8 @@ func attachVPMem(ctx context.Context, c *vpmem.Controller, hostPath string) (lay
 	}
 }
 
-func attachSCSI(ctx context.Context, c *scsi.Controller, hostPath string, readOnly bool) (layers.Attachment, error) {
-	return c.Attach(ctx, hostPath, scsi.Options{ReadOnly: readOnly, MountInGuest: true})
+func attachSCSI(ctx context.Context, c *scsi.Controller, hostPath string, format scsi.Format, readOnly bool) (layers.Attachment, error) {
+	return c.Attach(ctx, hostPath, scsi.Options{Format: format, ReadOnly: readOnly, MountInGuest: true})
 }
 
 func addShare(ctx context.Context, c *share.Controller, hostPath string, readOnly bool) (layers.Attachment, error) {

@@ -89,7 +89,7 @@ func BenchmarkHotAttach(b *testing.B) {
 	layer := filepath.Join(f[0], layers.LayerFile)
 	b.Run("scsi", func(b *testing.B) {
 		for i := 0; i < b.N; i++ {
-			a, err := e.vm.AttachSCSI(ctx, layer, true)
+			a, err := e.vm.AttachSCSI(ctx, layer, layers.LayerFormat, true)
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -21,19 +21,35 @@ type VM struct{ U *uvm.UVM }
 var _ resources.UVM = VM{}
 
 func (v VM) AttachVPMem(ctx context.Context, hostPath string) (layers.Attachment, error) {
-	return attachVPMem(ctx, v.U.VPMem(), hostPath)
+	c, err := v.U.VPMem()
+	if err != nil {
+		return nil, err
+	}
+	return attachVPMem(ctx, c, hostPath)
 }
 
-func (v VM) AttachSCSI(ctx context.Context, hostPath string, readOnly bool) (layers.Attachment, error) {
-	return attachSCSI(ctx, v.U.SCSI(), hostPath, readOnly)
+func (v VM) AttachSCSI(ctx context.Context, hostPath string, format scsi.Format, readOnly bool) (layers.Attachment, error) {
+	c, err := v.U.SCSI()
+	if err != nil {
+		return nil, err
+	}
+	return attachSCSI(ctx, c, hostPath, format, readOnly)
 }
 
 func (v VM) AddShare(ctx context.Context, hostPath string, readOnly bool) (layers.Attachment, error) {
-	return addShare(ctx, v.U.Shares(), hostPath, readOnly)
+	c, err := v.U.Shares()
+	if err != nil {
+		return nil, err
+	}
+	return addShare(ctx, c, hostPath, readOnly)
 }
 
-func (v VM) AttachDisk(ctx context.Context, hostPath string, readOnly, passThrough bool) (layers.Attachment, error) {
-	return v.U.SCSI().Attach(ctx, hostPath, scsi.Options{ReadOnly: readOnly, MountInGuest: true})
+func (v VM) AttachDisk(ctx context.Context, hostPath string, format scsi.Format, readOnly, passThrough bool) (layers.Attachment, error) {
+	c, err := v.U.SCSI()
+	if err != nil {
+		return nil, err
+	}
+	return c.Attach(ctx, hostPath, scsi.Options{Format: format, ReadOnly: readOnly, MountInGuest: true})
 }
 
 func (v VM) MkdirAll(ctx context.Context, p string) error { return v.U.Agent().Mkdir(ctx, p) }

@@ -136,7 +136,7 @@ func TestSameViewBothModesAndSharedLayers(t *testing.T) {
 	}
 	// Each layer is attached once although two containers use it.
 	for _, lf := range f1[:len(f1)-1] {
-		if n := e.u.VPMem().RefCount(filepath.Join(lf, layers.LayerFile)); n != 2 {
+		if n := must(e.u.VPMem()).RefCount(filepath.Join(lf, layers.LayerFile)); n != 2 {
 			t.Errorf("layer %s: VPMEM refs %d, want 2", lf, n)
 		}
 	}
@@ -169,7 +169,7 @@ func TestSameViewBothModesAndSharedLayers(t *testing.T) {
 	if err := res2.Release(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if n := e.u.SCSI().Attached(); n != 0 {
+	if n := must(e.u.SCSI()).Attached(); n != 0 {
 		t.Fatalf("%d SCSI disks still attached after both containers released", n)
 	}
 }
@@ -202,16 +202,16 @@ func TestVPMemFallbackMountsAndSharedScratch(t *testing.T) {
 		t.Fatal(err)
 	}
 	// One VPMEM slot: the first layer took it, the rest fell back to SCSI.
-	if slots, _ := e.u.VPMem().Bound(); slots != 1 {
+	if slots, _ := must(e.u.VPMem()).Bound(); slots != 1 {
 		t.Fatalf("VPMEM slots bound %d, want 1", slots)
 	}
-	scsiBefore := e.u.SCSI().Attached()
+	scsiBefore := must(e.u.SCSI()).Attached()
 	r2, err := resources.Setup(ctx, e.vm, e.mnt, resources.Container{ID: "member", Spec: &specs.Spec{Mounts: []specs.Mount{{Source: "sandbox://cache", Destination: "/cache"}}}, LayerFolders: member, GuestRoot: vmcontainer.GuestRoot("member")})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if e.u.SCSI().Attached() != scsiBefore {
-		t.Fatalf("shared scratch or layers attached again: %d → %d SCSI disks", scsiBefore, e.u.SCSI().Attached())
+	if must(e.u.SCSI()).Attached() != scsiBefore {
+		t.Fatalf("shared scratch or layers attached again: %d → %d SCSI disks", scsiBefore, must(e.u.SCSI()).Attached())
 	}
 	out, code := e.sh(t, r1.Rootfs, "cat /data/shared.txt /etc/single.conf; echo siblings=$(ls /etc | grep -c sibling); touch /data/x 2>/dev/null || echo data-is-read-only; echo hi > /disk/f && cat /disk/f; echo c > /cache/f")
 	if code != 0 {
@@ -232,10 +232,10 @@ func TestVPMemFallbackMountsAndSharedScratch(t *testing.T) {
 	if err := r1.Release(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if n := e.u.SCSI().Attached(); n != 0 {
+	if n := must(e.u.SCSI()).Attached(); n != 0 {
 		t.Fatalf("%d SCSI disks left", n)
 	}
-	if n := e.u.Shares().Active(); n != 0 {
+	if n := must(e.u.Shares()).Active(); n != 0 {
 		t.Fatalf("%d shares left", n)
 	}
 }
@@ -248,7 +248,7 @@ func TestSCSIReattach(t *testing.T) {
 	f := e.container(t, "c", store.ContainerOptions{})
 	layer := filepath.Join(f[0], layers.LayerFile)
 	for i := 0; i < 6; i++ {
-		a, err := e.vm.AttachSCSI(ctx, layer, true)
+		a, err := e.vm.AttachSCSI(ctx, layer, layers.LayerFormat, true)
 		if err != nil {
 			t.Fatalf("attach %d: %v", i, err)
 		}
@@ -260,7 +260,7 @@ func TestSCSIReattach(t *testing.T) {
 			t.Fatalf("release %d: %v", i, err)
 		}
 	}
-	if n := e.u.SCSI().Attached(); n != 0 {
+	if n := must(e.u.SCSI()).Attached(); n != 0 {
 		t.Fatalf("%d disks left", n)
 	}
 }
@@ -305,4 +305,12 @@ func (k *killAfterFirst) AttachVPMem(ctx context.Context, p string) (layers.Atta
 	a, err := k.VM.AttachVPMem(ctx, p)
 	k.once.Do(k.kill)
 	return a, err
+}
+
+// must unwraps a controller of a UVM this test started.
+func must[C any](c C, err error) C {
+	if err != nil {
+		panic(err)
+	}
+	return c
 }

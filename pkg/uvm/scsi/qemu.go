@@ -5,10 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
-	"strings"
 
-	"github.com/layervisor/layervisor/pkg/diskimage"
 	"github.com/layervisor/layervisor/pkg/uvm/hotplug"
 	"github.com/layervisor/layervisor/pkg/vhd"
 )
@@ -27,9 +24,9 @@ func nodeName(s Slot) string { return fmt.Sprintf("scsi%d-lun%d", s.Controller, 
 func deviceID(s Slot) string { return fmt.Sprintf("scsidisk%d-%d", s.Controller, s.LUN) }
 
 // AddDisk implements Host.
-func (h *QEMUHost) AddDisk(ctx context.Context, slot Slot, hostPath string, readOnly bool) error {
+func (h *QEMUHost) AddDisk(ctx context.Context, slot Slot, hostPath string, format Format, readOnly bool) error {
 	node := nodeName(slot)
-	blockdev, err := BlockdevArgs(node, hostPath, readOnly)
+	blockdev, err := BlockdevArgs(node, hostPath, format, readOnly)
 	if err != nil {
 		return err
 	}
@@ -61,18 +58,19 @@ func (h *QEMUHost) RemoveDisk(ctx context.Context, slot Slot) error {
 	return nil
 }
 
-// BlockdevArgs are the blockdev-add arguments for hostPath: the protocol
-// node is "host_device" for a block device and "file" otherwise; the format
-// follows the content: VHDX → vhdx, a fixed VHD (data then a 512-byte
-// footer, like layer.vhd) → raw limited to the data ("size"), a dynamic or
-// differencing VHD → vpc, ".qcow2" → qcow2, anything else raw.
+// BlockdevArgs are the blockdev-add arguments for hostPath opened as
+// format: the protocol node is "host_device" for a block device and "file"
+// otherwise. The format is the one recorded for the disk, never read from
+// its content (the guest may have written any header or footer into it).
+// FormatVHDFixed is opened raw and limited to the data before its footer
+// ("size" = file size − 512).
 //
 // Fixed VHDs do not go through QEMU's vpc driver: for footers whose
 // creator it does not know it derives the size from the CHS geometry,
 // which is smaller than the data (2 MiB reads as 2088960 bytes) and would
 // cut the file system short; its force_size_calc option is not accepted by
 // blockdev-add in QEMU 7.2.
-func BlockdevArgs(node, hostPath string, readOnly bool) (map[string]any, error) {
+func BlockdevArgs(node, hostPath string, format Format, readOnly bool) (map[string]any, error) {
 	fi, err := os.Stat(hostPath)
 	if err != nil {
 		return nil, err
@@ -81,47 +79,26 @@ func BlockdevArgs(node, hostPath string, readOnly bool) (map[string]any, error) 
 	if fi.Mode()&os.ModeDevice != 0 {
 		protocol = "host_device"
 	}
-	format, dataSize, err := formatOf(hostPath, fi)
-	if err != nil {
-		return nil, err
-	}
 	args := map[string]any{
-		"driver": format, "node-name": node, "read-only": readOnly,
+		"node-name": node, "read-only": readOnly,
 		"file": map[string]any{"driver": protocol, "filename": hostPath, "read-only": readOnly},
 	}
-	if dataSize > 0 {
-		args["size"] = dataSize
+	switch format {
+	case FormatRaw:
+		args["driver"] = "raw"
+	case FormatVHDFixed:
+		if !fi.Mode().IsRegular() || fi.Size() <= vhd.FooterSize {
+			return nil, fmt.Errorf("%s: not a fixed VHD (a regular file larger than its %d-byte footer)", hostPath, vhd.FooterSize)
+		}
+		args["driver"], args["size"] = "raw", fi.Size()-vhd.FooterSize
+	case FormatVHDDynamic:
+		args["driver"] = "vpc"
+	case FormatVHDX:
+		args["driver"] = "vhdx"
+	case FormatQCOW2:
+		args["driver"] = "qcow2"
+	default:
+		return nil, fmt.Errorf("%s: unknown disk format %q", hostPath, format)
 	}
 	return args, nil
-}
-
-// formatOf returns the QEMU format driver for the image (by content, as
-// diskimage detects it) and, for a fixed VHD, the size of its data.
-func formatOf(hostPath string, fi os.FileInfo) (string, int64, error) {
-	if !fi.Mode().IsRegular() {
-		return "raw", 0, nil
-	}
-	fm, err := diskimage.Detect(hostPath)
-	if err != nil {
-		return "", 0, err
-	}
-	switch fm {
-	case diskimage.VHDX:
-		return "vhdx", 0, nil
-	case diskimage.VHD:
-		f, err := os.Open(hostPath)
-		if err != nil {
-			return "", 0, err
-		}
-		defer f.Close()
-		ft, err := vhd.ReadFooter(f, fi.Size())
-		if err == nil && ft.DiskType == vhd.DiskTypeFixed {
-			return "raw", fi.Size() - vhd.FooterSize, nil
-		}
-		return "vpc", 0, nil // dynamic (its footer copy at 0 is enough for QEMU)
-	}
-	if strings.EqualFold(filepath.Ext(hostPath), ".qcow2") {
-		return "qcow2", 0, nil
-	}
-	return "raw", 0, nil
 }

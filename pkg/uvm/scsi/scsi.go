@@ -2,18 +2,22 @@
 // VM's virtio-scsi controllers and mounts them in the guest, reference-counted
 // by host path.
 //
-// The Controller is a small state machine over two interfaces it defines:
-// Host (what the VMM must do: hot-add and hot-remove a disk at a slot) and
-// Guest (what the guest agent must do: mount and unmount it). A disk moves
-// through attaching → attached → detaching; concurrent callers for the same
-// path wait for an in-flight transition instead of racing it.
+// The Controller is a thin layer over internal/refcount, which owns the
+// reference counts, the in-flight transitions and the retryable release; it
+// adds slot allocation and the calls to two interfaces it defines: Host
+// (what the VMM must do: hot-add and hot-remove a disk at a slot) and Guest
+// (what the guest agent must do: mount and unmount it).
 //
 //   - Slots are controller×LUN (64 LUNs per controller), lowest free first.
 //   - Attaching the same host path again with identical Options adds a
 //     reference; different Options for a path already attached is ErrConflict.
+//   - The disk's Format is given, never probed: the guest can write a VHD
+//     footer or a VHDX header into a writable disk.
 //   - Guest mount paths come from a counter: /run/mounts/scsi/m<N>.
-//   - A failed guest mount detaches the disk again; the last Release unmounts
-//     in the guest and hot-removes the disk.
+//   - A failed guest mount detaches the disk again. The last Release
+//     unmounts in the guest, then hot-removes the disk; when a step fails the
+//     reference is kept and a later Release retries from that step (a disk
+//     the guest still has mounted is never removed under it).
 package scsi
 
 import (
@@ -22,10 +26,9 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
-	"sync/atomic"
 
 	"github.com/layervisor/layervisor/internal/hostpath"
-	"github.com/layervisor/layervisor/internal/inflight"
+	"github.com/layervisor/layervisor/internal/refcount"
 	"github.com/layervisor/layervisor/pkg/undo"
 )
 
@@ -39,9 +42,9 @@ var (
 	// ErrNoFreeSlot means every controller×LUN slot is taken.
 	ErrNoFreeSlot = errors.New("no free SCSI slot")
 	// ErrConflict means the host path is already attached with other options.
-	ErrConflict = errors.New("already attached with a different configuration")
-	// ErrAlreadyReleased means Release was called twice on one Mount.
-	ErrAlreadyReleased = errors.New("SCSI mount already released")
+	ErrConflict = refcount.ErrConflict
+	// ErrAlreadyReleased means Release was called again after it succeeded.
+	ErrAlreadyReleased = refcount.ErrAlreadyReleased
 )
 
 // Slot is a place on the VM's SCSI buses.
@@ -52,9 +55,40 @@ type Slot struct {
 
 func (s Slot) String() string { return fmt.Sprintf("%d:%d", s.Controller, s.LUN) }
 
+// Format is how the host opens a disk file. It is recorded when the disk is
+// created or registered and passed explicitly: the host never decides it
+// from the disk's content, which the guest may have written.
+type Format string
+
+// The formats a disk can be attached as.
+const (
+	// FormatRaw is a raw image or a host block device.
+	FormatRaw Format = "raw"
+	// FormatVHDFixed is raw data followed by a 512-byte fixed-VHD footer
+	// (layer.vhd): QEMU opens it raw, limited to the data.
+	FormatVHDFixed Format = "vhd-fixed"
+	// FormatVHDDynamic is a dynamic or differencing VHD (QEMU's vpc).
+	FormatVHDDynamic Format = "vhd-dynamic"
+	// FormatVHDX is a VHDX disk.
+	FormatVHDX Format = "vhdx"
+	// FormatQCOW2 is a qcow2 image.
+	FormatQCOW2 Format = "qcow2"
+)
+
+// Valid reports whether f is one of the formats above.
+func (f Format) Valid() bool {
+	switch f {
+	case FormatRaw, FormatVHDFixed, FormatVHDDynamic, FormatVHDX, FormatQCOW2:
+		return true
+	}
+	return false
+}
+
 // Options says how a disk is attached. Two attaches of one path share the
 // disk only when their Options are equal.
 type Options struct {
+	// Format of the disk file; required.
+	Format   Format
 	ReadOnly bool
 	// Partition to mount, 1-based; 0 mounts the whole disk.
 	Partition int
@@ -67,8 +101,9 @@ type Options struct {
 
 // Host is what the VMM side must do.
 type Host interface {
-	// AddDisk hot-adds hostPath at slot. On failure it leaves nothing added.
-	AddDisk(ctx context.Context, slot Slot, hostPath string, readOnly bool) error
+	// AddDisk hot-adds hostPath, opened as format, at slot. On failure it
+	// leaves nothing added.
+	AddDisk(ctx context.Context, slot Slot, hostPath string, format Format, readOnly bool) error
 	// RemoveDisk hot-removes the disk at slot and returns once it is gone.
 	RemoveDisk(ctx context.Context, slot Slot) error
 }
@@ -79,35 +114,25 @@ type Guest interface {
 	Unmount(ctx context.Context, guestPath string) error
 }
 
-type state int
-
-const (
-	attaching state = iota
-	attached
-	detaching
-)
-
+// disk is the table's value for an attached host path.
 type disk struct {
 	hostPath  string // resolved
 	opts      Options
 	slot      Slot
 	guestPath string
-	refs      int
-	state     state
-	op        *inflight.Op // the transition in flight (or the last one)
-	// unsafe is set when removing the disk failed: the slot may still hold
-	// it, so it is never handed out again.
-	unsafe bool
 }
 
 // Controller manages the SCSI disks of one VM. Safe for concurrent use.
 type Controller struct {
 	host  Host
 	guest Guest
+	disks *refcount.Table[string, Options, disk]
 
-	mu        sync.Mutex
-	slots     [][]*disk // [controller][lun]; nil = free
-	byPath    map[string]*disk
+	mu sync.Mutex
+	// slots are taken from reservation until the disk is removed; a slot
+	// whose disk could not be removed while undoing a failed attach stays
+	// taken for good (the disk may still be there).
+	slots     [][]bool // [controller][lun]
 	nextMount int
 }
 
@@ -117,32 +142,34 @@ func New(host Host, guest Guest, controllers int) (*Controller, error) {
 	if controllers < 1 {
 		return nil, fmt.Errorf("scsi: need at least one controller, got %d", controllers)
 	}
-	c := &Controller{host: host, guest: guest, byPath: map[string]*disk{}}
-	c.slots = make([][]*disk, controllers)
+	c := &Controller{host: host, guest: guest}
+	c.slots = make([][]bool, controllers)
 	for i := range c.slots {
-		c.slots[i] = make([]*disk, LUNsPerController)
+		c.slots[i] = make([]bool, LUNsPerController)
 	}
+	c.disks = refcount.New(refcount.Hooks[string, Options, disk]{
+		Attach: c.attach, Mount: c.mount, Unmount: c.unmount, Remove: c.remove,
+	})
 	return c, nil
 }
 
-// Mount is one reference to an attached disk. Release it exactly once.
+// Mount is one reference to an attached disk. Release it until Release
+// succeeds.
 type Mount struct {
-	c        *Controller
-	d        *disk
-	released atomic.Bool
+	r *refcount.Ref[string, Options, disk]
 }
 
 // GuestPath is where the disk is mounted in the guest ("" without MountInGuest).
-func (m *Mount) GuestPath() string { return m.d.guestPath }
+func (m *Mount) GuestPath() string { return m.r.Value().guestPath }
 
 // Slot is where the disk sits on the VM's SCSI buses.
-func (m *Mount) Slot() Slot { return m.d.slot }
+func (m *Mount) Slot() Slot { return m.r.Value().slot }
 
 // HostPath is the attached file with symlinks resolved.
-func (m *Mount) HostPath() string { return m.d.hostPath }
+func (m *Mount) HostPath() string { return m.r.Key() }
 
 // Options are the options the disk was attached with.
-func (m *Mount) Options() Options { return m.d.opts }
+func (m *Mount) Options() Options { return m.r.Options() }
 
 // Attach attaches hostPath (a disk image or block device) with opts, or adds
 // a reference when it is already attached with the same opts.
@@ -150,141 +177,109 @@ func (c *Controller) Attach(ctx context.Context, hostPath string, opts Options) 
 	if opts.Partition < 0 {
 		return nil, fmt.Errorf("scsi attach %s: invalid partition %d", hostPath, opts.Partition)
 	}
+	if !opts.Format.Valid() {
+		return nil, fmt.Errorf("scsi attach %s: unknown disk format %q", hostPath, opts.Format)
+	}
 	resolved, err := resolve(hostPath)
 	if err != nil {
 		return nil, fmt.Errorf("scsi attach: %w", err)
 	}
-	c.mu.Lock()
-	for {
-		d := c.byPath[resolved]
-		if d == nil {
-			break
-		}
-		if d.state != detaching && d.opts != opts {
-			c.mu.Unlock()
-			return nil, fmt.Errorf("scsi attach %s with %+v: %w (attached at %s with %+v)",
-				hostPath, opts, ErrConflict, d.slot, d.opts)
-		}
-		if d.state == attached {
-			d.refs++
-			c.mu.Unlock()
-			return &Mount{c: c, d: d}, nil
-		}
-		// Wait for the in-flight attach or detach, then look again.
-		o, wasAttaching := d.op, d.state == attaching
-		c.mu.Unlock()
-		if err := o.Wait(ctx); err != nil {
-			return nil, fmt.Errorf("scsi attach %s: %w", hostPath, err)
-		}
-		if wasAttaching && o.Err() != nil {
-			// Every caller waiting on a failed attach gets its error.
-			return nil, fmt.Errorf("scsi attach %s: concurrent attach failed: %w", hostPath, o.Err())
-		}
-		c.mu.Lock()
+	r, err := c.disks.Attach(ctx, resolved, opts)
+	if err != nil {
+		return nil, fmt.Errorf("scsi attach %s: %w", hostPath, err)
 	}
+	return &Mount{r: r}, nil
+}
+
+// attach is the table's Attach hook: reserve a slot, hot-add, mount.
+func (c *Controller) attach(ctx context.Context, hostPath string, opts Options) (_ disk, err error) {
+	c.mu.Lock()
 	slot, ok := c.freeSlot()
 	if !ok {
 		c.mu.Unlock()
-		return nil, fmt.Errorf("scsi attach %s: %w (%d controllers × %d LUNs in use)",
-			hostPath, ErrNoFreeSlot, len(c.slots), LUNsPerController)
+		return disk{}, fmt.Errorf("%w (%d controllers × %d LUNs in use)", ErrNoFreeSlot, len(c.slots), LUNsPerController)
 	}
-	d := &disk{hostPath: resolved, opts: opts, slot: slot, refs: 1, state: attaching,
-		op: inflight.New()}
+	c.slots[slot.Controller][slot.LUN] = true
+	d := disk{hostPath: hostPath, opts: opts, slot: slot}
 	if opts.MountInGuest {
 		d.guestPath = fmt.Sprintf("%s/m%d", GuestMountRoot, c.nextMount)
 		c.nextMount++
 	}
-	c.slots[slot.Controller][slot.LUN] = d
-	c.byPath[resolved] = d
 	c.mu.Unlock()
 
-	err = c.attach(ctx, d)
-
-	c.mu.Lock()
-	if err != nil {
-		delete(c.byPath, resolved)
-		if !d.unsafe {
-			c.slots[slot.Controller][slot.LUN] = nil
-		}
-	} else {
-		d.state = attached
-	}
-	d.op.Finish(err)
-	c.mu.Unlock()
-	if err != nil {
-		return nil, err
-	}
-	slog.Debug("scsi attached", "path", resolved, "slot", slot, "guest", d.guestPath)
-	return &Mount{c: c, d: d}, nil
-}
-
-func (c *Controller) attach(ctx context.Context, d *disk) (err error) {
 	var u undo.Stack
 	defer u.RunUnlessCommitted(ctx, &err)
-	if err := c.host.AddDisk(ctx, d.slot, d.hostPath, d.opts.ReadOnly); err != nil {
-		return fmt.Errorf("scsi attach %s at %s: %w", d.hostPath, d.slot, err)
+	retired := false // the disk may still be in the slot: keep it taken
+	u.Push("free slot "+slot.String(), func(context.Context) error {
+		if !retired {
+			c.free(slot)
+		}
+		return nil
+	})
+	if err := c.host.AddDisk(ctx, slot, hostPath, opts.Format, opts.ReadOnly); err != nil {
+		return disk{}, fmt.Errorf("add at %s: %w", slot, err)
 	}
-	u.Push("remove disk "+d.slot.String(), func(ctx context.Context) error {
-		if err := c.host.RemoveDisk(ctx, d.slot); err != nil {
-			d.unsafe = true
+	u.Push("remove disk "+slot.String(), func(ctx context.Context) error {
+		if err := c.host.RemoveDisk(ctx, slot); err != nil {
+			retired = true
 			return err
 		}
 		return nil
 	})
-	if d.opts.MountInGuest {
-		if err := c.guest.MountSCSI(ctx, d.slot, d.opts.Partition, d.opts.ReadOnly, d.opts.FSType, d.guestPath); err != nil {
-			return fmt.Errorf("scsi attach %s: mount at %s in the guest: %w", d.hostPath, d.guestPath, err)
-		}
+	if _, err := c.mount(ctx, hostPath, d); err != nil {
+		return disk{}, err
 	}
 	u.Commit()
+	slog.Debug("scsi attached", "path", hostPath, "slot", slot, "guest", d.guestPath)
+	return d, nil
+}
+
+// mount is the guest step of attach, and the table's Mount hook after a
+// release that unmounted but could not remove: the same path again.
+func (c *Controller) mount(ctx context.Context, _ string, d disk) (disk, error) {
+	if d.guestPath == "" {
+		return d, nil
+	}
+	if err := c.guest.MountSCSI(ctx, d.slot, d.opts.Partition, d.opts.ReadOnly, d.opts.FSType, d.guestPath); err != nil {
+		return disk{}, fmt.Errorf("mount at %s in the guest: %w", d.guestPath, err)
+	}
+	return d, nil
+}
+
+func (c *Controller) unmount(ctx context.Context, _ string, d disk) error {
+	if d.guestPath == "" {
+		return nil
+	}
+	if err := c.guest.Unmount(ctx, d.guestPath); err != nil {
+		return fmt.Errorf("unmount %s in the guest: %w", d.guestPath, err)
+	}
 	return nil
 }
 
-// Release drops this reference. The last one unmounts the disk in the guest
-// and hot-removes it; both are attempted and their errors joined. When the
-// removal fails the slot is never reused (the disk may still be there).
+func (c *Controller) remove(ctx context.Context, hostPath string, d disk) error {
+	if err := c.host.RemoveDisk(ctx, d.slot); err != nil {
+		return fmt.Errorf("remove disk at %s: %w", d.slot, err)
+	}
+	c.free(d.slot)
+	slog.Debug("scsi detached", "path", hostPath, "slot", d.slot)
+	return nil
+}
+
+func (c *Controller) free(s Slot) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.slots[s.Controller][s.LUN] = false
+}
+
+// Release drops this reference. The last one unmounts the disk in the guest,
+// then hot-removes it. When a step fails the reference is kept (the disk
+// stays attached, and mounted if the unmount failed) and the error is
+// returned; calling Release again retries from the failed step.
 func (m *Mount) Release(ctx context.Context) error {
-	if !m.released.CompareAndSwap(false, true) {
-		return fmt.Errorf("%s: %w", m.d.hostPath, ErrAlreadyReleased)
+	if err := m.r.Release(ctx); err != nil {
+		return fmt.Errorf("scsi release %s: %w", m.r.Key(), err)
 	}
-	c, d := m.c, m.d
-	c.mu.Lock()
-	d.refs--
-	if d.refs > 0 {
-		c.mu.Unlock()
-		return nil
-	}
-	d.state = detaching
-	d.op = inflight.New()
-	c.mu.Unlock()
-
-	var errs []error
-	if d.guestPath != "" {
-		if err := c.guest.Unmount(ctx, d.guestPath); err != nil {
-			errs = append(errs, fmt.Errorf("scsi release %s: unmount %s in the guest: %w", d.hostPath, d.guestPath, err))
-		}
-	}
-	removeErr := c.host.RemoveDisk(ctx, d.slot)
-	if removeErr != nil {
-		errs = append(errs, fmt.Errorf("scsi release %s: remove disk at %s: %w", d.hostPath, d.slot, removeErr))
-	}
-	err := errors.Join(errs...)
-
-	c.mu.Lock()
-	if c.byPath[d.hostPath] == d {
-		delete(c.byPath, d.hostPath)
-	}
-	if removeErr == nil {
-		c.slots[d.slot.Controller][d.slot.LUN] = nil
-	} else {
-		d.unsafe = true
-	}
-	d.op.Finish(err)
-	c.mu.Unlock()
-	if err == nil {
-		slog.Debug("scsi detached", "path", d.hostPath, "slot", d.slot)
-	}
-	return err
+	return nil
 }
 
 // RefCount reports how many references hostPath has (0 when not attached).
@@ -293,23 +288,18 @@ func (c *Controller) RefCount(hostPath string) int {
 	if err != nil {
 		return 0
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if d := c.byPath[resolved]; d != nil && d.state == attached {
-		return d.refs
-	}
-	return 0
+	return c.disks.RefCount(resolved)
 }
 
-// Attached reports how many disks are attached (slots in use, including
-// slots lost to a failed removal).
+// Attached reports how many slots are taken (attached disks, disks in
+// transition, and slots lost to a failed removal).
 func (c *Controller) Attached() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	n := 0
 	for _, luns := range c.slots {
-		for _, d := range luns {
-			if d != nil {
+		for _, taken := range luns {
+			if taken {
 				n++
 			}
 		}
@@ -319,8 +309,8 @@ func (c *Controller) Attached() int {
 
 func (c *Controller) freeSlot() (Slot, bool) {
 	for ctl, luns := range c.slots {
-		for lun, d := range luns {
-			if d == nil {
+		for lun, taken := range luns {
+			if !taken {
 				return Slot{Controller: ctl, LUN: lun}, true
 			}
 		}

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -24,8 +25,10 @@ type fakeHost struct {
 	*attachtest.Table[Slot, string]
 }
 
-func (h fakeHost) AddDisk(ctx context.Context, s Slot, p string, ro bool) error { return h.Add(s, p) }
-func (h fakeHost) RemoveDisk(ctx context.Context, s Slot) error                 { return h.Remove(s) }
+func (h fakeHost) AddDisk(ctx context.Context, s Slot, p string, f Format, ro bool) error {
+	return h.Add(s, p)
+}
+func (h fakeHost) RemoveDisk(ctx context.Context, s Slot) error { return h.Remove(s) }
 
 // fakeGuest keeps the guest's mount table, which fails the test on a double
 // mount or a stray unmount.
@@ -63,7 +66,7 @@ func files(t *testing.T, n int) []string {
 	return out
 }
 
-var mounted = Options{MountInGuest: true}
+var mounted = Options{Format: FormatRaw, MountInGuest: true}
 
 func TestAttachDedupesAndRefCounts(t *testing.T) {
 	ctx := context.Background()
@@ -128,7 +131,7 @@ func TestSlotsLowestFirstAndExhaustion(t *testing.T) {
 	ps := files(t, 2*LUNsPerController+1)
 	ms := make([]*Mount, 0, len(ps))
 	for i, p := range ps[:2*LUNsPerController] {
-		m, err := c.Attach(ctx, p, Options{ReadOnly: true})
+		m, err := c.Attach(ctx, p, Options{Format: FormatRaw, ReadOnly: true})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -142,13 +145,13 @@ func TestSlotsLowestFirstAndExhaustion(t *testing.T) {
 		ms = append(ms, m)
 	}
 	last := ps[len(ps)-1]
-	if _, err := c.Attach(ctx, last, Options{}); !errors.Is(err, ErrNoFreeSlot) {
+	if _, err := c.Attach(ctx, last, Options{Format: FormatRaw}); !errors.Is(err, ErrNoFreeSlot) {
 		t.Fatalf("attach with all slots taken: %v", err)
 	}
 	if err := ms[5].Release(ctx); err != nil {
 		t.Fatal(err)
 	}
-	m, err := c.Attach(ctx, last, Options{})
+	m, err := c.Attach(ctx, last, Options{Format: FormatRaw})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -182,6 +185,11 @@ func TestBadInput(t *testing.T) {
 	if _, err := c.Attach(ctx, p, Options{Partition: -1}); err == nil {
 		t.Fatal("negative partition accepted")
 	}
+	for _, f := range []Format{"", "VHD"} {
+		if _, err := c.Attach(ctx, p, Options{Format: f, MountInGuest: true}); err == nil || !strings.Contains(err.Error(), p) {
+			t.Fatalf("format %q: %v", f, err)
+		}
+	}
 	if _, err := New(h, nil, 0); err == nil {
 		t.Fatal("zero controllers accepted")
 	}
@@ -189,7 +197,7 @@ func TestBadInput(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.Attach(ctx, p, Options{MountInGuest: true, ReadOnly: true}); !errors.Is(err, ErrConflict) {
+	if _, err := c.Attach(ctx, p, Options{Format: FormatRaw, MountInGuest: true, ReadOnly: true}); !errors.Is(err, ErrConflict) {
 		t.Fatalf("conflicting attach: %v", err)
 	}
 	if c.RefCount(p) != 1 {
@@ -256,42 +264,56 @@ func TestFailureInjection(t *testing.T) {
 		}
 		_ = m.Release(ctx)
 	})
-	t.Run("release continues past unmount failure", func(t *testing.T) {
+	t.Run("unmount fails: disk stays attached and mounted, retry finishes", func(t *testing.T) {
 		c, h, g := setup(t, 1)
 		p := files(t, 1)[0]
 		m, err := c.Attach(ctx, p, mounted)
 		if err != nil {
 			t.Fatal(err)
 		}
-		g.RemoveHook = func(string) error { return errInjected }
+		fix := g.BreakRemove(func(string) bool { return true }, errInjected)
 		if err := m.Release(ctx); !errors.Is(err, errInjected) {
 			t.Fatalf("got %v", err)
 		}
-		if d, _, r := h.Counts(); d != 0 || r != 1 || c.Attached() != 0 {
-			t.Fatalf("disk not removed after unmount failure: disks %d removes %d", d, r)
+		if d, _, _ := h.Counts(); d != 1 || h.RemoveTries() != 0 || g.Count() != 1 || c.RefCount(p) != 1 || c.Attached() != 1 {
+			t.Fatalf("after failed unmount: disks %d remove tries %d mounts %d refs %d", d, h.RemoveTries(), g.Count(), c.RefCount(p))
+		}
+		fix()
+		if err := m.Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if d, _, _ := h.Counts(); d != 0 || g.Count() != 0 || c.Attached() != 0 || c.RefCount(p) != 0 {
+			t.Fatalf("after retry: disks %d mounts %d attached %d", d, g.Count(), c.Attached())
 		}
 	})
-	t.Run("release with remove failure joins errors and retires slot", func(t *testing.T) {
+	t.Run("remove fails: slot kept, retry only removes", func(t *testing.T) {
 		c, h, g := setup(t, 1)
 		ps := files(t, 2)
 		m, err := c.Attach(ctx, ps[0], mounted)
 		if err != nil {
 			t.Fatal(err)
 		}
-		g.RemoveHook = func(string) error { return errInjected }
 		rmErr := errors.New("remove failed")
-		h.RemoveHook = func(Slot) error { return rmErr }
-		err = m.Release(ctx)
-		if !errors.Is(err, errInjected) || !errors.Is(err, rmErr) {
-			t.Fatalf("want both errors, got %v", err)
+		fix := h.BreakRemove(func(Slot) bool { return true }, rmErr)
+		if err := m.Release(ctx); !errors.Is(err, rmErr) {
+			t.Fatalf("got %v", err)
 		}
-		h.RemoveHook = nil
-		if c.RefCount(ps[0]) != 0 {
-			t.Fatal("released path still counted")
+		fix()
+		if c.RefCount(ps[0]) != 1 || g.Count() != 0 {
+			t.Fatalf("refs %d mounts %d", c.RefCount(ps[0]), g.Count())
 		}
-		m2, err := c.Attach(ctx, ps[0], mounted)
+		m2, err := c.Attach(ctx, ps[1], mounted)
 		if err != nil || m2.Slot() != (Slot{0, 1}) {
-			t.Fatalf("re-attach after failed remove: %v %v", m2, err)
+			t.Fatalf("slot of a disk not yet removed reused: %v %v", m2, err)
+		}
+		if err := m.Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if g.RemoveTries() != 1 || h.RemoveTries() != 2 || c.Attached() != 1 {
+			t.Fatalf("unmounts %d removes %d attached %d", g.RemoveTries(), h.RemoveTries(), c.Attached())
+		}
+		if err := m2.Release(ctx); err != nil {
+			t.Fatal(err)
 		}
 	})
 }
@@ -435,7 +457,7 @@ func TestAttachWaitsForDetach(t *testing.T) {
 	// The path is being detached: even other options must wait, not conflict.
 	got := make(chan *Mount)
 	go func() {
-		m2, err := c.Attach(ctx, p, Options{MountInGuest: true, ReadOnly: true})
+		m2, err := c.Attach(ctx, p, Options{Format: FormatRaw, MountInGuest: true, ReadOnly: true})
 		if err != nil {
 			t.Error(err)
 		}
@@ -464,32 +486,50 @@ func TestAttachWaitsForDetach(t *testing.T) {
 	}
 }
 
-// The format QEMU is told comes from the file's content, not its name.
-func TestBlockdevFormatByContent(t *testing.T) {
+// The format QEMU is told is the one given, whatever the file holds: a
+// raw disk into which the guest wrote a VHDX header or a VHD footer is still
+// opened raw.
+func TestBlockdevFormatGivenNotProbed(t *testing.T) {
 	dir := t.TempDir()
+	vhdxFile := filepath.Join(dir, "disk.vhdx")
+	if err := diskimage.Create(vhdxFile, 4<<20, diskimage.CreateOptions{Format: diskimage.VHDX}); err != nil {
+		t.Fatal(err)
+	}
+	fixed := filepath.Join(dir, "layer.vhd")
+	if err := diskimage.Create(fixed, 4<<20, diskimage.CreateOptions{Format: diskimage.VHD, Type: vhdx.Fixed}); err != nil {
+		t.Fatal(err)
+	}
+	tiny := filepath.Join(dir, "tiny")
+	if err := os.WriteFile(tiny, make([]byte, 512), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
-		name, format string
-		make         func(string) error
-		size         int64
+		path   string
+		format Format
+		driver string
+		size   any
 	}{
-		{"disk.img", "vhdx", func(p string) error {
-			return diskimage.Create(p, 4<<20, diskimage.CreateOptions{Format: diskimage.VHDX})
-		}, 0},
-		{"layer.vhd", "raw", func(p string) error {
-			return diskimage.Create(p, 4<<20, diskimage.CreateOptions{Format: diskimage.VHD, Type: vhdx.Fixed})
-		}, 4 << 20},
-		{"plain.vhdx", "raw", func(p string) error { return os.WriteFile(p, make([]byte, 4096), 0o600) }, 0},
+		{vhdxFile, FormatRaw, "raw", nil}, // VHDX content, recorded raw
+		{fixed, FormatRaw, "raw", nil},    // VHD footer, recorded raw: the whole file
+		{vhdxFile, FormatVHDX, "vhdx", nil},
+		{fixed, FormatVHDFixed, "raw", int64(4 << 20)},
+		{fixed, FormatVHDDynamic, "vpc", nil},
+		{tiny, FormatQCOW2, "qcow2", nil},
 	} {
-		p := filepath.Join(dir, tc.name)
-		if err := tc.make(p); err != nil {
-			t.Fatal(err)
-		}
-		args, err := BlockdevArgs("n", p, true)
+		args, err := BlockdevArgs("n", tc.path, tc.format, true)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if args["driver"] != tc.format || (tc.size != 0 && args["size"] != tc.size) {
-			t.Errorf("%s: driver %v size %v, want %s %d", tc.name, args["driver"], args["size"], tc.format, tc.size)
+		if args["driver"] != tc.driver || args["size"] != tc.size {
+			t.Errorf("%s as %s: driver %v size %v, want %s %v", tc.path, tc.format, args["driver"], args["size"], tc.driver, tc.size)
 		}
+	}
+	for _, f := range []Format{"", "VHDX", "vpc"} {
+		if _, err := BlockdevArgs("n", fixed, f, true); err == nil || !strings.Contains(err.Error(), fixed) {
+			t.Errorf("format %q: %v", f, err)
+		}
+	}
+	if _, err := BlockdevArgs("n", tiny, FormatVHDFixed, true); err == nil || !strings.Contains(err.Error(), tiny) {
+		t.Errorf("a file no larger than a footer as a fixed VHD: %v", err)
 	}
 }

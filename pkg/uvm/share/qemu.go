@@ -42,6 +42,7 @@ type daemon struct {
 	exited chan struct{}
 	socket string
 	port   int
+	view   string // read-only bind mount served instead of the directory; "" if none
 }
 
 // NewQEMUHost returns a Host for the VM behind mon. dir holds the daemons'
@@ -56,8 +57,10 @@ func NewQEMUHost(mon hotplug.Monitor, ports *pciports.Allocator, dir, virtiofsd 
 func chardevID(tag string) string { return "vfsc-" + tag }
 func deviceID(tag string) string  { return "vfs-" + tag }
 
-// AddShare implements Host.
-func (h *QEMUHost) AddShare(ctx context.Context, tag, hostDir string) (err error) {
+// AddShare implements Host. A read-only share is served from a read-only
+// bind mount of hostDir (see readOnlyView), so the host kernel refuses the
+// guest's writes even if the guest remounts its side read-write.
+func (h *QEMUHost) AddShare(ctx context.Context, tag, hostDir string, readOnly bool) (err error) {
 	var u undo.Stack
 	defer u.RunUnlessCommitted(ctx, &err)
 	if _, err := os.Stat(h.virtiofsd); err != nil {
@@ -67,6 +70,15 @@ func (h *QEMUHost) AddShare(ctx context.Context, tag, hostDir string) (err error
 		return err
 	}
 	d := &daemon{socket: filepath.Join(h.dir, "virtiofsd-"+tag+".sock"), exited: make(chan struct{})}
+	source := hostDir
+	if readOnly {
+		d.view = filepath.Join(h.dir, "ro-"+tag)
+		if err := readOnlyView(hostDir, d.view); err != nil {
+			return err
+		}
+		u.Push("remove read-only view", func(context.Context) error { return removeView(d.view) })
+		source = d.view
+	}
 	logPath := filepath.Join(h.dir, "virtiofsd-"+tag+".log")
 	// We listen and hand virtiofsd the socket (--fd) instead of letting it
 	// make its own: QEMU's connect then queues until virtiofsd accepts, and
@@ -87,8 +99,10 @@ func (h *QEMUHost) AddShare(ctx context.Context, tag, hostDir string) (err error
 		return err
 	}
 	defer logf.Close()
-	d.cmd = exec.Command(h.virtiofsd, "--fd=3", "-o", "source="+hostDir,
-		"-o", "cache=auto", "-o", "log_level=warn")
+	// Without CAP_MKNOD the guest cannot make device nodes in a host
+	// directory (a host process could then open host devices through them).
+	d.cmd = exec.Command(h.virtiofsd, "--fd=3", "-o", "source="+source,
+		"-o", "cache=auto", "-o", "log_level=warn", "-o", "modcaps=-mknod")
 	d.cmd.Stdout, d.cmd.Stderr = logf, logf
 	d.cmd.ExtraFiles = []*os.File{listener}
 	setDaemonAttrs(d.cmd)
@@ -193,8 +207,19 @@ func (h *QEMUHost) Daemons() map[string]int {
 }
 
 // stopDaemon ends virtiofsd: it usually exits by itself once QEMU drops
-// the connection; otherwise SIGTERM, then SIGKILL.
+// the connection; otherwise SIGTERM, then SIGKILL. Then it removes the
+// read-only view it served.
 func stopDaemon(d *daemon) error {
+	if err := killDaemon(d); err != nil {
+		return err
+	}
+	if d.view != "" {
+		return removeView(d.view)
+	}
+	return nil
+}
+
+func killDaemon(d *daemon) error {
 	defer os.Remove(d.socket)
 	select {
 	case <-d.exited:

@@ -3,6 +3,7 @@ package share
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -32,7 +33,7 @@ func TestQEMUHostAddShare(t *testing.T) {
 	defer h.Close()
 
 	// A missing source: virtiofsd exits, the error says why, nothing is left.
-	err := h.AddShare(ctx, "s0", filepath.Join(t.TempDir(), "missing"))
+	err := h.AddShare(ctx, "s0", filepath.Join(t.TempDir(), "missing"), false)
 	if err == nil || !strings.Contains(err.Error(), "virtiofsd exited") {
 		t.Fatalf("missing source: %v", err)
 	}
@@ -44,12 +45,33 @@ func TestQEMUHostAddShare(t *testing.T) {
 		t.Fatal("failed share left a port or daemon")
 	}
 	bad := NewQEMUHost(q, ports, state, "/nonexistent/virtiofsd")
-	if err := bad.AddShare(ctx, "s1", t.TempDir()); err == nil || !strings.Contains(err.Error(), "install") {
+	if err := bad.AddShare(ctx, "s1", t.TempDir(), false); err == nil || !strings.Contains(err.Error(), "install") {
 		t.Fatalf("missing virtiofsd: %v", err)
 	}
 
-	if err := h.AddShare(ctx, "s2", t.TempDir()); err != nil {
+	// A missing source shared read-only: the view cannot be made, nothing stays.
+	if err := h.AddShare(ctx, "s3", filepath.Join(t.TempDir(), "missing"), true); err == nil {
+		t.Fatal("read-only share of a missing directory succeeded")
+	}
+	if _, err := os.Stat(filepath.Join(state, "ro-s3")); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("failed read-only share left its view: %v", err)
+	}
+
+	// Read-only: virtiofsd serves a read-only bind mount of the directory.
+	src := t.TempDir()
+	if err := h.AddShare(ctx, "s2", src, true); err != nil {
 		t.Fatal(err)
+	}
+	view := filepath.Join(state, "ro-s2")
+	if err := os.WriteFile(filepath.Join(view, "x"), nil, 0o644); !errors.Is(err, syscall.EROFS) {
+		t.Fatalf("write through the served view: %v, want EROFS", err)
+	}
+	if err := os.WriteFile(filepath.Join(src, "y"), nil, 0o644); err != nil {
+		t.Fatalf("the host directory itself must stay writable: %v", err)
+	}
+	cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", h.Daemons()["s2"]))
+	if !strings.Contains(string(cmdline), "source="+view) {
+		t.Fatalf("virtiofsd does not serve the view: %q", cmdline)
 	}
 	pid := h.Daemons()["s2"]
 	if pid == 0 || !alive(pid) || ports.InUse() != 1 {
@@ -70,6 +92,13 @@ func TestQEMUHostAddShare(t *testing.T) {
 	if alive(pid) {
 		t.Fatalf("virtiofsd %d still running", pid)
 	}
+	if _, err := os.Stat(view); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("the read-only view outlived its share: %v", err)
+	}
+	mi, _ := os.ReadFile("/proc/self/mountinfo")
+	if strings.Contains(string(mi), view) {
+		t.Fatal("the read-only view is still mounted")
+	}
 }
 
 // A daemon slow to start still serves: QEMU's connect queues on the socket
@@ -88,7 +117,7 @@ func TestQEMUHostSlowDaemon(t *testing.T) {
 	q := hotplugtest.Start(t)
 	h := NewQEMUHost(q, pciports.New(2), t.TempDir(), slow)
 	defer h.Close()
-	if err := h.AddShare(context.Background(), "s0", t.TempDir()); err != nil {
+	if err := h.AddShare(context.Background(), "s0", t.TempDir(), false); err != nil {
 		t.Fatal(err)
 	}
 	if len(h.Daemons()) != 1 {

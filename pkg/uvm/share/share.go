@@ -2,15 +2,19 @@
 // VM with virtiofs — the Linux counterpart of Windows' VSMB — and mounts them
 // in the guest, reference-counted by (host path, read-only).
 //
-// The Controller is a state machine over Host (serve and hot-plug a
-// directory under a tag; unplug it and stop serving) and Guest (mount the
-// tag; unmount it). Each share moves through attaching → attached →
-// detaching; callers for the same key wait for an in-flight transition.
+// The Controller is a thin layer over internal/refcount (reference counts,
+// in-flight transitions, retryable release) calling Host (serve and
+// hot-plug a directory under a tag; unplug it and stop serving) and Guest
+// (mount the tag; unmount it). The last Release unmounts in the guest, then
+// unplugs; when a step fails the reference is kept and a later Release
+// retries from that step (a share still mounted is never unplugged).
 //
-// Read-only: virtiofsd 7.2 (/usr/lib/qemu/virtiofsd) has no read-only
-// option, so read-only is enforced by the guest's read-only mount. A
-// read-only and a read-write share of one path are two shares (two
-// daemons, two tags).
+// Read-only is enforced on the host: the guest is untrusted and may remount
+// its side read-write. virtiofsd 7.2 (/usr/lib/qemu/virtiofsd) has no
+// read-only option, so QEMUHost serves a read-only bind mount of the
+// directory instead (writes fail with EROFS in the host kernel); the
+// guest's read-only mount is only a courtesy. A read-only and a read-write
+// share of one path are two shares (two daemons, two tags).
 //
 // Single files: sharing a file's directory would expose its siblings, so a
 // file is exposed through a private directory under the controller's state
@@ -23,30 +27,29 @@ package share
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"path"
 	"path/filepath"
 	"sync"
-	"sync/atomic"
 
 	"github.com/layervisor/layervisor/internal/hostpath"
-	"github.com/layervisor/layervisor/internal/inflight"
+	"github.com/layervisor/layervisor/internal/refcount"
 	"github.com/layervisor/layervisor/pkg/undo"
 )
 
 // GuestMountRoot is the guest directory under which shares are mounted.
 const GuestMountRoot = "/run/mounts/share"
 
-// ErrAlreadyReleased means Release was called twice on one Share.
-var ErrAlreadyReleased = errors.New("share already released")
+// ErrAlreadyReleased means Release was called again after it succeeded.
+var ErrAlreadyReleased = refcount.ErrAlreadyReleased
 
 // Host is what the VMM side must do.
 type Host interface {
-	// AddShare serves hostDir under tag and hot-plugs it. On failure it
+	// AddShare serves hostDir under tag and hot-plugs it; with readOnly
+	// the host refuses every write, whatever the guest does. On failure it
 	// leaves nothing behind (no device, no daemon).
-	AddShare(ctx context.Context, tag, hostDir string) error
+	AddShare(ctx context.Context, tag, hostDir string, readOnly bool) error
 	// RemoveShare unplugs tag and stops serving it.
 	RemoveShare(ctx context.Context, tag string) error
 }
@@ -62,23 +65,15 @@ type key struct {
 	readOnly bool
 }
 
-type state int
-
-const (
-	attaching state = iota
-	attached
-	detaching
-)
-
+// share is the table's value. Its fields are fixed at attach, except
+// hostGone, which only the table's hooks touch (one at a time per key).
 type share struct {
-	key      key
 	tag      string
 	guestDir string // mount point in the guest
+	hostDir  string // what the host serves: the path, or a single file's private dir
 	file     string // base name when a single file is shared
 	exposed  *exposedFile
-	refs     int
-	state    state
-	op       *inflight.Op // the transition in flight (or the last one)
+	hostGone bool // RemoveShare succeeded; the private dir is still to remove
 }
 
 // Controller manages the shares of one VM. Safe for concurrent use.
@@ -86,168 +81,147 @@ type Controller struct {
 	host     Host
 	guest    Guest
 	stateDir string
+	shares   *refcount.Table[key, struct{}, *share]
 
-	mu     sync.Mutex
-	byKey  map[key]*share
-	next   int
-	active int
+	mu   sync.Mutex
+	next int
 }
 
 // New returns a controller. stateDir (the UVM's state directory, or a
 // directory under it) holds the private directories of single-file shares.
 func New(host Host, guest Guest, stateDir string) *Controller {
-	return &Controller{host: host, guest: guest, stateDir: stateDir, byKey: map[key]*share{}}
+	c := &Controller{host: host, guest: guest, stateDir: stateDir}
+	c.shares = refcount.New(refcount.Hooks[key, struct{}, *share]{
+		Attach: c.attach, Mount: c.mount, Unmount: c.unmount, Remove: c.remove,
+	})
+	return c
 }
 
-// Share is one reference to a shared path. Release it exactly once.
+// Share is one reference to a shared path. Release it until Release
+// succeeds.
 type Share struct {
-	s        *share
-	c        *Controller
-	released atomic.Bool
+	r *refcount.Ref[key, struct{}, *share]
 }
 
 // GuestPath is the shared directory, or the shared file, in the guest.
 func (s *Share) GuestPath() string {
-	if s.s.file != "" {
-		return path.Join(s.s.guestDir, s.s.file)
+	sh := s.r.Value()
+	if sh.file != "" {
+		return path.Join(sh.guestDir, sh.file)
 	}
-	return s.s.guestDir
+	return sh.guestDir
 }
 
 // GuestDir is where the share's tag is mounted in the guest.
-func (s *Share) GuestDir() string { return s.s.guestDir }
+func (s *Share) GuestDir() string { return s.r.Value().guestDir }
 
 // Tag is the virtiofs tag.
-func (s *Share) Tag() string { return s.s.tag }
+func (s *Share) Tag() string { return s.r.Value().tag }
 
 // HostPath is the shared path with symlinks resolved.
-func (s *Share) HostPath() string { return s.s.key.path }
+func (s *Share) HostPath() string { return s.r.Key().path }
 
 // ReadOnly reports whether the guest mount is read-only.
-func (s *Share) ReadOnly() bool { return s.s.key.readOnly }
+func (s *Share) ReadOnly() bool { return s.r.Key().readOnly }
 
 // Attach shares hostPath (a directory, or a single file) into the VM and
 // mounts it in the guest, or adds a reference to an existing share of the
 // same path with the same read-only setting.
 func (c *Controller) Attach(ctx context.Context, hostPath string, readOnly bool) (*Share, error) {
-	resolved, isDir, err := resolve(hostPath)
+	resolved, _, err := resolve(hostPath)
 	if err != nil {
 		return nil, fmt.Errorf("share attach: %w", err)
 	}
-	k := key{resolved, readOnly}
-	c.mu.Lock()
-	for {
-		s := c.byKey[k]
-		if s == nil {
-			break
-		}
-		if s.state == attached {
-			s.refs++
-			c.mu.Unlock()
-			return &Share{s: s, c: c}, nil
-		}
-		o, wasAttaching := s.op, s.state == attaching
-		c.mu.Unlock()
-		if err := o.Wait(ctx); err != nil {
-			return nil, fmt.Errorf("share attach %s: %w", hostPath, err)
-		}
-		if wasAttaching && o.Err() != nil {
-			return nil, fmt.Errorf("share attach %s: concurrent attach failed: %w", hostPath, o.Err())
-		}
-		c.mu.Lock()
-	}
-	n := c.next
-	c.next++
-	s := &share{key: k, tag: fmt.Sprintf("s%d", n), guestDir: fmt.Sprintf("%s/s%d", GuestMountRoot, n),
-		refs: 1, state: attaching, op: inflight.New()}
-	if !isDir {
-		s.file = filepath.Base(resolved)
-	}
-	c.byKey[k] = s
-	c.active++
-	c.mu.Unlock()
-
-	err = c.attach(ctx, s, n)
-
-	c.mu.Lock()
+	r, err := c.shares.Attach(ctx, key{resolved, readOnly}, struct{}{})
 	if err != nil {
-		delete(c.byKey, k)
-		c.active--
-	} else {
-		s.state = attached
+		return nil, fmt.Errorf("share attach %s: %w", hostPath, err)
 	}
-	s.op.Finish(err)
-	c.mu.Unlock()
+	return &Share{r: r}, nil
+}
+
+// attach is the table's Attach hook: expose a single file, serve and plug,
+// mount in the guest; undone on failure.
+func (c *Controller) attach(ctx context.Context, k key, _ struct{}) (_ *share, err error) {
+	_, isDir, err := resolve(k.path)
 	if err != nil {
 		return nil, err
 	}
-	slog.Debug("share attached", "path", resolved, "ro", readOnly, "tag", s.tag, "guest", s.guestDir)
-	return &Share{s: s, c: c}, nil
-}
+	c.mu.Lock()
+	n := c.next
+	c.next++
+	c.mu.Unlock()
+	s := &share{tag: fmt.Sprintf("s%d", n), guestDir: fmt.Sprintf("%s/s%d", GuestMountRoot, n), hostDir: k.path}
 
-func (c *Controller) attach(ctx context.Context, s *share, n int) (err error) {
 	var u undo.Stack
 	defer u.RunUnlessCommitted(ctx, &err)
-	dir := s.key.path
-	if s.file != "" {
-		e, err := exposeFile(filepath.Join(c.stateDir, "files", fmt.Sprintf("f%d", n)), s.key.path)
+	if !isDir {
+		e, err := exposeFile(filepath.Join(c.stateDir, "files", fmt.Sprintf("f%d", n)), k.path)
 		if err != nil {
-			return fmt.Errorf("share attach %s: expose the single file: %w", s.key.path, err)
+			return nil, fmt.Errorf("expose the single file: %w", err)
 		}
 		u.Push("remove private dir", func(context.Context) error { return e.remove() })
-		s.exposed = e
-		dir = e.dir
+		s.file, s.exposed, s.hostDir = filepath.Base(k.path), e, e.dir
 	}
-	if err := c.host.AddShare(ctx, s.tag, dir); err != nil {
-		return fmt.Errorf("share attach %s as %s: %w", s.key.path, s.tag, err)
+	if err := c.host.AddShare(ctx, s.tag, s.hostDir, k.readOnly); err != nil {
+		return nil, fmt.Errorf("add as %s: %w", s.tag, err)
 	}
 	u.Push("remove share "+s.tag, func(ctx context.Context) error { return c.host.RemoveShare(ctx, s.tag) })
-	if err := c.guest.MountVirtiofs(ctx, s.tag, s.key.readOnly, s.guestDir); err != nil {
-		return fmt.Errorf("share attach %s: mount tag %s at %s in the guest: %w", s.key.path, s.tag, s.guestDir, err)
+	if err := c.guest.MountVirtiofs(ctx, s.tag, k.readOnly, s.guestDir); err != nil {
+		return nil, fmt.Errorf("mount tag %s at %s in the guest: %w", s.tag, s.guestDir, err)
 	}
 	u.Commit()
+	slog.Debug("share attached", "path", k.path, "ro", k.readOnly, "tag", s.tag, "guest", s.guestDir)
+	return s, nil
+}
+
+// mount is the table's Mount hook, after a release that unmounted but did
+// not finish removing: plug the share again if it was unplugged, mount it.
+func (c *Controller) mount(ctx context.Context, k key, s *share) (*share, error) {
+	if s.hostGone {
+		if err := c.host.AddShare(ctx, s.tag, s.hostDir, k.readOnly); err != nil {
+			return nil, fmt.Errorf("add as %s: %w", s.tag, err)
+		}
+		s.hostGone = false
+	}
+	if err := c.guest.MountVirtiofs(ctx, s.tag, k.readOnly, s.guestDir); err != nil {
+		return nil, fmt.Errorf("mount tag %s at %s in the guest: %w", s.tag, s.guestDir, err)
+	}
+	return s, nil
+}
+
+func (c *Controller) unmount(ctx context.Context, _ key, s *share) error {
+	if err := c.guest.Unmount(ctx, s.guestDir); err != nil {
+		return fmt.Errorf("unmount %s in the guest: %w", s.guestDir, err)
+	}
 	return nil
 }
 
-// Release drops this reference. The last one unmounts in the guest, unplugs
-// the share and stops its daemon, and removes a single file's private
-// directory; every step is attempted and the errors are joined.
-func (s *Share) Release(ctx context.Context) error {
-	if !s.released.CompareAndSwap(false, true) {
-		return fmt.Errorf("%s: %w", s.s.key.path, ErrAlreadyReleased)
+// remove unplugs the share and stops its daemon, then removes a single
+// file's private directory; a retry skips what already succeeded.
+func (c *Controller) remove(ctx context.Context, _ key, s *share) error {
+	if !s.hostGone {
+		if err := c.host.RemoveShare(ctx, s.tag); err != nil {
+			return fmt.Errorf("remove %s: %w", s.tag, err)
+		}
+		s.hostGone = true
 	}
-	c, sh := s.c, s.s
-	c.mu.Lock()
-	sh.refs--
-	if sh.refs > 0 {
-		c.mu.Unlock()
-		return nil
-	}
-	sh.state = detaching
-	sh.op = inflight.New()
-	c.mu.Unlock()
-
-	var errs []error
-	if err := c.guest.Unmount(ctx, sh.guestDir); err != nil {
-		errs = append(errs, fmt.Errorf("share release %s: unmount %s in the guest: %w", sh.key.path, sh.guestDir, err))
-	}
-	if err := c.host.RemoveShare(ctx, sh.tag); err != nil {
-		errs = append(errs, fmt.Errorf("share release %s: remove %s: %w", sh.key.path, sh.tag, err))
-	}
-	if sh.exposed != nil {
-		if err := sh.exposed.remove(); err != nil {
-			errs = append(errs, fmt.Errorf("share release %s: %w", sh.key.path, err))
+	if s.exposed != nil {
+		if err := s.exposed.remove(); err != nil {
+			return err
 		}
 	}
-	err := errors.Join(errs...)
-	c.mu.Lock()
-	if c.byKey[sh.key] == sh {
-		delete(c.byKey, sh.key)
+	return nil
+}
+
+// Release drops this reference. The last one unmounts in the guest, then
+// unplugs the share, stops its daemon and removes a single file's private
+// directory. When a step fails the reference is kept and the error
+// returned; calling Release again retries from the failed step.
+func (s *Share) Release(ctx context.Context) error {
+	if err := s.r.Release(ctx); err != nil {
+		return fmt.Errorf("share release %s: %w", s.r.Key().path, err)
 	}
-	c.active--
-	sh.op.Finish(err)
-	c.mu.Unlock()
-	return err
+	return nil
 }
 
 // RefCount reports the references of the share of hostPath with readOnly.
@@ -256,20 +230,11 @@ func (c *Controller) RefCount(hostPath string, readOnly bool) int {
 	if err != nil {
 		return 0
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if s := c.byKey[key{resolved, readOnly}]; s != nil && s.state == attached {
-		return s.refs
-	}
-	return 0
+	return c.shares.RefCount(key{resolved, readOnly})
 }
 
 // Active reports how many shares exist (attached or in transition).
-func (c *Controller) Active() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.active
-}
+func (c *Controller) Active() int { return c.shares.Len() }
 
 // resolve is hostpath.Resolve for a share: a directory, or a regular file
 // that is exposed on its own.

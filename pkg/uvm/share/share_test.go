@@ -29,7 +29,7 @@ type fakeHost struct {
 	*attachtest.Table[string, served]
 }
 
-func (h fakeHost) AddShare(ctx context.Context, tag, dir string) error {
+func (h fakeHost) AddShare(ctx context.Context, tag, dir string, readOnly bool) error {
 	ents, err := os.ReadDir(dir)
 	if err != nil {
 		return err
@@ -229,25 +229,36 @@ func TestShareFailureInjection(t *testing.T) {
 			t.Fatalf("adds %d", a)
 		}
 	})
-	t.Run("release continues past every failure", func(t *testing.T) {
+	t.Run("failed release keeps the share, retries resume", func(t *testing.T) {
 		c, h, g, state := setup(t)
 		s, err := c.Attach(ctx, newFile(t), false)
 		if err != nil {
 			t.Fatal(err)
 		}
+		fix := g.BreakRemove(func(string) bool { return true }, errInjected)
+		if err := s.Release(ctx); !errors.Is(err, errInjected) {
+			t.Fatalf("got %v", err)
+		}
+		fix()
+		if h.Count() != 1 || h.RemoveTries() != 0 || g.Count() != 1 || c.Active() != 1 {
+			t.Fatalf("after failed unmount: shares %d remove tries %d mounts %d", h.Count(), h.RemoveTries(), g.Count())
+		}
 		rmErr := errors.New("remove failed")
-		g.RemoveHook = func(string) error { return errInjected }
-		h.RemoveHook = func(string) error { return rmErr }
-		err = s.Release(ctx)
-		if !errors.Is(err, errInjected) || !errors.Is(err, rmErr) {
-			t.Fatalf("want both errors, got %v", err)
+		fix = h.BreakRemove(func(string) bool { return true }, rmErr)
+		if err := s.Release(ctx); !errors.Is(err, rmErr) {
+			t.Fatalf("got %v", err)
 		}
-		if left, _ := os.ReadDir(filepath.Join(state, "files")); len(left) != 0 {
-			t.Fatal("private dir kept after failed removal")
+		fix()
+		if left, _ := os.ReadDir(filepath.Join(state, "files")); len(left) != 1 || g.Count() != 0 || c.RefCount(s.HostPath(), false) != 1 {
+			t.Fatalf("after failed removal: private dirs %d mounts %d", len(left), g.Count())
 		}
-		if c.Active() != 0 {
-			t.Fatal("share still active")
+		if err := s.Release(ctx); err != nil {
+			t.Fatal(err)
 		}
+		if g.RemoveTries() != 2 || h.RemoveTries() != 2 {
+			t.Fatalf("unmounts %d removes %d, want 2 and 2", g.RemoveTries(), h.RemoveTries())
+		}
+		noLeftovers(t, c, h, g, state)
 	})
 	t.Run("bad input", func(t *testing.T) {
 		c, h, g, state := setup(t)

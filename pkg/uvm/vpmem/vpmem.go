@@ -4,6 +4,9 @@
 // QEMU cannot unplug virtio-pmem, so a slot, once bound to a layer, stays
 // bound until the VM stops: at ref-count zero the guest unmounts the device
 // and the slot waits, idle, to be mounted again for the same layer only.
+// The reference counts, in-flight transitions and retryable release are
+// internal/refcount's (a table without a Remove step): a failed guest
+// unmount keeps the reference, and Release again retries it.
 //
 // What is mapped: the image's data without its VHD footer. A layer.vhd is
 // an ext4 image followed by a 512-byte fixed-VHD footer; QEMU's
@@ -23,10 +26,9 @@ import (
 	"log/slog"
 	"os"
 	"sync"
-	"sync/atomic"
 
 	"github.com/layervisor/layervisor/internal/hostpath"
-	"github.com/layervisor/layervisor/internal/inflight"
+	"github.com/layervisor/layervisor/internal/refcount"
 	"github.com/layervisor/layervisor/pkg/vhd"
 )
 
@@ -53,8 +55,8 @@ var (
 	// ErrPlugged is wrapped by a Host whose AddPmem failed after the
 	// device was plugged: the slot cannot be used again.
 	ErrPlugged = errors.New("pmem device plugged but not usable")
-	// ErrAlreadyReleased means Release was called twice on one Mount.
-	ErrAlreadyReleased = errors.New("VPMEM mount already released")
+	// ErrAlreadyReleased means Release was called again after it succeeded.
+	ErrAlreadyReleased = refcount.ErrAlreadyReleased
 )
 
 // Config bounds the controller.
@@ -87,35 +89,23 @@ type Guest interface {
 	Unmount(ctx context.Context, guestPath string) error
 }
 
-type state int
-
-const (
-	adding     state = iota // host add + guest mount in flight
-	mounting                // guest mount of a bound, idle device in flight
-	mounted                 // refs > 0
-	unmounting              // guest unmount in flight
-	idle                    // bound to its layer, not mounted
-)
-
-type device struct {
-	hostPath  string
+// mapping is the table's value for a mounted (or idle) layer.
+type mapping struct {
 	dev       Device
 	guestPath string
-	refs      int
-	state     state
-	op        *inflight.Op // the transition in flight (or the last one)
 }
 
 // Controller manages the VPMEM devices of one VM. Safe for concurrent use.
 type Controller struct {
-	host  Host
-	guest Guest
-	cfg   Config
+	host   Host
+	guest  Guest
+	cfg    Config
+	layers *refcount.Table[string, struct{}, mapping]
 
 	mu        sync.Mutex
-	slots     []*device // nil = free; never freed once plugged
-	byPath    map[string]*device
-	used      uint64 // budget taken by plugged (or plugging) devices
+	slots     []bool            // bound (or lost); never freed once plugged
+	bound     map[string]Device // plugged devices by resolved host path
+	used      uint64            // budget taken by plugged (or plugging) devices
 	nextMount int
 }
 
@@ -130,29 +120,32 @@ func New(host Host, guest Guest, cfg Config) *Controller {
 	if cfg.Align == 0 {
 		cfg.Align = DefaultAlign
 	}
-	return &Controller{host: host, guest: guest, cfg: cfg,
-		slots: make([]*device, cfg.Slots), byPath: map[string]*device{}}
+	c := &Controller{host: host, guest: guest, cfg: cfg,
+		slots: make([]bool, cfg.Slots), bound: map[string]Device{}}
+	c.layers = refcount.New(refcount.Hooks[string, struct{}, mapping]{
+		Attach: c.attach, Mount: c.remount, Unmount: c.unmount,
+		// No Remove: pmem cannot be unplugged; the entry stays idle.
+	})
+	return c
 }
 
 // Config is the effective configuration.
 func (c *Controller) Config() Config { return c.cfg }
 
-// Mount is one reference to a mounted pmem device. Release it exactly once.
+// Mount is one reference to a mounted pmem device. Release it until
+// Release succeeds.
 type Mount struct {
-	c         *Controller
-	d         *device
-	guestPath string
-	released  atomic.Bool
+	r *refcount.Ref[string, struct{}, mapping]
 }
 
 // GuestPath is where the layer is mounted in the guest.
-func (m *Mount) GuestPath() string { return m.guestPath }
+func (m *Mount) GuestPath() string { return m.r.Value().guestPath }
 
 // Device is the pmem device holding the layer.
-func (m *Mount) Device() Device { return m.d.dev }
+func (m *Mount) Device() Device { return m.r.Value().dev }
 
 // HostPath is the mapped file with symlinks resolved.
-func (m *Mount) HostPath() string { return m.d.hostPath }
+func (m *Mount) HostPath() string { return m.r.Key() }
 
 // Attach maps the layer image at hostPath (or reuses the slot already bound
 // to it) and mounts it read-only in the guest. ErrNoFreeSlot and
@@ -162,142 +155,98 @@ func (c *Controller) Attach(ctx context.Context, hostPath string) (*Mount, error
 	if err != nil {
 		return nil, fmt.Errorf("vpmem attach: %w", err)
 	}
-	c.mu.Lock()
-	for {
-		d := c.byPath[resolved]
-		if d == nil {
-			break
-		}
-		switch d.state {
-		case mounted:
-			d.refs++
-			gp := d.guestPath
-			c.mu.Unlock()
-			return &Mount{c: c, d: d, guestPath: gp}, nil
-		case idle:
-			return c.remount(ctx, d) // unlocks
-		}
-		o, wasMounting := d.op, d.state != unmounting
-		c.mu.Unlock()
-		if err := o.Wait(ctx); err != nil {
-			return nil, fmt.Errorf("vpmem attach %s: %w", hostPath, err)
-		}
-		if wasMounting && o.Err() != nil {
-			return nil, fmt.Errorf("vpmem attach %s: concurrent attach failed: %w", hostPath, o.Err())
-		}
-		c.mu.Lock()
-	}
-	c.mu.Unlock()
-
-	// A new device: size it outside the lock (file I/O), then reserve.
-	size, err := MappedSize(resolved, c.cfg.Align)
+	r, err := c.layers.Attach(ctx, resolved, struct{}{})
 	if err != nil {
-		return nil, fmt.Errorf("vpmem attach: %w", err)
+		return nil, fmt.Errorf("vpmem attach %s: %w", hostPath, err)
+	}
+	return &Mount{r: r}, nil
+}
+
+// attach is the table's Attach hook: bind a slot to the layer (unless a
+// failed mount left one bound) and mount it.
+func (c *Controller) attach(ctx context.Context, hostPath string, _ struct{}) (mapping, error) {
+	c.mu.Lock()
+	dev, ok := c.bound[hostPath]
+	c.mu.Unlock()
+	if !ok {
+		var err error
+		if dev, err = c.plug(ctx, hostPath); err != nil {
+			return mapping{}, err
+		}
+	}
+	return c.remount(ctx, hostPath, mapping{dev: dev})
+}
+
+// plug sizes the layer, reserves a slot and its budget, and adds the device.
+func (c *Controller) plug(ctx context.Context, hostPath string) (Device, error) {
+	size, err := MappedSize(hostPath, c.cfg.Align)
+	if err != nil {
+		return Device{}, err
 	}
 	if limit := c.limit(); size > limit {
-		return nil, fmt.Errorf("vpmem attach %s: %w (%d bytes, limit %d)", hostPath, ErrTooLarge, size, limit)
+		return Device{}, fmt.Errorf("%w (%d bytes, limit %d)", ErrTooLarge, size, limit)
 	}
 	c.mu.Lock()
-	if c.byPath[resolved] != nil {
-		// Someone bound it while we were sizing: start over.
-		c.mu.Unlock()
-		return c.Attach(ctx, hostPath)
-	}
 	slot := c.freeSlot()
 	if slot < 0 {
 		c.mu.Unlock()
-		return nil, fmt.Errorf("vpmem attach %s: %w (all %d bound)", hostPath, ErrNoFreeSlot, len(c.slots))
+		return Device{}, fmt.Errorf("%w (all %d bound)", ErrNoFreeSlot, len(c.slots))
 	}
 	if c.cfg.Budget != 0 && c.used+size > c.cfg.Budget {
 		c.mu.Unlock()
-		return nil, fmt.Errorf("vpmem attach %s: %w (%d bytes needed, %d of %d left)",
-			hostPath, ErrNoFreeSlot, size, c.cfg.Budget-c.used, c.cfg.Budget)
+		return Device{}, fmt.Errorf("%w (%d bytes needed, %d of %d left)",
+			ErrNoFreeSlot, size, c.cfg.Budget-c.used, c.cfg.Budget)
 	}
-	d := &device{hostPath: resolved, dev: Device{Slot: slot, Size: size}, refs: 1, state: adding,
-		guestPath: c.newGuestPath(), op: inflight.New()}
-	c.slots[slot] = d
-	c.byPath[resolved] = d
+	c.slots[slot] = true
 	c.used += size
 	c.mu.Unlock()
 
-	addr, err := c.host.AddPmem(ctx, slot, resolved, size)
-	if err != nil {
-		err = fmt.Errorf("vpmem attach %s: add device %d: %w", hostPath, slot, err)
-		c.mu.Lock()
-		delete(c.byPath, resolved)
-		if !errors.Is(err, ErrPlugged) {
-			c.slots[slot] = nil
-			c.used -= size
-		} // else the slot and its memory are lost until the VM stops
-		d.op.Finish(err)
-		c.mu.Unlock()
-		return nil, err
-	}
-	c.mu.Lock()
-	d.dev.Addr = addr
-	c.mu.Unlock()
-	return c.mount(ctx, d, hostPath)
-}
-
-// remount mounts an idle, bound device again. Called with c.mu held; unlocks.
-func (c *Controller) remount(ctx context.Context, d *device) (*Mount, error) {
-	d.state = mounting
-	d.refs = 1
-	d.guestPath = c.newGuestPath()
-	d.op = inflight.New()
-	c.mu.Unlock()
-	return c.mount(ctx, d, d.hostPath)
-}
-
-// mount is the guest step of adding and remounting. A failure leaves the
-// device bound and idle: it cannot be unplugged.
-func (c *Controller) mount(ctx context.Context, d *device, hostPath string) (*Mount, error) {
-	c.mu.Lock()
-	dev, gp := d.dev, d.guestPath
-	c.mu.Unlock()
-	err := c.guest.MountPmem(ctx, dev, gp)
+	addr, err := c.host.AddPmem(ctx, slot, hostPath, size)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if err != nil {
-		err = fmt.Errorf("vpmem attach %s: mount device %d at %s in the guest: %w", hostPath, dev.Slot, gp, err)
-		d.state, d.refs = idle, 0
-		d.op.Finish(err)
-		return nil, err
+		if !errors.Is(err, ErrPlugged) {
+			c.slots[slot] = false
+			c.used -= size
+		} // else the slot and its memory are lost until the VM stops
+		return Device{}, fmt.Errorf("add device %d: %w", slot, err)
 	}
-	d.state = mounted
-	d.op.Finish(nil)
-	slog.Debug("vpmem mounted", "path", d.hostPath, "slot", dev.Slot, "guest", gp)
-	return &Mount{c: c, d: d, guestPath: gp}, nil
+	dev := Device{Slot: slot, Addr: addr, Size: size}
+	c.bound[hostPath] = dev
+	return dev, nil
+}
+
+// remount mounts a bound device at a fresh guest path: the guest step of
+// attach, and the table's Mount hook for an idle layer. A failure leaves
+// the device bound and idle: it cannot be unplugged.
+func (c *Controller) remount(ctx context.Context, hostPath string, m mapping) (mapping, error) {
+	c.mu.Lock()
+	m.guestPath = fmt.Sprintf("%s/m%d", GuestMountRoot, c.nextMount)
+	c.nextMount++
+	c.mu.Unlock()
+	if err := c.guest.MountPmem(ctx, m.dev, m.guestPath); err != nil {
+		return mapping{}, fmt.Errorf("mount device %d at %s in the guest: %w", m.dev.Slot, m.guestPath, err)
+	}
+	slog.Debug("vpmem mounted", "path", hostPath, "slot", m.dev.Slot, "guest", m.guestPath)
+	return m, nil
+}
+
+func (c *Controller) unmount(ctx context.Context, _ string, m mapping) error {
+	if err := c.guest.Unmount(ctx, m.guestPath); err != nil {
+		return fmt.Errorf("unmount %s in the guest: %w", m.guestPath, err)
+	}
+	return nil
 }
 
 // Release drops this reference; the last one unmounts the layer in the
-// guest. The device stays bound to the layer for a later Attach.
+// guest and the device stays bound to the layer for a later Attach. When
+// the unmount fails the reference is kept and the error returned; calling
+// Release again retries it.
 func (m *Mount) Release(ctx context.Context) error {
-	if !m.released.CompareAndSwap(false, true) {
-		return fmt.Errorf("%s: %w", m.d.hostPath, ErrAlreadyReleased)
+	if err := m.r.Release(ctx); err != nil {
+		return fmt.Errorf("vpmem release %s: %w", m.r.Key(), err)
 	}
-	c, d := m.c, m.d
-	c.mu.Lock()
-	d.refs--
-	if d.refs > 0 {
-		c.mu.Unlock()
-		return nil
-	}
-	d.state = unmounting
-	d.op = inflight.New()
-	gp := d.guestPath
-	c.mu.Unlock()
-
-	err := c.guest.Unmount(ctx, gp)
-	if err != nil {
-		err = fmt.Errorf("vpmem release %s: unmount %s in the guest: %w", d.hostPath, gp, err)
-	}
-	c.mu.Lock()
-	// Idle even on failure: a later Attach mounts it again at a new path.
-	d.state = idle
-	d.op.Finish(err)
-	c.mu.Unlock()
-	return err
+	return nil
 }
 
 // RefCount reports how many references the layer at hostPath has.
@@ -306,12 +255,7 @@ func (c *Controller) RefCount(hostPath string) int {
 	if err != nil {
 		return 0
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if d := c.byPath[resolved]; d != nil && d.state == mounted {
-		return d.refs
-	}
-	return 0
+	return c.layers.RefCount(resolved)
 }
 
 // Bound reports how many slots are bound (or lost) and how many bytes of the
@@ -319,8 +263,8 @@ func (c *Controller) RefCount(hostPath string) int {
 func (c *Controller) Bound() (slots int, bytes uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for _, d := range c.slots {
-		if d != nil {
+	for _, b := range c.slots {
+		if b {
 			slots++
 		}
 	}
@@ -335,18 +279,12 @@ func (c *Controller) limit() uint64 {
 }
 
 func (c *Controller) freeSlot() int {
-	for i, d := range c.slots {
-		if d == nil {
+	for i, b := range c.slots {
+		if !b {
 			return i
 		}
 	}
 	return -1
-}
-
-func (c *Controller) newGuestPath() string {
-	p := fmt.Sprintf("%s/m%d", GuestMountRoot, c.nextMount)
-	c.nextMount++
-	return p
 }
 
 // MappedSize is how many bytes of the image at path are mapped: its size

@@ -255,24 +255,40 @@ func TestFailureInjection(t *testing.T) {
 		}
 		_ = m.Release(ctx)
 	})
-	t.Run("unmount fails", func(t *testing.T) {
+	t.Run("unmount fails: reference kept, retry unmounts", func(t *testing.T) {
 		c, _, g := setup(t, Config{Slots: 1})
 		p := layers(t, 1, 4096)[0]
 		m, err := c.Attach(ctx, p)
 		if err != nil {
 			t.Fatal(err)
 		}
-		g.RemoveHook = func(string) error { return errInjected }
+		fix := g.BreakRemove(func(string) bool { return true }, errInjected)
 		if err := m.Release(ctx); !errors.Is(err, errInjected) {
 			t.Fatal(err)
 		}
-		g.RemoveHook = nil
+		if c.RefCount(p) != 1 || g.Count() != 1 {
+			t.Fatalf("after failed unmount: refs %d mounts %d", c.RefCount(p), g.Count())
+		}
+		// Meanwhile the layer is still usable where it is mounted.
 		m2, err := c.Attach(ctx, p)
+		if err != nil || m2.GuestPath() != m.GuestPath() {
+			t.Fatalf("attach during failed release: %v %v", m2, err)
+		}
+		fix()
+		for _, m := range []*Mount{m, m2} {
+			if err := m.Release(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if c.RefCount(p) != 0 || g.Count() != 0 || g.RemoveTries() != 2 {
+			t.Fatalf("refs %d mounts %d unmounts %d", c.RefCount(p), g.Count(), g.RemoveTries())
+		}
+		m3, err := c.Attach(ctx, p)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if m2.GuestPath() == m.GuestPath() {
-			t.Fatal("remount reused a path whose unmount failed")
+		if m3.GuestPath() == m.GuestPath() || m3.Device() != m.Device() {
+			t.Fatalf("remount: %s %+v (was %s %+v)", m3.GuestPath(), m3.Device(), m.GuestPath(), m.Device())
 		}
 	})
 }
