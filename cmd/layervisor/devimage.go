@@ -36,8 +36,10 @@ func init() {
 				im = imagebuild.Image{Name: name, Layers: []imagebuild.Layer{l}}
 			case "bench":
 				im, err = imagebuild.Bench(name, layers, sizeMB, imagebuild.Compression(comp))
+			case "windows":
+				im, err = imagebuild.Windows(name)
 			default:
-				return fmt.Errorf("--kind %q: want demo, busybox or bench", kind)
+				return fmt.Errorf("--kind %q: want demo, busybox, bench or windows", kind)
 			}
 			if err != nil {
 				return err
@@ -46,7 +48,7 @@ func init() {
 		},
 	}
 	f := build.Flags()
-	f.StringVar(&kind, "kind", "demo", "demo, busybox or bench")
+	f.StringVar(&kind, "kind", "demo", "demo, busybox, bench or windows (synthetic windows/amd64 image with a utility VM)")
 	f.StringVar(&format, "format", "oci-tar", "oci-dir, oci-tar or docker-tar")
 	f.StringVar(&name, "name", "demo:latest", "image reference recorded in the archive")
 	f.IntVar(&layers, "layers", 10, "bench: number of layers")

@@ -58,6 +58,7 @@ present are reused. Compressed layers may be gzip, zstd or uncompressed.`,
 	}
 	importCmd.Flags().StringVar(&imp.Name, "name", "", "name to record the image under (default: the name in the archive)")
 	importCmd.Flags().StringVar(&imp.Platform, "platform", "", "os/arch[/variant] to pick from a multi-platform image (default linux/amd64)")
+	importCmd.Flags().BoolVar(&imp.ForceUtilityVM, "force-uvm", false, "Windows images: prepare the base layer's utility VM for CIM boot even if its build is 20348 or older")
 	importCmd.Flags().IntVar(&imp.Parallel, "parallel", 0, "layers converted at once (default: number of CPUs)")
 
 	lsCmd := listCommand("List images", (*store.Store).Images, "NAME\tMANIFEST\tLAYERS\tSIZE",

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -27,12 +28,22 @@ agent as init. Containers' layers, scratch and mounts are hot-plugged into it
 (VPMEM, SCSI, virtiofs). KVM is used when /dev/kvm is usable, TCG otherwise.`}
 
 	var cfg uvm.Config
-	var memory string
+	var memory, windowsImage string
 	createCmd := &cobra.Command{
-		Use:     "create ID",
-		Short:   "Create a long-lived UVM's state directory and scratch (an existing ID is refused)",
-		Example: "  layervisor uvm create vm1 --memory 1G && layervisor uvm start vm1",
-		Args:    cobra.ExactArgs(1),
+		Use:   "create ID",
+		Short: "Create a long-lived UVM's state directory and scratch (an existing ID is refused)",
+		Long: `create makes a UVM's state directory (debug/, crash/) and its writable disk.
+
+A Linux UVM gets a scratch cloned from a template. With --windows-image REF (an
+imported Windows image whose base layer has a utility VM) or --template PATH (a
+SystemTemplate.vhdx), it is a Windows utility VM: its sandbox.vhdx is a new
+differencing VHDX whose parent is the template, so nothing is copied and the
+template stays untouched. Windows utility VMs are provisioned, not booted: that
+needs Hyper-V. uvm rm removes the directory.`,
+		Example: `  layervisor uvm create vm1 --memory 1G && layervisor uvm start vm1
+  layervisor uvm create win1 --windows-image windows-demo:latest
+  layervisor uvm create win2 --template /path/to/UtilityVM/SystemTemplate.vhdx`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c := cfg
 			c.ID, c.Root, c.LongLived = args[0], absRoot(), true
@@ -42,6 +53,25 @@ agent as init. Containers' layers, scratch and mounts are hot-plugged into it
 					return fmt.Errorf("--memory: %w", err)
 				}
 				c.MemoryMB = int(n >> 20)
+			}
+			if windowsImage != "" {
+				if c.WindowsTemplate != "" {
+					return errors.New("give --windows-image or --template, not both")
+				}
+				s, err := openStore()
+				if err != nil {
+					return err
+				}
+				if c.WindowsTemplate, err = s.UtilityVMTemplate(windowsImage); err != nil {
+					return err
+				}
+			}
+			if c.WindowsTemplate != "" {
+				abs, err := filepath.Abs(c.WindowsTemplate)
+				if err != nil {
+					return err
+				}
+				c.WindowsTemplate = abs
 			}
 			u, err := uvm.Create(cmd.Context(), c)
 			if err != nil {
@@ -55,6 +85,8 @@ agent as init. Containers' layers, scratch and mounts are hot-plugged into it
 	f.IntVar(&cfg.CPUs, "cpus", 0, "virtual CPUs (default 2)")
 	f.IntVar(&cfg.SCSIControllers, "scsi-controllers", 0, "virtio-scsi controllers, 64 LUNs each (default 1, at most 4)")
 	f.IntVar(&cfg.VPMemSlots, "vpmem-slots", 0, "persistent-memory slots for layers (default 16)")
+	f.StringVar(&windowsImage, "windows-image", "", "make a Windows utility VM whose sandbox derives from this imported Windows image's SystemTemplate.vhdx")
+	f.StringVar(&cfg.WindowsTemplate, "template", "", "make a Windows utility VM whose sandbox derives from this SystemTemplate.vhdx")
 
 	startCmd := &cobra.Command{
 		Use:   "start ID",

@@ -54,6 +54,10 @@ type ImportOptions struct {
 	Parallel int
 	// Progress, when set, is called from several goroutines as work proceeds.
 	Progress func(ImportProgress)
+	// ForceUtilityVM prepares a Windows base layer's utility VM for CIM
+	// boot even when its build (read from its SOFTWARE hive) is 20348 or
+	// older, or unreadable.
+	ForceUtilityVM bool
 }
 
 // ImportProgress reports one layer's progress.

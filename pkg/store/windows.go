@@ -18,6 +18,7 @@ import (
 	"github.com/layervisor/layervisor/pkg/ociimage"
 	"github.com/layervisor/layervisor/pkg/undo"
 	"github.com/layervisor/layervisor/pkg/wclayer/cimlayer"
+	"github.com/layervisor/layervisor/pkg/wclayer/uvmlayer"
 )
 
 // Windows layers live beside each other as hcsshim lays out CIM layers:
@@ -37,6 +38,37 @@ type WindowsLayerInfo struct {
 	Parent   digest.Digest `json:"parent,omitempty"` // chain ID of the layer its CIM forks
 	CIM      string        `json:"cim"`              // relative to the layer folder's parent
 	StdFiles int           `json:"stdFiles"`         // files kept in the folder
+	// UtilityVM is set for a base layer whose utility VM was prepared for
+	// CIM boot (SystemTemplateBase.vhdx, SystemTemplate.vhdx, BCD, SYSTEM).
+	UtilityVM *UtilityVMInfo `json:"utilityVM,omitempty"`
+}
+
+// UtilityVMInfo describes a prepared utility VM of a base layer.
+type UtilityVMInfo struct {
+	Build       int    `json:"build"`
+	DiskID      string `json:"diskID"`      // GPT disk GUID of SystemTemplateBase.vhdx
+	PartitionID string `json:"partitionID"` // its data partition's unique GUID
+}
+
+// UtilityVMTemplate returns the SystemTemplate.vhdx of an image's base
+// layer: the parent of each Windows utility VM's sandbox.
+func (s *Store) UtilityVMTemplate(ref string) (string, error) {
+	im, err := s.Image(ref)
+	if err != nil {
+		return "", err
+	}
+	if !IsWindows(im.Platform) || len(im.ChainIDs) == 0 {
+		return "", fmt.Errorf("image %s (%s) is not a Windows image", ref, im.Platform)
+	}
+	base := im.ChainIDs[0]
+	var li WindowsLayerInfo
+	if err := atomicfile.ReadJSON(filepath.Join(s.WindowsLayerDir(base), "layer.json"), &li); err != nil {
+		return "", fmt.Errorf("image %s: base layer %s: %w", ref, base, err)
+	}
+	if li.UtilityVM == nil {
+		return "", fmt.Errorf("image %s: its base layer has no utility VM prepared for CIM boot (none in the layer, or a build of 20348 or older: import with --force-uvm)", ref)
+	}
+	return filepath.Join(s.WindowsLayerDir(base), filepath.FromSlash(uvmlayer.TemplateVHDX)), nil
 }
 
 // IsWindows reports whether an os/arch[/variant] platform is Windows.
@@ -89,7 +121,7 @@ func (s *Store) importWindows(ctx context.Context, img *ociimage.Image, path, na
 	defer u.RunUnlessCommitted(ctx, &err)
 	var parents []string // top-most first
 	for i, l := range img.Layers {
-		made, size, err := s.ensureWindowsLayer(ctx, img, i, parents, opts.Progress)
+		made, size, err := s.ensureWindowsLayer(ctx, img, i, parents, opts.ForceUtilityVM, opts.Progress)
 		if err != nil {
 			return res, fmt.Errorf("import %s: layer %d (%s): %w", path, i+1, l.Digest, err)
 		}
@@ -122,7 +154,7 @@ func (s *Store) importWindows(ctx context.Context, img *ociimage.Image, path, na
 
 // ensureWindowsLayer imports layer i unless it is stored; it reports
 // whether it did and the layer's data size.
-func (s *Store) ensureWindowsLayer(ctx context.Context, img *ociimage.Image, i int, parents []string, progress func(ImportProgress)) (made bool, size int64, err error) {
+func (s *Store) ensureWindowsLayer(ctx context.Context, img *ociimage.Image, i int, parents []string, forceUVM bool, progress func(ImportProgress)) (made bool, size int64, err error) {
 	l := img.Layers[i]
 	report := func(state string, n int64) {
 		if progress != nil {
@@ -172,6 +204,22 @@ func (s *Store) ensureWindowsLayer(ctx context.Context, img *ociimage.Image, i i
 	}
 	defer rc.Close()
 	opts := &cimlayer.Options{}
+	var uvmRes *uvmlayer.Result
+	if i == 0 {
+		// The utility VM boots from this layer's CIM, named as the VM sees
+		// it over VMBus (hcsshim: cim-layers\<layer id>.cim).
+		cimRel := `cim-layers\` + filepath.Base(cim)
+		opts.UtilityVM = func(ctx context.Context, layerDir string) ([]string, error) {
+			res, err := uvmlayer.Process(ctx, layerDir, cimRel, uvmlayer.Options{Force: forceUVM, TempDir: tmp})
+			if err != nil {
+				return nil, err
+			}
+			if res.Processed {
+				uvmRes = res
+			}
+			return res.Changed, nil
+		}
+	}
 	if progress != nil {
 		opts.Progress = func(p cimlayer.Progress) { report("converting", p.Bytes) }
 	}
@@ -193,6 +241,9 @@ func (s *Store) ensureWindowsLayer(ctx context.Context, img *ociimage.Image, i i
 	}
 	if i > 0 {
 		li.Parent = img.Layers[i-1].ChainID
+	}
+	if uvmRes != nil {
+		li.UtilityVM = &UtilityVMInfo{Build: uvmRes.Build, DiskID: uvmRes.DiskID.String(), PartitionID: uvmRes.PartitionID.String()}
 	}
 	if err := atomicfile.WriteJSON(filepath.Join(work, "layer.json"), li, true); err != nil {
 		return false, 0, err

@@ -122,6 +122,9 @@ func (u *UVM) Start(ctx context.Context) (err error) {
 	if st := u.State().Status; st == "running" {
 		return fmt.Errorf("uvm %s is already running", u.cfg.ID)
 	}
+	if u.cfg.WindowsTemplate != "" {
+		return fmt.Errorf("uvm %s: %w", u.cfg.ID, ErrWindowsBoot)
+	}
 	c := u.cfg
 	qemu, err := exec.LookPath(c.QEMU)
 	if err != nil {

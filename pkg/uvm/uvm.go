@@ -63,6 +63,10 @@ type Config struct {
 	// start). Otherwise the UVM belongs to the process that creates it: its
 	// QEMU dies with that process and the next gc removes what is left.
 	LongLived bool `json:"longLived,omitempty"`
+	// WindowsTemplate makes a Windows utility VM: its sandbox.vhdx is a
+	// differencing child of this SystemTemplate.vhdx (see winsandbox.go).
+	// Such a UVM is provisioned here but cannot boot (no Hyper-V).
+	WindowsTemplate string `json:"windowsTemplate,omitempty"`
 }
 
 func (c *Config) defaults() {
@@ -217,13 +221,19 @@ func Create(ctx context.Context, cfg Config) (_ *UVM, err error) {
 			return nil, fmt.Errorf("uvm %s: %w", cfg.ID, err)
 		}
 	}
-	tpl, err := scratch.EnsureTemplate(ctx, cfg.Root, cfg.ScratchSize)
-	if err != nil {
-		return nil, err
-	}
-	os.Remove(u.path("scratch.img")) // a leftover's
-	if err := scratch.Clone(ctx, tpl, u.path("scratch.img")); err != nil {
-		return nil, err
+	if cfg.WindowsTemplate != "" {
+		if err := makeWindowsSandbox(u.path(WindowsSandbox), cfg.WindowsTemplate); err != nil {
+			return nil, fmt.Errorf("uvm %s: %w", cfg.ID, err)
+		}
+	} else {
+		tpl, err := scratch.EnsureTemplate(ctx, cfg.Root, cfg.ScratchSize)
+		if err != nil {
+			return nil, err
+		}
+		os.Remove(u.path("scratch.img")) // a leftover's
+		if err := scratch.Clone(ctx, tpl, u.path("scratch.img")); err != nil {
+			return nil, err
+		}
 	}
 	u.state = State{Config: cfg, Status: "created"}
 	if !cfg.LongLived {

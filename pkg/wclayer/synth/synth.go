@@ -28,6 +28,9 @@ type Options struct {
 	Bytes int64 // their total size, about; 0 means 4 MiB
 	// UtilityVM adds UtilityVM/Files with a BCD store, boot files and hives.
 	UtilityVM bool
+	// Build is the Windows build the SOFTWARE hives report; 0 means 20348
+	// (too old for CIM boot of the utility VM unless forced).
+	Build int
 }
 
 func (o Options) withDefaults() Options {
@@ -36,6 +39,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.Bytes <= 0 {
 		o.Bytes = 4 << 20
+	}
+	if o.Build <= 0 {
+		o.Build = 20348
 	}
 	return o
 }
@@ -245,7 +251,7 @@ func (l *layerWriter) close() (Stats, error) {
 func Base(w io.Writer, o Options) (Stats, error) {
 	o = o.withDefaults()
 	l := newLayerWriter(w, epoch)
-	hives, err := BaseHives(o.Seed)
+	hives, err := o.baseHives()
 	if err != nil {
 		return Stats{}, err
 	}
@@ -322,7 +328,7 @@ func Child(w io.Writer, base Options, seed uint64) (Stats, error) {
 	base = base.withDefaults()
 	l := newLayerWriter(w, epoch.Add(24*time.Hour))
 	rng := rand.New(rand.NewPCG(seed, 0x6c61796572)) // "layer"
-	bh, err := BaseHives(base.Seed)
+	bh, err := base.baseHives()
 	if err != nil {
 		return Stats{}, err
 	}
@@ -411,4 +417,23 @@ func (c *content) Read(p []byte) (int, error) {
 		n += k
 	}
 	return n, nil
+}
+
+// baseHives are BaseHives with the build number o asks for.
+func (o Options) baseHives() (map[string]*regf.Hive, error) {
+	hives, err := BaseHives(o.Seed)
+	if err != nil || o.Build == 20348 {
+		return hives, err
+	}
+	k, err := hives["SOFTWARE"].CreateKey(`Microsoft\Windows NT\CurrentVersion`)
+	if err != nil {
+		return nil, err
+	}
+	build := regf.StringData(fmt.Sprint(o.Build))
+	for _, name := range []string{"CurrentBuild", "CurrentBuildNumber"} {
+		if err := k.SetValue(name, regf.RegSZ, build); err != nil {
+			return nil, err
+		}
+	}
+	return hives, nil
 }
