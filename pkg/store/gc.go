@@ -132,6 +132,9 @@ func (s *Store) GC(ctx context.Context) (GCReport, error) {
 			}
 		}
 	}
+	if err := s.gcWindowsLayers(used, &rep); err != nil {
+		errs = append(errs, fmt.Errorf("windows layers: %w", err))
+	}
 	if err := s.removeStaleLayerLocks(&rep); err != nil {
 		errs = append(errs, err)
 	}

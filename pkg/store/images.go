@@ -508,5 +508,19 @@ func (s *Store) Layers() ([]LayerInfo, error) {
 		}
 		out = append(out, li)
 	}
+	wls, err := s.windowsLayers()
+	if err != nil {
+		return nil, err
+	}
+	for _, w := range wls {
+		li := w.LayerInfo
+		li.Kind = "cim"
+		for _, im := range ims {
+			if slices.Contains(im.ChainIDs, li.ChainID) {
+				li.Images = append(li.Images, im.Name)
+			}
+		}
+		out = append(out, li)
+	}
 	return out, nil
 }

@@ -111,6 +111,7 @@ type LayerInfo struct {
 	ChainID   digest.Digest `json:"chainID"`
 	DiffID    digest.Digest `json:"diffID"`
 	Format    int           `json:"format,omitempty"` // layerconv.FormatVersion it was written in
+	Kind      string        `json:"kind,omitempty"`   // "cim" for a Windows layer (wclayers/), else an ext4 layer image
 	Size      int64         `json:"size"`             // bytes on disk (layer.vhd)
 	Entries   int           `json:"entries"`
 	Created   time.Time     `json:"created"`
