@@ -40,7 +40,7 @@ type Writer struct {
 	root       *node
 	small      *dataRegion
 	data       *dataRegion // created on the first large file
-	buf        []byte
+	first      []byte      // a file's first bytes: they decide where it goes
 	done       bool
 }
 
@@ -88,7 +88,7 @@ func Create(dir, name string, parent *Image) (_ *Writer, err error) {
 	if err != nil {
 		return nil, err
 	}
-	w := &Writer{dir: dir, name: name, guid: guid, buf: make([]byte, 256<<10)}
+	w := &Writer{dir: dir, name: name, guid: guid, first: make([]byte, smallFileMax+1)}
 	w.root = &node{kids: map[string]*node{}}
 	w.root.f = &wfile{dir: true, names: []*node{w.root}}
 	if parent != nil {
@@ -349,7 +349,7 @@ func (w *Writer) Add(p string, info FileInfo, r io.Reader) error {
 // storeData streams r into the small-data region (short content) or the
 // data region; memory use does not depend on the content's size.
 func (w *Writer) storeData(r io.Reader) (stream, error) {
-	first := w.buf[:smallFileMax+1]
+	first := w.first
 	n, err := io.ReadFull(r, first)
 	if err == io.EOF || err == io.ErrUnexpectedEOF {
 		if n == 0 {
@@ -369,9 +369,7 @@ func (w *Writer) storeData(r io.Reader) (stream, error) {
 			return stream{}, err
 		}
 	}
-	// Copy the first chunk aside: the copy loop reuses w.buf.
-	head := append([]byte(nil), first...)
-	off, length, err := w.data.putLarge(head, r, w.buf)
+	off, length, err := w.data.putLarge(first, r)
 	if err != nil {
 		return stream{}, err
 	}
@@ -476,6 +474,7 @@ func (w *Writer) Close() error {
 	var errs []error
 	for _, r := range []*dataRegion{w.small, w.data} {
 		if r != nil {
+			r.settle(true) // ends its hashing goroutines
 			r.f.Close()
 			if err := os.Remove(r.f.Name()); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				errs = append(errs, err)
@@ -510,6 +509,7 @@ func (w *Writer) Commit() (err error) {
 	outs := []out{{final: regionName(w.guid, 0), data: meta.buf.Bytes()},
 		{final: objectIDName(w.guid, 0), data: meta.objs.objectIDFile(0, regionMetadata)}}
 	for _, r := range regions {
+		r.settle(true) // every digest, for the objectid file
 		if err := r.f.Sync(); err != nil {
 			return fmt.Errorf("sync %s: %w", r.f.Name(), err)
 		}
