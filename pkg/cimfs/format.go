@@ -1,11 +1,12 @@
 package cimfs
 
 import (
-	"crypto/rand"
 	"encoding/binary"
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/layervisor/layervisor/pkg/winguid"
 )
 
 // On-disk constants (see the package doc for where each comes from).
@@ -198,24 +199,11 @@ func putCommonHeader(b []byte, headerLen uint32, typ uint8) {
 	binary.LittleEndian.PutUint32(b[0x10:], currentMajor)
 }
 
-// GUID is a Windows GUID in its on-disk byte order.
-type GUID [16]byte
+// GUID is a Windows GUID in its on-disk byte order; String prints it as
+// Windows names region files (lowercase, no braces).
+type GUID = winguid.GUID
 
-func newGUID() (GUID, error) {
-	var g GUID
-	if _, err := rand.Read(g[:]); err != nil {
-		return g, fmt.Errorf("new region set GUID: %w", err)
-	}
-	g[7] = g[7]&0x0f | 0x40 // version 4 (Data3 is little-endian)
-	g[8] = g[8]&0x3f | 0x80
-	return g, nil
-}
-
-// String prints the GUID as Windows names region files: lowercase, no braces.
-func (g GUID) String() string {
-	le := binary.LittleEndian
-	return fmt.Sprintf("%08x-%04x-%04x-%x-%x", le.Uint32(g[0:]), le.Uint16(g[4:]), le.Uint16(g[6:]), g[8:10], g[10:])
-}
+func newGUID() (GUID, error) { return winguid.New(), nil }
 
 func regionName(g GUID, i int) string   { return fmt.Sprintf("region_%s_%d", g, i) }
 func objectIDName(g GUID, i int) string { return fmt.Sprintf("objectid_%s_%d", g, i) }

@@ -1,64 +1,14 @@
 package vhdx
 
-import (
-	"crypto/rand"
-	"encoding/binary"
-	"encoding/hex"
-	"fmt"
-	"strings"
-)
+import "github.com/layervisor/layervisor/pkg/winguid"
 
-// GUID is a GUID in its on-disk form: the first three fields little-endian,
-// the last eight bytes as they are (the Windows layout MS-VHDX uses).
-type GUID [16]byte
+// GUID is a GUID in its on-disk form (see pkg/winguid).
+type GUID = winguid.GUID
 
-// ParseGUID parses "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx", braces optional,
-// any case.
-func ParseGUID(s string) (GUID, error) {
-	var g GUID
-	t := strings.TrimSuffix(strings.TrimPrefix(s, "{"), "}")
-	if len(t) != 36 || t[8] != '-' || t[13] != '-' || t[18] != '-' || t[23] != '-' {
-		return g, fmt.Errorf("GUID %q: not in 8-4-4-4-12 form", s)
-	}
-	raw, err := hex.DecodeString(t[0:8] + t[9:13] + t[14:18] + t[19:23] + t[24:36])
-	if err != nil {
-		return g, fmt.Errorf("GUID %q: %w", s, err)
-	}
-	binary.LittleEndian.PutUint32(g[0:], binary.BigEndian.Uint32(raw[0:]))
-	binary.LittleEndian.PutUint16(g[4:], binary.BigEndian.Uint16(raw[4:]))
-	binary.LittleEndian.PutUint16(g[6:], binary.BigEndian.Uint16(raw[6:]))
-	copy(g[8:], raw[8:])
-	return g, nil
-}
-
-func mustGUID(s string) GUID {
-	g, err := ParseGUID(s)
-	if err != nil {
-		panic(err)
-	}
-	return g
-}
+// ParseGUID parses "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx", braces optional.
+func ParseGUID(s string) (GUID, error) { return winguid.Parse(s) }
 
 // NewGUID returns a random (version 4) GUID.
-func NewGUID() GUID {
-	var g GUID
-	if _, err := rand.Read(g[:]); err != nil {
-		panic(fmt.Sprintf("vhdx: random GUID: %v", err)) // crypto/rand never fails on supported OSes
-	}
-	g[7] = g[7]&0x0f | 0x40 // version 4 (Data3's high nibble, little-endian)
-	g[8] = g[8]&0x3f | 0x80 // RFC 4122 variant
-	return g
-}
+func NewGUID() GUID { return winguid.New() }
 
-// IsZero reports whether g is all zeros.
-func (g GUID) IsZero() bool { return g == GUID{} }
-
-// String formats g as lower-case xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx.
-func (g GUID) String() string {
-	return fmt.Sprintf("%08x-%04x-%04x-%x-%x",
-		binary.LittleEndian.Uint32(g[0:]), binary.LittleEndian.Uint16(g[4:]),
-		binary.LittleEndian.Uint16(g[6:]), g[8:10], g[10:16])
-}
-
-// MarshalText makes GUIDs print as strings in JSON.
-func (g GUID) MarshalText() ([]byte, error) { return []byte(g.String()), nil }
+func mustGUID(s string) GUID { return winguid.MustParse(s) }
