@@ -80,6 +80,25 @@ hive="$disks/SYSTEM"
 echo "--- the same hive through hivex:"
 hivexregedit --export "$hive" '\' | head -20
 
+step "a Windows image: CIM layers, hive deltas merged, a utility VM prepared for CIM boot"
+./bin/layervisor dev build-image --kind windows --name windows-demo:latest "$work/win.tar"
+./bin/layervisor image import "$work/win.tar"
+./bin/layervisor layer ls
+base=$(./bin/layervisor image ls --json | python3 -c 'import json,sys; print([i for i in json.load(sys.stdin) if i["name"]=="windows-demo:latest"][0]["chainIDs"][0].split(":")[1])')
+./bin/layervisor cim ls "$LAYERVISOR_ROOT/wclayers/cim-layers/$base.cim"
+./bin/layervisor cim ls "$LAYERVISOR_ROOT/wclayers/cim-layers/$base.cim" UtilityVM
+./bin/layervisor disk info "$LAYERVISOR_ROOT/wclayers/$base/UtilityVM/SystemTemplateBase.vhdx"
+./bin/layervisor disk info "$LAYERVISOR_ROOT/wclayers/$base/UtilityVM/SystemTemplate.vhdx"
+echo "--- the BCD's CIM-boot objects (composite and cimfs device options):"
+bcd="$LAYERVISOR_ROOT/wclayers/$base/UtilityVM/Files/EFI/Microsoft/Boot/BCD"
+./bin/layervisor hive dump "$bcd" 'Objects\{e1787220-d17f-49e7-977a-d8fe4c8537e2}'
+./bin/layervisor hive dump "$bcd" 'Objects\{763e9fea-502d-434f-aad9-5fabe9c91a7b}'
+./bin/layervisor uvm create win1 --windows-image windows-demo:latest
+./bin/layervisor disk info "$LAYERVISOR_ROOT/uvms/win1/sandbox.vhdx"
+./bin/layervisor uvm start win1 || echo "(as expected: Windows utility VMs are provisioned here, not booted)"
+./bin/layervisor uvm rm win1
+./bin/layervisor image rm windows-demo:latest
+
 step "unmount, remove, gc"
 ./bin/layervisor container unmount demo-1
 ./bin/layervisor container rm demo-1 demo-2
