@@ -11,7 +11,7 @@ APT_PACKAGES=(
   e2fsprogs util-linux kmod cpio zstd
   busybox-static            # real content for test images
   qemu-system-x86 qemu-utils # utility VM; qemu-img validates VHD/VHDX
-  containerd                # import/mount benchmark anchor
+  containerd runc           # import/mount benchmark anchor; snapshotter end-to-end tests (ctr run)
   libhivex-bin libwin-hivex-perl libregf-utils chntpw  # registry hive validators (hivexregedit is in the perl package)
   libvhdi-utils python3-libvhdi python3    # VHDX differencing validators
   bzip2 xz-utils            # tests decompress the Windows-made test files fast
@@ -61,4 +61,21 @@ if [[ ! -e "$BOOT_DIR/vmlinuz" ]]; then
   rm -rf "$BOOT_DIR"
   mv "$BOOT_DIR.new" "$BOOT_DIR"
   echo "deps: kernel $kver in $BOOT_DIR" >&2
+fi
+
+# containerd 2.x (tests of the proxy differ path): containerd, ctr and its
+# runc shim (Debian's 1.6 shim does not work with 2.x) built once from the Go
+# module proxy into a cache dir, never installed system-wide. no_btrfs: no
+# libbtrfs headers here, and the btrfs snapshotter is not needed.
+CONTAINERD2_VERSION=v2.4.2
+CONTAINERD2_DIR=${LAYERVISOR_CONTAINERD2_DIR:-/var/cache/layervisor/containerd-$CONTAINERD2_VERSION}
+if [[ ! -x "$CONTAINERD2_DIR/containerd" || ! -x "$CONTAINERD2_DIR/ctr" || ! -x "$CONTAINERD2_DIR/containerd-shim-runc-v2" ]]; then
+  mkdir -p "$CONTAINERD2_DIR.new"
+  (cd /tmp && GOBIN="$CONTAINERD2_DIR.new" GOFLAGS=-mod=mod go install -tags no_btrfs \
+    "github.com/containerd/containerd/v2/cmd/containerd@$CONTAINERD2_VERSION" \
+    "github.com/containerd/containerd/v2/cmd/ctr@$CONTAINERD2_VERSION" \
+    "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$CONTAINERD2_VERSION")
+  rm -rf "$CONTAINERD2_DIR"
+  mv "$CONTAINERD2_DIR.new" "$CONTAINERD2_DIR"
+  echo "deps: containerd $CONTAINERD2_VERSION in $CONTAINERD2_DIR" >&2
 fi

@@ -21,6 +21,7 @@ import (
 type Daemon struct {
 	Dir    string
 	Socket string
+	ctr    string
 	cmd    *exec.Cmd
 	log    *os.File
 }
@@ -29,20 +30,45 @@ const config = `version = 2
 disabled_plugins = ["io.containerd.grpc.v1.cri"]
 `
 
-// Start starts containerd with everything under dir.
+// Options tune StartWith.
+type Options struct {
+	// Bin and Ctr are the containerd and ctr binaries (default: the ones in
+	// PATH, Debian's 1.6).
+	Bin, Ctr string
+	// Config replaces the default configuration (version 2, CRI off).
+	Config string
+}
+
+// Start starts Debian's containerd with everything under dir.
 func Start(ctx context.Context, dir string) (*Daemon, error) {
-	bin, err := exec.LookPath("containerd")
+	return StartWith(ctx, dir, Options{})
+}
+
+// StartWith starts containerd with everything under dir: root, state,
+// socket, configuration and log (containerd.log).
+func StartWith(ctx context.Context, dir string, o Options) (*Daemon, error) {
+	ownShims := o.Bin != ""
+	if o.Bin == "" {
+		o.Bin = "containerd"
+	}
+	if o.Ctr == "" {
+		o.Ctr = "ctr"
+	}
+	if o.Config == "" {
+		o.Config = config
+	}
+	bin, err := exec.LookPath(o.Bin)
 	if err != nil {
 		return nil, fmt.Errorf("containerd not installed (apt-get install containerd): %w", err)
 	}
-	d := &Daemon{Dir: dir, Socket: filepath.Join(dir, "containerd.sock")}
+	d := &Daemon{Dir: dir, Socket: filepath.Join(dir, "containerd.sock"), ctr: o.Ctr}
 	for _, sub := range []string{"root", "state"} {
 		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
 			return nil, err
 		}
 	}
 	cfg := filepath.Join(dir, "config.toml")
-	if err := os.WriteFile(cfg, []byte(config), 0o600); err != nil {
+	if err := os.WriteFile(cfg, []byte(o.Config), 0o600); err != nil {
 		return nil, err
 	}
 	d.log, err = os.Create(filepath.Join(dir, "containerd.log"))
@@ -52,6 +78,11 @@ func Start(ctx context.Context, dir string) (*Daemon, error) {
 	d.cmd = exec.Command(bin, "--config", cfg, "--root", filepath.Join(dir, "root"),
 		"--state", filepath.Join(dir, "state"), "--address", d.Socket)
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
+	// Shims are looked up in PATH: a containerd given by path brings its
+	// own (Debian's 1.6 runc shim does not work with containerd 2.x).
+	if ownShims {
+		d.cmd.Env = append(os.Environ(), "PATH="+filepath.Dir(bin)+string(os.PathListSeparator)+os.Getenv("PATH"))
+	}
 	if err := d.cmd.Start(); err != nil {
 		d.log.Close()
 		return nil, err
@@ -70,6 +101,17 @@ func Start(ctx context.Context, dir string) (*Daemon, error) {
 	}
 }
 
+// ContentDir is the daemon's content store directory (where blobs are).
+func (d *Daemon) ContentDir() string {
+	return filepath.Join(d.Dir, "root", "io.containerd.content.v1.content")
+}
+
+// Log returns the end of the daemon's log, for failure messages.
+func (d *Daemon) Log() string {
+	b, _ := os.ReadFile(filepath.Join(d.Dir, "containerd.log"))
+	return tail(b)
+}
+
 func tail(b []byte) string {
 	if len(b) > 2000 {
 		b = b[len(b)-2000:]
@@ -77,28 +119,39 @@ func tail(b []byte) string {
 	return string(b)
 }
 
-// Ctr runs ctr against the daemon in namespace "bench".
+// Ctr runs ctr against the daemon in namespace "bench" and returns its
+// standard output; standard error (ctr 2.x warns there) goes into errors.
 func (d *Daemon) Ctr(ctx context.Context, args ...string) (string, error) {
-	cmd := exec.CommandContext(ctx, "ctr", append([]string{"-a", d.Socket, "-n", "bench"}, args...)...)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd := exec.CommandContext(ctx, d.ctr, append([]string{"-a", d.Socket, "-n", "bench"}, args...)...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
 	if err != nil {
-		return out.String(), fmt.Errorf("ctr %s: %w: %s", strings.Join(args, " "), err, out.String())
+		return out.String(), fmt.Errorf("ctr %s: %w: %s%s", strings.Join(args, " "), err, out.String(), errb.String())
 	}
 	return out.String(), nil
 }
 
 // Import imports an archive and unpacks it with the overlayfs snapshotter.
 func (d *Daemon) Import(ctx context.Context, archive string) error {
-	_, err := d.Ctr(ctx, "images", "import", "--snapshotter", "overlayfs", archive)
+	return d.ImportWith(ctx, archive, "overlayfs")
+}
+
+// ImportWith imports an archive and unpacks it with the named snapshotter.
+func (d *Daemon) ImportWith(ctx context.Context, archive, snapshotter string) error {
+	_, err := d.Ctr(ctx, "images", "import", "--snapshotter", snapshotter, archive)
 	return err
 }
 
 // PrepareMount prepares an active snapshot on parent (a chain ID) and
 // mounts it at target, as a runtime does: containerd's rootfs-ready path.
 func (d *Daemon) PrepareMount(ctx context.Context, key, parent, target string) error {
-	out, err := d.Ctr(ctx, "snapshots", "--snapshotter", "overlayfs", "prepare", "--mounts", key, parent)
+	return d.PrepareMountWith(ctx, "overlayfs", key, parent, target)
+}
+
+// PrepareMountWith is PrepareMount with the named snapshotter.
+func (d *Daemon) PrepareMountWith(ctx context.Context, snapshotter, key, parent, target string) error {
+	out, err := d.Ctr(ctx, "snapshots", "--snapshotter", snapshotter, "prepare", "--mounts", key, parent)
 	if err != nil {
 		return err
 	}
@@ -117,6 +170,7 @@ func (d *Daemon) PrepareMount(ctx context.Context, key, parent, target string) e
 			switch o {
 			case "ro":
 				flags |= unix.MS_RDONLY
+			case "rw":
 			case "rbind":
 				flags |= unix.MS_BIND | unix.MS_REC
 			case "bind":
@@ -134,10 +188,15 @@ func (d *Daemon) PrepareMount(ctx context.Context, key, parent, target string) e
 
 // Release unmounts target and removes the snapshot.
 func (d *Daemon) Release(ctx context.Context, key, target string) error {
+	return d.ReleaseWith(ctx, "overlayfs", key, target)
+}
+
+// ReleaseWith is Release with the named snapshotter.
+func (d *Daemon) ReleaseWith(ctx context.Context, snapshotter, key, target string) error {
 	if out, err := exec.Command("umount", target).CombinedOutput(); err != nil {
 		return fmt.Errorf("umount %s: %v %s", target, err, out)
 	}
-	_, err := d.Ctr(ctx, "snapshots", "--snapshotter", "overlayfs", "rm", key)
+	_, err := d.Ctr(ctx, "snapshots", "--snapshotter", snapshotter, "rm", key)
 	return err
 }
 

@@ -360,13 +360,24 @@ func (h *Host) IsMounted(id string) bool {
 
 // mountImage loop-attaches an ext4 image and mounts it at mp.
 func mountImage(source, mp string, readOnly bool) (err error) {
+	return MountImage(source, mp, readOnly)
+}
+
+// MountImage loop-attaches an ext4 image (autoclear) and mounts it at mp
+// (created if needed), nodev and nosuid. A read-only layer image's fixed
+// VHD footer is hidden from the file system; a writable image is raw ext4
+// and is not probed for one (what it holds was written by containers).
+func MountImage(source, mp string, readOnly bool) (err error) {
 	st, err := os.Stat(source)
 	if err != nil {
 		return err
 	}
 	opts := loop.Options{ReadOnly: readOnly}
-	if f, err := os.Open(source); err == nil {
-		// Hide a VHD footer from the file system.
+	if readOnly {
+		f, err := os.Open(source)
+		if err != nil {
+			return err
+		}
 		if _, ferr := vhd.ReadFooter(f, st.Size()); ferr == nil {
 			opts.SizeLimit = st.Size() - vhd.FooterSize
 		}
@@ -394,8 +405,11 @@ func mountImage(source, mp string, readOnly bool) (err error) {
 	return nil
 }
 
-// unmount unmounts mp; "not mounted" and "missing" count as done.
-func unmount(mp string) error {
+func unmount(mp string) error { return Unmount(mp) }
+
+// Unmount unmounts mp, every mount stacked on it; "not mounted" and
+// "missing" count as done.
+func Unmount(mp string) error {
 	for {
 		err := unix.Unmount(mp, 0)
 		switch {

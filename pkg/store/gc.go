@@ -109,6 +109,10 @@ func (s *Store) GC(ctx context.Context) (GCReport, error) {
 			inContainer[id] = true
 		}
 	}
+	// Layers of containerd snapshots may be mounted too.
+	for id := range s.snapshotLayers() {
+		inContainer[id] = true
+	}
 	ents, _ = os.ReadDir(filepath.Join(s.root, "layers"))
 	for _, e := range ents {
 		if !e.IsDir() || e.Name() == ".locks" {

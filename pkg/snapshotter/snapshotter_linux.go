@@ -1,0 +1,837 @@
+package snapshotter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/containerd/containerd/v2/core/mount"
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/containerd/v2/core/snapshots/storage"
+	"github.com/containerd/errdefs"
+	digest "github.com/opencontainers/go-digest"
+	bolt "go.etcd.io/bbolt"
+	"golang.org/x/sys/unix"
+
+	"github.com/layervisor/layervisor/internal/atomicfile"
+	"github.com/layervisor/layervisor/internal/mountinfo"
+	"github.com/layervisor/layervisor/pkg/layerconv"
+	"github.com/layervisor/layervisor/pkg/layers"
+	"github.com/layervisor/layervisor/pkg/loop"
+	"github.com/layervisor/layervisor/pkg/scratch"
+	"github.com/layervisor/layervisor/pkg/store"
+)
+
+// Snapshotter is layervisor's containerd snapshotter over one store.
+type Snapshotter struct {
+	store *store.Store
+	root  string // <store>/snapshots
+	ms    *storage.MetaStore
+
+	mu        sync.Mutex
+	refs      map[digest.Digest]int // layer -> committed snapshots using its mount
+	scratches map[string]bool       // snapshot IDs whose scratch is mounted
+	noScratch bool
+	closed    bool
+}
+
+var _ snapshots.Snapshotter = (*Snapshotter)(nil)
+
+// Option tunes New.
+type Option func(*Snapshotter)
+
+// WithoutScratch makes containers' writable layers plain directories
+// instead of scratch disks: faster to prepare, but without a size bound
+// and nothing a VM runtime can attach.
+func WithoutScratch() Option { return func(s *Snapshotter) { s.noScratch = true } }
+
+// New opens the snapshotter of the store, reconciling what a crash left.
+func New(ctx context.Context, st *store.Store, opts ...Option) (*Snapshotter, error) {
+	root := filepath.Join(st.Root(), store.SnapshotsDir)
+	if err := os.MkdirAll(filepath.Join(root, "l"), 0o700); err != nil {
+		return nil, fmt.Errorf("snapshotter root %s: %w", root, err)
+	}
+	// A second daemon on the same root must fail, not wait for the lock.
+	ms, err := storage.NewMetaStore(filepath.Join(root, "metadata.db"), func(o *bolt.Options) error {
+		o.Timeout = 2 * time.Second
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("snapshot metadata in %s: %w", root, err)
+	}
+	s := &Snapshotter{store: st, root: root, ms: ms, refs: map[digest.Digest]int{}, scratches: map[string]bool{}}
+	for _, o := range opts {
+		o(s)
+	}
+	if err := s.reconcile(ctx); err != nil {
+		s.Close()
+		if errors.Is(err, bolt.ErrTimeout) {
+			return nil, fmt.Errorf("snapshots in %s are in use by another layervisor serve: %w", root, err)
+		}
+		return nil, fmt.Errorf("reconcile snapshots in %s: %w", root, err)
+	}
+	return s, nil
+}
+
+func (s *Snapshotter) dir(id string) string { return filepath.Join(s.root, id) }
+
+// layerMount is where a layer is mounted. The name is short because an
+// overlay of 128 layers must fit its lowerdir option into one page
+// (containerd shortens it to paths relative to snapshots/l).
+func (s *Snapshotter) layerMount(chain digest.Digest) string {
+	return filepath.Join(s.root, "l", chain.Encoded()[:16])
+}
+
+func (s *Snapshotter) lowerDir(chain digest.Digest) string {
+	return layerconv.LowerDir(s.layerMount(chain))
+}
+
+// chainOf reads the chain ID of committed snapshot id.
+func (s *Snapshotter) chainOf(id string) (digest.Digest, error) {
+	b, err := os.ReadFile(filepath.Join(s.dir(id), store.SnapshotRefFile))
+	if err != nil {
+		return "", fmt.Errorf("snapshot %s has no layer: %w", id, err)
+	}
+	d, err := digest.Parse(strings.TrimSpace(string(b)))
+	if err != nil {
+		return "", fmt.Errorf("snapshot %s layer reference: %w", id, err)
+	}
+	return d, nil
+}
+
+func (s *Snapshotter) writeRef(id string, chain digest.Digest) error {
+	return atomicfile.Write(filepath.Join(s.dir(id), store.SnapshotRefFile), []byte(chain.String()+"\n"), 0o600, true)
+}
+
+// acquire takes a reference on the layer's shared mount, mounting it first.
+func (s *Snapshotter) acquire(chain digest.Digest) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.refs[chain] == 0 {
+		if err := mountLayer(s.store.LayerImage(chain), s.layerMount(chain)); err != nil {
+			return err
+		}
+	}
+	s.refs[chain]++
+	return nil
+}
+
+// release drops a reference; the last one unmounts the layer.
+func (s *Snapshotter) release(chain digest.Digest) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.refs[chain] == 0 {
+		return nil
+	}
+	s.refs[chain]--
+	if s.refs[chain] > 0 {
+		return nil
+	}
+	delete(s.refs, chain)
+	return unmountLayer(s.layerMount(chain))
+}
+
+// Stat returns the info of a snapshot.
+func (s *Snapshotter) Stat(ctx context.Context, key string) (info snapshots.Info, err error) {
+	err = s.ms.WithTransaction(ctx, false, func(ctx context.Context) error {
+		_, info, _, err = storage.GetInfo(ctx, key)
+		return err
+	})
+	return info, err
+}
+
+// Update changes a snapshot's labels.
+func (s *Snapshotter) Update(ctx context.Context, info snapshots.Info, fieldpaths ...string) (out snapshots.Info, err error) {
+	err = s.ms.WithTransaction(ctx, true, func(ctx context.Context) error {
+		out, err = storage.UpdateInfo(ctx, info, fieldpaths...)
+		return err
+	})
+	return out, err
+}
+
+// Usage is the layer image's size for a committed snapshot and the disk
+// usage of the upper directory otherwise.
+func (s *Snapshotter) Usage(ctx context.Context, key string) (snapshots.Usage, error) {
+	var (
+		id    string
+		info  snapshots.Info
+		usage snapshots.Usage
+	)
+	err := s.ms.WithTransaction(ctx, false, func(ctx context.Context) (err error) {
+		id, info, usage, err = storage.GetInfo(ctx, key)
+		return err
+	})
+	if err != nil {
+		return usage, err
+	}
+	if info.Kind == snapshots.KindActive {
+		upper, _ := s.upperWork(id)
+		return diskUsage(upper)
+	}
+	return usage, nil
+}
+
+// Mounts returns the mounts of an active snapshot or view.
+func (s *Snapshotter) Mounts(ctx context.Context, key string) ([]mount.Mount, error) {
+	var sn storage.Snapshot
+	err := s.ms.WithTransaction(ctx, false, func(ctx context.Context) (err error) {
+		sn, err = storage.GetSnapshot(ctx, key)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("snapshot %q: %w", key, err)
+	}
+	return s.mounts(sn)
+}
+
+// Prepare creates an active snapshot. When containerd names the layer it is
+// about to unpack (label containerd.io/snapshot.ref) and the store holds
+// it, the layer becomes a committed snapshot at once and Prepare answers
+// "already exists", so containerd skips fetching and unpacking it.
+func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...snapshots.Opt) ([]mount.Mount, error) {
+	var base snapshots.Info
+	for _, o := range opts {
+		if err := o(&base); err != nil {
+			return nil, err
+		}
+	}
+	// In a parallel unpack the parent comes only at Commit (rebase):
+	// adopting the layer now would record it without its parent.
+	rebase := parent == "" && base.Labels["containerd.io/snapshot/parent-chain-id"] != ""
+	if target := base.Labels[snapshots.LabelSnapshotRef]; target != "" && !rebase {
+		if chain, err := digest.Parse(target); err == nil && s.store.HasLayer(chain) {
+			if err := s.adopt(ctx, key, parent, chain, opts); err != nil {
+				return nil, err
+			}
+			return nil, fmt.Errorf("layer %s is in the store: %w", chain, errdefs.ErrAlreadyExists)
+		}
+	}
+	return s.create(ctx, snapshots.KindActive, key, parent, opts)
+}
+
+// View creates a read-only snapshot of parent.
+func (s *Snapshotter) View(ctx context.Context, key, parent string, opts ...snapshots.Opt) ([]mount.Mount, error) {
+	return s.create(ctx, snapshots.KindView, key, parent, opts)
+}
+
+func (s *Snapshotter) create(ctx context.Context, kind snapshots.Kind, key, parent string, opts []snapshots.Opt) ([]mount.Mount, error) {
+	tmp, err := os.MkdirTemp(s.root, "new-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(tmp) // a no-op once renamed
+	// A container's writable layer is a scratch disk cloned from the
+	// store's template; what containerd unpacks into (and views) stays a
+	// directory, converted to a layer image at Commit.
+	withScratch := kind == snapshots.KindActive && !isUnpackKey(key) && !s.noScratch
+	if withScratch {
+		tmpl, err := scratch.EnsureTemplate(ctx, s.store.Root(), scratch.DefaultSize)
+		if err != nil {
+			return nil, err
+		}
+		if err := scratch.Clone(ctx, tmpl, filepath.Join(tmp, scratchFile)); err != nil {
+			return nil, err
+		}
+	} else if err := os.Mkdir(filepath.Join(tmp, "fs"), 0o755); err != nil {
+		return nil, err
+	}
+	var sn storage.Snapshot
+	err = s.ms.WithTransaction(ctx, true, func(ctx context.Context) (err error) {
+		sn, err = storage.CreateSnapshot(ctx, kind, key, parent, opts...)
+		if err != nil {
+			return err
+		}
+		if err := os.Rename(tmp, s.dir(sn.ID)); err != nil {
+			return err
+		}
+		if withScratch {
+			if err := s.mountScratch(sn.ID); err != nil {
+				return err
+			}
+		}
+		upper, work := s.upperWork(sn.ID)
+		// The root of a new snapshot is 0755 whatever the umask, as
+		// containerd's own snapshotters make it.
+		if err := os.MkdirAll(upper, 0o755); err != nil {
+			return err
+		}
+		if err := os.Chmod(upper, 0o755); err != nil {
+			return err
+		}
+		if kind == snapshots.KindActive {
+			if err := os.MkdirAll(work, 0o700); err != nil {
+				return err
+			}
+		}
+		if len(sn.ParentIDs) > 0 {
+			// The upper root takes the owner of the parent's root, so that
+			// the merged root keeps it.
+			chain, err := s.chainOf(sn.ParentIDs[0])
+			if err != nil {
+				return err
+			}
+			var st unix.Stat_t
+			if err := unix.Stat(s.lowerDir(chain), &st); err != nil {
+				return fmt.Errorf("parent layer %s: %w", chain, err)
+			}
+			if err := os.Lchown(upper, int(st.Uid), int(st.Gid)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		if sn.ID != "" {
+			// Renamed (and maybe mounted), then the transaction failed.
+			s.unmountScratch(sn.ID)
+			os.RemoveAll(s.dir(sn.ID))
+		}
+		return nil, err
+	}
+	return s.mounts(sn)
+}
+
+// scratchFile, in a snapshot's directory, is its scratch disk, mounted at
+// scratchMount; the upper and work directories are inside it.
+const (
+	scratchFile  = "sandbox.img"
+	scratchMount = "mnt"
+)
+
+// isUnpackKey reports whether containerd made the key to unpack a layer
+// ("[<namespace>/<n>/]extract-<random> <chain ID>").
+func isUnpackKey(key string) bool {
+	return strings.HasPrefix(key[strings.LastIndex(key, "/")+1:], "extract-")
+}
+
+func (s *Snapshotter) hasScratch(id string) bool {
+	_, err := os.Stat(filepath.Join(s.dir(id), scratchFile))
+	return err == nil
+}
+
+// upperWork returns the upper and work directories of snapshot id.
+func (s *Snapshotter) upperWork(id string) (upper, work string) {
+	if s.hasScratch(id) {
+		mnt := filepath.Join(s.dir(id), scratchMount)
+		return filepath.Join(mnt, "upper"), filepath.Join(mnt, "work")
+	}
+	return filepath.Join(s.dir(id), "fs"), filepath.Join(s.dir(id), "work")
+}
+
+// mountScratch mounts the scratch of snapshot id (read-write).
+func (s *Snapshotter) mountScratch(id string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.scratches[id] {
+		return nil
+	}
+	if err := mountImage(filepath.Join(s.dir(id), scratchFile), filepath.Join(s.dir(id), scratchMount), false); err != nil {
+		return err
+	}
+	s.scratches[id] = true
+	return nil
+}
+
+func (s *Snapshotter) unmountScratch(id string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.scratches, id)
+	return unmountLayer(filepath.Join(s.dir(id), scratchMount))
+}
+
+// adopt records a stored layer as a committed snapshot named key.
+func (s *Snapshotter) adopt(ctx context.Context, key, parent string, chain digest.Digest, opts []snapshots.Opt) error {
+	tmpKey := "adopt/" + key
+	return s.ms.WithTransaction(ctx, true, func(ctx context.Context) error {
+		sn, err := storage.CreateSnapshot(ctx, snapshots.KindActive, tmpKey, parent, opts...)
+		if err != nil {
+			return err
+		}
+		if err := os.Mkdir(s.dir(sn.ID), 0o700); err != nil {
+			return err
+		}
+		if err := s.writeRef(sn.ID, chain); err != nil {
+			os.RemoveAll(s.dir(sn.ID))
+			return err
+		}
+		if err := s.acquire(chain); err != nil {
+			os.RemoveAll(s.dir(sn.ID))
+			return err
+		}
+		if _, err := storage.CommitActive(ctx, tmpKey, key, layerUsage(s.store.LayerImage(chain)), opts...); err != nil {
+			s.release(chain)
+			os.RemoveAll(s.dir(sn.ID))
+			return err
+		}
+		slog.Debug("snapshot from stored layer", "key", key, "chainID", chain)
+		return nil
+	})
+}
+
+func (s *Snapshotter) mounts(sn storage.Snapshot) ([]mount.Mount, error) {
+	upper, work := s.upperWork(sn.ID)
+	rw := "rw"
+	if sn.Kind == snapshots.KindView {
+		rw = "ro"
+	}
+	if len(sn.ParentIDs) == 0 {
+		return []mount.Mount{{Type: "bind", Source: upper, Options: []string{rw, "rbind"}}}, nil
+	}
+	lowers := make([]string, len(sn.ParentIDs))
+	for i, pid := range sn.ParentIDs {
+		chain, err := s.chainOf(pid)
+		if err != nil {
+			return nil, err
+		}
+		lowers[i] = s.lowerDir(chain)
+	}
+	if sn.Kind == snapshots.KindView {
+		if len(lowers) == 1 {
+			return []mount.Mount{{Type: "bind", Source: lowers[0], Options: []string{"ro", "rbind"}}}, nil
+		}
+		// An overlay without an upper directory is read-only.
+		return []mount.Mount{{Type: "overlay", Source: "overlay", Options: []string{"lowerdir=" + strings.Join(lowers, ":")}}}, nil
+	}
+	return []mount.Mount{{Type: "overlay", Source: "overlay", Options: []string{
+		"workdir=" + work,
+		"upperdir=" + upper,
+		"lowerdir=" + strings.Join(lowers, ":"),
+		// Renaming a directory of a lower layer works (instead of EXDEV);
+		// Commit folds the redirected directory into the new layer.
+		"redirect_dir=on",
+	}}}, nil
+}
+
+// Commit turns an active snapshot into a layer image of the store and
+// records it as committed snapshot name. The layer's chain ID is the one
+// containerd names (the last element of name, or the snapshot.ref label)
+// when it names one, else computed from the content.
+func (s *Snapshotter) Commit(ctx context.Context, name, key string, opts ...snapshots.Opt) error {
+	var base snapshots.Info
+	for _, o := range opts {
+		if err := o(&base); err != nil {
+			return err
+		}
+	}
+	var sn storage.Snapshot
+	err := s.ms.WithTransaction(ctx, false, func(ctx context.Context) (err error) {
+		sn, err = storage.GetSnapshot(ctx, key)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("commit %q: %w", key, err)
+	}
+	if sn.Kind != snapshots.KindActive {
+		return fmt.Errorf("commit %q: not an active snapshot: %w", key, errdefs.ErrFailedPrecondition)
+	}
+	var parentChain digest.Digest
+	var lowers []string
+	for i, pid := range sn.ParentIDs {
+		chain, err := s.chainOf(pid)
+		if err != nil {
+			return err
+		}
+		if i == 0 {
+			parentChain = chain
+		}
+		lowers = append(lowers, s.lowerDir(chain))
+	}
+	upper, _ := s.upperWork(sn.ID)
+	open := func() (io.ReadCloser, error) { return tarUpper(ctx, upper, lowers), nil }
+
+	chain := namedChain(name, base.Labels)
+	differApplied := false
+	if b, err := os.ReadFile(filepath.Join(s.dir(sn.ID), appliedFile)); err == nil {
+		differApplied = true
+		// The differ wrote the layer already.
+		applied, err := digest.Parse(strings.TrimSpace(string(b)))
+		if err != nil {
+			return fmt.Errorf("commit %q: applied layer: %w", key, err)
+		}
+		if chain != "" && chain != applied {
+			return fmt.Errorf("commit %q as %s: the differ applied layer %s: %w", key, chain, applied, errdefs.ErrInvalidArgument)
+		}
+		chain = applied
+	}
+	if base.Parent != "" && len(sn.ParentIDs) == 0 && !differApplied {
+		// A rebase (parallel unpack): whiteouts written without the lower
+		// layers in place were dropped, so only the differ's layer is right.
+		return fmt.Errorf("commit %q onto %q: rebase needs the layervisor differ to unpack: %w", key, base.Parent, errdefs.ErrNotImplemented)
+	}
+	if chain == "" {
+		diffID, err := digestOf(open)
+		if err != nil {
+			return fmt.Errorf("commit %q: %w", key, err)
+		}
+		chain = diffID
+		if parentChain != "" {
+			chain = digest.FromString(parentChain.String() + " " + diffID.String())
+		}
+	}
+	// The reference goes first, so that gc never removes the layer in between.
+	if err := s.writeRef(sn.ID, chain); err != nil {
+		return err
+	}
+	diffID := digest.Digest(base.Labels["containerd.io/snapshot/diff-id"])
+	if diffID.Validate() != nil {
+		diffID = ""
+	}
+	converted, err := s.store.PutLayer(ctx, chain, diffID, open)
+	if err != nil {
+		os.Remove(filepath.Join(s.dir(sn.ID), store.SnapshotRefFile))
+		return fmt.Errorf("commit %q: %w", key, err)
+	}
+	if err := s.acquire(chain); err != nil {
+		os.Remove(filepath.Join(s.dir(sn.ID), store.SnapshotRefFile))
+		return fmt.Errorf("commit %q: %w", key, err)
+	}
+	err = s.ms.WithTransaction(ctx, true, func(ctx context.Context) error {
+		_, err := storage.CommitActive(ctx, key, name, layerUsage(s.store.LayerImage(chain)), opts...)
+		return err
+	})
+	if err != nil {
+		s.release(chain)
+		os.Remove(filepath.Join(s.dir(sn.ID), store.SnapshotRefFile))
+		return err
+	}
+	// The content lives in the layer image now.
+	leftovers := []string{"fs", "work", appliedFile}
+	if s.hasScratch(sn.ID) {
+		if err := s.unmountScratch(sn.ID); err != nil {
+			// Kept for the next start's reconcile to unmount.
+			slog.Warn("unmount committed snapshot's scratch", "id", sn.ID, "err", err)
+		} else {
+			leftovers = append(leftovers, scratchMount, scratchFile)
+		}
+	}
+	for _, sub := range leftovers {
+		if err := os.RemoveAll(filepath.Join(s.dir(sn.ID), sub)); err != nil {
+			slog.Warn("remove committed snapshot's upper", "id", sn.ID, "err", err)
+		}
+	}
+	slog.Debug("committed snapshot", "name", name, "chainID", chain, "converted", converted)
+	return nil
+}
+
+// namedChain is the chain ID containerd gives a snapshot, if any: unpacking
+// commits "<namespace>/<n>/<chain ID>", and sets snapshot.ref in 2.x.
+func namedChain(name string, labels map[string]string) digest.Digest {
+	if d, err := digest.Parse(name[strings.LastIndex(name, "/")+1:]); err == nil && d.Algorithm() == digest.SHA256 {
+		return d
+	}
+	if d, err := digest.Parse(labels[snapshots.LabelSnapshotRef]); err == nil && d.Algorithm() == digest.SHA256 {
+		return d
+	}
+	return ""
+}
+
+func digestOf(open func() (io.ReadCloser, error)) (digest.Digest, error) {
+	rc, err := open()
+	if err != nil {
+		return "", err
+	}
+	defer rc.Close()
+	return digest.FromReader(rc)
+}
+
+// Remove deletes a snapshot; a committed one with children is refused.
+func (s *Snapshotter) Remove(ctx context.Context, key string) error {
+	var (
+		id   string
+		kind snapshots.Kind
+	)
+	err := s.ms.WithTransaction(ctx, true, func(ctx context.Context) (err error) {
+		id, kind, err = storage.Remove(ctx, key)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("remove snapshot %q: %w", key, err)
+	}
+	var errs []error
+	if kind == snapshots.KindCommitted {
+		if chain, err := s.chainOf(id); err != nil {
+			errs = append(errs, err)
+		} else if err := s.release(chain); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := s.unmountScratch(id); err != nil {
+		errs = append(errs, err)
+	} else if err := os.RemoveAll(s.dir(id)); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// Walk calls fn for every snapshot matching the filters.
+func (s *Snapshotter) Walk(ctx context.Context, fn snapshots.WalkFunc, fs ...string) error {
+	return s.ms.WithTransaction(ctx, false, func(ctx context.Context) error {
+		return storage.WalkInfo(ctx, fn, fs...)
+	})
+}
+
+// Close unmounts the layers and closes the metadata. Overlays in use keep
+// their own references to the layers, so running containers are unaffected.
+func (s *Snapshotter) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	var errs []error
+	for id := range s.scratches {
+		if err := unmountLayer(filepath.Join(s.dir(id), scratchMount)); err != nil {
+			errs = append(errs, err)
+		}
+		delete(s.scratches, id)
+	}
+	for chain := range s.refs {
+		if err := unmountLayer(s.layerMount(chain)); err != nil {
+			errs = append(errs, err)
+		}
+		delete(s.refs, chain)
+	}
+	if err := s.ms.Close(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// adoptScratchMount records the scratch of active snapshot id as mounted,
+// mounting it if a reboot took the mount away.
+func (s *Snapshotter) adoptScratchMount(id string) error {
+	mounted, err := mountinfo.Mountpoints()
+	if err != nil {
+		return err
+	}
+	if mounted[filepath.Join(s.dir(id), scratchMount)] {
+		s.mu.Lock()
+		s.scratches[id] = true
+		s.mu.Unlock()
+		return nil
+	}
+	return s.mountScratch(id)
+}
+
+// reconcile repairs what a crash left, then runs the store's gc.
+func (s *Snapshotter) reconcile(ctx context.Context) error {
+	var ids map[string]string // id -> key
+	var committed []string
+	err := s.ms.WithTransaction(ctx, false, func(ctx context.Context) (err error) {
+		ids, err = storage.IDMap(ctx)
+		if errdefs.IsNotFound(err) {
+			return nil // a new store: no bucket yet
+		}
+		if err != nil {
+			return err
+		}
+		return storage.WalkInfo(ctx, func(ctx context.Context, info snapshots.Info) error {
+			if info.Kind == snapshots.KindCommitted {
+				committed = append(committed, info.Name)
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return err
+	}
+	isCommitted := map[string]bool{}
+	for _, k := range committed {
+		isCommitted[k] = true
+	}
+	var errs []error
+	want := map[digest.Digest]int{}
+	ents, err := os.ReadDir(s.root)
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		n := e.Name()
+		if !e.IsDir() || n == "l" {
+			continue
+		}
+		key, known := ids[n]
+		if _, nerr := strconv.ParseUint(n, 10, 64); nerr != nil || !known {
+			slog.Info("removing snapshot directory without metadata", "dir", s.dir(n))
+			if err := unmountLayer(filepath.Join(s.dir(n), scratchMount)); err != nil {
+				errs = append(errs, err)
+			} else if err := os.RemoveAll(s.dir(n)); err != nil {
+				errs = append(errs, err)
+			}
+			continue
+		}
+		if !isCommitted[key] {
+			// A commit that died midway: the snapshot is still active.
+			os.Remove(filepath.Join(s.dir(n), store.SnapshotRefFile))
+			if s.hasScratch(n) {
+				if err := s.adoptScratchMount(n); err != nil {
+					errs = append(errs, err)
+				}
+			}
+			continue
+		}
+		// A committed snapshot's scratch whose unmount failed, or that a
+		// crash left mounted after the commit.
+		if s.hasScratch(n) {
+			if err := unmountLayer(filepath.Join(s.dir(n), scratchMount)); err != nil {
+				errs = append(errs, err)
+			} else {
+				os.Remove(filepath.Join(s.dir(n), scratchFile))
+			}
+		}
+		chain, err := s.chainOf(n)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		want[chain]++
+	}
+	mounted, err := mountinfo.Mountpoints()
+	if err != nil {
+		return err
+	}
+	wantMount := map[string]digest.Digest{}
+	for chain := range want {
+		wantMount[s.layerMount(chain)] = chain
+	}
+	ls, _ := os.ReadDir(filepath.Join(s.root, "l"))
+	for _, e := range ls {
+		mp := filepath.Join(s.root, "l", e.Name())
+		if _, ok := wantMount[mp]; ok {
+			continue
+		}
+		if err := unmountLayer(mp); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for mp, chain := range wantMount {
+		if !mounted[mp] {
+			if err := mountLayer(s.store.LayerImage(chain), mp); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+		}
+		s.refs[chain] = want[chain]
+	}
+	if _, err := s.store.GC(ctx); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// mountLayer loop-attaches a layer image read-only and mounts it at mp.
+func mountLayer(image, mp string) error { return mountImage(image, mp, true) }
+
+// mountImage loop-attaches an ext4 image and mounts it at mp, as the host
+// path does.
+func mountImage(image, mp string, readOnly bool) error {
+	if err := layers.MountImage(image, mp, readOnly); err != nil {
+		return fmt.Errorf("mount %s at %s: %w", image, mp, err)
+	}
+	return nil
+}
+
+// unmountLayer unmounts mp (every stacked mount) and removes it.
+func unmountLayer(mp string) error {
+	if err := layers.Unmount(mp); err != nil {
+		return err
+	}
+	if err := os.Remove(mp); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+func layerUsage(image string) snapshots.Usage {
+	var st unix.Stat_t
+	if err := unix.Stat(image, &st); err != nil {
+		return snapshots.Usage{}
+	}
+	return snapshots.Usage{Inodes: 1, Size: st.Blocks * 512}
+}
+
+// diskUsage counts the inodes and allocated bytes under dir.
+func diskUsage(dir string) (snapshots.Usage, error) {
+	var u snapshots.Usage
+	seen := map[uint64]bool{}
+	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		st, ok := fi.Sys().(*syscall.Stat_t)
+		if !ok || seen[st.Ino] {
+			return nil
+		}
+		seen[st.Ino] = true
+		u.Inodes++
+		u.Size += st.Blocks * 512
+		return nil
+	})
+	if err != nil {
+		return u, fmt.Errorf("usage of %s: %w", dir, err)
+	}
+	return u, nil
+}
+
+// LayerImages maps the overlay (or bind) mount of a snapshot back to the
+// layer images behind its lower directories, top-most first, through the
+// loop devices that hold them: a VM runtime attaches those files instead of
+// mounting on the host. The upper directory (the container's writes) is
+// not included.
+func LayerImages(m mount.Mount) ([]string, error) {
+	var lowers []string
+	switch m.Type {
+	case "overlay":
+		for _, o := range m.Options {
+			if v, ok := strings.CutPrefix(o, "lowerdir="); ok {
+				lowers = strings.Split(v, ":")
+			}
+		}
+	case "bind":
+		lowers = []string{m.Source}
+	default:
+		return nil, fmt.Errorf("mount type %q: not a layervisor snapshot mount", m.Type)
+	}
+	ms, err := mountinfo.Read()
+	if err != nil {
+		return nil, err
+	}
+	source := map[string]string{}
+	for _, mi := range ms {
+		source[mi.Mountpoint] = mi.Source
+	}
+	devs, err := loop.List()
+	if err != nil {
+		return nil, err
+	}
+	backing := map[string]string{}
+	for _, d := range devs {
+		backing[d.Path] = d.Backing
+	}
+	var images []string
+	for _, l := range lowers {
+		if filepath.Base(l) != layerconv.ContentDir {
+			continue // the upper of a snapshot without parent
+		}
+		img := backing[source[filepath.Dir(l)]]
+		if img == "" {
+			return nil, fmt.Errorf("lower directory %s is not a mounted layer image", l)
+		}
+		images = append(images, img)
+	}
+	return images, nil
+}
