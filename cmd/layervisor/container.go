@@ -155,8 +155,8 @@ which utility VMs attach directly; the host path needs the raw default.`,
 and loop devices, deletes temp files and half-written layers or containers, and
 removes layers that no image or container refers to. It also reaps utility VMs
 whose owner process died (a killed run's VM) or whose QEMU died, kills QEMU and
-virtiofsd processes that no live UVM accounts for, and removes the containers
-of runs that died before their teardown.`,
+virtiofsd processes that no live UVM accounts for, removes stale UVM templates,
+and removes the containers of runs that died before their teardown.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			s, err := openStore()
@@ -174,8 +174,8 @@ of runs that died before their teardown.`,
 					return err
 				}
 			} else if !g.quiet {
-				fmt.Printf("removed %d layers, %d temp entries; rolled back %d mounts, unmounted %d, detached %d loop devices, kept %d mounted containers; reaped %d dead UVMs and %d dead runs' containers, killed %d orphan QEMU/virtiofsd processes\n",
-					len(rep.RemovedLayers), len(rep.RemovedTemp), len(rep.Mounts.RolledBack), len(rep.Mounts.Unmounted), len(rep.Mounts.Detached), len(rep.Mounts.Kept), len(vrep.Reaped), len(runs), len(vrep.Killed))
+				fmt.Printf("removed %d layers, %d temp entries; rolled back %d mounts, unmounted %d, detached %d loop devices, kept %d mounted containers; reaped %d dead UVMs and %d dead runs' containers, killed %d orphan QEMU/virtiofsd processes; removed %d stale UVM templates\n",
+					len(rep.RemovedLayers), len(rep.RemovedTemp), len(rep.Mounts.RolledBack), len(rep.Mounts.Unmounted), len(rep.Mounts.Detached), len(rep.Mounts.Kept), len(vrep.Reaped), len(runs), len(vrep.Killed), len(vrep.Templates))
 			}
 			return errors.Join(vmErr, gcErr)
 		},

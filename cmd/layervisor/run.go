@@ -71,6 +71,7 @@ type runOptions struct {
 	specFile    string
 	volumes     []string
 	mounts      []string
+	cold        bool
 }
 
 func init() {
@@ -131,6 +132,7 @@ A command that does not exist in the image exits with 127.`,
 	f := cmd.Flags()
 	f.StringVar(&o.isolation, "isolation", "process", "process (host namespaces) or vm (utility VM)")
 	f.StringVar(&o.uvmID, "uvm", "", "with --isolation vm: use this running utility VM instead of starting one")
+	f.BoolVar(&o.cold, "cold", false, "with --isolation vm: boot the utility VM's kernel instead of restoring a template")
 	f.StringVar(&o.scratchSize, "scratch-size", "1G", "scratch virtual size")
 	f.StringVar(&o.scratchFmt, "scratch-format", "raw", "scratch disk format: raw, or vhdx (with --isolation vm)")
 	f.BoolVar(&o.keep, "keep", false, "keep the container afterwards (for inspection)")

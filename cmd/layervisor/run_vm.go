@@ -26,7 +26,7 @@ func runInUVM(ctx context.Context, s *store.Store, o runOptions, cname string, s
 		return 0, errors.New("--uvm: running in a UVM started by another process is not supported yet; omit --uvm to start one for this run")
 	}
 	teardown := context.WithoutCancel(ctx)
-	u, err := uvm.Create(ctx, uvm.Config{ID: cname, Root: s.Root()})
+	u, err := uvm.Create(ctx, uvm.Config{ID: cname, Root: s.Root(), Cold: o.cold})
 	if err != nil {
 		return 0, err
 	}

@@ -88,16 +88,21 @@ needs Hyper-V. uvm rm removes the directory.`,
 	f.StringVar(&windowsImage, "windows-image", "", "make a Windows utility VM whose sandbox derives from this imported Windows image's SystemTemplate.vhdx")
 	f.StringVar(&cfg.WindowsTemplate, "template", "", "make a Windows utility VM whose sandbox derives from this SystemTemplate.vhdx")
 
+	var cold bool
 	startCmd := &cobra.Command{
 		Use:   "start ID",
 		Short: "Boot a created UVM and wait for its agent; the VM keeps running after this command",
-		Args:  cobra.ExactArgs(1),
+		Long: `start restores the UVM from a template of its shape when there is one (about a
+second), else boots its kernel and saves the template for the next UVMs (see
+layervisor uvm template). --cold always boots the kernel.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			u, err := uvm.Acquire(absRoot(), args[0])
 			if err != nil {
 				return err
 			}
 			defer u.Close()
+			u.SetCold(cold)
 			t0 := time.Now()
 			if err := u.Start(cmd.Context()); err != nil {
 				return err
@@ -108,6 +113,7 @@ needs Hyper-V. uvm rm removes the directory.`,
 			return report(u.State())
 		},
 	}
+	startCmd.Flags().BoolVar(&cold, "cold", false, "boot the kernel instead of restoring a template")
 	execCmd := &cobra.Command{
 		Use:     "exec ID -- CMD [ARGS...]",
 		Short:   "Run a command in a running UVM (outside any container) and exit with its code",
@@ -145,17 +151,7 @@ needs Hyper-V. uvm rm removes the directory.`,
 			if err != nil {
 				return err
 			}
-			if g.json {
-				if sts == nil {
-					sts = []uvm.State{}
-				}
-				return printJSON(sts)
-			}
-			fmt.Printf("%-20s %-8s %-8s %-6s %s\n", "ID", "STATUS", "PID", "ACCEL", "MEMORY")
-			for _, s := range sts {
-				fmt.Printf("%-20s %-8s %-8d %-6s %dM\n", s.Config.ID, s.Status, s.PID, s.Accel, s.Config.MemoryMB)
-			}
-			return nil
+			return printUVMs(cmd.Context(), sts)
 		},
 	}
 	stopCmd := &cobra.Command{
@@ -215,7 +211,7 @@ needs Hyper-V. uvm rm removes the directory.`,
 	buildCmd.Flags().StringVar(&img.Agent, "agent", "", "guest agent binary (default: next to layervisor, or built from source)")
 	buildCmd.Flags().StringVar(&img.Out, "out", "", "initramfs to write (default <root>/boot/initrd.img)")
 	imageCmd.AddCommand(buildCmd)
-	uvmCmd.AddCommand(createCmd, startCmd, execCmd, lsCmd, stopCmd, rmCmd, imageCmd)
+	uvmCmd.AddCommand(createCmd, startCmd, execCmd, lsCmd, stopCmd, rmCmd, imageCmd, uvmTemplateCmd())
 	rootCmd.AddCommand(uvmCmd)
 }
 

@@ -242,6 +242,24 @@ func (c *Client) List(ctx context.Context, path string) ([]string, error) {
 	return r.Names, err
 }
 
+// SetIdentity reseeds the guest RNG, sets its clock and hostname, and
+// checks what the guest reports back.
+func (c *Client) SetIdentity(ctx context.Context, a IdentityArgs) (IdentityResult, error) {
+	var r IdentityResult
+	if err := c.call(ctx, OpSetIdentity, a, &r, nil, nil, nil); err != nil {
+		return r, err
+	}
+	switch {
+	case r.Hostname != a.Hostname:
+		return r, fmt.Errorf("guest agent: hostname is %q after setting %q", r.Hostname, a.Hostname)
+	case r.UnixNano < a.UnixNano:
+		return r, fmt.Errorf("guest agent: clock reads %d after setting %d", r.UnixNano, a.UnixNano)
+	case len(r.Random) != 16:
+		return r, fmt.Errorf("guest agent: %d random bytes, want 16", len(r.Random))
+	}
+	return r, nil
+}
+
 // Shutdown asks the guest to power off.
 func (c *Client) Shutdown(ctx context.Context) error {
 	return c.call(ctx, OpShutdown, struct{}{}, nil, nil, nil, nil)

@@ -19,7 +19,7 @@ import (
 
 // GuestModules are the kernel modules the agent loads at boot (with their
 // dependencies); the initramfs builder packs the same list.
-var GuestModules = []string{"virtio_pci", "virtio_console", "virtio_scsi", "sd_mod", "virtio_pmem", "nd_pmem", "overlay", "virtiofs", "ext4"}
+var GuestModules = []string{"virtio_pci", "virtio_console", "virtio_balloon", "virtio_scsi", "sd_mod", "virtio_pmem", "nd_pmem", "overlay", "virtiofs", "ext4"}
 
 // PortName is the virtio-serial port of the agent channel.
 const PortName = "layervisor.agent"
@@ -48,6 +48,7 @@ const (
 	OpStat           = "stat"
 	OpList           = "list"
 	OpShutdown       = "shutdown"
+	OpSetIdentity    = "set_identity"
 )
 
 // Error codes.
@@ -134,6 +135,21 @@ type (
 		Link  string
 	}
 	ListResult struct{ Names []string }
+	// IdentityArgs make a VM restored from a template its own machine:
+	// host randomness credited to the guest RNG and a forced CRNG reseed,
+	// the wall clock, and the hostname.
+	IdentityArgs struct {
+		Seed     []byte // 32 to 512 bytes of host randomness
+		UnixNano int64
+		Hostname string
+	}
+	// IdentityResult is what the guest reads back after applying them.
+	IdentityResult struct {
+		Hostname string
+		UnixNano int64  // the guest's wall clock just after setting it
+		BootID   string // /proc/sys/kernel/random/boot_id: shared by clones
+		Random   []byte // 16 bytes drawn from the reseeded RNG
+	}
 )
 
 // WriteFrame writes one message.

@@ -2,11 +2,11 @@ package uvm
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 )
@@ -63,7 +63,7 @@ func BenchmarkBoot(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			cmd := exec.Command("qemu-system-x86_64", u.qemuArgs(accel())...)
+			cmd := exec.Command("qemu-system-x86_64", u.qemuArgs(accel(), "")...)
 			b.StartTimer()
 			err = cmd.Run()
 			b.StopTimer()
@@ -74,31 +74,105 @@ func BenchmarkBoot(b *testing.B) {
 	})
 }
 
-// BenchmarkIdleMemory reports the host RSS of an idle UVM's QEMU next to
-// the configured guest RAM.
-func BenchmarkIdleMemory(b *testing.B) {
-	cfg := testConfig(b, "mem")
+// BenchmarkTemplateStart compares Start (to a ready, reseeded agent)
+// booting the kernel with Start restoring a template, in the same run:
+//
+//	go test -run '^$' -bench TemplateStart -benchtime 3x ./pkg/uvm/
+func BenchmarkTemplateStart(b *testing.B) {
+	cfg := testConfig(b, "seed")
 	cfg.Root = b.TempDir()
 	ctx := context.Background()
-	u, err := Create(ctx, cfg)
+	startStop := func(c Config, restored bool) time.Duration {
+		u, err := Create(ctx, c)
+		if err != nil {
+			b.Fatal(err)
+		}
+		t0 := time.Now()
+		err = u.Start(ctx)
+		d := time.Since(t0)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if (u.State().Template != "") != restored {
+			b.Fatalf("%s: template %q, want restored=%v", c.ID, u.State().Template, restored)
+		}
+		u.Stop(ctx)
+		u.Remove(ctx)
+		return d
+	}
+	startStop(cfg, false) // saves the template
+	var cold, warm time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		c := cfg
+		c.ID, c.Cold = "cold", true
+		cold += startStop(c, false)
+		c.ID, c.Cold = "warm", false
+		warm += startStop(c, true)
+	}
+	b.ReportMetric(cold.Seconds()/float64(b.N), "cold-s")
+	b.ReportMetric(warm.Seconds()/float64(b.N), "template-s")
+	b.ReportMetric(float64(warm)/float64(cold), "template/cold")
+}
+
+// BenchmarkIdleMemory starts one UVM, then ten at once, from a template
+// and reports, once they are idle, host RSS (QEMU and virtiofsd) against
+// the guest memory in use (balloon statistics): the overhead is what a
+// UVM costs the host beyond its guest's own pages.
+//
+//	go test -run '^$' -bench IdleMemory -benchtime 1x ./pkg/uvm/
+func BenchmarkIdleMemory(b *testing.B) {
+	cfg := testConfig(b, "seed")
+	cfg.Root = b.TempDir()
+	ctx := context.Background()
+	seed, err := Create(ctx, cfg)
 	if err != nil {
 		b.Fatal(err)
 	}
-	if err := u.Start(ctx); err != nil {
+	if err := seed.Start(ctx); err != nil {
 		b.Fatal(err)
 	}
-	defer u.Stop(ctx)
-	time.Sleep(2 * time.Second)
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		status, _ := os.ReadFile("/proc/" + strconv.Itoa(u.State().PID) + "/status")
-		for _, line := range strings.Split(string(status), "\n") {
-			if strings.HasPrefix(line, "VmRSS:") {
-				kb, _ := strconv.Atoi(strings.Fields(line)[1])
-				b.ReportMetric(float64(kb)/1024, "host-RSS-MiB")
-				b.ReportMetric(float64(u.Config().MemoryMB), "guest-RAM-MiB")
-				b.ReportMetric(float64(kb)/1024/float64(u.Config().MemoryMB), "RSS/RAM")
+	seed.Stop(ctx)
+	seed.Remove(ctx)
+	for _, n := range []int{1, 10} {
+		b.Run(strconv.Itoa(n)+"-uvms", func(b *testing.B) {
+			for i := 0; i < b.N; i++ {
+				us := make([]*UVM, n)
+				errs := make(chan error, n)
+				for j := range us {
+					c := cfg
+					c.ID = fmt.Sprintf("idle%d", j)
+					if us[j], err = Create(ctx, c); err != nil {
+						b.Fatal(err)
+					}
+					go func() { errs <- us[j].Start(ctx) }()
+				}
+				for range us {
+					if err := <-errs; err != nil {
+						b.Fatal(err)
+					}
+				}
+				// Idle: let free-page reporting and the stats poll run.
+				time.Sleep(10 * time.Second)
+				var rss, used int64
+				for _, u := range us {
+					m := MemoryUse(ctx, cfg.Root, u.ID())
+					for m.GuestUsed < 0 {
+						time.Sleep(time.Second)
+						m = MemoryUse(ctx, cfg.Root, u.ID())
+					}
+					rss, used = rss+m.HostRSS, used+m.GuestUsed
+				}
+				const mib = 1 << 20
+				b.ReportMetric(float64(rss)/mib, "total-RSS-MiB")
+				b.ReportMetric(float64(rss)/mib/float64(n), "RSS-MiB/uvm")
+				b.ReportMetric(float64(used)/mib/float64(n), "guest-used-MiB/uvm")
+				b.ReportMetric(float64(rss-used)/mib/float64(n), "overhead-MiB/uvm")
+				for _, u := range us {
+					u.Stop(ctx)
+					u.Remove(ctx)
+				}
 			}
-		}
+		})
 	}
 }

@@ -101,6 +101,8 @@ func QEMUProcesses(root string) []int {
 type GCReport struct {
 	Reaped []string `json:"reaped,omitempty"` // UVMs whose QEMU or owner had died
 	Killed []int    `json:"killed,omitempty"` // QEMU and virtiofsd processes no live UVM accounts for
+	// Templates are the stale templates and half-saved ones removed.
+	Templates []string `json:"templates,omitempty"`
 }
 
 // GC reaps dead UVMs and kills the host processes of UVMs under root that
@@ -140,6 +142,8 @@ func GC(ctx context.Context, root string) (GCReport, error) {
 			rep.Killed = append(rep.Killed, p.PID)
 		}
 	}
+	rep.Templates, err = gcTemplates(root)
+	errs = append(errs, err)
 	return rep, errors.Join(errs...)
 }
 

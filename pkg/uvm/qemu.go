@@ -17,6 +17,7 @@ import (
 	"github.com/layervisor/layervisor/internal/crashpoint"
 	"github.com/layervisor/layervisor/pkg/agent"
 	"github.com/layervisor/layervisor/pkg/qmp"
+	"github.com/layervisor/layervisor/pkg/scratch"
 	"github.com/layervisor/layervisor/pkg/undo"
 	"github.com/layervisor/layervisor/pkg/uvm/pciports"
 	"github.com/layervisor/layervisor/pkg/uvm/scsi"
@@ -70,7 +71,9 @@ func accel() string {
 // host side of the I/O.
 func accelOption(acc string) string {
 	if acc == "tcg" {
-		return "tcg,thread=single"
+		// A bounded translation cache: QEMU's default sizes it from host
+		// memory, ~26 MB more resident per idle UVM for no boot-time gain.
+		return "tcg,thread=single,tb-size=32"
 	}
 	return acc
 }
@@ -83,25 +86,36 @@ func pickAccel(exists func(string) bool, kvmOpens func() bool) string {
 	return "tcg"
 }
 
-// qemuArgs is the QEMU command line.
-func (u *UVM) qemuArgs(acc string) []string {
+// qemuArgs is the QEMU command line. Guest RAM is a shared memfd, or with
+// ramFile a shared file (templates: see template.go); shared either way,
+// as vhost-user-fs (virtiofs) needs.
+func (u *UVM) qemuArgs(acc, ramFile string) []string {
 	c := u.cfg
 	mem := strconv.Itoa(c.MemoryMB) + "M"
+	backend := "memory-backend-memfd,id=ram,size=" + mem + ",share=on"
+	if ramFile != "" {
+		backend = "memory-backend-file,id=ram,size=" + mem + ",share=on,mem-path=" + strings.ReplaceAll(ramFile, ",", ",,")
+	}
 	args := []string{
 		"-name", "layervisor-" + c.ID,
 		"-M", "q35,memory-backend=ram", "-accel", accelOption(acc), "-smp", strconv.Itoa(c.CPUs),
 		"-m", fmt.Sprintf("%s,slots=%d,maxmem=%dM", mem, c.VPMemSlots, c.MemoryMB+c.PmemBudgetMB),
-		// Shared memfd RAM: vhost-user-fs (virtiofs) needs it.
-		"-object", "memory-backend-memfd,id=ram,size=" + mem + ",share=on",
+		"-object", backend,
 		"-display", "none", "-nodefaults", "-no-user-config", "-nic", "none",
 		"-kernel", filepath.Join(c.BootDir, "vmlinuz"), "-initrd", c.Initrd,
 		"-append", "console=ttyS0 quiet panic=-1",
 		"-serial", "file:" + u.path("debug/console.log"),
 		"-D", u.path("debug/qemu.log"),
 		"-qmp", "unix:" + u.path("qmp.sock") + ",server=on,wait=off",
+		// A second monitor for readers (uvm ls): the owner holds the first.
+		"-qmp", "unix:" + u.path("stats.sock") + ",server=on,wait=off",
 		"-device", "virtio-serial-pci,id=vser",
 		"-chardev", "socket,id=agent,path=" + u.path("agent.sock") + ",server=on,wait=off",
 		"-device", "virtserialport,bus=vser.0,chardev=agent,name=" + agent.PortName,
+		// Free-page reporting hands pages the guest frees back to the host
+		// (QEMU punches them out of the RAM file or memfd); the statistics
+		// queue feeds uvm ls.
+		"-device", "virtio-balloon-pci,id=balloon,free-page-reporting=on",
 	}
 	for i := 0; i < c.SCSIControllers; i++ {
 		args = append(args, "-device", fmt.Sprintf("virtio-scsi-pci,id=scsi%d", i))
@@ -139,19 +153,77 @@ func (u *UVM) Start(ctx context.Context) (err error) {
 			return fmt.Errorf("uvm %s: initramfs %s missing and could not be built (layervisor uvm image build): %w", c.ID, c.Initrd, err)
 		}
 	}
+	defer func() {
+		if err != nil {
+			u.fail(err)
+		}
+	}()
+	acc := accel()
+	if c.Cold || templatesOff() {
+		return u.launch(ctx, qemu, acc, launchOpts{})
+	}
+	want, err := u.expectedManifest(qemu, acc)
+	if err != nil {
+		slog.Warn("uvm template key unknown: booting cold", "uvm", c.ID, "err", err)
+		return u.launch(ctx, qemu, acc, launchOpts{})
+	}
+	dir, terr := u.findTemplate(want)
+	if terr == nil {
+		rerr := u.launch(ctx, qemu, acc, launchOpts{restoreFrom: dir})
+		if rerr == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return rerr
+		}
+		slog.Warn("uvm template restore failed: booting cold and saving the template again", "uvm", c.ID, "template", dir, "err", rerr)
+	} else if !errors.Is(terr, os.ErrNotExist) {
+		slog.Warn("uvm template unusable: booting cold and saving it again", "uvm", c.ID, "err", terr)
+	}
+	return u.launch(ctx, qemu, acc, launchOpts{saveAs: &want})
+}
+
+// launchOpts say how launch starts QEMU: a plain cold boot on memfd RAM;
+// a cold boot on a RAM file saved as a template once the agent answers
+// (saveAs); or a restore of the template in restoreFrom.
+type launchOpts struct {
+	saveAs      *Manifest
+	restoreFrom string
+}
+
+// restoreTimeout bounds a restore: a damaged template should fall back to
+// a cold boot quickly, and a good one answers in about a second.
+const restoreTimeout = 20 * time.Second
+
+// launch starts QEMU and waits for the agent; on failure it leaves no
+// QEMU, socket or RAM file behind (the caller marks the UVM failed).
+func (u *UVM) launch(ctx context.Context, qemu, acc string, o launchOpts) (err error) {
+	c := u.cfg
 	var un undo.Stack
 	defer func() {
 		if err != nil {
 			un.Run(ctx)
-			u.fail(err)
 		}
 	}()
-	for _, s := range []string{"qmp.sock", "agent.sock"} {
+	for _, s := range []string{"qmp.sock", "stats.sock", "agent.sock", "ram"} {
 		os.Remove(u.path(s))
 	}
 	os.Remove(u.path("debug/console.log"))
-	acc := accel()
-	cmd := exec.Command(qemu, u.qemuArgs(acc)...)
+	ramFile := ""
+	if o.saveAs != nil || o.restoreFrom != "" {
+		ramFile = u.path("ram")
+		un.Push("remove RAM file", func(context.Context) error { return os.Remove(ramFile) })
+	}
+	if o.restoreFrom != "" {
+		if _, err := scratch.CloneFile(ctx, filepath.Join(o.restoreFrom, tplRAM), ramFile); err != nil {
+			return fmt.Errorf("uvm %s: %w", c.ID, err)
+		}
+	}
+	args := u.qemuArgs(acc, ramFile)
+	if o.restoreFrom != "" {
+		args = append(args, "-incoming", "defer")
+	}
+	cmd := exec.Command(qemu, args...)
 	stderr := &lockedBuffer{}
 	cmd.Stderr = stderr
 	// A UVM with an owner dies with it: the kernel kills QEMU when the
@@ -181,7 +253,11 @@ func (u *UVM) Start(ctx context.Context) (err error) {
 	u.mu.Unlock()
 	u.save()
 
-	bctx, cancel := context.WithTimeout(ctx, c.BootTimeout)
+	timeout := c.BootTimeout
+	if o.restoreFrom != "" {
+		timeout = min(timeout, restoreTimeout)
+	}
+	bctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	go func() {
 		select {
@@ -195,13 +271,41 @@ func (u *UVM) Start(ctx context.Context) (err error) {
 	}
 	un.Push("close QMP", func(context.Context) error { return u.qmp.Close() })
 	t0 := time.Now()
+	if o.restoreFrom != "" {
+		if err := restore(bctx, u.qmp, o.restoreFrom); err != nil {
+			return u.bootError("template restore", err, stderr.String())
+		}
+	}
 	if u.agent, err = agent.Dial(bctx, u.path("agent.sock")); err != nil {
 		return u.bootError("guest agent", err, stderr.String())
 	}
-	slog.Debug("uvm agent ready", "uvm", c.ID, "after", time.Since(t0), "accel", acc)
+	un.Push("close agent", func(context.Context) error { return u.agent.Close() })
+	slog.Debug("uvm agent ready", "uvm", c.ID, "after", time.Since(t0), "accel", acc, "template", o.restoreFrom)
+	if o.saveAs != nil {
+		t1 := time.Now()
+		stopped, err := u.saveTemplate(bctx, *o.saveAs)
+		if err != nil {
+			slog.Warn("uvm template not saved: later UVMs of this shape boot cold too", "uvm", c.ID, "err", err)
+		} else if stopped {
+			slog.Info("saved UVM template", "uvm", c.ID, "key", o.saveAs.Key, "took", time.Since(t1))
+		}
+		if stopped {
+			if err := u.qmp.Execute(bctx, "cont", nil, nil); err != nil {
+				return fmt.Errorf("uvm %s: resume after saving the template: %w", c.ID, err)
+			}
+		}
+	}
+	if err := u.setIdentity(bctx); err != nil {
+		return err
+	}
+	u.pollBalloonStats(bctx)
 	u.wire()
 	u.mu.Lock()
 	u.state.Status = "running"
+	u.state.Template = ""
+	if o.restoreFrom != "" {
+		u.state.Template = filepath.Base(o.restoreFrom)
+	}
 	u.mu.Unlock()
 	if err := u.save(); err != nil {
 		return err
@@ -334,7 +438,7 @@ func (u *UVM) Stop(ctx context.Context) error {
 	if u.qmp != nil {
 		u.qmp.Close()
 	}
-	for _, s := range []string{"qmp.sock", "agent.sock"} {
+	for _, s := range []string{"qmp.sock", "stats.sock", "agent.sock", "ram"} {
 		os.Remove(u.path(s))
 	}
 	if err := u.save(); err != nil {

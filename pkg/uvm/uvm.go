@@ -67,6 +67,9 @@ type Config struct {
 	// differencing child of this SystemTemplate.vhdx (see winsandbox.go).
 	// Such a UVM is provisioned here but cannot boot (no Hyper-V).
 	WindowsTemplate string `json:"windowsTemplate,omitempty"`
+	// Cold boots the kernel even when a template of this UVM's shape
+	// exists (see template.go), and saves none.
+	Cold bool `json:"cold,omitempty"`
 }
 
 func (c *Config) defaults() {
@@ -131,6 +134,9 @@ type State struct {
 	Accel   string    `json:"accel,omitempty"`
 	Started time.Time `json:"started,omitempty"`
 	Error   string    `json:"error,omitempty"`
+	// Template is the key of the template the UVM was restored from, ""
+	// after a cold boot.
+	Template string `json:"template,omitempty"`
 }
 
 // UVM is a utility VM.
@@ -155,6 +161,7 @@ type UVM struct {
 	vpmem    *vpmem.Controller
 	shares   *share.Controller
 	shareHst *share.QEMUHost
+	identity agent.IdentityResult
 }
 
 // Dir returns a UVM's state directory under root.

@@ -228,7 +228,7 @@ func TestPickAccel(t *testing.T) {
 }
 
 func TestAccelOption(t *testing.T) {
-	if got := accelOption("tcg"); got != "tcg,thread=single" {
+	if got := accelOption("tcg"); got != "tcg,thread=single,tb-size=32" {
 		t.Errorf("tcg: %s", got)
 	}
 	if got := accelOption("kvm"); got != "kvm" {

@@ -175,6 +175,11 @@ func (s *Server) handle(ctx context.Context, m *agent.Message) {
 		if a, err = decode[agent.PathArgs](m); err == nil {
 			result, err = s.list(a.Path)
 		}
+	case agent.OpSetIdentity:
+		var a agent.IdentityArgs
+		if a, err = decode[agent.IdentityArgs](m); err == nil {
+			result, err = setIdentity(a)
+		}
 	case agent.OpShutdown:
 		s.reply(m.ID, nil, nil)
 		if s.Poweroff != nil {
