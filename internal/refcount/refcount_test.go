@@ -45,6 +45,7 @@ func (f *fake) step(name, k string, fail *error) error {
 	f.running[k] = true
 	f.calls = append(f.calls, name+" "+k)
 	entered, gate := f.entered, f.gate
+	err := *fail // the outcome is decided as the hook starts
 	f.mu.Unlock()
 	if entered != nil {
 		entered <- name
@@ -55,7 +56,7 @@ func (f *fake) step(name, k string, fail *error) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.running[k] = false
-	return *fail
+	return err
 }
 
 func (f *fake) count(name string) int {
@@ -350,6 +351,11 @@ func TestWaitersShareFailedAttach(t *testing.T) {
 	first := make(chan error)
 	go func() { _, err := tab.Attach(ctx, "a", ""); first <- err }()
 	<-entered
+	// The first attach will fail (decided as it started); any attach after
+	// it succeeds and passes no gate.
+	f.mu.Lock()
+	f.failAttach, f.entered, f.gate = nil, nil, nil
+	f.mu.Unlock()
 	// A waiter whose context ends gives up with the context's error.
 	cctx, cancel := context.WithCancel(ctx)
 	cancel()
@@ -365,11 +371,10 @@ func TestWaitersShareFailedAttach(t *testing.T) {
 	if err := <-first; !errors.Is(err, errInjected) {
 		t.Fatal(err)
 	}
-	f.set(&f.failAttach, nil)
 	ok := 0
 	for i := 0; i < n; i++ {
 		// A waiter that arrived in time shares the failure; a later one
-		// attaches afresh (the fake's gate is closed by then).
+		// attaches afresh, once, and the others share that attach.
 		if err := <-errs; err == nil {
 			ok++
 		} else if !errors.Is(err, errInjected) {
