@@ -16,13 +16,17 @@
 // anything else replaces). Conversion therefore reads the tar twice: pass 1
 // reads headers only and builds the layer's final tree (memory grows with the
 // entry count, never with file sizes); pass 2 writes that tree to hcsshim's
-// tar2ext4, reading file content from the tar in order. Its inode bitmaps
+// tar2ext4, reading file content from the tar in order. The layer's source
+// is read once: pass 1 copies the tar into an unlinked spool file next to
+// the output, which pass 2 reads, so a compressed layer is decompressed (and
+// its digests computed) once. Its inode bitmaps
 // lack the padding e2fsck expects, which is fixed afterwards so that every
 // image passes `e2fsck -n -f`.
 package layerconv
 
 import (
 	"archive/tar"
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -30,6 +34,7 @@ import (
 	"io"
 	"os"
 	"path"
+	"path/filepath"
 	"sort"
 	"strings"
 	"time"
@@ -73,23 +78,38 @@ type Stats struct {
 	ImageSize int64 // size of the ext4 image, footer excluded
 }
 
-// Opener opens the uncompressed layer tar; Convert calls it once per pass.
-// A read error at the end of the stream (a digest mismatch) fails the
-// conversion.
+// Opener opens the uncompressed layer tar; Convert calls it once and reads
+// the stream to its end before writing anything. A read error at the end of
+// the stream (a digest mismatch) fails the conversion.
 type Opener func() (io.ReadCloser, error)
 
 // Convert reads the layer tar through open and writes the layer image to
-// out, which must be empty. It stops early when ctx is cancelled.
+// out, which must be empty. The tar is spooled to a temporary file in out's
+// directory, removed before Convert returns. It stops early when ctx is
+// cancelled.
 func Convert(ctx context.Context, open Opener, out *os.File) (Stats, error) {
 	var st Stats
-	tree, err := scan(ctx, open, &st)
+	spool, err := os.CreateTemp(filepath.Dir(out.Name()), ".layer-tar-*")
+	if err != nil {
+		return st, fmt.Errorf("layer tar spool: %w", err)
+	}
+	// Unlinked at once where the OS allows it, so a crash leaves nothing.
+	os.Remove(spool.Name())
+	defer func() {
+		spool.Close()
+		os.Remove(spool.Name())
+	}()
+	tree, tarSize, err := scanOnce(ctx, open, spool, &st)
 	if err != nil {
 		return st, err
+	}
+	again := func() (io.ReadCloser, error) {
+		return io.NopCloser(io.NewSectionReader(spool, 0, tarSize)), nil
 	}
 	pr, pw := io.Pipe()
 	emitErr := make(chan error, 1)
 	go func() {
-		err := tree.emit(ctx, open, pw, &st)
+		err := tree.emit(ctx, again, pw, &st)
 		pw.CloseWithError(err)
 		emitErr <- err
 	}()
@@ -216,6 +236,34 @@ func readTar(ctx context.Context, open Opener, fn func(i int, hdr *tar.Header, t
 		return fmt.Errorf("read layer tar: %w", err)
 	}
 	return nil
+}
+
+// scanOnce runs pass 1 on the tar open gives while copying it to spool; it
+// returns the tree and the tar's size.
+func scanOnce(ctx context.Context, open Opener, spool *os.File, st *Stats) (*tree, int64, error) {
+	bw := bufio.NewWriterSize(spool, 1<<20)
+	tee := func() (io.ReadCloser, error) {
+		rc, err := open()
+		if err != nil {
+			return nil, err
+		}
+		return struct {
+			io.Reader
+			io.Closer
+		}{io.TeeReader(rc, bw), rc}, nil
+	}
+	t, err := scan(ctx, tee, st)
+	if err != nil {
+		return nil, 0, err
+	}
+	if err := bw.Flush(); err != nil {
+		return nil, 0, fmt.Errorf("layer tar spool: %w", err)
+	}
+	size, err := spool.Seek(0, io.SeekCurrent)
+	if err != nil {
+		return nil, 0, fmt.Errorf("layer tar spool: %w", err)
+	}
+	return t, size, nil
 }
 
 // scan is pass 1: it checks every entry and builds the layer's final tree.
@@ -409,8 +457,8 @@ func (t *tree) emit(ctx context.Context, open Opener, w io.Writer, st *Stats) er
 		if !ok {
 			return nil // replaced later in the tar
 		}
-		// The opener must give the same tar twice; the digest check at its
-		// end makes this hold for image layers.
+		// Both passes read the same bytes (pass 2 the spool of pass 1);
+		// check anyway, as the tree is only valid for that tar.
 		if hdr.Typeflag != tar.TypeReg || path.Clean(hdr.Name) != name {
 			return fmt.Errorf("layer tar changed between passes: entry %d is %q, was %q", i, hdr.Name, name)
 		}

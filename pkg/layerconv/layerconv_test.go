@@ -248,10 +248,11 @@ func (e *errAtEnd) Read(p []byte) (int, error) {
 func TestConvertOpenerFailures(t *testing.T) {
 	a := mkTar(t, []entry{{name: "f", typ: tar.TypeReg, body: "a"}})
 	b := mkTar(t, []entry{{name: "g", typ: tar.TypeReg, body: "b"}})
+	// The source is read once: a second open would see another tar.
 	f, _ := os.Create(filepath.Join(t.TempDir(), "l"))
 	defer f.Close()
-	if _, err := Convert(context.Background(), openSeq(a, b), f); err == nil || !strings.Contains(err.Error(), "changed between passes") {
-		t.Errorf("tar changed between passes: got %v", err)
+	if _, err := Convert(context.Background(), openSeq(a, b), f); err != nil {
+		t.Errorf("convert opened the source more than once: %v", err)
 	}
 
 	bad := errors.New("digest mismatch")
@@ -264,5 +265,43 @@ func TestConvertOpenerFailures(t *testing.T) {
 	// Pass 1 reads the whole stream before anything is written.
 	if st, _ := f2.Stat(); st.Size() != 0 {
 		t.Errorf("a layer failing its check wrote %d bytes", st.Size())
+	}
+}
+
+// The spool of the layer tar never outlives Convert: not after success, a
+// failed check or cancellation.
+func TestConvertLeavesNoSpool(t *testing.T) {
+	good := mkTar(t, goodLayer)
+	cancelled, cancel := context.WithCancel(context.Background())
+	cancel()
+	for name, tc := range map[string]struct {
+		ctx     context.Context
+		open    Opener
+		wantErr bool
+	}{
+		"ok": {context.Background(), OpenBytes(good), false},
+		"bad check": {context.Background(), func() (io.ReadCloser, error) {
+			return io.NopCloser(&errAtEnd{bytes.NewReader(good), errors.New("bad digest")}), nil
+		}, true},
+		"cancelled": {cancelled, OpenBytes(good), true},
+	} {
+		dir := t.TempDir()
+		f, err := os.Create(filepath.Join(dir, "l"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = Convert(tc.ctx, tc.open, f)
+		f.Close()
+		if (err != nil) != tc.wantErr {
+			t.Errorf("%s: err = %v, want error %v", name, err, tc.wantErr)
+		}
+		ents, _ := os.ReadDir(dir)
+		if len(ents) != 1 || ents[0].Name() != "l" {
+			var names []string
+			for _, e := range ents {
+				names = append(names, e.Name())
+			}
+			t.Errorf("%s: directory holds %v, want only the output", name, names)
+		}
 	}
 }

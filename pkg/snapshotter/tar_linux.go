@@ -22,7 +22,7 @@ import (
 // get an opaque marker, and a directory renamed from a lower layer
 // (redirect_dir) is written whole, as an opaque directory, from a read-only
 // merged view of upper over lowers. The output is deterministic (sorted
-// names), so the converter's two passes read the same stream.
+// names), so Commit's digest and the conversion read the same stream.
 func tarUpper(ctx context.Context, upper string, lowers []string) io.ReadCloser {
 	pr, pw := io.Pipe()
 	go func() {

@@ -247,9 +247,8 @@ func (s *Store) ensureLayer(ctx context.Context, img *ociimage.Image, i int, pro
 		return false, err
 	}
 	defer f.Close()
-	// The converter reads the layer twice (headers, then content); each
-	// pass verifies the blob digest and diffID at its end. Progress counts
-	// both passes and reports half, so it ends at the layer's size.
+	// The converter reads (and decompresses) the layer once, verifying the
+	// blob digest and diffID at its end before it writes the image.
 	var read atomic.Int64
 	open := func() (io.ReadCloser, error) {
 		rc, err := img.OpenLayer(ctx, i)
@@ -258,7 +257,7 @@ func (s *Store) ensureLayer(ctx context.Context, img *ociimage.Image, i int, pro
 		}
 		cr := &countingReader{r: rc, total: &read}
 		if progress != nil {
-			cr.report = func(n int64) { report("converting", n/2) }
+			cr.report = func(n int64) { report("converting", n) }
 		}
 		return struct {
 			io.Reader
@@ -292,7 +291,7 @@ func (s *Store) ensureLayer(ctx context.Context, img *ociimage.Image, i int, pro
 		return true, err
 	}
 	crashpoint.Hit("import.layer-published")
-	report("done", read.Load()/2)
+	report("done", read.Load())
 	slog.Debug("imported layer", "chainID", l.ChainID, "entries", st.Entries, "bytes", st.FileBytes)
 	return true, nil
 }
