@@ -326,13 +326,19 @@ func containerdDemoImage(t *testing.T) string {
 }
 
 // waitPlugin waits until containerd reaches a restarted snapshotter:
-// containerd redials proxy plugins with a backoff.
+// containerd redials proxy plugins with a backoff. It prepares and removes
+// a probe snapshot, because listing may be answered from containerd's own
+// metadata without reaching the plugin at all (when there are no
+// snapshots), which let the next command race the redial.
 func waitPlugin(t *testing.T, d *containerdtest.Daemon) {
 	t.Helper()
+	ctx := context.Background()
 	for deadline := time.Now().Add(time.Minute); ; time.Sleep(100 * time.Millisecond) {
-		_, err := d.Ctr(context.Background(), "snapshots", "--snapshotter", "layervisor", "ls")
-		if err == nil {
-			return
+		_, err := d.Ctr(ctx, "snapshots", "--snapshotter", "layervisor", "prepare", "lv-probe")
+		if err == nil || strings.Contains(err.Error(), "already exists") {
+			if _, err = d.Ctr(ctx, "snapshots", "--snapshotter", "layervisor", "rm", "lv-probe"); err == nil {
+				return
+			}
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("containerd does not reach the restarted snapshotter: %v", err)
