@@ -20,8 +20,6 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/layervisor/layervisor/internal/atomicfile"
-	"github.com/layervisor/layervisor/internal/crashpoint"
-	"github.com/layervisor/layervisor/internal/flock"
 	"github.com/layervisor/layervisor/pkg/layerconv"
 	"github.com/layervisor/layervisor/pkg/layers"
 	"github.com/layervisor/layervisor/pkg/ociimage"
@@ -215,40 +213,6 @@ func (s *Store) ensureLayer(ctx context.Context, img *ociimage.Image, i int, pro
 			progress(ImportProgress{Layer: i + 1, Layers: len(img.Layers), ChainID: l.ChainID, Bytes: n, Total: l.Size, State: state})
 		}
 	}
-	dir := s.LayerDir(l.ChainID)
-	if s.layerCurrent(l.ChainID) {
-		report("exists", 0)
-		return false, nil
-	}
-	lk, err := flock.Acquire(s.layerLockPath(l.ChainID))
-	if err != nil {
-		return false, err
-	}
-	defer lk.Release()
-	if s.layerCurrent(l.ChainID) {
-		report("exists", 0)
-		return false, nil
-	}
-	if err := s.removeStaleLayer(l.ChainID); err != nil {
-		return false, err
-	}
-	tmp, err := os.MkdirTemp(filepath.Join(s.root, "tmp"), "import-"+l.ChainID.Encoded()+"-")
-	if err != nil {
-		return false, err
-	}
-	done := false
-	defer func() {
-		if !done {
-			os.RemoveAll(tmp)
-		}
-	}()
-	f, err := os.OpenFile(filepath.Join(tmp, layers.LayerFile), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
-	if err != nil {
-		return false, err
-	}
-	defer f.Close()
-	// The converter reads (and decompresses) the layer once, verifying the
-	// blob digest and diffID at its end before it writes the image.
 	var read atomic.Int64
 	open := func() (io.ReadCloser, error) {
 		rc, err := img.OpenLayer(ctx, i)
@@ -264,36 +228,16 @@ func (s *Store) ensureLayer(ctx context.Context, img *ociimage.Image, i int, pro
 			io.Closer
 		}{cr, rc}, nil
 	}
-	st, err := layerconv.Convert(ctx, open, f)
-	if err != nil {
-		return false, err
+	made, err := s.putLayer(ctx, l.ChainID, l.DiffID, open)
+	switch {
+	case err != nil:
+		return made, err
+	case made:
+		report("done", read.Load())
+	default:
+		report("exists", 0)
 	}
-	if err := f.Sync(); err != nil {
-		return false, err
-	}
-	fi, err := f.Stat()
-	if err != nil {
-		return false, err
-	}
-	info := LayerInfo{ChainID: l.ChainID, DiffID: l.DiffID, Format: layerconv.FormatVersion, Size: fi.Size(), Entries: st.Entries, Created: time.Now().UTC()}
-	if err := atomicfile.WriteJSON(filepath.Join(tmp, "layer.json"), info, true); err != nil {
-		return false, err
-	}
-	if err := os.Chmod(tmp, 0o755); err != nil {
-		return false, err
-	}
-	crashpoint.Hit("import.layer-converted")
-	if err := os.Rename(tmp, dir); err != nil {
-		return false, fmt.Errorf("publish layer %s: %w", l.ChainID, err)
-	}
-	done = true
-	if err := atomicfile.SyncDir(filepath.Dir(dir)); err != nil {
-		return true, err
-	}
-	crashpoint.Hit("import.layer-published")
-	report("done", read.Load())
-	slog.Debug("imported layer", "chainID", l.ChainID, "entries", st.Entries, "bytes", st.FileBytes)
-	return true, nil
+	return made, nil
 }
 
 // rollbackLayers removes layers an import created if no image or container

@@ -13,6 +13,7 @@ import (
 	digest "github.com/opencontainers/go-digest"
 
 	"github.com/layervisor/layervisor/internal/atomicfile"
+	"github.com/layervisor/layervisor/internal/crashpoint"
 	"github.com/layervisor/layervisor/internal/flock"
 	"github.com/layervisor/layervisor/pkg/layerconv"
 	"github.com/layervisor/layervisor/pkg/layers"
@@ -45,6 +46,14 @@ func (s *Store) PutLayer(ctx context.Context, chainID, diffID digest.Digest, ope
 	if err := chainID.Validate(); err != nil {
 		return false, fmt.Errorf("layer chain ID %q: %w", chainID, err)
 	}
+	return s.putLayer(ctx, chainID, diffID, open)
+}
+
+// putLayer is the one way a layer enters the store (image import, the
+// snapshotter's Commit and differ): under the layer's lock, convert into a
+// temp dir whose "import-<hex>-" name lets GC tell a live conversion (its
+// lock is held) from a dead one, then fsync and rename into place.
+func (s *Store) putLayer(ctx context.Context, chainID, diffID digest.Digest, open layerconv.Opener) (bool, error) {
 	if s.layerCurrent(chainID) {
 		return false, nil
 	}
@@ -59,8 +68,6 @@ func (s *Store) PutLayer(ctx context.Context, chainID, diffID digest.Digest, ope
 	if err := s.removeStaleLayer(chainID); err != nil {
 		return false, err
 	}
-	// The "import-<hex>-" prefix lets GC tell a live conversion (its lock
-	// is held) from a dead one.
 	tmp, err := os.MkdirTemp(filepath.Join(s.root, "tmp"), "import-"+chainID.Encoded()+"-")
 	if err != nil {
 		return false, err
@@ -76,6 +83,8 @@ func (s *Store) PutLayer(ctx context.Context, chainID, diffID digest.Digest, ope
 		return false, err
 	}
 	defer f.Close()
+	// The converter reads (and decompresses) the layer once, verifying the
+	// blob digest and diffID at its end before it writes the image.
 	st, err := layerconv.Convert(ctx, open, f)
 	if err != nil {
 		return false, fmt.Errorf("convert layer %s: %w", chainID, err)
@@ -94,6 +103,7 @@ func (s *Store) PutLayer(ctx context.Context, chainID, diffID digest.Digest, ope
 	if err := os.Chmod(tmp, 0o755); err != nil {
 		return false, err
 	}
+	crashpoint.Hit("import.layer-converted")
 	if err := os.Rename(tmp, s.LayerDir(chainID)); err != nil {
 		return false, fmt.Errorf("publish layer %s: %w", chainID, err)
 	}
@@ -101,7 +111,8 @@ func (s *Store) PutLayer(ctx context.Context, chainID, diffID digest.Digest, ope
 	if err := atomicfile.SyncDir(filepath.Join(s.root, "layers")); err != nil {
 		return true, err
 	}
-	slog.Debug("stored layer", "chainID", chainID, "entries", st.Entries)
+	crashpoint.Hit("import.layer-published")
+	slog.Debug("stored layer", "chainID", chainID, "entries", st.Entries, "bytes", st.FileBytes)
 	return true, nil
 }
 
