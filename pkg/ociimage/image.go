@@ -454,6 +454,15 @@ func sniffCompression(r io.Reader) (Compression, error) {
 	return None, nil
 }
 
+// Name identifies the layer in messages: its blob digest, or its diffID
+// where the archive names no blob digest (docker-save tars).
+func (l Layer) Name() string {
+	if l.Digest != "" {
+		return l.Digest.String()
+	}
+	return "diffID " + l.DiffID.String()
+}
+
 // OpenLayer returns layer i's uncompressed tar stream. The stream checks
 // the blob digest and the diffID as it goes: the Read that reaches the end
 // returns an error instead of io.EOF when either does not match, so a

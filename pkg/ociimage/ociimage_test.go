@@ -268,3 +268,14 @@ func editConfig(t *testing.T, dir string, f func(*ocispec.Image)) {
 		m.Config.Digest, m.Config.Size = rewriteBlob(t, dir, m.Config.Digest, c)
 	})
 }
+
+// A docker-save layer has no blob digest: messages name its diffID.
+func TestLayerName(t *testing.T) {
+	d := digest.FromString("x")
+	if got := (ociimage.Layer{DiffID: d}).Name(); got != "diffID "+d.String() {
+		t.Errorf("Name() = %q", got)
+	}
+	if got := (ociimage.Layer{Digest: d, DiffID: digest.FromString("y")}).Name(); got != d.String() {
+		t.Errorf("Name() = %q", got)
+	}
+}

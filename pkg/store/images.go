@@ -188,7 +188,7 @@ func (s *Store) importLayers(ctx context.Context, img *ociimage.Image, path stri
 		g.Go(func() error {
 			made, err := s.ensureLayer(gctx, img, i, opts.Progress)
 			if err != nil {
-				return fmt.Errorf("import %s: layer %d (%s): %w", path, i+1, img.Layers[i].Digest, err)
+				return fmt.Errorf("import %s: layer %d (%s): %w", path, i+1, img.Layers[i].Name(), err)
 			}
 			if made {
 				onCreate(img.Layers[i].ChainID)

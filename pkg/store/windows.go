@@ -123,7 +123,7 @@ func (s *Store) importWindows(ctx context.Context, img *ociimage.Image, path, na
 	for i, l := range img.Layers {
 		made, size, err := s.ensureWindowsLayer(ctx, img, i, parents, opts.ForceUtilityVM, opts.Progress)
 		if err != nil {
-			return res, fmt.Errorf("import %s: layer %d (%s): %w", path, i+1, l.Digest, err)
+			return res, fmt.Errorf("import %s: layer %d (%s): %w", path, i+1, l.Name(), err)
 		}
 		if made {
 			res.Converted++
