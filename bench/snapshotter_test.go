@@ -18,39 +18,10 @@ import (
 // Commit) and 2.x from scripts/deps.sh (the layervisor differ converts at
 // unpack time).
 func containerdFlavours() map[string]containerdtest.Options {
-	sock := "%[1]s"
-	fl := map[string]containerdtest.Options{
-		"containerd1.6": {Config: `version = 2
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[proxy_plugins.layervisor]
-  type = "snapshot"
-  address = "` + sock + `"
-`},
-	}
-	dir := os.Getenv("LAYERVISOR_CONTAINERD2_DIR")
-	if dir == "" {
-		dir = "/var/cache/layervisor/containerd-v2.4.2"
-	}
+	fl := map[string]containerdtest.Options{"containerd1.6": {Config: containerdtest.ProxyConfig16}}
+	dir := containerdtest.Containerd2Dir()
 	if _, err := os.Stat(filepath.Join(dir, "containerd")); err == nil {
-		fl["containerd2"] = containerdtest.Options{Bin: filepath.Join(dir, "containerd"), Ctr: filepath.Join(dir, "ctr"), Config: `version = 3
-disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime", "io.containerd.cri.v1.images"]
-[proxy_plugins.layervisor]
-  type = "snapshot"
-  address = "` + sock + `"
-[proxy_plugins.layervisor-diff]
-  type = "diff"
-  address = "` + sock + `"
-[plugins.'io.containerd.service.v1.diff-service']
-  default = ["layervisor-diff", "walking"]
-[[plugins.'io.containerd.transfer.v1.local'.unpack_config]]
-  platform = "linux/amd64"
-  snapshotter = "layervisor"
-  differ = "layervisor-diff"
-[[plugins.'io.containerd.transfer.v1.local'.unpack_config]]
-  platform = "linux/amd64"
-  snapshotter = "overlayfs"
-  differ = "walking"
-`}
+		fl["containerd2"] = containerdtest.Options{Bin: filepath.Join(dir, "containerd"), Ctr: filepath.Join(dir, "ctr"), Config: containerdtest.ProxyConfig2}
 	}
 	return fl
 }

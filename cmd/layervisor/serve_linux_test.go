@@ -22,33 +22,6 @@ import (
 	"github.com/layervisor/layervisor/pkg/imagebuild"
 )
 
-// containerd16Config: Debian's containerd 1.6 has no proxy differ, so its
-// walking differ extracts into the active snapshot and Commit converts.
-const containerd16Config = `version = 2
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[proxy_plugins.layervisor]
-  type = "snapshot"
-  address = "%[1]s"
-`
-
-// containerd2Config: containerd 2.x unpacks through the transfer service,
-// which needs an unpack_config naming the snapshotter and its differ.
-const containerd2Config = `version = 3
-disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime", "io.containerd.cri.v1.images"]
-[proxy_plugins.layervisor]
-  type = "snapshot"
-  address = "%[1]s"
-[proxy_plugins.layervisor-diff]
-  type = "diff"
-  address = "%[1]s"
-[plugins.'io.containerd.service.v1.diff-service']
-  default = ["layervisor-diff", "walking"]
-[[plugins.'io.containerd.transfer.v1.local'.unpack_config]]
-  platform = "linux/amd64"
-  snapshotter = "layervisor"
-  differ = "layervisor-diff"
-`
-
 // TestServeContainerd16 runs Debian's containerd 1.6 + runc on the
 // snapshotter: import and unpack a multi-layer image with whiteouts, run a
 // container that prints what the image holds, share layers with `image
@@ -56,21 +29,18 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime",
 func TestServeContainerd16(t *testing.T) {
 	testutil.NeedTool(t, "containerd")
 	testutil.NeedTool(t, "runc")
-	testServe(t, containerdtest.Options{Config: containerd16Config}, false)
+	testServe(t, containerdtest.Options{Config: containerdtest.ProxyConfig16}, false)
 }
 
 // TestServeContainerd2 does the same with containerd 2.x (built by
 // scripts/deps.sh), whose proxy differ converts layers at unpack time.
 func TestServeContainerd2(t *testing.T) {
 	testutil.NeedTool(t, "runc")
-	dir := os.Getenv("LAYERVISOR_CONTAINERD2_DIR")
-	if dir == "" {
-		dir = "/var/cache/layervisor/containerd-v2.4.2"
-	}
+	dir := containerdtest.Containerd2Dir()
 	if _, err := os.Stat(filepath.Join(dir, "containerd")); err != nil {
 		testutil.Unavailable(t, "containerd 2.x not built (scripts/deps.sh): "+err.Error())
 	}
-	testServe(t, containerdtest.Options{Bin: filepath.Join(dir, "containerd"), Ctr: filepath.Join(dir, "ctr"), Config: containerd2Config}, true)
+	testServe(t, containerdtest.Options{Bin: filepath.Join(dir, "containerd"), Ctr: filepath.Join(dir, "ctr"), Config: containerdtest.ProxyConfig2}, true)
 }
 
 type daemon struct {

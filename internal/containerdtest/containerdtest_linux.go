@@ -218,3 +218,45 @@ func (d *Daemon) Stop() error {
 	}
 	return nil
 }
+
+// ProxyConfig16 configures containerd 1.6 with layervisor as a proxy
+// snapshotter (1.6 has no proxy differ); %[1]s is layervisor's socket.
+const ProxyConfig16 = `version = 2
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[proxy_plugins.layervisor]
+  type = "snapshot"
+  address = "%[1]s"
+`
+
+// ProxyConfig2 configures containerd 2.x with layervisor as a proxy
+// snapshotter and differ; the transfer service unpacks only what
+// unpack_config lists (overlayfs kept for comparisons). %[1]s is
+// layervisor's socket.
+const ProxyConfig2 = `version = 3
+disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime", "io.containerd.cri.v1.images"]
+[proxy_plugins.layervisor]
+  type = "snapshot"
+  address = "%[1]s"
+[proxy_plugins.layervisor-diff]
+  type = "diff"
+  address = "%[1]s"
+[plugins.'io.containerd.service.v1.diff-service']
+  default = ["layervisor-diff", "walking"]
+[[plugins.'io.containerd.transfer.v1.local'.unpack_config]]
+  platform = "linux/amd64"
+  snapshotter = "layervisor"
+  differ = "layervisor-diff"
+[[plugins.'io.containerd.transfer.v1.local'.unpack_config]]
+  platform = "linux/amd64"
+  snapshotter = "overlayfs"
+  differ = "walking"
+`
+
+// Containerd2Dir is where scripts/deps.sh builds containerd 2.x (with ctr
+// and the runc shim); LAYERVISOR_CONTAINERD2_DIR overrides it.
+func Containerd2Dir() string {
+	if d := os.Getenv("LAYERVISOR_CONTAINERD2_DIR"); d != "" {
+		return d
+	}
+	return "/var/cache/layervisor/containerd-v2.4.2"
+}
