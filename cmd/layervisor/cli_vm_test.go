@@ -40,6 +40,13 @@ func TestCLIRunVM(t *testing.T) {
 	if hostCode != 3 || hostOut != out || out != "layervisor demo 2\nmotd-deleted\nblob.bin\nconfig\n" {
 		t.Fatalf("vm output %q, host output %q (exit %d)", out, hostOut, hostCode)
 	}
+	// Layers as persistent memory (the default is SCSI): the same view.
+	if pm, errs, code := c.run("run", "--isolation", "vm", "--layer-device", "vpmem", "demo:latest", "--", "sh", "-c", script); code != 3 || pm != out {
+		t.Fatalf("--layer-device vpmem: exit %d, output %q, stderr %s", code, pm, errs)
+	}
+	if _, errs, code := c.run("run", "--isolation", "vm", "--layer-device", "floppy", "demo:latest", "--", "true"); code == 0 || !strings.Contains(errs, `"floppy"`) {
+		t.Fatalf("bad --layer-device: exit %d, stderr %q", code, errs)
+	}
 	_, errs, code = c.run("run", "--isolation", "vm", "demo:latest", "--", "no-such-cmd")
 	if code != 127 || !strings.Contains(errs, "no-such-cmd") {
 		t.Fatalf("missing command in VM: exit %d, stderr %q", code, errs)

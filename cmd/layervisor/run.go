@@ -72,6 +72,8 @@ type runOptions struct {
 	volumes     []string
 	mounts      []string
 	cold        bool
+	layerDevice string
+	device      layers.LayerDevice
 }
 
 func init() {
@@ -110,6 +112,10 @@ A command that does not exist in the image exits with 127.`,
 			if dash != 1 && !(dash == -1 && len(args) == 1) {
 				return fmt.Errorf("usage: layervisor run [flags] IMAGE [-- CMD [ARGS...]]")
 			}
+			var err error
+			if o.device, err = layers.ParseLayerDevice(o.layerDevice); err != nil {
+				return fmt.Errorf("--layer-device: %w", err)
+			}
 			spec, err := runspec.Build(runspec.Flags{SpecFile: o.specFile, Args: args[1:], Env: o.env,
 				Cwd: o.cwd, Volumes: o.volumes, Mounts: o.mounts})
 			if err != nil {
@@ -133,6 +139,7 @@ A command that does not exist in the image exits with 127.`,
 	f.StringVar(&o.isolation, "isolation", "process", "process (host namespaces) or vm (utility VM)")
 	f.StringVar(&o.uvmID, "uvm", "", "with --isolation vm: use this running utility VM instead of starting one")
 	f.BoolVar(&o.cold, "cold", false, "with --isolation vm: boot the utility VM's kernel instead of restoring a template")
+	f.StringVar(&o.layerDevice, "layer-device", string(layers.LayerDeviceSCSI), "with --isolation vm: scsi (read-only disks: attach fastest) or vpmem (persistent memory, SCSI when VPMEM is full)")
 	f.StringVar(&o.scratchSize, "scratch-size", "1G", "scratch virtual size")
 	f.StringVar(&o.scratchFmt, "scratch-format", "raw", "scratch disk format: raw, or vhdx (with --isolation vm)")
 	f.BoolVar(&o.keep, "keep", false, "keep the container afterwards (for inspection)")

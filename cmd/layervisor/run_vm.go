@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/layervisor/layervisor/pkg/agent"
 	"github.com/layervisor/layervisor/pkg/layers"
 	"github.com/layervisor/layervisor/pkg/resources"
+	"github.com/layervisor/layervisor/pkg/runspec"
 	"github.com/layervisor/layervisor/pkg/store"
 	"github.com/layervisor/layervisor/pkg/uvm"
 	"github.com/layervisor/layervisor/pkg/vmcontainer"
@@ -30,9 +32,18 @@ func runInUVM(ctx context.Context, s *store.Store, o runOptions, cname string, s
 	if err != nil {
 		return 0, err
 	}
+	// When all the guest may write is thrown away afterwards (the scratch,
+	// without --keep), nothing needs releasing or flushing: QEMU just
+	// quits. Otherwise the guest unmounts everything (a writable disk or
+	// share must not lose what the guest still caches) and shuts down.
+	disposable := !o.keep && !writesOutside(spec)
+	stop := u.Stop
+	if disposable {
+		stop = u.Kill
+	}
 	defer func() {
 		defer o.timer.mark("teardown")
-		if serr := u.Stop(teardown); serr != nil {
+		if serr := stop(teardown); serr != nil {
 			err = errors.Join(err, serr)
 		}
 		if rerr := u.Remove(teardown); rerr != nil {
@@ -51,6 +62,7 @@ func runInUVM(ctx context.Context, s *store.Store, o runOptions, cname string, s
 	vm := vmcontainer.VM{U: u}
 	mounter := layers.NewInUVM(vm)
 	mounter.Trace = o.timer.add
+	mounter.Device = o.device
 	res, err := resources.Setup(ctx, vm, mounter, resources.Container{
 		ID: cname, Spec: spec, LayerFolders: folders, GuestRoot: vmcontainer.GuestRoot(cname),
 	})
@@ -60,6 +72,9 @@ func runInUVM(ctx context.Context, s *store.Store, o runOptions, cname string, s
 	o.timer.mark("mount")
 	defer func() {
 		o.timer.mark("exec")
+		if disposable {
+			return
+		}
 		if rerr := res.Release(teardown); rerr != nil {
 			slog.Error("release container resources", "err", rerr)
 			err = errors.Join(err, rerr)
@@ -72,4 +87,19 @@ func runInUVM(ctx context.Context, s *store.Store, o runOptions, cname string, s
 		return 0, fmt.Errorf("run in UVM: %w", err)
 	}
 	return code, nil
+}
+
+// writesOutside reports whether the container can write somewhere that
+// outlives the UVM: a writable bind or disk mount. Sandbox mounts live in
+// the UVM itself.
+func writesOutside(spec *specs.Spec) bool {
+	for _, m := range spec.Mounts {
+		if runspec.RuntimeProvided(m) || strings.HasPrefix(m.Source, runspec.SandboxPrefix) {
+			continue
+		}
+		if !runspec.ReadOnly(m) {
+			return true
+		}
+	}
+	return false
 }

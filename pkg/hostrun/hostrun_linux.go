@@ -9,17 +9,13 @@ package hostrun
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
-	"syscall"
-	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
@@ -56,9 +52,11 @@ type Options struct {
 	noPivot bool
 }
 
-// initConfig is what Run passes to the helper (as one JSON argument).
+// initConfig is what a Helper receives: the command and how to confine it.
 type initConfig struct {
 	Rootfs   string   `json:"rootfs"`
+	Args     []string `json:"args"`
+	Env      []string `json:"env"`
 	Cwd      string   `json:"cwd"`
 	Hostname string   `json:"hostname"`
 	Caps     capMasks `json:"caps"`
@@ -66,93 +64,48 @@ type initConfig struct {
 	Mounts   []Mount  `json:"mounts,omitempty"`
 }
 
-// Run runs the command and returns its exit code. A cancelled ctx kills it.
+// Run runs the command in a fresh Helper and returns its exit code. A
+// cancelled ctx kills it.
 func Run(ctx context.Context, o Options) (int, error) {
+	if err := o.check(); err != nil {
+		return 0, err
+	}
+	h, err := StartHelper()
+	if err != nil {
+		return 0, err
+	}
+	return h.Run(ctx, o)
+}
+
+func (o Options) check() error {
 	if len(o.Args) == 0 {
-		return 0, errors.New("hostrun: no command given")
+		return errors.New("hostrun: no command given")
 	}
 	if st, err := os.Stat(o.Rootfs); err != nil || !st.IsDir() {
-		return 0, fmt.Errorf("hostrun: root file system %q is not a directory", o.Rootfs)
+		return fmt.Errorf("hostrun: root file system %q is not a directory", o.Rootfs)
 	}
-	self, err := os.Executable()
-	if err != nil {
-		return 0, fmt.Errorf("hostrun: %w", err)
+	return nil
+}
+
+// config fills in the defaults.
+func (o Options) config() (initConfig, error) {
+	c := initConfig{Rootfs: o.Rootfs, Args: o.Args, Env: o.Env, Cwd: o.Cwd, Hostname: o.Hostname, NoPivot: o.noPivot, Mounts: o.Mounts}
+	if c.Env == nil {
+		c.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "TERM=xterm"}
 	}
-	env := o.Env
-	if env == nil {
-		env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "TERM=xterm"}
+	if c.Cwd == "" {
+		c.Cwd = "/"
 	}
-	cwd := o.Cwd
-	if cwd == "" {
-		cwd = "/"
-	}
-	host := o.Hostname
-	if host == "" {
-		host = "layervisor"
+	if c.Hostname == "" {
+		c.Hostname = "layervisor"
 	}
 	caps := o.Capabilities
 	if caps == nil {
 		caps = DefaultCapabilities()
 	}
-	masks, err := parseCaps(caps)
-	if err != nil {
-		return 0, err
-	}
-	cfg, err := json.Marshal(initConfig{Rootfs: o.Rootfs, Cwd: cwd, Hostname: host, Caps: masks, NoPivot: o.noPivot, Mounts: o.Mounts})
-	if err != nil {
-		return 0, fmt.Errorf("hostrun: %w", err)
-	}
-	cmd := exec.Command(self, append([]string{InitArg, string(cfg), "--"}, o.Args...)...)
-	cmd.Env = env
-	cmd.Stdout, cmd.Stderr = o.Stdout, o.Stderr
-	// Output copying may outlive the command (a daemon it left holding
-	// stdout): bound it.
-	cmd.WaitDelay = 2 * time.Second
-	stdin, closeStdin, err := FileStdin(o.Stdin)
-	if err != nil {
-		return 0, err
-	}
-	defer closeStdin()
-	cmd.Stdin = stdin
-	cmd.SysProcAttr = &syscall.SysProcAttr{
-		Cloneflags: unix.CLONE_NEWNS | unix.CLONE_NEWPID | unix.CLONE_NEWUTS | unix.CLONE_NEWIPC,
-		Pdeathsig:  syscall.SIGKILL,
-	}
-	if err := cmd.Start(); err != nil {
-		return 0, fmt.Errorf("hostrun: start: %w", err)
-	}
-	done := make(chan struct{})
-	go func() {
-		select {
-		case <-ctx.Done():
-			cmd.Process.Signal(syscall.SIGTERM)
-			select {
-			case <-done:
-			case <-time.After(3 * time.Second):
-				cmd.Process.Kill()
-			}
-		case <-done:
-		}
-	}()
-	err = cmd.Wait()
-	close(done)
-	if errors.Is(err, exec.ErrWaitDelay) {
-		err = nil
-		if !cmd.ProcessState.Success() {
-			err = &exec.ExitError{ProcessState: cmd.ProcessState}
-		}
-	}
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-			return 128 + int(ws.Signal()), ctx.Err()
-		}
-		return ee.ExitCode(), ctx.Err()
-	}
-	if err != nil {
-		return 0, fmt.Errorf("hostrun: %w", err)
-	}
-	return 0, ctx.Err()
+	var err error
+	c.Caps, err = parseCaps(caps)
+	return c, err
 }
 
 // FileStdin turns a reader into an *os.File for a child's stdin, so that
@@ -179,19 +132,28 @@ func FileStdin(r io.Reader) (*os.File, func(), error) {
 // MaybeInit runs the namespace helper if this process was started as one;
 // it never returns then. Otherwise it returns at once.
 func MaybeInit() {
-	if len(os.Args) < 5 || os.Args[1] != InitArg || os.Args[3] != "--" {
+	if len(os.Args) != 2 || os.Args[1] != InitArg {
 		return
 	}
-	// Capabilities and no_new_privs belong to a thread, not the process:
-	// set them on the thread that calls execve.
+	// The mount namespace, capabilities and no_new_privs belong to a
+	// thread, not the process: set them on the thread that calls execve.
 	runtime.LockOSThread()
-	var c initConfig
-	if err := json.Unmarshal([]byte(os.Args[2]), &c); err != nil {
-		fmt.Fprintf(os.Stderr, "layervisor: bad helper configuration: %v\n", err)
+	c, err := receive()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "layervisor: helper: %v\n", err)
 		os.Exit(126)
 	}
-	args := os.Args[4:]
-	if err := setupRoot(c); err != nil {
+	if c == nil {
+		os.Exit(0) // closed unused
+	}
+	// A mount namespace of our own, made now rather than when the helper
+	// was started: mounts made since (the container's root) are in it.
+	if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
+		fmt.Fprintf(os.Stderr, "layervisor: helper: new mount namespace: %v\n", err)
+		os.Exit(126)
+	}
+	args := c.Args
+	if err := setupRoot(*c); err != nil {
 		fmt.Fprintf(os.Stderr, "layervisor: set up container root %s: %v\n", c.Rootfs, err)
 		os.Exit(126)
 	}
@@ -199,7 +161,7 @@ func MaybeInit() {
 		fmt.Fprintf(os.Stderr, "layervisor: working directory %s: %v\n", c.Cwd, err)
 		os.Exit(126)
 	}
-	path, err := lookPath(args[0])
+	path, err := lookPath(args[0], envPath(c.Env))
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "layervisor: %s: command not found in the container\n", args[0])
 		os.Exit(ExitCommandNotFound)
@@ -209,12 +171,23 @@ func MaybeInit() {
 		fmt.Fprintf(os.Stderr, "layervisor: %v\n", err)
 		os.Exit(126)
 	}
-	err = unix.Exec(path, args, os.Environ())
+	err = unix.Exec(path, args, c.Env)
 	fmt.Fprintf(os.Stderr, "layervisor: exec %s: %v\n", args[0], err)
 	if errors.Is(err, unix.ENOENT) {
 		os.Exit(ExitCommandNotFound)
 	}
 	os.Exit(126)
+}
+
+// envPath is PATH in env.
+func envPath(env []string) string {
+	path := ""
+	for _, e := range env {
+		if v, ok := strings.CutPrefix(e, "PATH="); ok {
+			path = v
+		}
+	}
+	return path
 }
 
 // setupRoot makes the rootfs the root of this (new) mount namespace with its
@@ -319,15 +292,16 @@ func mountIn(rootfs, dir, source, fstype string, flags uintptr, data string) err
 	return nil
 }
 
-// lookPath resolves a command name against PATH inside the new root.
-func lookPath(name string) (string, error) {
+// lookPath resolves a command name against the command's PATH inside the
+// new root.
+func lookPath(name, path string) (string, error) {
 	if strings.Contains(name, "/") {
 		if _, err := os.Stat(name); err != nil {
 			return "", err
 		}
 		return name, nil
 	}
-	for _, dir := range filepath.SplitList(os.Getenv("PATH")) {
+	for _, dir := range filepath.SplitList(path) {
 		p := filepath.Join(dir, name)
 		if st, err := os.Stat(p); err == nil && !st.IsDir() && st.Mode()&0o111 != 0 {
 			return p, nil

@@ -85,6 +85,40 @@ func TestUVMMountVPMemAndFallback(t *testing.T) {
 	}
 }
 
+// With LayerDeviceSCSI every layer is a read-only SCSI disk opened as a
+// layer (never probed), even when VPMEM has free slots.
+func TestUVMLayersOnSCSI(t *testing.T) {
+	ctx := context.Background()
+	f := fakeuvm.New()
+	f.VPMemSlots = 4
+	f.VPMemMax = 1 << 30
+	l := folders(t, 2, 4096, 4096)
+	m := layers.NewInUVM(f)
+	m.Device = layers.LayerDeviceSCSI
+	rootfs, err := m.Mount(ctx, "c1", l, "/run/gcs/c/c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range l.ReadOnly {
+		key := "scsi:" + filepath.Join(l.ReadOnly[i], layers.LayerFile)
+		if f.Refs[key] != 1 || !f.ReadOnly[key] || f.Formats[key] != layers.LayerFormat {
+			t.Fatalf("layer %d: refs %v read-only %v formats %v", i, f.Refs, f.ReadOnly, f.Formats)
+		}
+		if f.Refs["vpmem:"+filepath.Join(l.ReadOnly[i], layers.LayerFile)] != 0 {
+			t.Fatalf("layer %d went to VPMEM", i)
+		}
+	}
+	if len(f.Combined[rootfs]) != 4 {
+		t.Fatalf("overlay %v", f.Combined[rootfs])
+	}
+	if err := m.Unmount(ctx, "c1", layers.UnmountAll); err != nil || f.Total() != 0 {
+		t.Fatalf("unmount: %v, refs %v", err, f.Refs)
+	}
+	if _, err := layers.ParseLayerDevice("nvme"); err == nil || !strings.Contains(err.Error(), `"nvme"`) {
+		t.Fatalf("bad device accepted or unnamed: %v", err)
+	}
+}
+
 func TestUVMOtherVPMemErrorFails(t *testing.T) {
 	ctx := context.Background()
 	f := fakeuvm.New()

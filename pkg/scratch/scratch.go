@@ -109,11 +109,6 @@ func Clone(ctx context.Context, src, dst string) error {
 
 // CloneFile is Clone that also reports the method used.
 func CloneFile(ctx context.Context, src, dst string) (m Method, err error) {
-	in, err := os.Open(src)
-	if err != nil {
-		return "", fmt.Errorf("clone scratch: %w", err)
-	}
-	defer in.Close()
 	out, err := os.OpenFile(dst, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return "", fmt.Errorf("clone scratch: %w", err)
@@ -127,12 +122,8 @@ func CloneFile(ctx context.Context, src, dst string) (m Method, err error) {
 			os.Remove(dst)
 		}
 	}()
-	m = MethodReflink
-	if reflink(in, out) != nil {
-		m = MethodSparseCopy
-		if err := sparseCopy(ctx, in, out); err != nil {
-			return "", fmt.Errorf("clone scratch %s to %s: %w", src, dst, err)
-		}
+	if m, err = CloneInto(ctx, src, out); err != nil {
+		return "", err
 	}
 	if filepath.Ext(dst) == ".vhdx" {
 		if err := vhdx.Reidentify(dst); err != nil {
@@ -140,4 +131,22 @@ func CloneFile(ctx context.Context, src, dst string) (m Method, err error) {
 		}
 	}
 	return m, nil
+}
+
+// CloneInto makes the open file out a copy of src, of src's size, by
+// reflink or else a sparse copy. out may be mapped by another process
+// meanwhile (a UVM's RAM file, which QEMU maps while it starts).
+func CloneInto(ctx context.Context, src string, out *os.File) (Method, error) {
+	in, err := os.Open(src)
+	if err != nil {
+		return "", fmt.Errorf("clone %s: %w", src, err)
+	}
+	defer in.Close()
+	if reflink(in, out) == nil {
+		return MethodReflink, nil
+	}
+	if err := sparseCopy(ctx, in, out); err != nil {
+		return "", fmt.Errorf("clone %s to %s: %w", src, out.Name(), err)
+	}
+	return MethodSparseCopy, nil
 }

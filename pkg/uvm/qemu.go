@@ -185,6 +185,33 @@ func (u *UVM) Start(ctx context.Context) (err error) {
 	return u.launch(ctx, qemu, acc, launchOpts{saveAs: &want})
 }
 
+// startClone creates dst with src's size and clones src into it in the
+// background; wait returns the clone's result (and may be called again).
+func startClone(ctx context.Context, src, dst string) (wait func() error, err error) {
+	st, err := os.Stat(src)
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(dst, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := f.Truncate(st.Size()); err != nil {
+		f.Close()
+		return nil, err
+	}
+	done := make(chan struct{})
+	var cerr error
+	go func() {
+		defer close(done)
+		_, cerr = scratch.CloneInto(ctx, src, f)
+		if err := f.Close(); cerr == nil {
+			cerr = err
+		}
+	}()
+	return func() error { <-done; return cerr }, nil
+}
+
 // launchOpts say how launch starts QEMU: a plain cold boot on memfd RAM;
 // a cold boot on a RAM file saved as a template once the agent answers
 // (saveAs); or a restore of the template in restoreFrom.
@@ -216,10 +243,14 @@ func (u *UVM) launch(ctx context.Context, qemu, acc string, o launchOpts) (err e
 		ramFile = u.path("ram")
 		un.Push("remove RAM file", func(context.Context) error { return os.Remove(ramFile) })
 	}
+	// The RAM clone is made while QEMU starts (it maps the file but reads
+	// nothing before the incoming migration), and waited for before that.
+	waitClone := func() error { return nil }
 	if o.restoreFrom != "" {
-		if _, err := scratch.CloneFile(ctx, filepath.Join(o.restoreFrom, tplRAM), ramFile); err != nil {
+		if waitClone, err = startClone(ctx, filepath.Join(o.restoreFrom, tplRAM), ramFile); err != nil {
 			return fmt.Errorf("uvm %s: %w", c.ID, err)
 		}
+		un.Push("finish the RAM clone", func(context.Context) error { waitClone(); return nil })
 	}
 	args := u.qemuArgs(acc, ramFile)
 	if o.restoreFrom != "" {
@@ -274,6 +305,9 @@ func (u *UVM) launch(ctx context.Context, qemu, acc string, o launchOpts) (err e
 	un.Push("close QMP", func(context.Context) error { return u.qmp.Close() })
 	t0 := time.Now()
 	if o.restoreFrom != "" {
+		if err := waitClone(); err != nil {
+			return fmt.Errorf("uvm %s: %w", c.ID, err)
+		}
 		if err := restore(bctx, u.qmp, o.restoreFrom); err != nil {
 			return u.bootError("template restore", err, stderr.String())
 		}
@@ -325,7 +359,7 @@ func dialRetry(ctx context.Context, sock string) (*qmp.Client, error) {
 		select {
 		case <-ctx.Done():
 			return nil, err
-		case <-time.After(50 * time.Millisecond):
+		case <-time.After(5 * time.Millisecond): // QEMU makes the socket within ~0.1 s
 		}
 	}
 }
@@ -401,12 +435,21 @@ func (g pmemGuest) Unmount(ctx context.Context, p string) error { return g.a.Unm
 
 // Stop shuts the guest down (agent, then QMP quit, then SIGKILL after a
 // deadline) and releases host-side helpers. Idempotent.
-func (u *UVM) Stop(ctx context.Context) error {
+func (u *UVM) Stop(ctx context.Context) error { return u.stop(ctx, true) }
+
+// Kill ends QEMU at once (QMP quit, then SIGKILL) without asking the guest
+// to shut down, and releases host-side helpers as Stop does. It is for a
+// UVM whose guest state no longer matters: nothing the guest has not
+// written through is flushed, so a read-write disk may be left unclean.
+// `run` uses it for the UVM it made, whose scratch it throws away.
+func (u *UVM) Kill(ctx context.Context) error { return u.stop(ctx, false) }
+
+func (u *UVM) stop(ctx context.Context, graceful bool) error {
 	if o := u.State().Owner; u.opened && o != nil && o.Alive() {
 		return fmt.Errorf("uvm %s: %w: it belongs to %s and stops when that process ends", u.cfg.ID, ErrNotOwner, o)
 	}
 	var errs []error
-	if u.agent != nil {
+	if graceful && u.agent != nil {
 		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		if err := u.agent.Shutdown(sctx); err != nil && !errors.Is(err, agent.ErrDisconnected) {
 			slog.Debug("agent shutdown", "err", err)
@@ -416,7 +459,7 @@ func (u *UVM) Stop(ctx context.Context) error {
 	u.mu.Lock()
 	u.state.Status = "stopped"
 	u.mu.Unlock()
-	if !u.waitExit(5 * time.Second) {
+	if !graceful || !u.waitExit(5*time.Second) {
 		if u.qmp != nil {
 			qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 			u.qmp.Execute(qctx, "quit", nil, nil)

@@ -88,16 +88,17 @@ func TemplatesDir(root string) string { return filepath.Join(root, "templates") 
 
 func templatesOff() bool { return os.Getenv(TemplatesEnv) == "off" }
 
-// fileHashes caches file hashes by path, size and mtime: kernel and
-// initramfs are hashed once per process, not at every start.
+// fileHashes caches file hashes by path and fileIdentity within a process
+// (the template's state file; inputCache keeps the kernel's and
+// initramfs's across processes).
 var fileHashes sync.Map // key string -> hash string
 
 func hashFile(p string) (string, error) {
-	st, err := os.Stat(p)
+	id, err := fileIdentity(p)
 	if err != nil {
 		return "", err
 	}
-	ck := fmt.Sprintf("%s\x00%d\x00%d", p, st.Size(), st.ModTime().UnixNano())
+	ck := p + "\x00" + id
 	if h, ok := fileHashes.Load(ck); ok {
 		return h.(string), nil
 	}
@@ -144,14 +145,15 @@ func (u *UVM) expectedManifest(qemu, acc string) (Manifest, error) {
 	m := Manifest{Format: templateFormat, QEMU: qemu, Kernel: filepath.Join(c.BootDir, "vmlinuz"), Initrd: c.Initrd,
 		Shape:   Shape{MemoryMB: c.MemoryMB, CPUs: c.CPUs, SCSIControllers: c.SCSIControllers, VPMemSlots: c.VPMemSlots, PmemBudgetMB: c.PmemBudgetMB, RootPorts: c.RootPorts, Accel: acc},
 		RAMSize: int64(c.MemoryMB) << 20}
+	inputs := inputCacheFor(c.Root)
 	var err error
-	if m.QEMUVersion, err = qemuVersion(qemu); err != nil {
+	if m.QEMUVersion, err = inputs.get("qemu-version", qemu, func() (string, error) { return qemuVersion(qemu) }); err != nil {
 		return m, err
 	}
-	if m.KernelHash, err = hashFile(m.Kernel); err != nil {
+	if m.KernelHash, err = inputs.get("sha256", m.Kernel, func() (string, error) { return hashFile(m.Kernel) }); err != nil {
 		return m, err
 	}
-	if m.InitrdHash, err = hashFile(m.Initrd); err != nil {
+	if m.InitrdHash, err = inputs.get("sha256", m.Initrd, func() (string, error) { return hashFile(m.Initrd) }); err != nil {
 		return m, err
 	}
 	b, _ := json.Marshal([]any{m.Format, m.QEMUVersion, m.KernelHash, m.InitrdHash, m.Shape})

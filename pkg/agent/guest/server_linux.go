@@ -31,6 +31,7 @@ type Server struct {
 	Poweroff func()
 
 	rw      io.ReadWriter
+	helpers helperPool
 	writeMu sync.Mutex
 	mu      sync.Mutex
 	stdins  map[uint64]*stdinFeed
@@ -43,6 +44,7 @@ func (s *Server) Serve(ctx context.Context, rw io.ReadWriter) error {
 	if s.Roots == nil {
 		s.Roots = DefaultRoots
 	}
+	go s.helpers.refill()
 	r := bufio.NewReaderSize(rw, 64<<10)
 	for {
 		m, err := agent.ReadFrame(r)
@@ -496,7 +498,7 @@ func (s *Server) exec(ctx context.Context, id uint64, a agent.ExecArgs) (any, er
 		if err != nil {
 			return nil, err
 		}
-		code, err := hostrun.Run(ctx, hostrun.Options{Rootfs: root, Args: a.Args, Env: a.Env, Cwd: a.Cwd, Stdin: stdin, Stdout: stdout, Stderr: stderr})
+		code, err := s.helpers.run(ctx, hostrun.Options{Rootfs: root, Args: a.Args, Env: a.Env, Cwd: a.Cwd, Stdin: stdin, Stdout: stdout, Stderr: stderr})
 		return agent.ExecResult{ExitCode: code}, err
 	}
 	path, err := exec.LookPath(a.Args[0])

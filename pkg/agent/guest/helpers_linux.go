@@ -1,0 +1,66 @@
+package guest
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+
+	"github.com/layervisor/layervisor/pkg/hostrun"
+)
+
+// helperPool keeps one container helper (hostrun.Helper) started ahead of
+// need: a container's command then skips the helper's start-up, the
+// larger part of an exec in a TCG guest. The helper started at boot is in
+// a UVM template too, so clones have one from the start; it holds no
+// secret (its Go runtime's random state is the same in every clone, and
+// the command it execs gets fresh randomness from the kernel, which the
+// agent reseeds after a restore).
+type helperPool struct {
+	mu       sync.Mutex
+	spare    *hostrun.Helper
+	starting bool
+}
+
+// refill starts a spare helper unless there is one.
+func (p *helperPool) refill() {
+	p.mu.Lock()
+	if p.spare != nil || p.starting {
+		p.mu.Unlock()
+		return
+	}
+	p.starting = true
+	p.mu.Unlock()
+	h, err := hostrun.StartHelper()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.starting = false
+	if err != nil {
+		slog.Warn("agent: start a spare container helper", "err", err)
+		return
+	}
+	p.spare = h
+}
+
+// run runs o in the spare helper, or in a fresh one when there is none or
+// the spare died, and starts the next spare once the command is done (not
+// before: in a TCG guest it would compete with the command for the CPU).
+func (p *helperPool) run(ctx context.Context, o hostrun.Options) (int, error) {
+	defer func() { go p.refill() }()
+	p.mu.Lock()
+	h := p.spare
+	p.spare = nil
+	p.mu.Unlock()
+	if h != nil {
+		code, err := h.Run(ctx, o)
+		if !errors.Is(err, hostrun.ErrHelperGone) {
+			return code, err
+		}
+		slog.Warn("agent: spare container helper was gone; starting one", "err", err)
+	}
+	h, err := hostrun.StartHelper()
+	if err != nil {
+		return 0, err
+	}
+	return h.Run(ctx, o)
+}
