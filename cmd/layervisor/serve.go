@@ -25,6 +25,7 @@ import (
 func init() {
 	var socket, content string
 	var noScratch bool
+	var pool int
 	cmd := &cobra.Command{
 		Use:   "serve --socket PATH",
 		Short: "Serve containerd's Snapshots and Diff services over the store (proxy plugins)",
@@ -32,7 +33,9 @@ func init() {
 carries containerd's Snapshots service (proxy plugin type "snapshot") and Diff
 service (type "diff", containerd 1.7 and later). Committed snapshots are layer
 images keyed by chain ID, shared with 'layervisor image import'; a container's
-writable layer is a scratch disk cloned from the store's template; the differ
+writable layer is a scratch disk cloned from the store's template (--scratch-pool
+of them kept cloned and mounted ahead, so preparing one costs about what an
+overlayfs directory does); the differ
 converts layer blobs straight into layer images, reading them from containerd's
 content directory (--containerd-content).
 
@@ -40,23 +43,28 @@ On start it reconciles what a crash left (as gc does). Stop it with SIGTERM.`,
 		Example: `  layervisor serve --socket /run/layervisor/snapshotter.sock`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return serve(cmd.Context(), socket, content, noScratch)
+			if pool < 0 {
+				return fmt.Errorf("--scratch-pool %d: want 0 or more", pool)
+			}
+			return serve(cmd.Context(), socket, content, noScratch, pool)
 		},
 	}
 	cmd.Flags().StringVar(&socket, "socket", "/run/layervisor/snapshotter.sock", "unix socket to serve on")
 	cmd.Flags().StringVar(&content, "containerd-content", "/var/lib/containerd/io.containerd.content.v1.content",
 		"containerd's content store directory, where the differ reads layer blobs")
 	cmd.Flags().BoolVar(&noScratch, "no-scratch", false,
-		"containers' writable layers as plain directories, not scratch disks (faster to prepare, no size bound)")
+		"containers' writable layers as plain directories, not scratch disks (no size bound)")
+	cmd.Flags().IntVar(&pool, "scratch-pool", snapshotter.DefaultScratchPool,
+		"scratch disks kept cloned and mounted ahead of containers' Prepare (0: make each when asked)")
 	rootCmd.AddCommand(cmd)
 }
 
-func serve(ctx context.Context, socket, content string, noScratch bool) error {
+func serve(ctx context.Context, socket, content string, noScratch bool, pool int) error {
 	st, err := openStore()
 	if err != nil {
 		return err
 	}
-	var opts []snapshotter.Option
+	opts := []snapshotter.Option{snapshotter.WithScratchPool(pool)}
 	if noScratch {
 		opts = append(opts, snapshotter.WithoutScratch())
 	}

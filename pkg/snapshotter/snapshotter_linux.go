@@ -41,6 +41,8 @@ type Snapshotter struct {
 	refs      map[digest.Digest]int // layer -> committed snapshots using its mount
 	scratches map[string]bool       // snapshot IDs whose scratch is mounted
 	noScratch bool
+	poolSize  int
+	pool      *scratchPool // nil without scratches
 	closed    bool
 }
 
@@ -53,6 +55,10 @@ type Option func(*Snapshotter)
 // instead of scratch disks: faster to prepare, but without a size bound
 // and nothing a VM runtime can attach.
 func WithoutScratch() Option { return func(s *Snapshotter) { s.noScratch = true } }
+
+// WithScratchPool keeps n scratches cloned and mounted ahead of need
+// (default DefaultScratchPool; 0 prepares each when asked).
+func WithScratchPool(n int) Option { return func(s *Snapshotter) { s.poolSize = n } }
 
 // New opens the snapshotter of the store, reconciling what a crash left.
 func New(ctx context.Context, st *store.Store, opts ...Option) (*Snapshotter, error) {
@@ -68,9 +74,12 @@ func New(ctx context.Context, st *store.Store, opts ...Option) (*Snapshotter, er
 	if err != nil {
 		return nil, fmt.Errorf("snapshot metadata in %s: %w", root, err)
 	}
-	s := &Snapshotter{store: st, root: root, ms: ms, refs: map[digest.Digest]int{}, scratches: map[string]bool{}}
+	s := &Snapshotter{store: st, root: root, ms: ms, refs: map[digest.Digest]int{}, scratches: map[string]bool{}, poolSize: DefaultScratchPool}
 	for _, o := range opts {
 		o(s)
+	}
+	if !s.noScratch && s.poolSize > 0 {
+		s.pool = newScratchPool(root, st.Root(), s.poolSize)
 	}
 	if err := s.reconcile(ctx); err != nil {
 		s.Close()
@@ -78,6 +87,9 @@ func New(ctx context.Context, st *store.Store, opts ...Option) (*Snapshotter, er
 			return nil, fmt.Errorf("snapshots in %s are in use by another layervisor serve: %w", root, err)
 		}
 		return nil, fmt.Errorf("reconcile snapshots in %s: %w", root, err)
+	}
+	if s.pool != nil {
+		s.pool.fill()
 	}
 	return s, nil
 }
@@ -233,7 +245,20 @@ func (s *Snapshotter) create(ctx context.Context, kind snapshots.Kind, key, pare
 	// store's template; what containerd unpacks into (and views) stays a
 	// directory, converted to a layer image at Commit.
 	withScratch := kind == snapshots.KindActive && !isUnpackKey(key) && !s.noScratch
-	if withScratch {
+	pooled := ""
+	if withScratch && s.pool != nil {
+		pooled = s.pool.take()
+	}
+	if pooled != "" {
+		// A ready scratch, mounted: it replaces the empty directory.
+		os.Remove(tmp)
+		tmp = pooled
+		defer func() {
+			if _, err := os.Stat(pooled); err == nil {
+				discardPooled(pooled) // not renamed into place
+			}
+		}()
+	} else if withScratch {
 		tmpl, err := scratch.EnsureTemplate(ctx, s.store.Root(), scratch.DefaultSize)
 		if err != nil {
 			return nil, err
@@ -253,7 +278,11 @@ func (s *Snapshotter) create(ctx context.Context, kind snapshots.Kind, key, pare
 		if err := os.Rename(tmp, s.dir(sn.ID)); err != nil {
 			return err
 		}
-		if withScratch {
+		if pooled != "" {
+			s.mu.Lock()
+			s.scratches[sn.ID] = true
+			s.mu.Unlock()
+		} else if withScratch {
 			if err := s.mountScratch(sn.ID); err != nil {
 				return err
 			}
@@ -589,6 +618,9 @@ func (s *Snapshotter) Close() error {
 	}
 	s.closed = true
 	var errs []error
+	if s.pool != nil {
+		errs = append(errs, s.pool.close())
+	}
 	for id := range s.scratches {
 		if err := unmountLayer(filepath.Join(s.dir(id), scratchMount)); err != nil {
 			errs = append(errs, err)

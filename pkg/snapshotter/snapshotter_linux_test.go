@@ -7,8 +7,10 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/core/snapshots"
@@ -129,7 +131,13 @@ func TestReconcileAfterCrash(t *testing.T) {
 	if err := mountLayer(st.LayerImage(chain), stray); err != nil {
 		t.Fatal(err)
 	}
+	// Scratches the pool had ready, mounted.
+	pooled := waitPool(t, sn)
 	// The crash: metadata closed, mounts left as they are.
+	sn.pool.mu.Lock()
+	sn.pool.closed, sn.pool.ready = true, nil // it stops filling and forgets them
+	sn.pool.mu.Unlock()
+	sn.pool.done.Wait()
 	sn.ms.Close()
 
 	sn2, err := New(ctx, st)
@@ -140,8 +148,8 @@ func TestReconcileAfterCrash(t *testing.T) {
 	if got := layerMountsUnder(st.Root()); len(got) != 1 || got[0] != sn2.layerMount(chain) {
 		t.Errorf("layer mounts after restart %v, want only %s", got, sn2.layerMount(chain))
 	}
-	for _, d := range []string{"new-123", "77"} {
-		if _, err := os.Stat(filepath.Join(sn2.root, d)); !os.IsNotExist(err) {
+	for _, d := range append([]string{filepath.Join(sn2.root, "new-123"), filepath.Join(sn2.root, "77")}, pooled...) {
+		if _, err := os.Stat(d); !os.IsNotExist(err) {
 			t.Errorf("leftover %s not removed (%v)", d, err)
 		}
 	}
@@ -405,4 +413,81 @@ func TestCommitRedirectedDir(t *testing.T) {
 			t.Errorf("d1 still visible after the rename: %v", err)
 		}
 	})
+}
+
+// waitPool waits for the scratch pool to be full and returns its
+// directories.
+func waitPool(t *testing.T, sn *Snapshotter) []string {
+	t.Helper()
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(10 * time.Millisecond) {
+		sn.pool.mu.Lock()
+		ready := slices.Clone(sn.pool.ready)
+		sn.pool.mu.Unlock()
+		if len(ready) == sn.pool.size {
+			return ready
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("scratch pool holds %d of %d after a minute", len(ready), sn.pool.size)
+		}
+	}
+}
+
+// A container's Prepare takes a scratch the pool cloned and mounted ahead:
+// the pool directory becomes the snapshot's, its mount with it; the pool
+// refills; Remove and Close leave no mount, loop device or pool directory.
+func TestScratchPool(t *testing.T) {
+	sn, _ := newTest(t)
+	ctx := context.Background()
+	pooled := waitPool(t, sn)
+	mounted, err := mountinfo.Mountpoints()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range pooled {
+		if !mounted[filepath.Join(d, scratchMount)] {
+			t.Fatalf("pooled scratch %s not mounted", d)
+		}
+	}
+	commitFiles(t, sn, "base", "", map[string]string{"a": "A"})
+	ms, err := sn.Prepare(ctx, "c1", "base")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gone := 0
+	for _, d := range pooled {
+		if _, err := os.Stat(d); os.IsNotExist(err) {
+			gone++
+		}
+	}
+	if gone != 1 {
+		t.Fatalf("%d pooled scratches used by one Prepare, want 1", gone)
+	}
+	var upper string
+	for _, o := range ms[0].Options {
+		if v, ok := strings.CutPrefix(o, "upperdir="); ok {
+			upper = v
+		}
+	}
+	var fsst unix.Statfs_t
+	if err := unix.Statfs(upper, &fsst); err != nil || fsst.Type != unix.EXT4_SUPER_MAGIC {
+		t.Fatalf("upper %s is not on an ext4 scratch (%#x, %v)", upper, fsst.Type, err)
+	}
+	withMounted(t, ms, func(dir string) {
+		if err := os.WriteFile(filepath.Join(dir, "b"), []byte("B"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if b, err := os.ReadFile(filepath.Join(upper, "b")); err != nil || string(b) != "B" {
+		t.Fatalf("write through the overlay: %q %v", b, err)
+	}
+	waitPool(t, sn)
+	if err := sn.Remove(ctx, "c1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := sn.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if left, _ := filepath.Glob(filepath.Join(sn.root, "pool-*")); len(left) != 0 {
+		t.Fatalf("pool directories left after Close: %v", left)
+	}
 }
