@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 
 	"github.com/layervisor/layervisor/internal/containerdtest"
@@ -91,7 +92,13 @@ func lv(b *testing.B, root string, args ...string) string {
 	return strings.TrimSpace(string(out))
 }
 
-func dropCaches() { os.WriteFile("/proc/sys/vm/drop_caches", []byte("1"), 0) }
+// dropCaches writes back dirty pages first: drop_caches leaves them, and
+// their writeback (the freshly built archive) would land on whichever side
+// fsyncs next.
+func dropCaches() {
+	syscall.Sync()
+	os.WriteFile("/proc/sys/vm/drop_caches", []byte("1"), 0)
+}
 
 // BenchmarkImport: the same archive imported by layervisor and by
 // containerd (ctr image import, unpacked to its overlayfs snapshotter).

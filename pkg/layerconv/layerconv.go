@@ -13,15 +13,20 @@
 // Whiteouts follow the OCI image spec: they apply only to lower layers,
 // whatever their position in the tar, while the layer's own entries behave as
 // an archive extracted in order (a directory over a directory merges,
-// anything else replaces). Conversion therefore reads the tar twice: pass 1
-// reads headers only and builds the layer's final tree (memory grows with the
-// entry count, never with file sizes); pass 2 writes that tree to hcsshim's
-// tar2ext4, reading file content from the tar in order. The layer's source
-// is read once: pass 1 copies the tar into an unlinked spool file next to
-// the output, which pass 2 reads, so a compressed layer is decompressed (and
-// its digests computed) once. Its inode bitmaps
-// lack the padding e2fsck expects, which is fixed afterwards so that every
-// image passes `e2fsck -n -f`.
+// anything else replaces). The converter keeps the layer's final tree
+// (memory grows with the entry count, never with file sizes) and feeds
+// hcsshim's tar2ext4. A layer that names each entry once (nearly all) is
+// converted in one pass: files, symlinks and hard links go to tar2ext4 as
+// they are read, directories (with their final metadata and opacity) and
+// whiteouts at the end. A layer that replaces one of its own entries is
+// read again and converted in two passes: pass 1 builds the tree while
+// spooling the tar to an unlinked file next to the output, pass 2 writes
+// the tree, reading file content from the spool. The source is decompressed
+// in a goroutine of its own and tar2ext4 runs in another, so the work
+// spreads over two CPUs. Digests are checked at the end of the stream, so a
+// layer failing them has been partly written: the caller discards the
+// output. tar2ext4's inode bitmaps lack the padding e2fsck expects, which is
+// fixed afterwards so that every image passes `e2fsck -n -f`.
 package layerconv
 
 import (
@@ -69,8 +74,6 @@ const (
 	opaqueXattr    = "SCHILY.xattr.trusted.overlay.opaque"
 )
 
-var errConverterStopped = errors.New("ext4 converter stopped early")
-
 // Stats describes a converted layer.
 type Stats struct {
 	Entries   int   // tar entries read
@@ -78,53 +81,46 @@ type Stats struct {
 	ImageSize int64 // size of the ext4 image, footer excluded
 }
 
-// Opener opens the uncompressed layer tar; Convert calls it once and reads
-// the stream to its end before writing anything. A read error at the end of
-// the stream (a digest mismatch) fails the conversion.
+// Opener opens the uncompressed layer tar. Convert calls it once, or a
+// second time for a layer that replaces its own entries (see Convert), and
+// reads the stream to its end. A read error at the end of the stream (a
+// digest mismatch) fails the conversion.
 type Opener func() (io.ReadCloser, error)
 
+// errTwoPass stops the one-pass conversion of a layer that needs the
+// two-pass one.
+var errTwoPass = errors.New("layer replaces its own entries")
+
 // Convert reads the layer tar through open and writes the layer image to
-// out, which must be empty. The tar is spooled to a temporary file in out's
-// directory, removed before Convert returns. It stops early when ctx is
-// cancelled.
+// out, which must be empty. It stops early when ctx is cancelled; on
+// failure out holds garbage for the caller to remove.
+//
+// Most layers never name an entry twice: those are converted in one pass,
+// each entry written to the image as it is read (directories and whiteouts,
+// whose final form depends on the whole tar, at the end). A layer that
+// replaces one of its own entries is converted again in two passes, which
+// needs the final tree before writing: the tar is spooled to a temporary
+// file in out's directory, removed before Convert returns.
 func Convert(ctx context.Context, open Opener, out *os.File) (Stats, error) {
+	return convertLayer(ctx, open, out, true)
+}
+
+// convertLayer is Convert; without twoPass it fails with errTwoPass instead.
+func convertLayer(ctx context.Context, open Opener, out *os.File, twoPass bool) (Stats, error) {
 	var st Stats
-	spool, err := os.CreateTemp(filepath.Dir(out.Name()), ".layer-tar-*")
-	if err != nil {
-		return st, fmt.Errorf("layer tar spool: %w", err)
+	err := convertOnePass(ctx, open, out, &st)
+	if errors.Is(err, errTwoPass) && twoPass {
+		st = Stats{}
+		if _, err := out.Seek(0, io.SeekStart); err != nil {
+			return st, fmt.Errorf("layer image: %w", err)
+		}
+		if err := out.Truncate(0); err != nil {
+			return st, fmt.Errorf("layer image: %w", err)
+		}
+		err = convertTwoPass(ctx, open, out, &st)
 	}
-	// Unlinked at once where the OS allows it, so a crash leaves nothing.
-	os.Remove(spool.Name())
-	defer func() {
-		spool.Close()
-		os.Remove(spool.Name())
-	}()
-	tree, tarSize, err := scanOnce(ctx, open, spool, &st)
 	if err != nil {
 		return st, err
-	}
-	again := func() (io.ReadCloser, error) {
-		return io.NopCloser(io.NewSectionReader(spool, 0, tarSize)), nil
-	}
-	pr, pw := io.Pipe()
-	emitErr := make(chan error, 1)
-	go func() {
-		err := tree.emit(ctx, again, pw, &st)
-		pw.CloseWithError(err)
-		emitErr <- err
-	}()
-	convErr := tar2ext4.ConvertTarToExt4(pr, out)
-	// Unblock the writer if the converter stopped early.
-	pr.CloseWithError(errConverterStopped)
-	eerr := <-emitErr
-	if eerr != nil && !errors.Is(eerr, errConverterStopped) {
-		return st, eerr // bad input or cancellation: the cause
-	}
-	if convErr != nil {
-		return st, fmt.Errorf("convert layer to ext4: %w", convErr)
-	}
-	if eerr != nil {
-		return st, eerr
 	}
 	size, err := out.Seek(0, io.SeekEnd)
 	if err != nil {
@@ -146,6 +142,103 @@ func Convert(ctx context.Context, open Opener, out *os.File) (Stats, error) {
 	return st, nil
 }
 
+// toExt4 runs tar2ext4 on what write writes, concurrently, joined by a
+// buffered pipe. Errors of write (bad input, cancellation) come first.
+func toExt4(out *os.File, write func(w io.Writer) error) error {
+	p := newPipe()
+	convErr := make(chan error, 1)
+	go func() {
+		err := tar2ext4.ConvertTarToExt4(p, newWritebackFile(out))
+		p.CloseRead() // unblocks the writer if the converter stopped early
+		convErr <- err
+	}()
+	err := write(p)
+	p.CloseWrite(err)
+	cerr := <-convErr
+	if err != nil && !errors.Is(err, errPipeClosed) {
+		return err
+	}
+	if cerr != nil {
+		return fmt.Errorf("convert layer to ext4: %w", cerr)
+	}
+	return err // errPipeClosed with no converter error: cannot happen
+}
+
+// convertOnePass writes each entry as it reads it: non-directories at
+// once (under ContentDir; tar2ext4 makes their parent directories), then
+// every directory with its final metadata and the whiteouts. It gives
+// errTwoPass, having written part of the image, when an entry replaces an
+// earlier one that is not a directory merged with it.
+func convertOnePass(ctx context.Context, open Opener, out *os.File, st *Stats) error {
+	t := newTree()
+	return toExt4(out, func(w io.Writer) error {
+		tw := tar.NewWriter(w)
+		buf := make([]byte, 64<<10) // one copy buffer for every file
+		err := readTar(ctx, aheadOpener(open), func(i int, hdr *tar.Header, tr *tar.Reader) error {
+			a, err := t.add(i, hdr, st)
+			if err != nil {
+				return err
+			}
+			if a.replaced {
+				return errTwoPass
+			}
+			if a.n == nil || a.n.typ == tar.TypeDir {
+				return nil // written at the end
+			}
+			cp := path.Join(ContentDir, a.name)
+			h := *hdr
+			h.Name, h.Format = cp, tar.FormatUnknown
+			if hdr.Typeflag == tar.TypeLink {
+				h = tar.Header{Name: cp, Linkname: path.Join(ContentDir, a.link), Typeflag: tar.TypeLink}
+			}
+			if err := tw.WriteHeader(&h); err != nil {
+				return fmt.Errorf("layer entry %q: %w", a.name, err)
+			}
+			if hdr.Typeflag == tar.TypeReg {
+				n, err := io.CopyBuffer(tw, tr, buf)
+				st.FileBytes += n
+				if err != nil {
+					return fmt.Errorf("layer entry %q: %w", a.name, err)
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		if err := t.writeDirs(ctx, tw, nil); err != nil {
+			return err
+		}
+		if err := tw.Close(); err != nil {
+			return fmt.Errorf("layer tar: %w", err)
+		}
+		return nil
+	})
+}
+
+// convertTwoPass reads the tar once to build the layer's final tree while
+// spooling it, then writes the tree, reading file content from the spool.
+func convertTwoPass(ctx context.Context, open Opener, out *os.File, st *Stats) error {
+	spool, err := os.CreateTemp(filepath.Dir(out.Name()), ".layer-tar-*")
+	if err != nil {
+		return fmt.Errorf("layer tar spool: %w", err)
+	}
+	// Unlinked at once where the OS allows it, so a crash leaves nothing.
+	os.Remove(spool.Name())
+	defer func() {
+		spool.Close()
+		os.Remove(spool.Name())
+	}()
+	tree, tarSize, err := scanOnce(ctx, aheadOpener(open), spool, st)
+	if err != nil {
+		return err
+	}
+	again := func() (io.ReadCloser, error) {
+		return io.NopCloser(bufio.NewReaderSize(io.NewSectionReader(spool, 0, tarSize), 1<<20)), nil
+	}
+	return toExt4(out, func(w io.Writer) error { return tree.emit(ctx, again, w, st) })
+}
+
 // node is a name in the layer's final tree.
 type node struct {
 	typ byte // tar.TypeDir, TypeReg, TypeSymlink or TypeFifo (of the inode, for hard links too)
@@ -163,11 +256,13 @@ func newDir(hdr *tar.Header) *node {
 	return &node{typ: tar.TypeDir, hdr: hdr, children: map[string]*node{}, whiteouts: map[string]bool{}}
 }
 
-// tree is the result of pass 1.
+// tree is the layer's final tree, as far as the tar has been read.
 type tree struct {
 	root    *node
 	regName map[int]string // ordinal -> name of regular-file entries that made an inode
 }
+
+func newTree() *tree { return &tree{root: newDir(nil), regName: map[int]string{}} }
 
 // walk returns the directory at p, creating missing directories when
 // create is set. It returns nil if a component of p is not a directory
@@ -238,6 +333,18 @@ func readTar(ctx context.Context, open Opener, fn func(i int, hdr *tar.Header, t
 	return nil
 }
 
+// aheadOpener opens through open and decompresses ahead of the reader, in
+// a goroutine of its own.
+func aheadOpener(open Opener) Opener {
+	return func() (io.ReadCloser, error) {
+		rc, err := open()
+		if err != nil {
+			return nil, err
+		}
+		return readAhead(rc), nil
+	}
+}
+
 // scanOnce runs pass 1 on the tar open gives while copying it to spool; it
 // returns the tree and the tar's size.
 func scanOnce(ctx context.Context, open Opener, spool *os.File, st *Stats) (*tree, int64, error) {
@@ -268,102 +375,121 @@ func scanOnce(ctx context.Context, open Opener, spool *os.File, st *Stats) (*tre
 
 // scan is pass 1: it checks every entry and builds the layer's final tree.
 func scan(ctx context.Context, open Opener, st *Stats) (*tree, error) {
-	t := &tree{root: newDir(nil), regName: map[int]string{}}
+	t := newTree()
 	err := readTar(ctx, open, func(i int, hdr *tar.Header, _ *tar.Reader) error {
-		name, err := cleanName(hdr.Name)
-		if err != nil {
-			return err
-		}
-		st.Entries++
-		dropOverlayXattrs(hdr)
-		if name == "" { // the root directory itself
-			if hdr.Typeflag != tar.TypeDir {
-				return fmt.Errorf("%w: root entry %q is not a directory", ErrInvalidLayer, hdr.Name)
-			}
-			t.root.hdr = hdr
-			return nil
-		}
-		dir, base := path.Split(name)
-		dir = strings.TrimSuffix(dir, "/")
-		for _, c := range strings.Split(dir, "/") {
-			if strings.HasPrefix(c, aufsPrefix) {
-				return nil
-			}
-			if strings.HasPrefix(c, whiteoutPrefix) {
-				return fmt.Errorf("%w: entry %q lies under a whiteout", ErrInvalidLayer, hdr.Name)
-			}
-		}
-		switch {
-		case base == opaqueMarker:
-			// Under a non-directory of this layer, the marker is moot:
-			// that entry already hides the lower layers' directory.
-			if d := t.walk(dir, true); d != nil {
-				d.opaque = true
-			}
-			return nil
-		case strings.HasPrefix(base, aufsPrefix):
-			return nil
-		case strings.HasPrefix(base, whiteoutPrefix):
-			x := strings.TrimPrefix(base, whiteoutPrefix)
-			if x == "" || x == "." || x == ".." {
-				return fmt.Errorf("%w: whiteout %q names no entry", ErrInvalidLayer, hdr.Name)
-			}
-			if d := t.walk(dir, true); d != nil {
-				d.whiteouts[x] = true
-			}
-			return nil
-		}
-		n := &node{typ: hdr.Typeflag, hdr: hdr, src: i}
-		switch hdr.Typeflag {
-		case tar.TypeReg: // tar.Reader turns legacy TypeRegA into TypeReg
-			n.hdr = nil
-			t.regName[i] = name
-		case tar.TypeDir:
-			n = newDir(hdr)
-		case tar.TypeFifo:
-		case tar.TypeSymlink:
-			if err := checkSymlink(name, hdr.Linkname); err != nil {
-				return err
-			}
-		case tar.TypeLink:
-			target, err := cleanName(hdr.Linkname)
-			if err != nil || target == "" {
-				return fmt.Errorf("%w: hard link %q -> %q escapes the layer", ErrInvalidLayer, hdr.Name, hdr.Linkname)
-			}
-			tn := t.lookup(target)
-			if tn == nil || tn.typ == tar.TypeDir {
-				return fmt.Errorf("%w: hard link %q -> %q: target is not a file of the layer", ErrInvalidLayer, hdr.Name, hdr.Linkname)
-			}
-			// The link shares the inode the target has now, even if the
-			// target's name is replaced later in the tar.
-			n = &node{typ: tn.typ, hdr: tn.hdr, src: tn.src}
-		case tar.TypeChar, tar.TypeBlock:
-			return fmt.Errorf("%w: %q is a device node (%d:%d); layers may not contain devices", ErrInvalidLayer, hdr.Name, hdr.Devmajor, hdr.Devminor)
-		default:
-			return fmt.Errorf("%w: %q has unsupported tar type %q", ErrInvalidLayer, hdr.Name, hdr.Typeflag)
-		}
-		parent := t.walk(dir, true)
-		if parent == nil {
-			return fmt.Errorf("%w: entry %q lies under a non-directory of the layer", ErrInvalidLayer, hdr.Name)
-		}
-		old := parent.children[base]
-		if old != nil && old.typ == tar.TypeDir && n.typ == tar.TypeDir {
-			old.hdr = hdr // a directory over a directory merges
-			return nil
-		}
-		// Anything else replaces the old entry and, as in an extraction
-		// onto the lower layers, what the lower layers had at this name:
-		// a directory made here shows none of the lower one's content.
-		if old != nil && n.typ == tar.TypeDir {
-			n.opaque = true
-		}
-		parent.children[base] = n
-		return nil
+		_, err := t.add(i, hdr, st)
+		return err
 	})
 	if err != nil {
 		return nil, err
 	}
 	return t, nil
+}
+
+// added says what an entry did to the tree.
+type added struct {
+	name string // the entry's clean name
+	// n is the node the entry made: nil for the root, whiteouts, opaque
+	// markers, skipped entries and a directory merged into an earlier one.
+	n        *node
+	link     string // hard links: the clean name of the target
+	replaced bool   // n took the place of an earlier entry of the layer
+}
+
+// add checks entry i and applies it to the tree.
+func (t *tree) add(i int, hdr *tar.Header, st *Stats) (added, error) {
+	name, err := cleanName(hdr.Name)
+	if err != nil {
+		return added{}, err
+	}
+	a := added{name: name}
+	st.Entries++
+	dropOverlayXattrs(hdr)
+	if name == "" { // the root directory itself
+		if hdr.Typeflag != tar.TypeDir {
+			return a, fmt.Errorf("%w: root entry %q is not a directory", ErrInvalidLayer, hdr.Name)
+		}
+		t.root.hdr = hdr
+		return a, nil
+	}
+	dir, base := path.Split(name)
+	dir = strings.TrimSuffix(dir, "/")
+	for _, c := range strings.Split(dir, "/") {
+		if strings.HasPrefix(c, aufsPrefix) {
+			return a, nil
+		}
+		if strings.HasPrefix(c, whiteoutPrefix) {
+			return a, fmt.Errorf("%w: entry %q lies under a whiteout", ErrInvalidLayer, hdr.Name)
+		}
+	}
+	switch {
+	case base == opaqueMarker:
+		// Under a non-directory of this layer, the marker is moot:
+		// that entry already hides the lower layers' directory.
+		if d := t.walk(dir, true); d != nil {
+			d.opaque = true
+		}
+		return a, nil
+	case strings.HasPrefix(base, aufsPrefix):
+		return a, nil
+	case strings.HasPrefix(base, whiteoutPrefix):
+		x := strings.TrimPrefix(base, whiteoutPrefix)
+		if x == "" || x == "." || x == ".." {
+			return a, fmt.Errorf("%w: whiteout %q names no entry", ErrInvalidLayer, hdr.Name)
+		}
+		if d := t.walk(dir, true); d != nil {
+			d.whiteouts[x] = true
+		}
+		return a, nil
+	}
+	n := &node{typ: hdr.Typeflag, hdr: hdr, src: i}
+	switch hdr.Typeflag {
+	case tar.TypeReg: // tar.Reader turns legacy TypeRegA into TypeReg
+		n.hdr = nil
+		t.regName[i] = name
+	case tar.TypeDir:
+		n = newDir(hdr)
+	case tar.TypeFifo:
+	case tar.TypeSymlink:
+		if err := checkSymlink(name, hdr.Linkname); err != nil {
+			return a, err
+		}
+	case tar.TypeLink:
+		target, err := cleanName(hdr.Linkname)
+		if err != nil || target == "" {
+			return a, fmt.Errorf("%w: hard link %q -> %q escapes the layer", ErrInvalidLayer, hdr.Name, hdr.Linkname)
+		}
+		tn := t.lookup(target)
+		if tn == nil || tn.typ == tar.TypeDir {
+			return a, fmt.Errorf("%w: hard link %q -> %q: target is not a file of the layer", ErrInvalidLayer, hdr.Name, hdr.Linkname)
+		}
+		// The link shares the inode the target has now, even if the
+		// target's name is replaced later in the tar.
+		n = &node{typ: tn.typ, hdr: tn.hdr, src: tn.src}
+		a.link = target
+	case tar.TypeChar, tar.TypeBlock:
+		return a, fmt.Errorf("%w: %q is a device node (%d:%d); layers may not contain devices", ErrInvalidLayer, hdr.Name, hdr.Devmajor, hdr.Devminor)
+	default:
+		return a, fmt.Errorf("%w: %q has unsupported tar type %q", ErrInvalidLayer, hdr.Name, hdr.Typeflag)
+	}
+	parent := t.walk(dir, true)
+	if parent == nil {
+		return a, fmt.Errorf("%w: entry %q lies under a non-directory of the layer", ErrInvalidLayer, hdr.Name)
+	}
+	old := parent.children[base]
+	if old != nil && old.typ == tar.TypeDir && n.typ == tar.TypeDir {
+		old.hdr = hdr // a directory over a directory merges
+		return a, nil
+	}
+	// Anything else replaces the old entry and, as in an extraction
+	// onto the lower layers, what the lower layers had at this name:
+	// a directory made here shows none of the lower one's content.
+	if old != nil && n.typ == tar.TypeDir {
+		n.opaque = true
+	}
+	parent.children[base] = n
+	a.n, a.replaced = n, old != nil
+	return a, nil
 }
 
 // dropOverlayXattrs removes the xattrs overlayfs interprets (opaque,
@@ -388,6 +514,71 @@ func (t *tree) emit(ctx context.Context, open Opener, w io.Writer, st *Stats) er
 	tw := tar.NewWriter(w)
 	first := map[int]string{} // inode (source ordinal) -> first name written
 	var links []link
+	err := t.writeDirs(ctx, tw, func(n *node, cp string) error {
+		if f, ok := first[n.src]; ok {
+			links = append(links, link{name: cp, target: f})
+			return nil
+		}
+		first[n.src] = cp
+		if n.typ == tar.TypeReg {
+			return nil // written with its content below
+		}
+		h := *n.hdr
+		h.Name, h.Format = cp, tar.FormatUnknown
+		if err := tw.WriteHeader(&h); err != nil {
+			return fmt.Errorf("layer entry %q: %w", cp, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	buf := make([]byte, 64<<10) // one copy buffer for every file
+	err = readTar(ctx, open, func(i int, hdr *tar.Header, tr *tar.Reader) error {
+		name, ok := t.regName[i]
+		if !ok {
+			return nil
+		}
+		cp, ok := first[i]
+		if !ok {
+			return nil // replaced later in the tar
+		}
+		// Both passes read the same bytes (pass 2 the spool of pass 1);
+		// check anyway, as the tree is only valid for that tar.
+		if hdr.Typeflag != tar.TypeReg || path.Clean(hdr.Name) != name {
+			return fmt.Errorf("layer tar changed between passes: entry %d is %q, was %q", i, hdr.Name, name)
+		}
+		dropOverlayXattrs(hdr)
+		h := *hdr
+		h.Name, h.Format = cp, tar.FormatUnknown
+		if err := tw.WriteHeader(&h); err != nil {
+			return fmt.Errorf("layer entry %q: %w", name, err)
+		}
+		n, err := io.CopyBuffer(tw, tr, buf)
+		st.FileBytes += n
+		if err != nil {
+			return fmt.Errorf("layer entry %q: %w", name, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, l := range links {
+		if err := tw.WriteHeader(&tar.Header{Name: l.name, Linkname: l.target, Typeflag: tar.TypeLink}); err != nil {
+			return fmt.Errorf("hard link %q: %w", l.name, err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return fmt.Errorf("layer tar: %w", err)
+	}
+	return nil
+}
+
+// writeDirs writes every directory of the tree under ContentDir (parents
+// before children) with its final metadata, and the whiteouts it holds;
+// it calls other, if set, for every other name.
+func (t *tree) writeDirs(ctx context.Context, tw *tar.Writer, other func(n *node, cp string) error) error {
 	var walk func(n *node, p string) error
 	walk = func(n *node, p string) error {
 		if err := ctx.Err(); err != nil {
@@ -427,66 +618,15 @@ func (t *tree) emit(ctx context.Context, open Opener, w io.Writer, st *Stats) er
 				if err := walk(child, cp); err != nil {
 					return err
 				}
-			default:
-				if f, ok := first[child.src]; ok {
-					links = append(links, link{name: cp, target: f})
-					continue
-				}
-				first[child.src] = cp
-				if child.typ == tar.TypeReg {
-					continue // written with its content below
-				}
-				h := *child.hdr
-				h.Name, h.Format = cp, tar.FormatUnknown
-				if err := tw.WriteHeader(&h); err != nil {
-					return fmt.Errorf("layer entry %q: %w", cp, err)
+			case other != nil:
+				if err := other(child, cp); err != nil {
+					return err
 				}
 			}
 		}
 		return nil
 	}
-	if err := walk(t.root, ContentDir); err != nil {
-		return err
-	}
-	err := readTar(ctx, open, func(i int, hdr *tar.Header, tr *tar.Reader) error {
-		name, ok := t.regName[i]
-		if !ok {
-			return nil
-		}
-		cp, ok := first[i]
-		if !ok {
-			return nil // replaced later in the tar
-		}
-		// Both passes read the same bytes (pass 2 the spool of pass 1);
-		// check anyway, as the tree is only valid for that tar.
-		if hdr.Typeflag != tar.TypeReg || path.Clean(hdr.Name) != name {
-			return fmt.Errorf("layer tar changed between passes: entry %d is %q, was %q", i, hdr.Name, name)
-		}
-		dropOverlayXattrs(hdr)
-		h := *hdr
-		h.Name, h.Format = cp, tar.FormatUnknown
-		if err := tw.WriteHeader(&h); err != nil {
-			return fmt.Errorf("layer entry %q: %w", name, err)
-		}
-		n, err := io.Copy(tw, tr)
-		st.FileBytes += n
-		if err != nil {
-			return fmt.Errorf("layer entry %q: %w", name, err)
-		}
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	for _, l := range links {
-		if err := tw.WriteHeader(&tar.Header{Name: l.name, Linkname: l.target, Typeflag: tar.TypeLink}); err != nil {
-			return fmt.Errorf("hard link %q: %w", l.name, err)
-		}
-	}
-	if err := tw.Close(); err != nil {
-		return fmt.Errorf("layer tar: %w", err)
-	}
-	return nil
+	return walk(t.root, ContentDir)
 }
 
 // dirHeader is the header written for directory n at p: its own entry's

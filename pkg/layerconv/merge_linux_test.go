@@ -1,11 +1,15 @@
 package layerconv_test
 
 import (
+	"archive/tar"
 	"context"
+	"errors"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"sort"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -66,13 +70,17 @@ func mountLayer(t *testing.T, img string) string {
 // their LowerDirs, and returns the overlay.
 func mergeLayers(t *testing.T, images ...string) string {
 	t.Helper()
-	opts := "lowerdir="
-	for i, img := range images {
-		if i > 0 {
-			opts += ":"
-		}
-		opts += layerconv.LowerDir(mountLayer(t, img))
+	var lowers []string
+	for _, img := range images {
+		lowers = append(lowers, layerconv.LowerDir(mountLayer(t, img)))
 	}
+	return overlay(t, lowers...)
+}
+
+// overlay mounts a read-only overlay of the directories (top-most first).
+func overlay(t *testing.T, lowers ...string) string {
+	t.Helper()
+	opts := "lowerdir=" + strings.Join(lowers, ":")
 	merged := t.TempDir()
 	if err := unix.Mount("overlay", merged, "overlay", unix.MS_RDONLY, opts); err != nil {
 		t.Fatal(err)
@@ -123,4 +131,79 @@ func TestWhiteoutCasesMergedView(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestWhiteoutCasesOnePass converts each case's layer alone, without the
+// two-pass fallback: the cases whose layer names something twice (other
+// than a directory over a directory) must refuse, every other case must
+// convert in one pass and show the spec's merged view. The two-pass
+// conversion of every case is TestWhiteoutCasesMergedView's (the layer of
+// all cases together needs it).
+func TestWhiteoutCasesOnePass(t *testing.T) {
+	testutil.NeedRoot(t)
+	testutil.NeedTool(t, "e2fsck")
+	lowerL, _ := whiteouttest.Layers()
+	lower := layerconv.LowerDir(mountLayer(t, convertChecked(t, lowerL)))
+	onePass := 0
+	for _, c := range whiteouttest.Cases {
+		t.Run(c.Name, func(t *testing.T) {
+			_, upperL := whiteouttest.LayersOf([]whiteouttest.Case{c})
+			b, err := whiteouttest.Tar(upperL)
+			if err != nil {
+				t.Fatal(err)
+			}
+			p := filepath.Join(t.TempDir(), "layer.vhd")
+			f, err := os.Create(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = layerconv.ConvertOnePass(context.Background(), layerconv.OpenBytes(b), f)
+			f.Close()
+			want := namesTwice(upperL)
+			if got := errors.Is(err, layerconv.ErrTwoPass); got != want || (err != nil && !got) {
+				t.Fatalf("one-pass conversion: %v; want the two-pass fallback: %v", err, want)
+			}
+			if want {
+				return
+			}
+			onePass++
+			if out, err := exec.Command("e2fsck", "-n", "-f", p).CombinedOutput(); err != nil {
+				t.Fatalf("e2fsck -n -f %s: %v\n%s", p, err, out)
+			}
+			merged := overlay(t, layerconv.LowerDir(mountLayer(t, p)), lower)
+			all, err := whiteouttest.List(filepath.Join(merged, whiteouttest.Top))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d := whiteouttest.Diff(whiteouttest.Sub(all, c.Name), c.Want()); d != "" {
+				t.Errorf("merged view differs from the spec:\n%s", d)
+			}
+		})
+	}
+	if onePass == 0 {
+		t.Error("no case converted in one pass")
+	}
+}
+
+// namesTwice reports whether a layer names something twice, other than a
+// directory over a directory; an entry implies its parent directories.
+func namesTwice(entries []imagebuild.Entry) bool {
+	isDir := map[string]bool{}
+	for _, e := range entries {
+		name := path.Clean(e.Header.Name)
+		for d := path.Dir(name); d != "."; d = path.Dir(d) {
+			if _, ok := isDir[d]; !ok {
+				isDir[d] = true
+			}
+		}
+		if strings.HasPrefix(path.Base(name), ".wh.") {
+			continue
+		}
+		dir := e.Header.Typeflag == tar.TypeDir
+		if was, ok := isDir[name]; ok && !(was && dir) {
+			return true
+		}
+		isDir[name] = dir
+	}
+	return false
 }

@@ -121,7 +121,15 @@ func (s *Snapshotter) chainOf(id string) (digest.Digest, error) {
 }
 
 func (s *Snapshotter) writeRef(id string, chain digest.Digest) error {
-	return atomicfile.Write(filepath.Join(s.dir(id), store.SnapshotRefFile), []byte(chain.String()+"\n"), 0o600, true)
+	p, ref := filepath.Join(s.dir(id), store.SnapshotRefFile), chain.String()+"\n"
+	// The differ writes the reference before converting, and again with
+	// the applied marker, and Commit once more: the file only ever appears
+	// durably (fsync, rename, directory fsync), so an equal one is kept as
+	// is, which spares two fsyncs each time.
+	if b, err := os.ReadFile(p); err == nil && string(b) == ref {
+		return nil
+	}
+	return atomicfile.Write(p, []byte(ref), 0o600, true)
 }
 
 // acquire takes a reference on the layer's shared mount, mounting it first.

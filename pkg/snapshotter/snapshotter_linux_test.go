@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -348,6 +349,71 @@ func TestDifferApply(t *testing.T) {
 	}
 	if _, err := d.Apply(ctx, desc, ms); !errdefs.IsNotImplemented(err) {
 		t.Errorf("missing blob: %v, want not implemented", err)
+	}
+}
+
+// TestDifferApplyCorruptGzip: a blob whose gzip stream is broken (the
+// differ reads blobs without checking their digest, so the decompressor,
+// running ahead in its own goroutine, or the tar reader is the first to
+// see it) fails Apply with an error naming the layer, and leaves no layer,
+// no reference and no temporary file behind.
+func TestDifferApplyCorruptGzip(t *testing.T) {
+	sn, st := newTest(t)
+	ctx := context.Background()
+	files := map[string]string{}
+	for i := 0; i < 200; i++ {
+		files[fmt.Sprintf("f%03d", i)] = strings.Repeat(fmt.Sprintf("line %d of a compressible file\n", i), 400)
+	}
+	good, diffID := gzipTar(t, files)
+	content := t.TempDir()
+	d := NewDiffer(sn, content)
+	for i, tc := range []struct {
+		name    string
+		corrupt func([]byte) []byte
+		want    string // in the error, besides the layer
+	}{
+		{"checksum", func(b []byte) []byte { b[len(b)-8] ^= 1; return b }, "gzip: invalid checksum"},
+		{"truncated", func(b []byte) []byte { return b[:len(b)*2/3] }, "unexpected EOF"},
+		{"garbled", func(b []byte) []byte {
+			for i := len(b) / 2; i < len(b)/2+64; i++ {
+				b[i] ^= 0x5a
+			}
+			return b
+		}, "read layer tar"},
+	} {
+		blob := tc.corrupt(slices.Clone(good))
+		desc := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayerGzip, Digest: digest.FromBytes(blob), Size: int64(len(blob))}
+		blobPath := filepath.Join(content, "blobs", "sha256", desc.Digest.Encoded())
+		os.MkdirAll(filepath.Dir(blobPath), 0o755)
+		if err := os.WriteFile(blobPath, blob, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		key := fmt.Sprintf("ns/%d/extract-%d %s", i, i, diffID)
+		ms, err := sn.Prepare(ctx, key, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = d.Apply(ctx, desc, ms)
+		if err == nil || errdefs.IsNotImplemented(err) || !strings.Contains(err.Error(), desc.Digest.String()) || !strings.Contains(err.Error(), tc.want) {
+			t.Fatalf("%s: Apply: %v, want a failure naming %s and %q", tc.name, err, desc.Digest, tc.want)
+		}
+		if st.HasLayer(diffID) {
+			t.Errorf("%s: a layer was stored from a corrupt blob", tc.name)
+		}
+		if _, err := os.Stat(filepath.Join(sn.dir(sn.snapshotOfMounts(ms)), store.SnapshotRefFile)); !os.IsNotExist(err) {
+			t.Errorf("%s: the failed snapshot still refers to a layer: %v", tc.name, err)
+		}
+		for _, dir := range []string{"tmp", "layers"} {
+			ents, _ := os.ReadDir(filepath.Join(st.Root(), dir))
+			for _, e := range ents {
+				if e.Name() != ".locks" {
+					t.Errorf("%s: %s/%s left behind", tc.name, dir, e.Name())
+				}
+			}
+		}
+		if err := sn.Remove(ctx, key); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 

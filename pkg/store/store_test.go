@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -108,6 +109,48 @@ func TestFailedImportLeavesNothing(t *testing.T) {
 	if len(ls) != 0 || len(ims) != 0 || len(tmp) != 0 {
 		t.Fatalf("failed import left layers %d, images %d, temp %d", len(ls), len(ims), len(tmp))
 	}
+}
+
+// A gzip layer whose stream breaks at its end (bad CRC: decoded in full by
+// the decompressor running ahead in its own goroutine, which fails last)
+// fails the import with an error naming the layer, and nothing remains.
+func TestCorruptGzipImportLeavesNothing(t *testing.T) {
+	root := t.TempDir()
+	s, _ := store.Open(root)
+	var big []imagebuild.Entry
+	for i := 0; i < 50; i++ {
+		big = append(big, imagebuild.File(fmt.Sprintf("f%02d", i), strings.Repeat("compressible ", 10000), 0o644))
+	}
+	im := imagebuild.Image{Name: "gz:1", Layers: []imagebuild.Layer{{Compression: imagebuild.Gzip, Entries: big}}}
+	dir := filepath.Join(t.TempDir(), "oci")
+	if err := im.Write(imagebuild.OCIDir, dir); err != nil {
+		t.Fatal(err)
+	}
+	blobs, _ := filepath.Glob(filepath.Join(dir, "blobs", "sha256", "*"))
+	var layer string
+	for _, b := range blobs {
+		if data, err := os.ReadFile(b); err == nil && len(data) > 2 && data[0] == 0x1f && data[1] == 0x8b {
+			layer = b
+			data[len(data)-8] ^= 1 // the CRC-32 of the gzip trailer
+			if err := os.WriteFile(b, data, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if layer == "" {
+		t.Fatal("no gzip blob in the image")
+	}
+	_, err := s.Import(context.Background(), dir, store.ImportOptions{})
+	if err == nil || !strings.Contains(err.Error(), filepath.Base(layer)) {
+		t.Fatalf("want an error naming layer %s, got %v", filepath.Base(layer), err)
+	}
+	ls, _ := s.Layers()
+	ims, _ := s.Images()
+	tmp, _ := os.ReadDir(filepath.Join(root, "tmp"))
+	if len(ls) != 0 || len(ims) != 0 || len(tmp) != 0 {
+		t.Fatalf("failed import left layers %d, images %d, temp %d", len(ls), len(ims), len(tmp))
+	}
+	t.Logf("import: %v", err)
 }
 
 // A 100 MB file streams through import (bounded memory) and reads back

@@ -1,0 +1,14 @@
+package layerconv
+
+import (
+	"context"
+	"os"
+)
+
+// ConvertOnePass is Convert without the two-pass fallback: a layer that
+// needs it fails with ErrTwoPass.
+func ConvertOnePass(ctx context.Context, open Opener, out *os.File) (Stats, error) {
+	return convertLayer(ctx, open, out, false)
+}
+
+var ErrTwoPass = errTwoPass
