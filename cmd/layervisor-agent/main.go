@@ -9,7 +9,9 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -41,10 +43,15 @@ func main() {
 	fmt.Println("layervisor-agent: ready")
 	s := &guest.Server{Poweroff: poweroff}
 	for {
-		// The port outlives host connections; Serve returns only on a read
-		// error, which is transient.
+		// The port outlives host connections; Serve returns on a read
+		// error, which is transient. With no host connected the port reads
+		// EOF at once: that is the normal state of a long-lived UVM between
+		// two commands, so it is not logged (a console line costs a TCG
+		// guest ~1 ms a character) and the port is tried again soon.
 		err := s.Serve(context.Background(), port)
-		slog.Warn("agent channel", "err", err)
+		if !errors.Is(err, io.EOF) {
+			slog.Warn("agent channel", "err", err)
+		}
 		time.Sleep(100 * time.Millisecond)
 	}
 }

@@ -56,6 +56,12 @@ func dialOnce(ctx context.Context, socket string) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
+	return Connect(ctx, conn)
+}
+
+// Connect runs the protocol over conn, an established connection to the
+// agent's channel, after a version handshake. It closes conn on failure.
+func Connect(ctx context.Context, conn net.Conn) (*Client, error) {
 	c := NewClient(conn)
 	hctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -308,11 +309,22 @@ func (u *UVM) launch(ctx context.Context, qemu, acc string, o launchOpts) (err e
 		if err := waitClone(); err != nil {
 			return fmt.Errorf("uvm %s: %w", c.ID, err)
 		}
+		// Connected before the guest resumes: the agent, which was
+		// reading its port when the template was saved, then finds a host
+		// there instead of reading EOF and backing off.
+		var d net.Dialer
+		conn, err := d.DialContext(bctx, "unix", u.path("agent.sock"))
+		if err != nil {
+			return u.bootError("guest agent socket", err, stderr.String())
+		}
 		if err := restore(bctx, u.qmp, o.restoreFrom); err != nil {
+			conn.Close()
 			return u.bootError("template restore", err, stderr.String())
 		}
-	}
-	if u.agent, err = agent.Dial(bctx, u.path("agent.sock")); err != nil {
+		if u.agent, err = agent.Connect(bctx, conn); err != nil {
+			return u.bootError("guest agent", err, stderr.String())
+		}
+	} else if u.agent, err = agent.Dial(bctx, u.path("agent.sock")); err != nil {
 		return u.bootError("guest agent", err, stderr.String())
 	}
 	un.Push("close agent", func(context.Context) error { return u.agent.Close() })
