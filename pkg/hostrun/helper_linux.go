@@ -27,6 +27,9 @@ type Helper struct {
 	sock   *os.File
 	exited chan struct{}
 	err    error // from Wait, once exited is closed
+
+	readyOnce sync.Once
+	readyErr  error
 }
 
 // ErrHelperGone means the helper died before it took its command: nothing
@@ -66,6 +69,19 @@ func StartHelper() (*Helper, error) {
 	return h, nil
 }
 
+// Ready waits until the helper has started up and waits for its command
+// (it says so with a one-byte message); ErrHelperGone if it died first.
+func (h *Helper) Ready() error {
+	h.readyOnce.Do(func() {
+		var b [1]byte
+		n, err := h.sock.Read(b[:])
+		if n != 1 {
+			h.readyErr = fmt.Errorf("%w (%v)", ErrHelperGone, err)
+		}
+	})
+	return h.readyErr
+}
+
 // Close ends an unused helper: it exits when its socket closes.
 func (h *Helper) Close() {
 	h.sock.Close()
@@ -93,6 +109,10 @@ func (h *Helper) Run(ctx context.Context, o Options) (int, error) {
 	if err != nil {
 		h.Close()
 		return 0, fmt.Errorf("hostrun: %w", err)
+	}
+	if err := h.Ready(); err != nil {
+		h.Close()
+		return 0, err
 	}
 	st, err := newStdio(o)
 	if err != nil {
@@ -248,6 +268,9 @@ func (st *stdio) close() {
 // receive is the helper's side: it waits for the command and takes its
 // stdio; nil means the socket was closed without one.
 func receive() (*initConfig, error) {
+	if _, err := unix.Write(helperFD, []byte{'r'}); err != nil {
+		return nil, fmt.Errorf("say ready: %w", err)
+	}
 	buf := make([]byte, 1<<20)
 	oob := make([]byte, unix.CmsgSpace(3*4))
 	n, oobn, flags, _, err := unix.Recvmsg(helperFD, buf, oob, unix.MSG_CMSG_CLOEXEC)

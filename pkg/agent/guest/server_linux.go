@@ -120,6 +120,7 @@ func (s *Server) handle(ctx context.Context, m *agent.Message) {
 	var err error
 	switch m.Op {
 	case agent.OpHello:
+		s.helpers.waitFirst(time.Second)
 		var a agent.HelloArgs
 		if a, err = decode[agent.HelloArgs](m); err == nil {
 			var u unix.Utsname
