@@ -58,15 +58,19 @@ func setup(b *testing.B) {
 			return
 		}
 		layers, mb := envInt("LAYERVISOR_BENCH_LAYERS", 10), envInt("LAYERVISOR_BENCH_MB", 300)
-		im, err := imagebuild.Bench("bench:latest", layers, int64(mb), imagebuild.Gzip)
-		if err != nil {
-			setupErr = err
-			return
-		}
-		archive = filepath.Join(dir, "bench.tar")
-		if err := im.Write(imagebuild.OCITar, archive); err != nil {
-			setupErr = err
-			return
+		// LAYERVISOR_BENCH_ARCHIVE: real content (an OCI or docker-save
+		// archive) instead of the synthetic image.
+		if archive = os.Getenv("LAYERVISOR_BENCH_ARCHIVE"); archive == "" {
+			im, err := imagebuild.Bench("bench:latest", layers, int64(mb), imagebuild.Gzip)
+			if err != nil {
+				setupErr = err
+				return
+			}
+			archive = filepath.Join(dir, "bench.tar")
+			if err := im.Write(imagebuild.OCITar, archive); err != nil {
+				setupErr = err
+				return
+			}
 		}
 		oi, err := ociimage.Open(archive, ociimage.Options{})
 		if err != nil {
@@ -76,7 +80,7 @@ func setup(b *testing.B) {
 		chainTop = oi.Layers[len(oi.Layers)-1].ChainID.String()
 		oi.Close()
 		st, _ := os.Stat(archive)
-		fmt.Printf("bench image: %d layers, %d MiB archive\n", layers, st.Size()>>20)
+		fmt.Printf("bench image %s: %d layers, %d MiB archive\n", archive, len(oi.Layers), st.Size()>>20)
 	})
 	if setupErr != nil {
 		b.Fatal(setupErr)
