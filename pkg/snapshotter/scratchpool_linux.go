@@ -40,8 +40,9 @@ func newScratchPool(root, storeRoot string, size int) *scratchPool {
 	return &scratchPool{root: root, storeRoot: storeRoot, size: size, ctx: ctx, cancel: cancel}
 }
 
-// take returns a ready directory ("" when there is none) and starts a
-// refill.
+// take returns a ready directory ("" when there is none). The caller
+// refills the pool (fill) once its Prepare is done: a refill running
+// beside the Prepare would slow it down.
 func (p *scratchPool) take() string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -50,7 +51,6 @@ func (p *scratchPool) take() string {
 		dir = p.ready[n-1]
 		p.ready = p.ready[:n-1]
 	}
-	p.fillLocked()
 	return dir
 }
 

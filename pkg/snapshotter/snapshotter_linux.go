@@ -256,6 +256,7 @@ func (s *Snapshotter) create(ctx context.Context, kind snapshots.Kind, key, pare
 	pooled := ""
 	if withScratch && s.pool != nil {
 		pooled = s.pool.take()
+		defer s.pool.fill()
 	}
 	if pooled != "" {
 		// A ready scratch, mounted: it replaces the empty directory.
