@@ -94,7 +94,7 @@ func BenchmarkContainerdSnapshotter(b *testing.B) {
 	for name, o := range containerdFlavours() {
 		for variant, ingestFirst := range map[string]bool{"unpack": false, "unpack-only": true} {
 			b.Run(name+"/"+variant, func(b *testing.B) {
-				var lvT, ovT time.Duration
+				took := map[string]time.Duration{} // by snapshotter
 				for i := 0; i < b.N; i++ {
 					for _, sn := range []string{"layervisor", "overlayfs"} {
 						b.StopTimer()
@@ -110,17 +110,13 @@ func BenchmarkContainerdSnapshotter(b *testing.B) {
 						if err := env.d.ImportWith(ctx, archive, sn); err != nil {
 							b.Fatal(err)
 						}
-						if sn == "layervisor" {
-							lvT += time.Since(t0)
-						} else {
-							ovT += time.Since(t0)
-						}
+						took[sn] += time.Since(t0)
 						b.StopTimer()
 						env.stop()
 						b.StartTimer()
 					}
 				}
-				report(b, lvT, ovT)
+				report(b, took["layervisor"], took["overlayfs"])
 			})
 		}
 		for variant, args := range map[string][]string{"rootfs-ready": nil, "rootfs-ready-no-scratch": {"--no-scratch"}} {
@@ -133,7 +129,7 @@ func BenchmarkContainerdSnapshotter(b *testing.B) {
 						b.Fatal(err)
 					}
 				}
-				var lvT, ovT time.Duration
+				took := map[string]time.Duration{} // by snapshotter
 				for i := 0; i < b.N; i++ {
 					for _, sn := range []string{"layervisor", "overlayfs"} {
 						target := filepath.Join(b.TempDir(), "rootfs")
@@ -144,18 +140,14 @@ func BenchmarkContainerdSnapshotter(b *testing.B) {
 						if err := env.d.PrepareMountWith(ctx, sn, key, chainTop, target); err != nil {
 							b.Fatal(err)
 						}
-						if sn == "layervisor" {
-							lvT += time.Since(t0)
-						} else {
-							ovT += time.Since(t0)
-						}
+						took[sn] += time.Since(t0)
 						b.StopTimer()
 						if err := env.d.ReleaseWith(ctx, sn, key, target); err != nil {
 							b.Fatal(err)
 						}
 					}
 				}
-				report(b, lvT, ovT)
+				report(b, took["layervisor"], took["overlayfs"])
 			})
 		}
 	}

@@ -39,18 +39,9 @@ func acquire(path string, how int) (*Lock, bool, error) {
 		if err != nil {
 			return nil, false, fmt.Errorf("lock %s: %w", path, err)
 		}
-		for {
-			err = unix.Flock(int(f.Fd()), how)
-			if err != unix.EINTR {
-				break
-			}
-		}
-		if err != nil {
+		if ok, err := flockFile(f, how); !ok || err != nil {
 			f.Close()
-			if err == unix.EWOULDBLOCK {
-				return nil, false, nil
-			}
-			return nil, false, fmt.Errorf("lock %s: %w", path, err)
+			return nil, false, err
 		}
 		var held, named unix.Stat_t
 		if err := unix.Fstat(int(f.Fd()), &held); err != nil {
@@ -66,6 +57,51 @@ func acquire(path string, how int) (*Lock, bool, error) {
 			return nil, false, fmt.Errorf("lock %s: %w", path, err)
 		}
 	}
+}
+
+// flockFile flocks f; ok=false when LOCK_NB found it held elsewhere.
+func flockFile(f *os.File, how int) (ok bool, err error) {
+	for {
+		err = unix.Flock(int(f.Fd()), how)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	switch {
+	case err == unix.EWOULDBLOCK:
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("lock %s: %w", f.Name(), err)
+	}
+	return true, nil
+}
+
+// TryLockDir takes an exclusive flock on the directory dir itself, without
+// waiting: for state that lives in a directory which is removed as a whole.
+// Lock.Names tells whether dir still names the locked directory.
+func TryLockDir(dir string) (*Lock, bool, error) {
+	f, err := os.OpenFile(dir, os.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, false, fmt.Errorf("lock %s: %w", dir, err)
+	}
+	if ok, err := flockFile(f, unix.LOCK_EX|unix.LOCK_NB); !ok || err != nil {
+		f.Close()
+		return nil, false, err
+	}
+	return &Lock{f: f, path: dir}, true, nil
+}
+
+// Names reports whether path names the locked file or directory.
+func (l *Lock) Names(path string) (bool, error) {
+	a, err := l.f.Stat()
+	if err != nil {
+		return false, err
+	}
+	b, err := os.Stat(path)
+	if err != nil {
+		return false, err
+	}
+	return os.SameFile(a, b), nil
 }
 
 // Release drops the lock.

@@ -3,6 +3,7 @@
 package flock
 
 import (
+	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -88,4 +89,40 @@ func TestRemoveWhileContended(t *testing.T) {
 		}(i)
 	}
 	wg.Wait()
+}
+
+// A directory lock excludes a second one until released, and Names tells
+// whether the path still names the locked directory.
+func TestTryLockDir(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "uvm")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	l, ok, err := TryLockDir(dir)
+	if err != nil || !ok {
+		t.Fatalf("first lock: %v %v", ok, err)
+	}
+	if _, ok, err := TryLockDir(dir); err != nil || ok {
+		t.Fatalf("second lock while held: ok=%v err=%v", ok, err)
+	}
+	if same, err := l.Names(dir); err != nil || !same {
+		t.Fatalf("Names(dir) = %v, %v", same, err)
+	}
+	moved := dir + ".old"
+	if err := os.Rename(dir, moved); err != nil {
+		t.Fatal(err)
+	}
+	os.Mkdir(dir, 0o755)
+	if same, err := l.Names(dir); err != nil || same {
+		t.Fatalf("Names after the directory was replaced = %v, %v", same, err)
+	}
+	l.Release()
+	l2, ok, err := TryLockDir(moved)
+	if err != nil || !ok {
+		t.Fatalf("lock after release: %v %v", ok, err)
+	}
+	l2.Release()
+	if _, _, err := TryLockDir(filepath.Join(dir, "missing")); err == nil {
+		t.Fatal("lock of a missing directory succeeded")
+	}
 }

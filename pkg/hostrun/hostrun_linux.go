@@ -65,11 +65,9 @@ type initConfig struct {
 }
 
 // Run runs the command in a fresh Helper and returns its exit code. A
-// cancelled ctx kills it.
+// cancelled ctx kills it. Bad options are refused by Helper.Run, which
+// ends the helper.
 func Run(ctx context.Context, o Options) (int, error) {
-	if err := o.check(); err != nil {
-		return 0, err
-	}
 	h, err := StartHelper()
 	if err != nil {
 		return 0, err

@@ -12,7 +12,7 @@ import (
 	"sync"
 	"syscall"
 
-	"golang.org/x/sys/unix"
+	"github.com/layervisor/layervisor/internal/flock"
 )
 
 // detach puts QEMU in its own session, so a terminal's Ctrl-C reaches the
@@ -76,46 +76,22 @@ func procStart(pid int) (uint64, error) {
 	return strconv.ParseUint(f[19], 10, 64)
 }
 
-// dirLock is an flock on a directory.
-type dirLock struct{ f *os.File }
+// dirLock is an flock on a UVM's directory.
+type dirLock struct{ l *flock.Lock }
 
 func tryLockDir(dir string) (*dirLock, bool, error) {
-	f, err := os.OpenFile(dir, os.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, false, fmt.Errorf("lock %s: %w", dir, err)
+	l, ok, err := flock.TryLockDir(dir)
+	if !ok || err != nil {
+		return nil, ok, err
 	}
-	for {
-		err = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-		if err != unix.EINTR {
-			break
-		}
-	}
-	if err != nil {
-		f.Close()
-		if err == unix.EWOULDBLOCK {
-			return nil, false, nil
-		}
-		return nil, false, fmt.Errorf("lock %s: %w", dir, err)
-	}
-	return &dirLock{f}, true, nil
+	return &dirLock{l}, true, nil
 }
 
 // names reports whether path still names the locked directory.
-func (l *dirLock) names(path string) (bool, error) {
-	a, err := l.f.Stat()
-	if err != nil {
-		return false, err
-	}
-	b, err := os.Stat(path)
-	if err != nil {
-		return false, err
-	}
-	return os.SameFile(a, b), nil
-}
+func (l *dirLock) names(path string) (bool, error) { return l.l.Names(path) }
 
 func (l *dirLock) release() {
-	if l != nil && l.f != nil {
-		l.f.Close()
-		l.f = nil
+	if l != nil {
+		l.l.Release()
 	}
 }
