@@ -22,8 +22,12 @@ import (
 	"github.com/layervisor/layervisor/pkg/vhd"
 )
 
-// convertChecked converts entries to a layer image and has e2fsck check it.
-func convertChecked(t *testing.T, entries []imagebuild.Entry) string {
+// converter is layerconv.Convert or one of its passes.
+type converter func(context.Context, layerconv.Opener, *os.File) (layerconv.Stats, error)
+
+// convertWith converts entries with convert into a layer image in a temp
+// directory and returns its path and the converter's error.
+func convertWith(t *testing.T, entries []imagebuild.Entry, convert converter) (string, error) {
 	t.Helper()
 	b, err := whiteouttest.Tar(entries)
 	if err != nil {
@@ -35,7 +39,15 @@ func convertChecked(t *testing.T, entries []imagebuild.Entry) string {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	if _, err := layerconv.Convert(context.Background(), layerconv.OpenBytes(b), f); err != nil {
+	_, err = convert(context.Background(), layerconv.OpenBytes(b), f)
+	return p, err
+}
+
+// convertChecked converts entries to a layer image and has e2fsck check it.
+func convertChecked(t *testing.T, entries []imagebuild.Entry) string {
+	t.Helper()
+	p, err := convertWith(t, entries, layerconv.Convert)
+	if err != nil {
 		t.Fatal(err)
 	}
 	testutil.NeedTool(t, "e2fsck")
@@ -148,17 +160,7 @@ func TestWhiteoutCasesOnePass(t *testing.T) {
 	for _, c := range whiteouttest.Cases {
 		t.Run(c.Name, func(t *testing.T) {
 			_, upperL := whiteouttest.LayersOf([]whiteouttest.Case{c})
-			b, err := whiteouttest.Tar(upperL)
-			if err != nil {
-				t.Fatal(err)
-			}
-			p := filepath.Join(t.TempDir(), "layer.vhd")
-			f, err := os.Create(p)
-			if err != nil {
-				t.Fatal(err)
-			}
-			_, err = layerconv.ConvertOnePass(context.Background(), layerconv.OpenBytes(b), f)
-			f.Close()
+			p, err := convertWith(t, upperL, layerconv.ConvertOnePass)
 			want := namesTwice(upperL)
 			if got := errors.Is(err, layerconv.ErrTwoPass); got != want || (err != nil && !got) {
 				t.Fatalf("one-pass conversion: %v; want the two-pass fallback: %v", err, want)
