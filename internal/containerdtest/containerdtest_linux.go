@@ -119,10 +119,13 @@ func tail(b []byte) string {
 	return string(b)
 }
 
+// namespace is where Ctr and Client work.
+const namespace = "bench"
+
 // Ctr runs ctr against the daemon in namespace "bench" and returns its
 // standard output; standard error (ctr 2.x warns there) goes into errors.
 func (d *Daemon) Ctr(ctx context.Context, args ...string) (string, error) {
-	cmd := exec.CommandContext(ctx, d.ctr, append([]string{"-a", d.Socket, "-n", "bench"}, args...)...)
+	cmd := exec.CommandContext(ctx, d.ctr, append([]string{"-a", d.Socket, "-n", namespace}, args...)...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
@@ -143,15 +146,11 @@ func (d *Daemon) ImportWith(ctx context.Context, archive, snapshotter string) er
 	return err
 }
 
-// PrepareMount prepares an active snapshot on parent (a chain ID) and
-// mounts it at target, as a runtime does: containerd's rootfs-ready path.
+// PrepareMount prepares an active overlayfs snapshot on parent (a chain ID)
+// with ctr and mounts it at target: containerd's rootfs-ready path as a
+// command line sees it (Client.PrepareMount is the runtime's).
 func (d *Daemon) PrepareMount(ctx context.Context, key, parent, target string) error {
-	return d.PrepareMountWith(ctx, "overlayfs", key, parent, target)
-}
-
-// PrepareMountWith is PrepareMount with the named snapshotter.
-func (d *Daemon) PrepareMountWith(ctx context.Context, snapshotter, key, parent, target string) error {
-	out, err := d.Ctr(ctx, "snapshots", "--snapshotter", snapshotter, "prepare", "--mounts", key, parent)
+	out, err := d.Ctr(ctx, "snapshots", "--snapshotter", "overlayfs", "prepare", "--mounts", key, parent)
 	if err != nil {
 		return err
 	}
@@ -186,17 +185,12 @@ func (d *Daemon) PrepareMountWith(ctx context.Context, snapshotter, key, parent,
 	return nil
 }
 
-// Release unmounts target and removes the snapshot.
+// Release unmounts target and removes the overlayfs snapshot with ctr.
 func (d *Daemon) Release(ctx context.Context, key, target string) error {
-	return d.ReleaseWith(ctx, "overlayfs", key, target)
-}
-
-// ReleaseWith is Release with the named snapshotter.
-func (d *Daemon) ReleaseWith(ctx context.Context, snapshotter, key, target string) error {
 	if out, err := exec.Command("umount", target).CombinedOutput(); err != nil {
 		return fmt.Errorf("umount %s: %v %s", target, err, out)
 	}
-	_, err := d.Ctr(ctx, "snapshots", "--snapshotter", snapshotter, "rm", key)
+	_, err := d.Ctr(ctx, "snapshots", "--snapshotter", "overlayfs", "rm", key)
 	return err
 }
 
