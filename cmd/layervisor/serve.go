@@ -81,7 +81,7 @@ func serve(ctx context.Context, socket, content string, noScratch bool, pool int
 	if err != nil {
 		return err
 	}
-	rpc := grpc.NewServer()
+	rpc := grpc.NewServer(grpc.UnaryInterceptor(logCall))
 	snapshotsapi.RegisterSnapshotsServer(rpc, snapshotservice.FromSnapshotter(sn))
 	d := snapshotter.NewDiffer(sn, content)
 	diffapi.RegisterDiffServer(rpc, diffservice.FromApplierAndComparer(d, d))
@@ -104,6 +104,14 @@ func serve(ctx context.Context, socket, content string, noScratch bool, pool int
 		return fmt.Errorf("serve %s: %w", socket, err)
 	}
 	return nil
+}
+
+// logCall logs each call containerd makes, with its time, at debug level.
+func logCall(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	t0 := time.Now()
+	resp, err := handler(ctx, req)
+	slog.Debug("call", "method", info.FullMethod, "took", time.Since(t0), "err", err)
+	return resp, err
 }
 
 // listenUnix listens on socket, replacing a stale socket file a killed

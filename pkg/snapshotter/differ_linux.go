@@ -21,7 +21,6 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/layervisor/layervisor/internal/atomicfile"
-	"github.com/layervisor/layervisor/pkg/store"
 )
 
 // appliedFile, in an active snapshot's directory, names the layer the
@@ -119,7 +118,7 @@ func (d *Differ) Apply(ctx context.Context, desc ocispec.Descriptor, mounts []mo
 		return ocispec.Descriptor{}, err
 	}
 	if _, err := d.sn.store.PutLayer(ctx, chain, want, open); err != nil {
-		os.Remove(filepath.Join(d.sn.dir(id), store.SnapshotRefFile))
+		d.sn.removeRef(id)
 		return ocispec.Descriptor{}, fmt.Errorf("apply layer %s to snapshot %q: %w", desc.Digest, key, err)
 	}
 	if got == "" { // converted concurrently by someone else: hash it

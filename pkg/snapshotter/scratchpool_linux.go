@@ -3,16 +3,25 @@ package snapshotter
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/layervisor/layervisor/pkg/scratch"
 )
 
 // DefaultScratchPool is how many scratches New keeps ready.
 const DefaultScratchPool = 2
+
+// refillDelay is how long after a Prepare the pool waits to refill, while
+// it still holds a scratch.
+const refillDelay = 100 * time.Millisecond
 
 // scratchPool keeps scratch disks cloned and mounted ahead of need, each
 // in a directory of the snapshot layout (scratchFile mounted at
@@ -25,11 +34,13 @@ type scratchPool struct {
 	root      string // the snapshotter's
 	storeRoot string // for the scratch template
 	size      int
+	delay     time.Duration   // refillDelay but in tests
 	ctx       context.Context // for the background fills; cancelled by close
 
 	mu      sync.Mutex
 	ready   []string
 	filling bool
+	hurry   chan struct{} // the pool ran dry: refill now
 	closed  bool
 	cancel  context.CancelFunc
 	done    sync.WaitGroup
@@ -37,7 +48,7 @@ type scratchPool struct {
 
 func newScratchPool(root, storeRoot string, size int) *scratchPool {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &scratchPool{root: root, storeRoot: storeRoot, size: size, ctx: ctx, cancel: cancel}
+	return &scratchPool{root: root, storeRoot: storeRoot, size: size, delay: refillDelay, ctx: ctx, cancel: cancel, hurry: make(chan struct{}, 1)}
 }
 
 // take returns a ready directory ("" when there is none). The caller
@@ -50,6 +61,12 @@ func (p *scratchPool) take() string {
 	if n := len(p.ready); n > 0 {
 		dir = p.ready[n-1]
 		p.ready = p.ready[:n-1]
+	}
+	if len(p.ready) == 0 {
+		select { // a waiting refill waits no more
+		case p.hurry <- struct{}{}:
+		default:
+		}
 	}
 	return dir
 }
@@ -69,6 +86,24 @@ func (p *scratchPool) fillLocked() {
 	p.done.Add(1)
 	go func() {
 		defer p.done.Done()
+		lowerPriority()
+		p.mu.Lock()
+		select { // a stale signal: take sends one under p.mu whenever it empties the pool
+		case <-p.hurry:
+		default:
+		}
+		wait, delay := len(p.ready) > 0, p.delay
+		p.mu.Unlock()
+		if wait {
+			// Not while the Prepare that took a scratch still answers and
+			// its caller mounts: on two cores the clone's copying doubled
+			// that rootfs-ready. An empty pool cannot wait.
+			select {
+			case <-p.ctx.Done():
+			case <-p.hurry:
+			case <-time.After(delay):
+			}
+		}
 		for {
 			p.mu.Lock()
 			if p.closed || len(p.ready) >= p.size {
@@ -125,6 +160,13 @@ func (p *scratchPool) make(ctx context.Context) (dir string, err error) {
 	if err := os.Mkdir(filepath.Join(mnt, "work"), 0o700); err != nil {
 		return dir, errors.Join(err, discardPooled(dir))
 	}
+	// Written out now, while nobody waits: otherwise ext4 (data=ordered)
+	// writes the clone's blocks in the journal commit of the next fsync on
+	// the file system, the metadata commit of some later Prepare
+	// (measured: 19 ms instead of 9 ms per rootfs-ready).
+	if err := syncScratch(mnt, filepath.Join(dir, scratchFile)); err != nil {
+		return dir, errors.Join(err, discardPooled(dir))
+	}
 	return dir, nil
 }
 
@@ -151,4 +193,40 @@ func discardPooled(dir string) error {
 		return err
 	}
 	return os.RemoveAll(dir)
+}
+
+// lowerPriority makes the calling goroutine's thread yield CPU and disk
+// to everything else (nice 19, lowest best-effort I/O priority): refills
+// are background work. The thread is never unlocked, so it ends with the
+// goroutine instead of carrying its priority to other goroutines.
+func lowerPriority() {
+	runtime.LockOSThread()
+	const ioprioClassBE, ioprioWhoProcess = 2, 1
+	if err := unix.Setpriority(unix.PRIO_PROCESS, 0, 19); err != nil {
+		slog.Debug("snapshotter: lower the refill's CPU priority", "err", err)
+	}
+	if _, _, e := unix.Syscall(unix.SYS_IOPRIO_SET, ioprioWhoProcess, 0, ioprioClassBE<<13|7); e != 0 {
+		slog.Debug("snapshotter: lower the refill's I/O priority", "err", e)
+	}
+}
+
+// syncScratch writes out the mounted scratch's file system and then its
+// image file (the loop device writes through the host's page cache).
+func syncScratch(mnt, img string) error {
+	for _, p := range []string{mnt, img} {
+		f, err := os.Open(p)
+		if err != nil {
+			return fmt.Errorf("sync scratch: %w", err)
+		}
+		if p == mnt {
+			err = unix.Syncfs(int(f.Fd()))
+		} else {
+			err = unix.Fdatasync(int(f.Fd()))
+		}
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("sync scratch %s: %w", p, err)
+		}
+	}
+	return nil
 }

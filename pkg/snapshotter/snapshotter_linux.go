@@ -38,8 +38,9 @@ type Snapshotter struct {
 	ms    *storage.MetaStore
 
 	mu        sync.Mutex
-	refs      map[digest.Digest]int // layer -> committed snapshots using its mount
-	scratches map[string]bool       // snapshot IDs whose scratch is mounted
+	refs      map[digest.Digest]int    // layer -> committed snapshots using its mount
+	scratches map[string]bool          // snapshot IDs whose scratch is mounted
+	chains    map[string]digest.Digest // snapshot ID -> chain ID, as its reference file says
 	noScratch bool
 	poolSize  int
 	pool      *scratchPool // nil without scratches
@@ -74,7 +75,7 @@ func New(ctx context.Context, st *store.Store, opts ...Option) (*Snapshotter, er
 	if err != nil {
 		return nil, fmt.Errorf("snapshot metadata in %s: %w", root, err)
 	}
-	s := &Snapshotter{store: st, root: root, ms: ms, refs: map[digest.Digest]int{}, scratches: map[string]bool{}, poolSize: DefaultScratchPool}
+	s := &Snapshotter{store: st, root: root, ms: ms, refs: map[digest.Digest]int{}, scratches: map[string]bool{}, chains: map[string]digest.Digest{}, poolSize: DefaultScratchPool}
 	for _, o := range opts {
 		o(s)
 	}
@@ -107,17 +108,35 @@ func (s *Snapshotter) lowerDir(chain digest.Digest) string {
 	return layerconv.LowerDir(s.layerMount(chain))
 }
 
-// chainOf reads the chain ID of committed snapshot id.
+// chainOf is the chain ID of committed snapshot id, read from its
+// reference file once (a Prepare on an image of n layers asks n times).
 func (s *Snapshotter) chainOf(id string) (digest.Digest, error) {
+	s.mu.Lock()
+	d, ok := s.chains[id]
+	s.mu.Unlock()
+	if ok {
+		return d, nil
+	}
 	b, err := os.ReadFile(filepath.Join(s.dir(id), store.SnapshotRefFile))
 	if err != nil {
 		return "", fmt.Errorf("snapshot %s has no layer: %w", id, err)
 	}
-	d, err := digest.Parse(strings.TrimSpace(string(b)))
+	d, err = digest.Parse(strings.TrimSpace(string(b)))
 	if err != nil {
 		return "", fmt.Errorf("snapshot %s layer reference: %w", id, err)
 	}
+	s.mu.Lock()
+	s.chains[id] = d
+	s.mu.Unlock()
 	return d, nil
+}
+
+// removeRef removes snapshot id's layer reference.
+func (s *Snapshotter) removeRef(id string) {
+	s.mu.Lock()
+	delete(s.chains, id)
+	s.mu.Unlock()
+	os.Remove(filepath.Join(s.dir(id), store.SnapshotRefFile))
 }
 
 func (s *Snapshotter) writeRef(id string, chain digest.Digest) error {
@@ -129,6 +148,9 @@ func (s *Snapshotter) writeRef(id string, chain digest.Digest) error {
 	if b, err := os.ReadFile(p); err == nil && string(b) == ref {
 		return nil
 	}
+	s.mu.Lock()
+	delete(s.chains, id)
+	s.mu.Unlock()
 	return atomicfile.Write(p, []byte(ref), 0o600, true)
 }
 
@@ -244,42 +266,44 @@ func (s *Snapshotter) View(ctx context.Context, key, parent string, opts ...snap
 }
 
 func (s *Snapshotter) create(ctx context.Context, kind snapshots.Kind, key, parent string, opts []snapshots.Opt) ([]mount.Mount, error) {
-	tmp, err := os.MkdirTemp(s.root, "new-")
-	if err != nil {
-		return nil, err
-	}
-	defer os.RemoveAll(tmp) // a no-op once renamed
 	// A container's writable layer is a scratch disk cloned from the
 	// store's template; what containerd unpacks into (and views) stays a
 	// directory, converted to a layer image at Commit.
 	withScratch := kind == snapshots.KindActive && !isUnpackKey(key) && !s.noScratch
-	pooled := ""
+	var tmp string
+	pooled := false
 	if withScratch && s.pool != nil {
-		pooled = s.pool.take()
 		defer s.pool.fill()
+		// A ready scratch, mounted; discarded if not renamed into place.
+		if tmp = s.pool.take(); tmp != "" {
+			pooled = true
+			defer func() {
+				if _, err := os.Stat(tmp); err == nil {
+					discardPooled(tmp)
+				}
+			}()
+		}
 	}
-	if pooled != "" {
-		// A ready scratch, mounted: it replaces the empty directory.
-		os.Remove(tmp)
-		tmp = pooled
-		defer func() {
-			if _, err := os.Stat(pooled); err == nil {
-				discardPooled(pooled) // not renamed into place
+	if !pooled {
+		var err error
+		if tmp, err = os.MkdirTemp(s.root, "new-"); err != nil {
+			return nil, err
+		}
+		defer os.RemoveAll(tmp) // a no-op once renamed
+		if withScratch {
+			tmpl, err := scratch.EnsureTemplate(ctx, s.store.Root(), scratch.DefaultSize)
+			if err != nil {
+				return nil, err
 			}
-		}()
-	} else if withScratch {
-		tmpl, err := scratch.EnsureTemplate(ctx, s.store.Root(), scratch.DefaultSize)
-		if err != nil {
+			if err := scratch.Clone(ctx, tmpl, filepath.Join(tmp, scratchFile)); err != nil {
+				return nil, err
+			}
+		} else if err := os.Mkdir(filepath.Join(tmp, "fs"), 0o755); err != nil {
 			return nil, err
 		}
-		if err := scratch.Clone(ctx, tmpl, filepath.Join(tmp, scratchFile)); err != nil {
-			return nil, err
-		}
-	} else if err := os.Mkdir(filepath.Join(tmp, "fs"), 0o755); err != nil {
-		return nil, err
 	}
 	var sn storage.Snapshot
-	err = s.ms.WithTransaction(ctx, true, func(ctx context.Context) (err error) {
+	err := s.ms.WithTransaction(ctx, true, func(ctx context.Context) (err error) {
 		sn, err = storage.CreateSnapshot(ctx, kind, key, parent, opts...)
 		if err != nil {
 			return err
@@ -287,7 +311,7 @@ func (s *Snapshotter) create(ctx context.Context, kind snapshots.Kind, key, pare
 		if err := os.Rename(tmp, s.dir(sn.ID)); err != nil {
 			return err
 		}
-		if pooled != "" {
+		if pooled {
 			s.mu.Lock()
 			s.scratches[sn.ID] = true
 			s.mu.Unlock()
@@ -335,6 +359,7 @@ func (s *Snapshotter) create(ctx context.Context, kind snapshots.Kind, key, pare
 		}
 		return nil, err
 	}
+	slog.Debug("created snapshot", "key", key, "kind", kind, "scratch", withScratch, "pooled", pooled)
 	return s.mounts(sn)
 }
 
@@ -525,11 +550,11 @@ func (s *Snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 	}
 	converted, err := s.store.PutLayer(ctx, chain, diffID, open)
 	if err != nil {
-		os.Remove(filepath.Join(s.dir(sn.ID), store.SnapshotRefFile))
+		s.removeRef(sn.ID)
 		return fmt.Errorf("commit %q: %w", key, err)
 	}
 	if err := s.acquire(chain); err != nil {
-		os.Remove(filepath.Join(s.dir(sn.ID), store.SnapshotRefFile))
+		s.removeRef(sn.ID)
 		return fmt.Errorf("commit %q: %w", key, err)
 	}
 	err = s.ms.WithTransaction(ctx, true, func(ctx context.Context) error {
@@ -538,7 +563,7 @@ func (s *Snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 	})
 	if err != nil {
 		s.release(chain)
-		os.Remove(filepath.Join(s.dir(sn.ID), store.SnapshotRefFile))
+		s.removeRef(sn.ID)
 		return err
 	}
 	// The content lives in the layer image now.
@@ -607,6 +632,9 @@ func (s *Snapshotter) Remove(ctx context.Context, key string) error {
 	} else if err := os.RemoveAll(s.dir(id)); err != nil {
 		errs = append(errs, err)
 	}
+	s.mu.Lock()
+	delete(s.chains, id)
+	s.mu.Unlock()
 	return errors.Join(errs...)
 }
 
@@ -713,7 +741,7 @@ func (s *Snapshotter) reconcile(ctx context.Context) error {
 		}
 		if !isCommitted[key] {
 			// A commit that died midway: the snapshot is still active.
-			os.Remove(filepath.Join(s.dir(n), store.SnapshotRefFile))
+			s.removeRef(n)
 			if s.hasScratch(n) {
 				if err := s.adoptScratchMount(n); err != nil {
 					errs = append(errs, err)

@@ -504,6 +504,7 @@ func waitPool(t *testing.T, sn *Snapshotter) []string {
 func TestScratchPool(t *testing.T) {
 	sn, _ := newTest(t)
 	ctx := context.Background()
+	commitFiles(t, sn, "base", "", map[string]string{"a": "A"})
 	pooled := waitPool(t, sn)
 	mounted, err := mountinfo.Mountpoints()
 	if err != nil {
@@ -514,7 +515,6 @@ func TestScratchPool(t *testing.T) {
 			t.Fatalf("pooled scratch %s not mounted", d)
 		}
 	}
-	commitFiles(t, sn, "base", "", map[string]string{"a": "A"})
 	ms, err := sn.Prepare(ctx, "c1", "base")
 	if err != nil {
 		t.Fatal(err)
@@ -555,5 +555,40 @@ func TestScratchPool(t *testing.T) {
 	}
 	if left, _ := filepath.Glob(filepath.Join(sn.root, "pool-*")); len(left) != 0 {
 		t.Fatalf("pool directories left after Close: %v", left)
+	}
+}
+
+// The refill after a Prepare waits while the pool still holds a scratch
+// (so that it does not slow that Prepare's caller down), and starts at
+// once when a Prepare takes the last one.
+func TestScratchPoolRefillWaitsUnlessEmpty(t *testing.T) {
+	sn, _ := newTest(t)
+	ctx := context.Background()
+	commitFiles(t, sn, "base", "", map[string]string{"a": "A"})
+	waitPool(t, sn)
+	sn.pool.mu.Lock()
+	sn.pool.delay = time.Hour
+	sn.pool.mu.Unlock()
+	if _, err := sn.Prepare(ctx, "c1", "base"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond) // a refill that did not wait would be under way
+	sn.pool.mu.Lock()
+	ready, filling := len(sn.pool.ready), sn.pool.filling
+	sn.pool.mu.Unlock()
+	if ready != 1 || !filling {
+		t.Fatalf("after one Prepare: %d ready, filling %v; want 1 ready and a refill waiting", ready, filling)
+	}
+	if dirs, _ := filepath.Glob(filepath.Join(sn.root, "pool-*")); len(dirs) != 1 {
+		t.Fatalf("pool directories %v, want the one ready", dirs)
+	}
+	if _, err := sn.Prepare(ctx, "c2", "base"); err != nil {
+		t.Fatal(err)
+	}
+	waitPool(t, sn) // within a minute, not an hour
+	for _, k := range []string{"c1", "c2"} {
+		if err := sn.Remove(ctx, k); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
