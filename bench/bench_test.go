@@ -20,6 +20,7 @@ import (
 	"testing"
 
 	"github.com/layervisor/layervisor/internal/containerdtest"
+	"github.com/layervisor/layervisor/internal/testutil"
 	"github.com/layervisor/layervisor/pkg/imagebuild"
 	"github.com/layervisor/layervisor/pkg/ociimage"
 	"github.com/layervisor/layervisor/pkg/store"
@@ -47,7 +48,7 @@ func setup(b *testing.B) {
 		b.Skip("benchmarks need root")
 	}
 	setupOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "layervisor-bench")
+		dir, err := testutil.SharedDir("layervisor-bench")
 		if err != nil {
 			setupErr = err
 			return
@@ -215,3 +216,5 @@ func BenchmarkRootfsReady(b *testing.B) {
 		}
 	})
 }
+
+func TestMain(m *testing.M) { os.Exit(testutil.Main(m)) }

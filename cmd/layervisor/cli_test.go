@@ -36,7 +36,7 @@ func needRoot(t *testing.T) {
 func layervisorBin(t *testing.T) string {
 	t.Helper()
 	binOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "layervisor-bin")
+		dir, err := testutil.SharedDir("layervisor-bin")
 		if err != nil {
 			binErr = err
 			return

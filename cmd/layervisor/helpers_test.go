@@ -17,7 +17,7 @@ import (
 
 func TestMain(m *testing.M) {
 	hostrun.MaybeInit()
-	os.Exit(m.Run())
+	os.Exit(testutil.Main(m))
 }
 
 func demoImage(t *testing.T, format string) string {

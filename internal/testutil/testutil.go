@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -51,4 +52,35 @@ func Run(t testing.TB, name string, args ...string) []byte {
 		t.Fatalf("%s %s: %v\n%s%s", name, strings.Join(args, " "), err, out, stderr.Bytes())
 	}
 	return out
+}
+
+var shared struct {
+	sync.Mutex
+	dirs []string
+}
+
+// SharedDir makes a directory for what all tests of a test binary share
+// (a built binary, an initramfs, a template); Main removes it at the end.
+func SharedDir(prefix string) (string, error) {
+	dir, err := os.MkdirTemp("", prefix)
+	if err != nil {
+		return "", err
+	}
+	shared.Lock()
+	shared.dirs = append(shared.dirs, dir)
+	shared.Unlock()
+	return dir, nil
+}
+
+// Main runs the tests, removes the SharedDir directories and returns the
+// exit code: a package's TestMain is os.Exit(testutil.Main(m)).
+func Main(m *testing.M) int {
+	code := m.Run()
+	shared.Lock()
+	defer shared.Unlock()
+	for _, d := range shared.dirs {
+		os.RemoveAll(d)
+	}
+	shared.dirs = nil
+	return code
 }

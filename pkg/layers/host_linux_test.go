@@ -85,7 +85,7 @@ func makeScratch(t *testing.T, dir string) string { return makeScratchB(t, dir) 
 func makeScratchB(t testing.TB, dir string) string {
 	t.Helper()
 	tplOnce.Do(func() {
-		root, err := os.MkdirTemp("", "lv-scratch-tpl")
+		root, err := testutil.SharedDir("lv-scratch-tpl")
 		if err != nil {
 			t.Fatal(err)
 		}

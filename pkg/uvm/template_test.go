@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/layervisor/layervisor/internal/atomicfile"
+	"github.com/layervisor/layervisor/internal/testutil"
 	"github.com/layervisor/layervisor/pkg/agent"
 )
 
@@ -34,7 +35,7 @@ func tplConfig(t *testing.T, id string) Config {
 }
 
 func TestMain(m *testing.M) {
-	code := m.Run()
+	code := testutil.Main(m)
 	if tplRoot != "" {
 		GC(context.Background(), tplRoot)
 		os.RemoveAll(tplRoot)

@@ -37,7 +37,7 @@ func testConfig(t testing.TB, id string) Config {
 		testutil.Unavailable(t, "no UVM kernel in "+boot+": scripts/deps.sh fetches it")
 	}
 	initrdOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "lv-initrd")
+		dir, err := testutil.SharedDir("lv-initrd")
 		if err != nil {
 			initrdErr = err
 			return

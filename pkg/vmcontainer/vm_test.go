@@ -24,7 +24,7 @@ import (
 
 func TestMain(m *testing.M) {
 	hostrun.MaybeInit()
-	os.Exit(m.Run())
+	os.Exit(testutil.Main(m))
 }
 
 var (
@@ -54,7 +54,11 @@ func newEnv(t testing.TB, vpmemSlots int) *env {
 	testutil.NeedTool(t, "qemu-system-x86_64")
 	ctx := context.Background()
 	initrdOnce.Do(func() {
-		d, _ := os.MkdirTemp("", "lv-initrd")
+		d, err := testutil.SharedDir("lv-initrd")
+		if err != nil {
+			initrdErr = err
+			return
+		}
 		initrd = filepath.Join(d, "initrd.img")
 		initrdErr = uvm.BuildInitramfs(ctx, uvm.InitramfsOptions{BootDir: bootDir(), Out: initrd})
 	})
