@@ -15,6 +15,7 @@ import (
 
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/containerd/v2/core/snapshots/storage"
 	"github.com/containerd/errdefs"
 	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -589,6 +590,52 @@ func TestScratchPoolRefillWaitsUnlessEmpty(t *testing.T) {
 	for _, k := range []string{"c1", "c2"} {
 		if err := sn.Remove(ctx, k); err != nil {
 			t.Fatal(err)
+		}
+	}
+}
+
+// Remove takes the snapshot's directory out of the way at once and tears
+// its scratch down in the background; afterwards nothing of it is left:
+// no trash directory, no scratch mount, no layer reference.
+func TestRemoveTearsDownInBackground(t *testing.T) {
+	sn, _ := newTest(t)
+	ctx := context.Background()
+	commitFiles(t, sn, "base", "", map[string]string{"a": "A"})
+	if _, err := sn.Prepare(ctx, "c1", "base"); err != nil {
+		t.Fatal(err)
+	}
+	var id string
+	if err := sn.ms.WithTransaction(ctx, false, func(ctx context.Context) error {
+		var err error
+		id, _, _, err = storage.GetInfo(ctx, "c1")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if !sn.hasScratch(id) {
+		t.Fatalf("snapshot %s has no scratch", id)
+	}
+	scratchMnt := filepath.Join(sn.dir(id), scratchMount)
+	if err := sn.Remove(ctx, "c1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(sn.dir(id)); !os.IsNotExist(err) {
+		t.Fatalf("snapshot directory still in place after Remove (%v)", err)
+	}
+	if _, err := sn.Stat(ctx, "c1"); !errdefs.IsNotFound(err) {
+		t.Fatalf("Stat after Remove: %v, want not found", err)
+	}
+	sn.teardowns.Wait()
+	if left, _ := filepath.Glob(filepath.Join(sn.root, "trash-*")); len(left) != 0 {
+		t.Fatalf("trash left after the teardown: %v", left)
+	}
+	mounted, err := mountinfo.Mountpoints()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for mp := range mounted {
+		if mp == scratchMnt || strings.Contains(mp, "/trash-") {
+			t.Fatalf("scratch still mounted at %s", mp)
 		}
 	}
 }
