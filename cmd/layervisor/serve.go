@@ -35,11 +35,12 @@ service (type "diff", containerd 1.7 and later). Committed snapshots are layer
 images keyed by chain ID, shared with 'layervisor image import'; a container's
 writable layer is a scratch disk cloned from the store's template (--scratch-pool
 of them kept cloned and mounted ahead, so preparing one costs about what an
-overlayfs directory does); the differ
-converts layer blobs straight into layer images, reading them from containerd's
-content directory (--containerd-content).
+overlayfs directory does; in a burst longer than the pool, the rest clone their
+own); the differ converts layer blobs straight into layer images, reading them
+from containerd's content directory (--containerd-content).
 
-On start it reconciles what a crash left (as gc does). Stop it with SIGTERM.`,
+On start it reconciles what a crash left (as gc does). Stop it with SIGTERM.
+--log-level debug logs each call containerd makes, with its time.`,
 		Example: `  layervisor serve --socket /run/layervisor/snapshotter.sock`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
