@@ -134,11 +134,14 @@ func (s *Snapshotter) chainOf(id string) (digest.Digest, error) {
 }
 
 // removeRef removes snapshot id's layer reference.
-func (s *Snapshotter) removeRef(id string) {
+func (s *Snapshotter) removeRef(id string) error {
 	s.mu.Lock()
 	delete(s.chains, id)
 	s.mu.Unlock()
-	os.Remove(filepath.Join(s.dir(id), store.SnapshotRefFile))
+	if err := os.Remove(filepath.Join(s.dir(id), store.SnapshotRefFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove snapshot %s's layer reference: %w", id, err)
+	}
+	return nil
 }
 
 func (s *Snapshotter) writeRef(id string, chain digest.Digest) error {
@@ -420,36 +423,43 @@ func (s *Snapshotter) unmountScratch(id string) error {
 // leaves a trash directory, which reconcile removes like any directory
 // without metadata; Close waits for the teardowns.
 func (s *Snapshotter) discard(id string) error {
-	trash := filepath.Join(s.root, "trash-"+id)
-	s.mu.Lock()
-	scratch := s.scratches[id]
-	delete(s.scratches, id)
-	delete(s.chains, id)
-	s.mu.Unlock()
 	// The layer reference goes now: gc must not see it in the trash.
-	if err := os.Remove(filepath.Join(s.dir(id), store.SnapshotRefFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("remove snapshot's layer reference: %w", err)
+	if err := s.removeRef(id); err != nil {
+		return err
 	}
+	trash := filepath.Join(s.root, "trash-"+id)
 	if err := os.Rename(s.dir(id), trash); err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return nil
 		}
 		return fmt.Errorf("remove snapshot directory: %w", err)
 	}
-	s.teardowns.Add(1)
-	go func() {
-		defer s.teardowns.Done()
-		lowerPriority()
+	s.mu.Lock()
+	scratch := s.scratches[id]
+	delete(s.scratches, id)
+	background := !s.closed
+	if background {
+		s.teardowns.Add(1) // under mu, so that Close, once closed, waits for it
+	}
+	s.mu.Unlock()
+	teardown := func() error {
 		s.teardownMu.Lock() // one at a time
 		defer s.teardownMu.Unlock()
 		if scratch {
 			if err := unmountLayer(filepath.Join(trash, scratchMount)); err != nil {
-				slog.Warn("snapshotter: unmount a removed snapshot's scratch (reconcile retries)", "dir", trash, "err", err)
-				return
+				return err
 			}
 		}
-		if err := os.RemoveAll(trash); err != nil {
-			slog.Warn("snapshotter: delete a removed snapshot (reconcile retries)", "dir", trash, "err", err)
+		return os.RemoveAll(trash)
+	}
+	if !background {
+		return teardown()
+	}
+	go func() {
+		defer s.teardowns.Done()
+		lowerPriority()
+		if err := teardown(); err != nil {
+			slog.Warn("snapshotter: tear down a removed snapshot (reconcile retries)", "dir", trash, "err", err)
 		}
 	}()
 	return nil
@@ -687,13 +697,16 @@ func (s *Snapshotter) Walk(ctx context.Context, fn snapshots.WalkFunc, fs ...str
 // Close unmounts the layers and closes the metadata. Overlays in use keep
 // their own references to the layers, so running containers are unaffected.
 func (s *Snapshotter) Close() error {
-	s.teardowns.Wait()
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.closed {
+		s.mu.Unlock()
 		return nil
 	}
 	s.closed = true
+	s.mu.Unlock()
+	s.teardowns.Wait()
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	var errs []error
 	if s.pool != nil {
 		errs = append(errs, s.pool.close())
