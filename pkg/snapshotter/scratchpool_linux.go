@@ -88,7 +88,7 @@ func (p *scratchPool) fillLocked() {
 		defer p.done.Done()
 		lowerPriority()
 		p.mu.Lock()
-		select { // a stale signal: take sends one under p.mu whenever it empties the pool
+		select { // drop a signal from before this refill: a take that empties the pool from now on sends a new one (both under p.mu)
 		case <-p.hurry:
 		default:
 		}
@@ -196,17 +196,18 @@ func discardPooled(dir string) error {
 }
 
 // lowerPriority makes the calling goroutine's thread yield CPU and disk
-// to everything else (nice 19, lowest best-effort I/O priority): refills
-// are background work. The thread is never unlocked, so it ends with the
-// goroutine instead of carrying its priority to other goroutines.
+// to everything else (nice 19, lowest best-effort I/O priority), for
+// background work: the pool's refills, removed snapshots' teardowns. The
+// thread is never unlocked, so it ends with the goroutine instead of
+// carrying its priority to other goroutines.
 func lowerPriority() {
 	runtime.LockOSThread()
 	const ioprioClassBE, ioprioWhoProcess = 2, 1
 	if err := unix.Setpriority(unix.PRIO_PROCESS, 0, 19); err != nil {
-		slog.Debug("snapshotter: lower the refill's CPU priority", "err", err)
+		slog.Debug("snapshotter: lower a background thread's CPU priority", "err", err)
 	}
 	if _, _, e := unix.Syscall(unix.SYS_IOPRIO_SET, ioprioWhoProcess, 0, ioprioClassBE<<13|7); e != 0 {
-		slog.Debug("snapshotter: lower the refill's I/O priority", "err", e)
+		slog.Debug("snapshotter: lower a background thread's I/O priority", "err", e)
 	}
 }
 
