@@ -276,34 +276,28 @@ func (s *Snapshotter) create(ctx context.Context, kind snapshots.Kind, key, pare
 	// directory, converted to a layer image at Commit.
 	withScratch := kind == snapshots.KindActive && !isUnpackKey(key) && !s.noScratch
 	var tmp string
-	pooled := false
 	if withScratch && s.pool != nil {
 		defer s.pool.fill()
-		// A ready scratch, mounted; discarded if not renamed into place.
-		if tmp = s.pool.take(); tmp != "" {
-			pooled = true
-			defer func() {
-				if _, err := os.Stat(tmp); err == nil {
-					discardPooled(tmp)
-				}
-			}()
-		}
+		tmp = s.pool.take() // a ready scratch, mounted
 	}
+	pooled := tmp != ""
 	if !pooled {
 		var err error
 		if tmp, err = os.MkdirTemp(s.root, "new-"); err != nil {
 			return nil, err
 		}
-		defer os.RemoveAll(tmp) // a no-op once renamed
-		if withScratch {
-			tmpl, err := scratch.EnsureTemplate(ctx, s.store.Root(), scratch.DefaultSize)
-			if err != nil {
-				return nil, err
-			}
-			if err := scratch.Clone(ctx, tmpl, filepath.Join(tmp, scratchFile)); err != nil {
-				return nil, err
-			}
-		} else if err := os.Mkdir(filepath.Join(tmp, "fs"), 0o755); err != nil {
+	}
+	defer removeSnapshotDir(tmp) // unless renamed into place: then a no-op
+	if !pooled && withScratch {
+		tmpl, err := scratch.EnsureTemplate(ctx, s.store.Root(), scratch.DefaultSize)
+		if err != nil {
+			return nil, err
+		}
+		if err := scratch.Clone(ctx, tmpl, filepath.Join(tmp, scratchFile)); err != nil {
+			return nil, err
+		}
+	} else if !pooled {
+		if err := os.Mkdir(filepath.Join(tmp, "fs"), 0o755); err != nil {
 			return nil, err
 		}
 	}
@@ -416,6 +410,16 @@ func (s *Snapshotter) unmountScratch(id string) error {
 	return unmountLayer(filepath.Join(s.dir(id), scratchMount))
 }
 
+// removeSnapshotDir unmounts the scratch a snapshot directory may hold (a
+// no-op when none is mounted) and deletes the directory: a removed
+// snapshot's, a pool's, one a crash left.
+func removeSnapshotDir(dir string) error {
+	if err := unmountLayer(filepath.Join(dir, scratchMount)); err != nil {
+		return err
+	}
+	return os.RemoveAll(dir)
+}
+
 // discard takes a removed snapshot's directory out of the way (renamed to
 // trash-<id>, its scratch mount with it) and tears it down in the
 // background: unmounting a scratch and deleting its image took 13-30 ms,
@@ -435,7 +439,6 @@ func (s *Snapshotter) discard(id string) error {
 		return fmt.Errorf("remove snapshot directory: %w", err)
 	}
 	s.mu.Lock()
-	scratch := s.scratches[id]
 	delete(s.scratches, id)
 	background := !s.closed
 	if background {
@@ -445,12 +448,7 @@ func (s *Snapshotter) discard(id string) error {
 	teardown := func() error {
 		s.teardownMu.Lock() // one at a time
 		defer s.teardownMu.Unlock()
-		if scratch {
-			if err := unmountLayer(filepath.Join(trash, scratchMount)); err != nil {
-				return err
-			}
-		}
-		return os.RemoveAll(trash)
+		return removeSnapshotDir(trash)
 	}
 	if !background {
 		return teardown()
@@ -785,9 +783,7 @@ func (s *Snapshotter) reconcile(ctx context.Context) error {
 		key, known := ids[n]
 		if _, nerr := strconv.ParseUint(n, 10, 64); nerr != nil || !known {
 			slog.Info("removing snapshot directory without metadata", "dir", s.dir(n))
-			if err := unmountLayer(filepath.Join(s.dir(n), scratchMount)); err != nil {
-				errs = append(errs, err)
-			} else if err := os.RemoveAll(s.dir(n)); err != nil {
+			if err := removeSnapshotDir(s.dir(n)); err != nil {
 				errs = append(errs, err)
 			}
 			continue
