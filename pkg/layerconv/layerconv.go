@@ -107,6 +107,7 @@ func Convert(ctx context.Context, open Opener, out *os.File) (Stats, error) {
 
 // convertLayer is Convert; without twoPass it fails with errTwoPass instead.
 func convertLayer(ctx context.Context, open Opener, out *os.File, twoPass bool) (Stats, error) {
+	open = aheadOpener(open)
 	var st Stats
 	err := convertOnePass(ctx, open, out, &st)
 	if errors.Is(err, errTwoPass) && twoPass {
@@ -174,7 +175,7 @@ func convertOnePass(ctx context.Context, open Opener, out *os.File, st *Stats) e
 	return toExt4(out, func(w io.Writer) error {
 		tw := tar.NewWriter(w)
 		buf := make([]byte, 64<<10) // one copy buffer for every file
-		err := readTar(ctx, aheadOpener(open), func(i int, hdr *tar.Header, tr *tar.Reader) error {
+		err := readTar(ctx, open, func(i int, hdr *tar.Header, tr *tar.Reader) error {
 			a, err := t.add(i, hdr, st)
 			if err != nil {
 				return err
@@ -229,7 +230,7 @@ func convertTwoPass(ctx context.Context, open Opener, out *os.File, st *Stats) e
 		spool.Close()
 		os.Remove(spool.Name())
 	}()
-	tree, tarSize, err := scanOnce(ctx, aheadOpener(open), spool, st)
+	tree, tarSize, err := scanOnce(ctx, open, spool, st)
 	if err != nil {
 		return err
 	}

@@ -93,32 +93,6 @@ func (p *pipe) Write(b []byte) (int, error) {
 	return n, nil
 }
 
-// ReadFrom reads r into the pipe's buffers directly, until r ends (nil) or
-// fails (its error).
-func (p *pipe) ReadFrom(r io.Reader) (int64, error) {
-	var total int64
-	for {
-		buf, err := p.buffer()
-		if err != nil {
-			return total, err
-		}
-		n, rerr := r.Read(buf[len(buf):cap(buf)])
-		p.wbuf = buf[:len(buf)+n]
-		total += int64(n)
-		if len(p.wbuf) == cap(p.wbuf) {
-			if err := p.send(); err != nil {
-				return total, err
-			}
-		}
-		if rerr == io.EOF {
-			return total, nil
-		}
-		if rerr != nil {
-			return total, rerr
-		}
-	}
-}
-
 // CloseWrite flushes what the writer holds and ends the stream: the reader
 // sees err after the data (io.EOF for nil). Call it once.
 func (p *pipe) CloseWrite(err error) {
@@ -168,7 +142,7 @@ func readAhead(rc io.ReadCloser) io.ReadCloser {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		_, err := p.ReadFrom(rc)
+		_, err := io.Copy(p, rc)
 		p.CloseWrite(err)
 	}()
 	return &aheadReader{p: p, rc: rc, done: done}

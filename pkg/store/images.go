@@ -219,6 +219,7 @@ func (s *Store) ensureLayer(ctx context.Context, img *ociimage.Image, i int, pro
 		if err != nil {
 			return nil, err
 		}
+		read.Store(0) // a layer read twice (two-pass conversion) counts once
 		cr := &countingReader{r: rc, total: &read}
 		if progress != nil {
 			cr.report = func(n int64) { report("converting", n) }

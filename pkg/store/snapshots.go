@@ -83,8 +83,8 @@ func (s *Store) putLayer(ctx context.Context, chainID, diffID digest.Digest, ope
 		return false, err
 	}
 	defer f.Close()
-	// The converter reads (and decompresses) the layer once, verifying the
-	// blob digest and diffID at its end before it writes the image.
+	// The converter verifies the blob digest and diffID at the end of the
+	// stream; on a mismatch the partly written image is discarded with tmp.
 	st, err := layerconv.Convert(ctx, open, f)
 	if err != nil {
 		return false, fmt.Errorf("convert layer %s: %w", chainID, err)
