@@ -6,14 +6,12 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"strings"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/layervisor/layervisor/pkg/agent"
 	"github.com/layervisor/layervisor/pkg/layers"
 	"github.com/layervisor/layervisor/pkg/resources"
-	"github.com/layervisor/layervisor/pkg/runspec"
 	"github.com/layervisor/layervisor/pkg/store"
 	"github.com/layervisor/layervisor/pkg/uvm"
 	"github.com/layervisor/layervisor/pkg/vmcontainer"
@@ -33,16 +31,17 @@ func runInUVM(ctx context.Context, s *store.Store, o runOptions, cname string, s
 		return 0, err
 	}
 	// When all the guest may write is thrown away afterwards (the scratch,
-	// without --keep), nothing needs releasing or flushing: QEMU just
-	// quits. Otherwise the guest unmounts everything (a writable disk or
-	// share must not lose what the guest still caches) and shuts down.
-	disposable := !o.keep && !writesOutside(spec)
-	stop := u.Stop
-	if disposable {
-		stop = u.Kill
-	}
+	// without --keep, and no writable share or disk), nothing needs
+	// releasing or flushing: QEMU just quits. Otherwise (or when the set-up
+	// failed) the guest unmounts everything (a writable disk or share must
+	// not lose what the guest still caches) and shuts down.
+	disposable := false
 	defer func() {
 		defer o.timer.mark("teardown")
+		stop := u.Stop
+		if disposable {
+			stop = u.Kill
+		}
 		if serr := stop(teardown); serr != nil {
 			err = errors.Join(err, serr)
 		}
@@ -69,6 +68,7 @@ func runInUVM(ctx context.Context, s *store.Store, o runOptions, cname string, s
 	if err != nil {
 		return 0, err
 	}
+	disposable = !o.keep && !res.WritesOutside
 	o.timer.mark("mount")
 	defer func() {
 		o.timer.mark("exec")
@@ -87,19 +87,4 @@ func runInUVM(ctx context.Context, s *store.Store, o runOptions, cname string, s
 		return 0, fmt.Errorf("run in UVM: %w", err)
 	}
 	return code, nil
-}
-
-// writesOutside reports whether the container can write somewhere that
-// outlives the UVM: a writable bind or disk mount. Sandbox mounts live in
-// the UVM itself.
-func writesOutside(spec *specs.Spec) bool {
-	for _, m := range spec.Mounts {
-		if runspec.RuntimeProvided(m) || strings.HasPrefix(m.Source, runspec.SandboxPrefix) {
-			continue
-		}
-		if !runspec.ReadOnly(m) {
-			return true
-		}
-	}
-	return false
 }

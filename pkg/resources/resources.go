@@ -66,6 +66,10 @@ type Container struct {
 type Resources struct {
 	steps  []release
 	Rootfs string // guest path of the container's root file system
+	// WritesOutside: a writable share or disk is mounted, so what the
+	// container writes there outlives the UVM (sandbox mounts and the
+	// scratch live and die with it).
+	WritesOutside bool
 }
 
 type release struct {
@@ -248,6 +252,7 @@ func setupMount(ctx context.Context, vm UVM, c Container, res *Resources, m spec
 			return err
 		}
 		res.add(m.Type+" "+m.Source, a.Release)
+		res.WritesOutside = res.WritesOutside || !ro
 		return bind(a.GuestPath())
 	case "extensible-virtual-disk":
 		return errors.New("mount type \"extensible-virtual-disk\" is not supported on Linux")
@@ -270,6 +275,7 @@ func setupBind(ctx context.Context, vm UVM, res *Resources, m specs.Mount, ro bo
 		return err
 	}
 	res.add("share "+m.Source, a.Release)
+	res.WritesOutside = res.WritesOutside || !ro
 	return bind(a.GuestPath())
 }
 

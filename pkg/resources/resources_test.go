@@ -12,6 +12,7 @@ import (
 	"github.com/layervisor/layervisor/internal/fakeuvm"
 	"github.com/layervisor/layervisor/pkg/layers"
 	"github.com/layervisor/layervisor/pkg/resources"
+	"github.com/layervisor/layervisor/pkg/runspec"
 )
 
 type env struct {
@@ -178,5 +179,42 @@ func TestReleaseRetriesOnlyFailures(t *testing.T) {
 	e.f.FailRelease = ""
 	if err := res.Release(ctx); err != nil || e.f.Total() != 0 {
 		t.Fatalf("retry: %v %v", err, e.f.Refs)
+	}
+}
+
+// Setup says whether the container can write somewhere that outlives the
+// UVM (a writable share or disk), so that a VM run skips the guest's clean
+// shutdown only when nothing it may write does.
+func TestSetupWritesOutside(t *testing.T) {
+	e := newEnv(t)
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "d.vhdx"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		volumes, mounts []string
+		want            bool
+	}{
+		{nil, nil, false},
+		{[]string{dir + ":/data:ro"}, nil, false},
+		{[]string{dir + ":/data"}, nil, true},
+		{nil, []string{"type=sandbox,source=sandbox:///cache,target=/cache"}, false},
+		{nil, []string{"type=virtual-disk,source=" + dir + "/d.vhdx,target=/d,readonly"}, false},
+		{nil, []string{"type=virtual-disk,source=" + dir + "/d.vhdx,target=/d"}, true},
+	} {
+		spec, err := runspec.Build(runspec.Flags{Args: []string{"true"}, Volumes: c.volumes, Mounts: c.mounts})
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := resources.Setup(context.Background(), e.f, e.m, e.container(spec))
+		if err != nil {
+			t.Fatalf("volumes %v mounts %v: %v", c.volumes, c.mounts, err)
+		}
+		if res.WritesOutside != c.want {
+			t.Errorf("volumes %v mounts %v: WritesOutside %v, want %v", c.volumes, c.mounts, res.WritesOutside, c.want)
+		}
+		if err := res.Release(context.Background()); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
