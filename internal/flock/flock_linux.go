@@ -43,20 +43,32 @@ func acquire(path string, how int) (*Lock, bool, error) {
 			f.Close()
 			return nil, false, err
 		}
-		var held, named unix.Stat_t
-		if err := unix.Fstat(int(f.Fd()), &held); err != nil {
-			f.Close()
-			return nil, false, fmt.Errorf("lock %s: %w", path, err)
-		}
-		err = unix.Stat(path, &named)
-		if err == nil && held.Dev == named.Dev && held.Ino == named.Ino {
+		same, err := names(f, path)
+		if same {
 			return &Lock{f: f, path: path}, true, nil
 		}
 		f.Close()
-		if err != nil && !errors.Is(err, unix.ENOENT) {
+		if err != nil {
 			return nil, false, fmt.Errorf("lock %s: %w", path, err)
 		}
 	}
+}
+
+// names reports whether path still names the open file f: between an open
+// and its flock, another holder may have removed the path (and made it
+// again).
+func names(f *os.File, path string) (bool, error) {
+	var held, named unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &held); err != nil {
+		return false, err
+	}
+	if err := unix.Stat(path, &named); err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return false, nil
+		}
+		return false, err
+	}
+	return held.Dev == named.Dev && held.Ino == named.Ino, nil
 }
 
 // flockFile flocks f; ok=false when LOCK_NB found it held elsewhere.
@@ -78,7 +90,9 @@ func flockFile(f *os.File, how int) (ok bool, err error) {
 
 // TryLockDir takes an exclusive flock on the directory dir itself, without
 // waiting: for state that lives in a directory which is removed as a whole.
-// Lock.Names tells whether dir still names the locked directory.
+// ok is false when another process holds it, or when dir was removed or
+// replaced before the lock was taken (the lock would be on a directory
+// nobody else sees).
 func TryLockDir(dir string) (*Lock, bool, error) {
 	f, err := os.OpenFile(dir, os.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -88,20 +102,14 @@ func TryLockDir(dir string) (*Lock, bool, error) {
 		f.Close()
 		return nil, false, err
 	}
+	if same, err := names(f, dir); err != nil || !same {
+		f.Close()
+		if err != nil {
+			return nil, false, fmt.Errorf("lock %s: %w", dir, err)
+		}
+		return nil, false, nil
+	}
 	return &Lock{f: f, path: dir}, true, nil
-}
-
-// Names reports whether path names the locked file or directory.
-func (l *Lock) Names(path string) (bool, error) {
-	a, err := l.f.Stat()
-	if err != nil {
-		return false, err
-	}
-	b, err := os.Stat(path)
-	if err != nil {
-		return false, err
-	}
-	return os.SameFile(a, b), nil
 }
 
 // Release drops the lock.

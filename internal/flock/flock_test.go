@@ -91,8 +91,9 @@ func TestRemoveWhileContended(t *testing.T) {
 	wg.Wait()
 }
 
-// A directory lock excludes a second one until released, and Names tells
-// whether the path still names the locked directory.
+// A directory lock excludes a second one until released, and names (which
+// TryLockDir checks after locking) tells whether the path still names the
+// locked directory.
 func TestTryLockDir(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "uvm")
 	if err := os.Mkdir(dir, 0o755); err != nil {
@@ -105,16 +106,16 @@ func TestTryLockDir(t *testing.T) {
 	if _, ok, err := TryLockDir(dir); err != nil || ok {
 		t.Fatalf("second lock while held: ok=%v err=%v", ok, err)
 	}
-	if same, err := l.Names(dir); err != nil || !same {
-		t.Fatalf("Names(dir) = %v, %v", same, err)
+	if same, err := names(l.f, dir); err != nil || !same {
+		t.Fatalf("names(dir) = %v, %v", same, err)
 	}
 	moved := dir + ".old"
 	if err := os.Rename(dir, moved); err != nil {
 		t.Fatal(err)
 	}
 	os.Mkdir(dir, 0o755)
-	if same, err := l.Names(dir); err != nil || same {
-		t.Fatalf("Names after the directory was replaced = %v, %v", same, err)
+	if same, err := names(l.f, dir); err != nil || same {
+		t.Fatalf("names after the directory was replaced = %v, %v", same, err)
 	}
 	l.Release()
 	l2, ok, err := TryLockDir(moved)

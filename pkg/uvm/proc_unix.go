@@ -87,9 +87,6 @@ func tryLockDir(dir string) (*dirLock, bool, error) {
 	return &dirLock{l}, true, nil
 }
 
-// names reports whether path still names the locked directory.
-func (l *dirLock) names(path string) (bool, error) { return l.l.Names(path) }
-
 func (l *dirLock) release() {
 	if l != nil {
 		l.l.Release()
