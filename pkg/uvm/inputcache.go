@@ -32,6 +32,16 @@ func inputCacheFor(root string) *inputCache {
 	return c.(*inputCache)
 }
 
+// qemuVersion is the first line of `qemu --version`.
+func (c *inputCache) qemuVersion(qemu string) (string, error) {
+	return c.get("qemu-version", qemu, func() (string, error) { return runQEMUVersion(qemu) })
+}
+
+// hash is the file's SHA-256.
+func (c *inputCache) hash(p string) (string, error) {
+	return c.get("sha256", p, func() (string, error) { return hashFile(p) })
+}
+
 // get returns kind's value for the file at p, computing it on a miss.
 func (c *inputCache) get(kind, p string, compute func() (string, error)) (string, error) {
 	id, err := fileIdentity(p)

@@ -89,7 +89,7 @@ func TemplatesDir(root string) string { return filepath.Join(root, "templates") 
 func templatesOff() bool { return os.Getenv(TemplatesEnv) == "off" }
 
 // fileHashes caches file hashes by path and fileIdentity within a process
-// (the template's state file; inputCache keeps the kernel's and
+// (for the template's state file; inputCache keeps the kernel's and
 // initramfs's across processes).
 var fileHashes sync.Map // key string -> hash string
 
@@ -116,26 +116,14 @@ func hashFile(p string) (string, error) {
 	return sum, nil
 }
 
-var qemuVersions sync.Map // path\x00mtime -> version
-
-// qemuVersion is the first line of `qemu --version`.
-func qemuVersion(qemu string) (string, error) {
-	st, err := os.Stat(qemu)
-	if err != nil {
-		return "", err
-	}
-	ck := fmt.Sprintf("%s\x00%d", qemu, st.ModTime().UnixNano())
-	if v, ok := qemuVersions.Load(ck); ok {
-		return v.(string), nil
-	}
+// runQEMUVersion is the first line of `qemu --version` (inputCache keeps it).
+func runQEMUVersion(qemu string) (string, error) {
 	out, err := exec.Command(qemu, "--version").Output()
 	if err != nil {
 		return "", fmt.Errorf("%s --version: %w", qemu, err)
 	}
 	v, _, _ := strings.Cut(string(out), "\n")
-	v = strings.TrimSpace(v)
-	qemuVersions.Store(ck, v)
-	return v, nil
+	return strings.TrimSpace(v), nil
 }
 
 // expectedManifest is the manifest a template for this UVM must have,
@@ -147,13 +135,13 @@ func (u *UVM) expectedManifest(qemu, acc string) (Manifest, error) {
 		RAMSize: int64(c.MemoryMB) << 20}
 	inputs := inputCacheFor(c.Root)
 	var err error
-	if m.QEMUVersion, err = inputs.get("qemu-version", qemu, func() (string, error) { return qemuVersion(qemu) }); err != nil {
+	if m.QEMUVersion, err = inputs.qemuVersion(qemu); err != nil {
 		return m, err
 	}
-	if m.KernelHash, err = inputs.get("sha256", m.Kernel, func() (string, error) { return hashFile(m.Kernel) }); err != nil {
+	if m.KernelHash, err = inputs.hash(m.Kernel); err != nil {
 		return m, err
 	}
-	if m.InitrdHash, err = inputs.get("sha256", m.Initrd, func() (string, error) { return hashFile(m.Initrd) }); err != nil {
+	if m.InitrdHash, err = inputs.hash(m.Initrd); err != nil {
 		return m, err
 	}
 	b, _ := json.Marshal([]any{m.Format, m.QEMUVersion, m.KernelHash, m.InitrdHash, m.Shape})

@@ -47,24 +47,25 @@ func ListTemplates(root string) ([]TemplateInfo, error) {
 			ti.Stale = fmt.Sprintf("no readable manifest: %v", err)
 		} else {
 			ti.Manifest = &m
-			ti.Stale = staleReason(dir, &m)
+			ti.Stale = staleReason(root, dir, &m)
 		}
 		out = append(out, ti)
 	}
 	return out, nil
 }
 
-// staleReason checks a template against the files and QEMU it was made
-// from; "" when it is still usable.
-func staleReason(dir string, m *Manifest) string {
+// staleReason checks a template of root against the files and QEMU it was
+// made from; "" when it is still usable.
+func staleReason(root, dir string, m *Manifest) string {
 	if m.Key != filepath.Base(dir) {
 		return fmt.Sprintf("manifest key %s", m.Key)
 	}
-	if v, err := qemuVersion(m.QEMU); err != nil || v != m.QEMUVersion {
+	inputs := inputCacheFor(root)
+	if v, err := inputs.qemuVersion(m.QEMU); err != nil || v != m.QEMUVersion {
 		return fmt.Sprintf("QEMU %s is now %q (%v), was %q", m.QEMU, v, err, m.QEMUVersion)
 	}
 	for _, f := range []struct{ path, hash, what string }{{m.Kernel, m.KernelHash, "kernel"}, {m.Initrd, m.InitrdHash, "initramfs"}} {
-		if h, err := hashFile(f.path); err != nil || h != f.hash {
+		if h, err := inputs.hash(f.path); err != nil || h != f.hash {
 			return fmt.Sprintf("%s %s changed or is gone", f.what, f.path)
 		}
 	}
@@ -140,7 +141,7 @@ func gcTemplates(root string) ([]string, error) {
 			if err := atomicfile.ReadJSON(filepath.Join(tdir, name, tplManifest), &m); err != nil {
 				why = fmt.Sprintf("no readable manifest: %v", err)
 			} else {
-				why = staleReason(filepath.Join(tdir, name), &m)
+				why = staleReason(root, filepath.Join(tdir, name), &m)
 			}
 		}
 		if why != "" {
