@@ -193,24 +193,21 @@ func (m *InUVM) trace(phase string, since time.Time) {
 }
 
 func (m *InUVM) attachLayer(ctx context.Context, hostPath string) (*uvmAttachment, error) {
-	if m.Device == LayerDeviceSCSI {
-		a, err := m.vm.AttachSCSI(ctx, hostPath, LayerFormat, true)
-		if err != nil {
-			return nil, fmt.Errorf("attach as SCSI: %w", err)
+	how := "attach as SCSI"
+	if m.Device != LayerDeviceSCSI {
+		a, err := m.vm.AttachVPMem(ctx, hostPath)
+		if err == nil {
+			return &uvmAttachment{hostPath: hostPath, kind: kindVPMem, a: a}, nil
 		}
-		return &uvmAttachment{hostPath: hostPath, kind: kindSCSI, a: a}, nil
+		if !errors.Is(err, ErrVPMemNoSlot) && !errors.Is(err, ErrVPMemTooLarge) {
+			return nil, fmt.Errorf("attach as VPMEM: %w", err)
+		}
+		slog.Debug("layer falls back to SCSI", "layer", hostPath, "reason", err)
+		how = fmt.Sprintf("attach as SCSI after VPMEM refused (%v)", err)
 	}
-	a, err := m.vm.AttachVPMem(ctx, hostPath)
-	if err == nil {
-		return &uvmAttachment{hostPath: hostPath, kind: kindVPMem, a: a}, nil
-	}
-	if !errors.Is(err, ErrVPMemNoSlot) && !errors.Is(err, ErrVPMemTooLarge) {
-		return nil, fmt.Errorf("attach as VPMEM: %w", err)
-	}
-	slog.Debug("layer falls back to SCSI", "layer", hostPath, "reason", err)
-	a, serr := m.vm.AttachSCSI(ctx, hostPath, LayerFormat, true)
-	if serr != nil {
-		return nil, fmt.Errorf("attach as SCSI after VPMEM refused (%v): %w", err, serr)
+	a, err := m.vm.AttachSCSI(ctx, hostPath, LayerFormat, true)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", how, err)
 	}
 	return &uvmAttachment{hostPath: hostPath, kind: kindSCSI, a: a}, nil
 }

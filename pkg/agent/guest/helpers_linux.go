@@ -89,9 +89,5 @@ func (p *helperPool) run(ctx context.Context, o hostrun.Options) (int, error) {
 		}
 		slog.Warn("agent: spare container helper was gone; starting one", "err", err)
 	}
-	h, err := hostrun.StartHelper()
-	if err != nil {
-		return 0, err
-	}
-	return h.Run(ctx, o)
+	return hostrun.Run(ctx, o)
 }
