@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/layervisor/layervisor/internal/testutil"
 	"github.com/layervisor/layervisor/pkg/cimfs"
 )
 
@@ -86,12 +87,16 @@ func TestCimCLI(t *testing.T) {
 		t.Errorf("extract left %d entries beside the output", len(ents))
 	}
 
-	// The real cimfs.dll image reads through the CLI too.
-	real := filepath.Join("..", "..", "..", "shared", "testdata", "windows", "cimfs", "test.cim")
-	if out := c.ok("cim", "cat", real, "hello.txt"); out != "Hello world!" {
-		t.Errorf("real hello.txt = %q", out)
-	}
 	if out := c.ok("cim", "--help"); !strings.Contains(out, "extract") {
 		t.Errorf("help = %q", out)
 	}
+
+	// The real cimfs.dll image reads through the CLI too.
+	t.Run("real image", func(t *testing.T) {
+		real := filepath.Join(testutil.SharedTestdata(t, "windows", "cimfs"), "test.cim")
+		rc := &cli{t: t, bin: c.bin, root: c.root}
+		if out := rc.ok("cim", "cat", real, "hello.txt"); out != "Hello world!" {
+			t.Errorf("real hello.txt = %q", out)
+		}
+	})
 }

@@ -11,8 +11,10 @@ import (
 	"golang.org/x/term"
 
 	"github.com/layervisor/layervisor/internal/atomicfile"
+	"github.com/layervisor/layervisor/pkg/wclayer"
 	"github.com/layervisor/layervisor/pkg/wclayer/cimlayer"
 	"github.com/layervisor/layervisor/pkg/wclayer/synth"
+	"github.com/layervisor/layervisor/pkg/wclayer/uvmlayer"
 )
 
 // wclayerResult is what wclayer import and export print with --json.
@@ -22,7 +24,18 @@ type wclayerResult struct {
 	Parents []string `json:"parents,omitempty"`
 	Tar     string   `json:"tar,omitempty"`
 	cimlayer.Stats
-	Seconds float64 `json:"seconds"`
+	// UtilityVM is set when import prepared a base layer's utility VM for
+	// CIM boot.
+	UtilityVM *wclayerUVM `json:"utilityVM,omitempty"`
+	Seconds   float64     `json:"seconds"`
+}
+
+// wclayerUVM describes a utility VM prepared for CIM boot.
+type wclayerUVM struct {
+	Build       int      `json:"build"`
+	DiskID      string   `json:"diskID"`      // GPT disk GUID of SystemTemplateBase.vhdx
+	PartitionID string   `json:"partitionID"` // its data partition's unique GUID
+	Files       []string `json:"files"`       // made or edited, relative to the layer folder
 }
 
 // openInput opens a file, or stdin for "-".
@@ -44,14 +57,19 @@ says otherwise; a fork must sit in the same directory as its parent's CIM.`}
 
 	var parents []string
 	var cimPath, parentCIM string
+	var forceUVM bool
 	importCmd := &cobra.Command{
 		Use:   "import TAR LAYERDIR",
 		Short: "Import a Windows layer tar (- for stdin) into LAYERDIR and its CIM",
 		Long: `Import reads a Windows layer tar (go-winio backuptar format), writes the std
 files into LAYERDIR (which must not exist, or be empty) and the layer's CIM,
 forked from the immediate parent's. --parent names the parent layer folders,
-top-most first (hcsshim order); none for a base layer. On any error nothing is
-left: no folder, no .cim, no region or objectid file.`,
+top-most first (hcsshim order); none for a base layer. A base layer with a
+utility VM (UtilityVM/Files) of a build above 20348 (any build with
+--force-uvm) gets it prepared for CIM boot, as image import does:
+UtilityVM/SystemTemplateBase.vhdx, the BCD and SYSTEM hive edited for CIM boot
+(in the folder and in the CIM) and UtilityVM/SystemTemplate.vhdx. On any error
+nothing is left: no folder, no .cim, no region or objectid file.`,
 		Example: `  layervisor wclayer import base.tar /s/layers/base
   layervisor wclayer import child.tar /s/layers/child --parent /s/layers/base
   layervisor --json wclayer import top.tar /s/layers/top --parent /s/layers/child --parent /s/layers/base`,
@@ -66,7 +84,7 @@ left: no folder, no .cim, no region or objectid file.`,
 			if cp == "" {
 				cp = cimlayer.CIMPath(args[1])
 			}
-			opts := &cimlayer.Options{ParentCIM: parentCIM}
+			opts := wclayer.ImportOptions{CIM: cp, ParentCIM: parentCIM, ForceUtilityVM: forceUVM}
 			tty := !g.quiet && !g.json && term.IsTerminal(int(os.Stderr.Fd()))
 			if tty {
 				opts.Progress = func(p cimlayer.Progress) {
@@ -77,14 +95,18 @@ left: no folder, no .cim, no region or objectid file.`,
 				}
 			}
 			start := time.Now()
-			st, err := cimlayer.Import(cmd.Context(), in, args[1], cp, parents, opts)
+			ir, err := wclayer.Import(cmd.Context(), in, args[1], parents, opts)
 			if err != nil {
 				if tty {
 					fmt.Fprintln(os.Stderr)
 				}
 				return fmt.Errorf("import %s: %w", args[0], err)
 			}
+			st := ir.Stats
 			res := wclayerResult{Layer: args[1], CIM: cp, Parents: parents, Tar: args[0], Stats: st, Seconds: time.Since(start).Seconds()}
+			if u := ir.UtilityVM; u != nil {
+				res.UtilityVM = &wclayerUVM{Build: u.Build, DiskID: u.DiskID.String(), PartitionID: u.PartitionID.String(), Files: u.Changed}
+			}
 			if g.json {
 				return printJSON(res)
 			}
@@ -95,6 +117,9 @@ left: no folder, no .cim, no region or objectid file.`,
 				}
 				fmt.Printf("imported %s %s: %d entries, %d files, %s (%d std files in the folder), CIM %s, in %s\n",
 					kind, args[1], st.Entries, st.Files, humanBytes(st.Bytes), st.StdFiles, cp, time.Since(start).Round(time.Millisecond))
+				if u := ir.UtilityVM; u != nil {
+					fmt.Printf("utility VM (build %d) prepared for CIM boot: %s, %s\n", u.Build, uvmlayer.BaseVHDX, uvmlayer.TemplateVHDX)
+				}
 			}
 			return nil
 		},
@@ -103,6 +128,7 @@ left: no folder, no .cim, no region or objectid file.`,
 	f.StringArrayVar(&parents, "parent", nil, "parent layer folder, top-most first (repeat)")
 	f.StringVar(&cimPath, "cim", "", "CIM to write (default LAYERDIR/../cim-layers/<name>.cim)")
 	f.StringVar(&parentCIM, "parent-cim", "", "the immediate parent's CIM (default from the first --parent)")
+	f.BoolVar(&forceUVM, "force-uvm", false, "base layers: prepare the utility VM for CIM boot even if its build is 20348 or older")
 
 	var exParent, exCIM, exParentCIM string
 	exportCmd := &cobra.Command{

@@ -29,7 +29,7 @@ func Write(path string, data []byte, perm os.FileMode, sync bool) error {
 		return fail(err)
 	}
 	if sync {
-		if err := tmp.Sync(); err != nil {
+		if err := syncOpen(tmp); err != nil {
 			return fail(err)
 		}
 	}
@@ -37,12 +37,16 @@ func Write(path string, data []byte, perm os.FileMode, sync bool) error {
 		os.Remove(name)
 		return fmt.Errorf("write %s: %w", path, err)
 	}
-	if err := os.Rename(name, path); err != nil {
+	if !sync {
+		if err := os.Rename(name, path); err != nil {
+			os.Remove(name)
+			return fmt.Errorf("write %s: %w", path, err)
+		}
+		return nil
+	}
+	if err := Rename(name, path); err != nil {
 		os.Remove(name)
 		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if sync {
-		return SyncDir(dir)
 	}
 	return nil
 }
@@ -78,6 +82,7 @@ func SyncDir(dir string) error {
 	if err := d.Sync(); err != nil {
 		return fmt.Errorf("sync %s: %w", dir, err)
 	}
+	notify(Op{Kind: OpSyncDir, Path: dir})
 	return nil
 }
 
@@ -104,12 +109,13 @@ func Create(path string, perm os.FileMode, fill func(*os.File) error) (err error
 	if err := tmp.Chmod(perm); err != nil {
 		return fmt.Errorf("create %s: %w", path, err)
 	}
-	if err := tmp.Sync(); err != nil {
+	if err := syncOpen(tmp); err != nil {
 		return fmt.Errorf("create %s: %w", path, err)
 	}
 	// A link, unlike a rename, fails when path appeared meanwhile.
 	if err := os.Link(tmp.Name(), path); err != nil {
 		return fmt.Errorf("create %s: %w", path, err)
 	}
+	notify(Op{Kind: OpLink, Path: tmp.Name(), To: path})
 	return SyncDir(dir)
 }

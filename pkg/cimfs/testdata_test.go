@@ -3,14 +3,15 @@ package cimfs
 import (
 	"os"
 	"path/filepath"
-	"runtime"
 	"testing"
+
+	"github.com/layervisor/layervisor/internal/testutil"
 )
 
 // realDir is the directory of the cimfs.dll-written image, outside the repo.
 func realDir(t testing.TB) string {
-	_, file, _, _ := runtime.Caller(0)
-	dir := filepath.Join(filepath.Dir(file), "..", "..", "..", "shared", "testdata", "windows", "cimfs")
+	t.Helper()
+	dir := testutil.SharedTestdata(t, "windows", "cimfs")
 	if _, err := os.Stat(filepath.Join(dir, "test.cim")); err != nil {
 		t.Fatalf("real CIM test data missing: %v", err)
 	}

@@ -251,10 +251,10 @@ func sortWords(s string) string {
 // leaving zero runs as holes.
 func windowsVHDX(t *testing.T, dir, name string) string {
 	t.Helper()
-	src := filepath.Join("..", "..", "..", "shared", "testdata", "windows", "vhdx", name)
+	src := filepath.Join(testutil.SharedTestdata(t, "windows", "vhdx"), name)
 	f, err := os.Open(src)
 	if err != nil {
-		testutil.Unavailable(t, "Windows test files: "+err.Error())
+		t.Fatalf("Windows test file: %v", err)
 	}
 	defer f.Close()
 	var r io.Reader

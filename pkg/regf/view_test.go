@@ -233,10 +233,7 @@ func TestEditFile(t *testing.T) {
 // and the JSON show its layer semantics as counted by an independent
 // reader (see ../shared/testdata/windows/README.md beside the repository).
 func TestViewRealDeltaHive(t *testing.T) {
-	src := filepath.Join("..", "..", "..", "shared", "testdata", "windows", "hives", "System_Delta.xz")
-	if _, err := os.Stat(src); err != nil {
-		testutil.Unavailable(t, "Windows test files: "+err.Error())
-	}
+	src := filepath.Join(testutil.SharedTestdata(t, "windows", "hives"), "System_Delta.xz")
 	b, err := exec.Command(testutil.NeedTool(t, "xz"), "-dc", src).Output()
 	if err != nil {
 		t.Fatalf("xz -dc %s: %v", src, err)

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/layervisor/layervisor/internal/testutil"
 )
 
 func allocated(t *testing.T, p string) int64 {
@@ -93,5 +95,25 @@ func TestCloneMissingTemplate(t *testing.T) {
 	}
 	if _, err := os.Stat(dst); !os.IsNotExist(err) {
 		t.Fatal("failed clone left dst behind")
+	}
+}
+
+// Templates appear durably: each is flushed under a temp name before it is
+// linked into place, and the templates directory after.
+func TestTemplatesPublishedDurably(t *testing.T) {
+	root := t.TempDir()
+	steps := testutil.WatchSync(t, root)
+	raw, err := EnsureTemplate(context.Background(), root, 32<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vhdx, err := EnsureTemplateFormat(context.Background(), root, 32<<20, VHDX)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{raw, vhdx} {
+		if tmp := steps.Published(t, p); filepath.Dir(tmp) != TemplateDir(root) {
+			t.Errorf("%s made from %q, not beside it", p, tmp)
+		}
 	}
 }

@@ -130,10 +130,11 @@ func (s *Store) CreateContainer(ctx context.Context, name, image string, opts Co
 		}
 	}
 	crashpoint.Hit("create.scratch-cloned")
-	if err := atomicfile.WriteJSON(filepath.Join(tmp, "container.json"), c, true); err != nil {
+	// Publish flushes the record and the scratch clone with the directory.
+	if err := atomicfile.WriteJSON(filepath.Join(tmp, "container.json"), c, false); err != nil {
 		return nil, err
 	}
-	if err := os.Rename(tmp, s.containerDir(name)); err != nil {
+	if err := atomicfile.Publish(tmp, s.containerDir(name)); err != nil {
 		return nil, fmt.Errorf("create container %q: %w", name, err)
 	}
 	return c, nil

@@ -10,6 +10,7 @@ import (
 
 	digest "github.com/opencontainers/go-digest"
 
+	"github.com/layervisor/layervisor/internal/atomicfile"
 	"github.com/layervisor/layervisor/internal/flock"
 	"github.com/layervisor/layervisor/pkg/layers"
 	"github.com/layervisor/layervisor/pkg/scratch"
@@ -91,6 +92,14 @@ func (s *Store) GC(ctx context.Context) (GCReport, error) {
 			}
 			rep.RemovedTemp = append(rep.RemovedTemp, p)
 		}
+	}
+	// A killed run leaves the UVM initramfs it was building in boot/;
+	// pkg/uvm writes it locked (atomicfile.CreateTemp), so a file nobody
+	// holds locked is a dead build's.
+	stale, err := atomicfile.RemoveStale(filepath.Join(s.root, "boot"), ".tmp-initramfs-")
+	rep.RemovedTemp = append(rep.RemovedTemp, stale...)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("boot files: %w", err))
 	}
 
 	used, err := s.usedLayers()

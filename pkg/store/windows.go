@@ -17,6 +17,7 @@ import (
 	"github.com/layervisor/layervisor/internal/flock"
 	"github.com/layervisor/layervisor/pkg/ociimage"
 	"github.com/layervisor/layervisor/pkg/undo"
+	"github.com/layervisor/layervisor/pkg/wclayer"
 	"github.com/layervisor/layervisor/pkg/wclayer/cimlayer"
 	"github.com/layervisor/layervisor/pkg/wclayer/uvmlayer"
 )
@@ -203,31 +204,18 @@ func (s *Store) ensureWindowsLayer(ctx context.Context, img *ociimage.Image, i i
 		return false, 0, err
 	}
 	defer rc.Close()
-	opts := &cimlayer.Options{}
-	var uvmRes *uvmlayer.Result
-	if i == 0 {
-		// The utility VM boots from this layer's CIM, named as the VM sees
-		// it over VMBus (hcsshim: cim-layers\<layer id>.cim).
-		cimRel := `cim-layers\` + filepath.Base(cim)
-		opts.UtilityVM = func(ctx context.Context, layerDir string) ([]string, error) {
-			res, err := uvmlayer.Process(ctx, layerDir, cimRel, uvmlayer.Options{Force: forceUVM, TempDir: tmp})
-			if err != nil {
-				return nil, err
-			}
-			if res.Processed {
-				uvmRes = res
-			}
-			return res.Changed, nil
-		}
-	}
+	// Built in tmp and renamed into place: Staged leaves SystemTemplate.vhdx,
+	// which names its parent by absolute path, for after the rename.
+	opts := wclayer.ImportOptions{CIM: cim, ForceUtilityVM: forceUVM, TempDir: tmp, Staged: true}
 	if progress != nil {
 		opts.Progress = func(p cimlayer.Progress) { report("converting", p.Bytes) }
 	}
 	work := filepath.Join(tmp, "layer")
-	st, err := cimlayer.Import(ctx, rc, work, cim, parents, opts)
+	res, err := wclayer.Import(ctx, rc, work, parents, opts)
 	if err != nil {
 		return false, 0, err
 	}
+	st := res.Stats
 	u.Push("remove CIM "+cim, func(context.Context) error { return cimlayer.RemoveCIM(cim) })
 	// The stream checks the blob digest and diffID only at its end, past
 	// the tar's end-of-archive marker.
@@ -242,19 +230,26 @@ func (s *Store) ensureWindowsLayer(ctx context.Context, img *ociimage.Image, i i
 	if i > 0 {
 		li.Parent = img.Layers[i-1].ChainID
 	}
-	if uvmRes != nil {
-		li.UtilityVM = &UtilityVMInfo{Build: uvmRes.Build, DiskID: uvmRes.DiskID.String(), PartitionID: uvmRes.PartitionID.String()}
+	if res.UtilityVM != nil {
+		li.UtilityVM = &UtilityVMInfo{Build: res.UtilityVM.Build, DiskID: res.UtilityVM.DiskID.String(), PartitionID: res.UtilityVM.PartitionID.String()}
 	}
-	if err := atomicfile.WriteJSON(filepath.Join(work, "layer.json"), li, true); err != nil {
-		return false, 0, err
-	}
-	if err := os.Rename(work, dir); err != nil {
+	// The folder goes into place first, without layer.json: only there can
+	// the template name its parent. layer.json, written last, is what makes
+	// the layer stored; a crash before it leaves a folder that the next
+	// import of the layer (under the layer's lock) or gc removes.
+	if err := atomicfile.Publish(work, dir); err != nil {
 		return false, 0, fmt.Errorf("publish layer %s: %w", l.ChainID, err)
 	}
-	u.Commit()
-	if err := atomicfile.SyncDir(filepath.Dir(dir)); err != nil {
-		return true, st.Bytes, err
+	u.Push("remove layer folder "+dir, func(context.Context) error { return os.RemoveAll(dir) })
+	if res.UtilityVM != nil {
+		if err := wclayer.FinishUtilityVM(dir); err != nil {
+			return false, 0, fmt.Errorf("layer %s: %w", l.ChainID, err)
+		}
 	}
+	if err := atomicfile.WriteJSON(filepath.Join(dir, "layer.json"), li, true); err != nil {
+		return false, 0, err
+	}
+	u.Commit()
 	report("done", st.Bytes)
 	slog.Debug("imported Windows layer", "chainID", l.ChainID, "entries", st.Entries, "bytes", st.Bytes)
 	return true, st.Bytes, nil

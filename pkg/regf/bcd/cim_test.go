@@ -68,10 +68,7 @@ func TestEncodeDevice(t *testing.T) {
 func realBCD(t *testing.T) string {
 	t.Helper()
 	testutil.NeedTool(t, "xz")
-	src := filepath.Join("..", "..", "..", "..", "shared", "testdata", "windows", "hives", "BCD.xz")
-	if _, err := os.Stat(src); err != nil {
-		testutil.Unavailable(t, "Windows test data missing: "+err.Error())
-	}
+	src := filepath.Join(testutil.SharedTestdata(t, "windows", "hives"), "BCD.xz")
 	out, err := exec.Command("xz", "-dc", src).Output()
 	if err != nil {
 		t.Fatalf("xz -dc %s: %v", src, err)

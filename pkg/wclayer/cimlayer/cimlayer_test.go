@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/layervisor/layervisor/internal/testutil"
 	"github.com/layervisor/layervisor/pkg/cimfs"
@@ -601,5 +602,58 @@ func TestLayerDirRules(t *testing.T) {
 	}
 	if got := cimlayer.CIMPath("/s/layers/abc"); got != "/s/layers/cim-layers/abc.cim" {
 		t.Errorf("CIMPath = %s", got)
+	}
+}
+
+// newestWrite is the newest last-write time of a layer tar's entries
+// (whiteouts aside), read with the tar reader.
+func newestWrite(t *testing.T, tarb []byte) time.Time {
+	t.Helper()
+	r := wintar.NewReader(bytes.NewReader(tarb))
+	var newest time.Time
+	for {
+		e, err := r.Next()
+		if err == io.EOF {
+			return newest
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e.Kind != wintar.KindWhiteout && e.LastWriteTime.After(newest) {
+			newest = e.LastWriteTime
+		}
+	}
+}
+
+// The entries Import makes itself (the Hives directory, layout, the merged
+// hive bases of a child) date from their layer, the newest last-write time
+// of its tar, as the files beside them do; not the zero time.
+func TestGeneratedEntriesHaveLayerTime(t *testing.T) {
+	tars := [][]byte{baseTar(t), childTar(t, 5)}
+	dirs := chain(t, t.TempDir(), tars)
+	made := [][]string{{"Hives", "layout"}, {"Hives/SYSTEM_BASE", "Hives/SOFTWARE_BASE", "Hives/DEFAULTUSER_BASE"}}
+	for i, d := range dirs {
+		want := newestWrite(t, tars[i])
+		if want.Year() < 2000 {
+			t.Fatalf("layer %d: newest entry time %v", i, want)
+		}
+		img, err := cimfs.Open(cimlayer.CIMPath(d))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range made[i] {
+			f, err := img.Stat(p)
+			if err != nil {
+				t.Errorf("layer %d: %s: %v", i, p, err)
+				continue
+			}
+			for name, got := range map[string]time.Time{"creation": f.CreationTime, "last write": f.LastWriteTime,
+				"change": f.ChangeTime, "last access": f.LastAccessTime} {
+				if !got.Equal(want) {
+					t.Errorf("layer %d: %s %s time %v, want the layer's %v", i, p, name, got, want)
+				}
+			}
+		}
+		img.Close()
 	}
 }

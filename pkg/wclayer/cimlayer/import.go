@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/layervisor/layervisor/pkg/cimfs"
 	"github.com/layervisor/layervisor/pkg/regf"
@@ -96,6 +97,7 @@ type importer struct {
 	std      map[string]*stdFile // upper-cased path → file
 	links    []link              // hard links to std files, made at the end
 	utility  bool                // the tar has UtilityVM/Files
+	newest   time.Time           // the newest last-write time of the tar's entries
 	st       Stats
 	progress func(Progress)
 	r        io.Reader // the tar
@@ -334,6 +336,9 @@ func (im *importer) entry(e *wintar.Entry, data io.Reader) error {
 	if hasPrefixFold(e.Path, "UtilityVM/Files") {
 		im.utility = true
 	}
+	if e.Kind != wintar.KindWhiteout && e.LastWriteTime.After(im.newest) {
+		im.newest = e.LastWriteTime
+	}
 	key := strings.ToUpper(e.Path)
 	if im.base && hasPrefixFold(e.Path, "Hives") {
 		return errors.New("a base layer cannot carry Hives/: its hive bases are made from its config hives")
@@ -411,9 +416,17 @@ func (im *importer) writeStd(e *wintar.Entry, data io.Reader) error {
 	return nil
 }
 
-// generated is the metadata of the files this package makes (hcsshim uses
-// zero times for them).
-var generated = cimfs.FileInfo{Attributes: cimfs.AttrNormal, SecurityDescriptor: nullDACL}
+// generated is the metadata of an entry this package makes (the Hives
+// directory, layout, merged hive bases). hcsshim's CIM writer gives them
+// zero times, which read as 1601 on Windows (year 1 here); they get the
+// layer's time instead, as the files beside them have theirs: the newest
+// last-write time of the layer's entries. Taken from the tar, it is the same
+// when an export of the layer is imported again (export leaves these out).
+func (im *importer) generated(attrs uint32) cimfs.FileInfo {
+	t := im.newest
+	return cimfs.FileInfo{Attributes: attrs, SecurityDescriptor: nullDACL,
+		CreationTime: t, LastWriteTime: t, ChangeTime: t, LastAccessTime: t}
+}
 
 // baseHives links Hives/<NAME>_BASE to each config hive and writes layout.
 func (im *importer) baseHives() error {
@@ -421,7 +434,7 @@ func (im *importer) baseHives() error {
 	if err := os.Mkdir(hives, 0o755); err != nil {
 		return err
 	}
-	if err := im.w.Add("Hives", cimfs.FileInfo{Attributes: cimfs.AttrDirectory, SecurityDescriptor: nullDACL}, nil); err != nil {
+	if err := im.w.Add("Hives", im.generated(cimfs.AttrDirectory), nil); err != nil {
 		return err
 	}
 	for _, h := range hiveBases {
@@ -437,7 +450,7 @@ func (im *importer) baseHives() error {
 	if err := os.WriteFile(filepath.Join(im.dir, "layout"), []byte(Layout), 0o644); err != nil {
 		return err
 	}
-	return im.w.Add("layout", generated, strings.NewReader(Layout))
+	return im.w.Add("layout", im.generated(cimfs.AttrNormal), strings.NewReader(Layout))
 }
 
 // mergeHives makes Hives/<X>_BASE for each delta this layer carries.
@@ -470,7 +483,7 @@ func (im *importer) mergeHives() error {
 		if err := os.WriteFile(filepath.Join(im.dir, "Hives", h.base), raw, 0o644); err != nil {
 			return err
 		}
-		if err := im.w.Add("Hives/"+h.base, generated, bytes.NewReader(raw)); err != nil {
+		if err := im.w.Add("Hives/"+h.base, im.generated(cimfs.AttrNormal), bytes.NewReader(raw)); err != nil {
 			return err
 		}
 	}
@@ -507,12 +520,7 @@ func (im *importer) addChanged(changed []string) error {
 		if err != nil {
 			return fmt.Errorf("utility VM step output %s: %w", p, err)
 		}
-		fi, err := f.Stat()
-		if err == nil {
-			info := generated
-			info.LastWriteTime = fi.ModTime()
-			err = im.w.Add(p, info, f)
-		}
+		err = im.w.Add(p, im.generated(cimfs.AttrNormal), f)
 		f.Close()
 		if err != nil {
 			return fmt.Errorf("utility VM step output %s: %w", p, err)

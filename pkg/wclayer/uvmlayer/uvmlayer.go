@@ -9,7 +9,10 @@
 //  3. the UtilityVM BCD store edited for CIM boot (bcd.ConfigureCIMBoot);
 //  4. CIM boot enabled in the UtilityVM SYSTEM hive (cimboot);
 //  5. UtilityVM/SystemTemplate.vhdx: a differencing VHDX (1 MiB blocks) whose
-//     parent is the base; made last, once the base no longer changes.
+//     parent is the base; made last, once the base no longer changes. It
+//     records the base's absolute path: a caller that prepares the layer in
+//     a temporary folder defers this step (Options.DeferTemplate) and runs
+//     MakeTemplate once the folder is in its final place.
 //
 // Any failure removes the VHDX files it made and puts the BCD and SYSTEM
 // hive back byte for byte. The two hives it edits (EditedFiles) must also
@@ -91,6 +94,10 @@ type Options struct {
 	// TempDir holds the sparse NTFS image while it is made (default
 	// os.TempDir()); it must support sparse files to stay small.
 	TempDir string
+	// DeferTemplate leaves step 5 to MakeTemplate: SystemTemplate.vhdx
+	// names its parent by absolute path, which must be the layer's final
+	// place, not a temporary folder it is renamed from.
+	DeferTemplate bool
 	// AfterStep, when set, runs after each step; an error from it fails
 	// Process as a failure of that step would (tests use it for rollback).
 	AfterStep func(Step) error
@@ -221,23 +228,39 @@ func Process(ctx context.Context, layerDir, cimRelPath string, opts Options) (re
 	}
 
 	// 5. The template, now that the base is final.
-	tmpl := p(TemplateVHDX)
-	c, err := vhdx.Create(tmpl, vhdx.CreateOptions{Parent: base, BlockSize: BlockSize})
-	if err != nil {
-		return nil, fmt.Errorf("uvm layer %s: creating %s: %w", layerDir, TemplateVHDX, err)
-	}
-	removeFile(tmpl)
-	if err := c.Close(); err != nil {
-		return nil, fmt.Errorf("uvm layer %s: %s: %w", layerDir, TemplateVHDX, err)
-	}
-	if err := step(StepTemplateVHDX, TemplateVHDX); err != nil {
-		return nil, err
+	if !opts.DeferTemplate {
+		if err := MakeTemplate(layerDir); err != nil {
+			return nil, err
+		}
+		removeFile(p(TemplateVHDX))
+		if err := step(StepTemplateVHDX, TemplateVHDX); err != nil {
+			return nil, err
+		}
 	}
 	u.Commit()
 	res.Processed = true
 	log.Info("utility VM prepared for CIM boot", "layer", layerDir, "build", build,
 		"disk", res.DiskID, "partition", res.PartitionID)
 	return res, nil
+}
+
+// MakeTemplate makes UtilityVM/SystemTemplate.vhdx in the base layer at
+// layerDir, a differencing child of its SystemTemplateBase.vhdx recorded by
+// layerDir's absolute path: Process's last step, which a caller that
+// deferred it (Options.DeferTemplate) runs once layerDir is the layer's
+// final place. On failure no template is left.
+func MakeTemplate(layerDir string) error {
+	base := filepath.Join(layerDir, filepath.FromSlash(BaseVHDX))
+	tmpl := filepath.Join(layerDir, filepath.FromSlash(TemplateVHDX))
+	c, err := vhdx.Create(tmpl, vhdx.CreateOptions{Parent: base, BlockSize: BlockSize})
+	if err != nil {
+		return fmt.Errorf("uvm layer %s: creating %s: %w", layerDir, TemplateVHDX, err)
+	}
+	if err := c.Close(); err != nil {
+		os.Remove(tmpl)
+		return fmt.Errorf("uvm layer %s: %s: %w", layerDir, TemplateVHDX, err)
+	}
+	return nil
 }
 
 // noSymlinks checks that layerDir/rel is a regular file reached without

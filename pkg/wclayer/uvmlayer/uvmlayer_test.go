@@ -474,10 +474,7 @@ func TestReadBuild(t *testing.T) {
 func TestRealBCD(t *testing.T) {
 	needTools(t)
 	testutil.NeedTool(t, "xz")
-	src := filepath.Join("..", "..", "..", "..", "shared", "testdata", "windows", "hives", "BCD.xz")
-	if _, err := os.Stat(src); err != nil {
-		testutil.Unavailable(t, "Windows test data missing: "+err.Error())
-	}
+	src := filepath.Join(testutil.SharedTestdata(t, "windows", "hives"), "BCD.xz")
 	raw, err := exec.Command("xz", "-dc", src).Output()
 	if err != nil {
 		t.Fatal(err)
@@ -513,5 +510,52 @@ func TestRealBCD(t *testing.T) {
 	}
 	if p, _ := s.String(realDefault, bcd.SystemRoot); p != `\UtilityVM\Files\Windows` {
 		t.Errorf("systemroot %q", p)
+	}
+}
+
+// A layer prepared in a temporary folder defers the template; made after
+// the folder's rename, it names the base at the folder's final place.
+func TestDeferredTemplateNamesFinalPlace(t *testing.T) {
+	needTools(t)
+	dir := makeLayer(t, "26100", nil)
+	res, err := Process(context.Background(), dir, cimPath, Options{TempDir: t.TempDir(), DeferTemplate: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.Processed || !reflect.DeepEqual(res.Changed, []string{BaseVHDX, BCDPath, SystemHive}) {
+		t.Fatalf("result %+v", res)
+	}
+	if _, err := os.Stat(filepath.Join(dir, TemplateVHDX)); !os.IsNotExist(err) {
+		t.Fatalf("deferred template made anyway: %v", err)
+	}
+	final := filepath.Join(t.TempDir(), "layers", "base")
+	if err := os.MkdirAll(filepath.Dir(final), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(dir, final); err != nil {
+		t.Fatal(err)
+	}
+	if err := MakeTemplate(final); err != nil {
+		t.Fatal(err)
+	}
+	d, err := vhdx.Open(filepath.Join(final, TemplateVHDX), vhdx.OpenOptions{ReadOnly: true, NoParent: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	loc := d.Info().ParentLocator
+	if want := filepath.Join(final, BaseVHDX); loc["absolute_win32_path"] != want || loc["relative_path"] != `.\SystemTemplateBase.vhdx` {
+		t.Errorf("parent locator %v, want absolute_win32_path %s", loc, want)
+	}
+	// A second one is refused, and a layer without a base makes none.
+	if err := MakeTemplate(final); err == nil {
+		t.Error("second template made")
+	}
+	empty := t.TempDir()
+	if err := MakeTemplate(empty); err == nil {
+		t.Error("template without a base made")
+	}
+	if ents, _ := os.ReadDir(empty); len(ents) != 0 {
+		t.Errorf("failed MakeTemplate left %v", ents)
 	}
 }
