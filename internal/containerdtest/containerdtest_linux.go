@@ -125,7 +125,13 @@ const namespace = "bench"
 // Ctr runs ctr against the daemon in namespace "bench" and returns its
 // standard output; standard error (ctr 2.x warns there) goes into errors.
 func (d *Daemon) Ctr(ctx context.Context, args ...string) (string, error) {
-	cmd := exec.CommandContext(ctx, d.ctr, append([]string{"-a", d.Socket, "-n", namespace}, args...)...)
+	return d.CtrIn(ctx, namespace, args...)
+}
+
+// CtrIn is Ctr in namespace ns: a client of its own, as far as
+// containerd's namespaces separate clients.
+func (d *Daemon) CtrIn(ctx context.Context, ns string, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, d.ctr, append([]string{"-a", d.Socket, "-n", ns}, args...)...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
@@ -154,6 +160,15 @@ func (d *Daemon) PrepareMount(ctx context.Context, key, parent, target string) e
 	if err != nil {
 		return err
 	}
+	if err := MountCtrJSON(out, target); err != nil {
+		return fmt.Errorf("mount snapshot %s: %w", key, err)
+	}
+	return nil
+}
+
+// MountCtrJSON mounts at target the mounts `ctr snapshots prepare|view
+// --mounts` printed (JSON), as a runtime would.
+func MountCtrJSON(out, target string) error {
 	var mounts []struct {
 		Type    string   `json:"type"`
 		Source  string   `json:"source"`
@@ -179,7 +194,7 @@ func (d *Daemon) PrepareMount(ctx context.Context, key, parent, target string) e
 			}
 		}
 		if err := unix.Mount(m.Source, target, m.Type, flags, strings.Join(data, ",")); err != nil {
-			return fmt.Errorf("mount snapshot %s: %w", key, err)
+			return fmt.Errorf("mount %s (%s) at %s: %w", m.Source, m.Type, target, err)
 		}
 	}
 	return nil

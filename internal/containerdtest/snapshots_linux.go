@@ -23,18 +23,23 @@ import (
 // are, so that containerd's gc leaves them alone.
 type Client struct {
 	conn   *grpc.ClientConn
+	ns     string
 	leases leases.Manager
 	lease  leases.Lease
 }
 
-// Dial connects to the daemon's socket and takes a lease.
-func (d *Daemon) Dial(ctx context.Context) (*Client, error) {
+// Dial connects to the daemon's socket and takes a lease, in the namespace
+// Ctr uses.
+func (d *Daemon) Dial(ctx context.Context) (*Client, error) { return d.DialIn(ctx, namespace) }
+
+// DialIn is Dial for namespace ns.
+func (d *Daemon) DialIn(ctx context.Context, ns string) (*Client, error) {
 	conn, err := grpc.NewClient("unix://"+d.Socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return nil, fmt.Errorf("dial containerd %s: %w", d.Socket, err)
 	}
-	c := &Client{conn: conn, leases: leasesproxy.NewLeaseManager(leasesapi.NewLeasesClient(conn))}
-	if c.lease, err = c.leases.Create(namespaces.WithNamespace(ctx, namespace), leases.WithRandomID()); err != nil {
+	c := &Client{conn: conn, ns: ns, leases: leasesproxy.NewLeaseManager(leasesapi.NewLeasesClient(conn))}
+	if c.lease, err = c.leases.Create(namespaces.WithNamespace(ctx, ns), leases.WithRandomID()); err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("lease from containerd %s: %w", d.Socket, err)
 	}
@@ -43,17 +48,17 @@ func (d *Daemon) Dial(ctx context.Context) (*Client, error) {
 
 // Close ends the lease and closes the connection.
 func (c *Client) Close() error {
-	err := c.leases.Delete(namespaces.WithNamespace(context.Background(), namespace), c.lease)
+	err := c.leases.Delete(namespaces.WithNamespace(context.Background(), c.ns), c.lease)
 	return errors.Join(err, c.conn.Close())
 }
 
-// Context is ctx in the namespace Ctr uses, under the client's lease.
+// Context is ctx in the client's namespace, under its lease.
 func (c *Client) Context(ctx context.Context) context.Context {
-	return leases.WithLease(namespaces.WithNamespace(ctx, namespace), c.lease.ID)
+	return leases.WithLease(namespaces.WithNamespace(ctx, c.ns), c.lease.ID)
 }
 
-// Snapshotter is the named snapshotter as containerd serves it, in the
-// namespace Ctr uses.
+// Snapshotter is the named snapshotter as containerd serves it (calls
+// take the client's namespace from Context).
 func (c *Client) Snapshotter(name string) snapshots.Snapshotter {
 	return proxy.NewSnapshotter(snapshotsapi.NewSnapshotsClient(c.conn), name)
 }

@@ -18,6 +18,8 @@ import (
 	"github.com/layervisor/layervisor/internal/crashpoint"
 	"github.com/layervisor/layervisor/internal/flock"
 	"github.com/layervisor/layervisor/internal/mountinfo"
+	"github.com/layervisor/layervisor/pkg/layerconv/layerfmt"
+	"github.com/layervisor/layervisor/pkg/layers/overlay"
 	"github.com/layervisor/layervisor/pkg/loop"
 	"github.com/layervisor/layervisor/pkg/undo"
 	"github.com/layervisor/layervisor/pkg/vhd"
@@ -83,7 +85,7 @@ func (h *Host) load() (*hostState, error) {
 		return nil, fmt.Errorf("host layer state: %w", err)
 	}
 	if err := json.Unmarshal(b, st); err != nil {
-		return nil, fmt.Errorf("host layer state %s is corrupt: %w", h.statePath(), err)
+		return nil, fmt.Errorf("host layer state %s is corrupt (%w): run `layervisor gc`, which rebuilds it from the kernel's mount table", h.statePath(), err)
 	}
 	if st.Containers == nil {
 		st.Containers = map[string]*containerRec{}
@@ -92,20 +94,53 @@ func (h *Host) load() (*hostState, error) {
 }
 
 // save writes the state through a fixed temp name (the lock is held, so
-// no other writer can use it) and a rename.
+// no other writer can use it) and a rename. The temp file is flushed before
+// the rename and the directory after it: otherwise a power cut can leave
+// the new name pointing at an empty or partly written file (ext4 and
+// others may commit the rename before the data), or lose the rename.
 func (h *Host) save(st *hostState) error {
 	b, err := json.Marshal(st)
 	if err != nil {
 		return err
 	}
 	tmp := h.statePath() + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return fmt.Errorf("host layer state: %w", err)
+	if err := writeSynced(tmp, b); err != nil {
+		return fmt.Errorf("host layer state %s: %w", tmp, err)
 	}
+	crashpoint.Hit("hoststate.tmp-synced")
 	if err := os.Rename(tmp, h.statePath()); err != nil {
-		return fmt.Errorf("host layer state: %w", err)
+		return fmt.Errorf("host layer state %s: %w", h.statePath(), err)
+	}
+	if err := syncDir(h.StateDir); err != nil {
+		return fmt.Errorf("host layer state %s: %w", h.statePath(), err)
 	}
 	return nil
+}
+
+// writeSynced writes b to path (truncating it) and flushes it to disk.
+func writeSynced(path string, b []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }
 
 func (h *Host) sharedMountpoint(r sharedRef) string {
@@ -185,11 +220,6 @@ func (h *Host) Mount(ctx context.Context, id string, l Layers) (rootfs string, e
 			}
 		}
 	}
-	mounted, err := mountinfo.Mountpoints()
-	if err != nil {
-		return "", err
-	}
-
 	var u undo.Stack
 	defer u.RunUnlessCommitted(ctx, &err)
 	// The intent record comes first so that Reconcile can undo a crash.
@@ -205,14 +235,22 @@ func (h *Host) Mount(ctx context.Context, id string, l Layers) (rootfs string, e
 	crashpoint.Hit("mount.intent-written")
 
 	// ensure mounts r unless already mounted; the undo unmounts it if no
-	// other container uses it.
+	// other container uses it. A mount already there is reused only if the
+	// kernel says it is r's image: the mount point's name is a hash prefix
+	// of r's path, never proof of what is mounted.
 	ensure := func(r sharedRef) (string, error) {
 		mp := h.sharedMountpoint(r)
-		if !mounted[mp] {
+		img, isMount, err := MountedImage(mp)
+		if err != nil {
+			return "", err
+		}
+		switch {
+		case !isMount:
 			if err := mountImage(r.Source, mp, r.ReadOnly); err != nil {
 				return "", err
 			}
-			mounted[mp] = true
+		case img != r.Source:
+			return "", fmt.Errorf("shared mount point %s for %s: %w (it holds %q)", mp, r.Source, ErrMountpointInUse, img)
 		}
 		u.Push("release "+r.Source, func(context.Context) error { return h.releaseShared(st, r, id) })
 		return mp, nil
@@ -368,6 +406,13 @@ func mountImage(source, mp string, readOnly bool) (err error) {
 // VHD footer is hidden from the file system; a writable image is raw ext4
 // and is not probed for one (what it holds was written by containers).
 func MountImage(source, mp string, readOnly bool) (err error) {
+	// Never a second mount on top of one already there: whoever reads
+	// mp would see the new one while the old one's users keep the old.
+	if img, isMount, err := MountedImage(mp); err != nil {
+		return err
+	} else if isMount {
+		return fmt.Errorf("mount %s at %s: %w (it holds %q)", source, mp, ErrMountpointInUse, img)
+	}
 	st, err := os.Stat(source)
 	if err != nil {
 		return err
@@ -405,6 +450,35 @@ func MountImage(source, mp string, readOnly bool) (err error) {
 	return nil
 }
 
+// ErrMountpointInUse: something is mounted where a mount was to go.
+var ErrMountpointInUse = errors.New("mount point is already in use")
+
+// MountedImage says whether mp is a mount point and, when a loop device is
+// mounted there, which file backs it (the kernel's path for it, with a
+// " (deleted)" suffix if the file was removed); image is "" for other
+// mounts. It is what a shared mount holds, from the kernel rather than from
+// its name. A missing mp is not a mount point.
+func MountedImage(mp string) (image string, isMount bool, err error) {
+	var stx unix.Statx_t
+	if err := unix.Statx(unix.AT_FDCWD, mp, unix.AT_SYMLINK_NOFOLLOW, unix.STATX_INO, &stx); err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return "", false, nil
+		}
+		return "", false, fmt.Errorf("stat mount point %s: %w", mp, err)
+	}
+	if stx.Attributes_mask&unix.STATX_ATTR_MOUNT_ROOT == 0 {
+		return "", false, fmt.Errorf("stat mount point %s: the kernel does not report mount roots (statx needs Linux 5.8)", mp)
+	}
+	if stx.Attributes&unix.STATX_ATTR_MOUNT_ROOT == 0 {
+		return "", false, nil
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/sys/dev/block/%d:%d/loop/backing_file", stx.Dev_major, stx.Dev_minor))
+	if err != nil {
+		return "", true, nil // not a loop device
+	}
+	return strings.TrimSuffix(string(b), "\n"), true, nil
+}
+
 func unmount(mp string) error { return Unmount(mp) }
 
 // Unmount unmounts mp, every mount stacked on it; "not mounted" and
@@ -432,6 +506,92 @@ func removeIfExists(p string) error {
 	return nil
 }
 
+// rebuild makes the state again from the kernel's mount table after the
+// state file could not be read (why): every container overlay mounted at
+// containers/<id>/rootfs whose lower and upper directories are on shared
+// mounts of this StateDir becomes a mounted record, each shared mount
+// identified by the image behind its loop device (and checked against its
+// name). Whatever cannot be explained that way is left out, so the sweep
+// unmounts it. The unreadable file is kept as state.json.corrupt.
+func (h *Host) rebuild(why error) (*hostState, error) {
+	st := &hostState{Containers: map[string]*containerRec{}}
+	ms, err := mountinfo.Read()
+	if err != nil {
+		return nil, fmt.Errorf("rebuild host layer state %s: %w", h.statePath(), err)
+	}
+	var skipped []string
+	for _, m := range ms {
+		if m.FSType != "overlay" || filepath.Base(m.Mountpoint) != "rootfs" {
+			continue
+		}
+		id := filepath.Base(filepath.Dir(m.Mountpoint))
+		if validID(id) != nil || m.Mountpoint != h.RootfsPath(id) {
+			continue
+		}
+		if rec, ok := h.recordFromOverlay(id, m); ok {
+			st.Containers[id] = rec
+		} else {
+			skipped = append(skipped, id)
+		}
+	}
+	keep := h.statePath() + ".corrupt"
+	if err := os.Rename(h.statePath(), keep); err != nil && !errors.Is(err, os.ErrNotExist) {
+		slog.Warn("cannot keep the unreadable host layer state aside", "state", h.statePath(), "err", err)
+		keep = ""
+	}
+	ids := make([]string, 0, len(st.Containers))
+	for id := range st.Containers {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	slog.Warn("host layer state was unreadable: rebuilt from the kernel's mount table",
+		"state", h.statePath(), "err", why, "keptAs", keep, "containers", ids, "unexplained", skipped)
+	return st, nil
+}
+
+// recordFromOverlay rebuilds container id's record from its overlay mount.
+func (h *Host) recordFromOverlay(id string, m mountinfo.Mount) (*containerRec, bool) {
+	var lower, upper string
+	for _, o := range strings.Split(m.Options, ",") {
+		if v, ok := strings.CutPrefix(o, "lowerdir="); ok {
+			lower = v
+		} else if v, ok := strings.CutPrefix(o, "upperdir="); ok {
+			upper = v
+		}
+	}
+	if lower == "" || upper == "" {
+		return nil, false
+	}
+	// shared identifies the shared mount at mp, which must be named after
+	// the image the kernel says it holds.
+	shared := func(mp string, readOnly bool) (sharedRef, bool) {
+		img, isMount, err := MountedImage(mp)
+		if err != nil || !isMount || img == "" {
+			return sharedRef{}, false
+		}
+		r := sharedRef{Source: img, ReadOnly: readOnly}
+		return r, h.sharedMountpoint(r) == mp
+	}
+	rec := &containerRec{State: stateMounted, Rootfs: m.Mountpoint}
+	for _, l := range strings.Split(lower, ":") {
+		r, ok := shared(filepath.Dir(l), true)
+		if !ok {
+			return nil, false
+		}
+		rec.Layers = append(rec.Layers, r)
+	}
+	want := overlay.ForContainer(id, nil, layerfmt.ContentDir, "/")
+	suffix := want.Upper // /scratch/<id>/upper
+	smp, ok := strings.CutSuffix(upper, suffix)
+	if !ok {
+		return nil, false
+	}
+	if rec.Scratch, ok = shared(smp, false); !ok {
+		return nil, false
+	}
+	return rec, true
+}
+
 // ReconcileReport says what Reconcile repaired.
 type ReconcileReport struct {
 	RolledBack []string `json:"rolledBack,omitempty"` // containers whose mount was incomplete
@@ -452,14 +612,18 @@ func (h *Host) Reconcile(ctx context.Context, storeRoot string) (ReconcileReport
 		return rep, err
 	}
 	defer lk.Release()
+	var errs []error
 	st, err := h.load()
 	if err != nil {
-		// A corrupt state file cannot be trusted: start over from the
-		// mount table, which the sweep below cleans.
-		slog.Warn("discarding corrupt host layer state", "err", err)
-		st = &hostState{Containers: map[string]*containerRec{}}
+		// An unreadable state file (a crash of an older version, a bad
+		// disk) must not block mount, unmount and gc for ever: the kernel's
+		// mount table says which containers are mounted and on what, so the
+		// state is made again from it; the sweep below removes the rest.
+		st, err = h.rebuild(err)
+		if err != nil {
+			return rep, err
+		}
 	}
-	var errs []error
 	mounted, err := mountinfo.Mountpoints()
 	if err != nil {
 		return rep, err

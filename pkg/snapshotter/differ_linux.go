@@ -3,12 +3,12 @@ package snapshotter
 import (
 	"context"
 	"fmt"
-	"hash"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 
 	"github.com/containerd/containerd/v2/core/diff"
 	"github.com/containerd/containerd/v2/core/images"
@@ -90,16 +90,25 @@ func (d *Differ) Apply(ctx context.Context, desc ocispec.Descriptor, mounts []mo
 	if want.Validate() != nil {
 		want = ""
 	}
-	if li, err := d.sn.store.Layer(chain); err == nil && d.sn.store.HasLayer(chain) && li.DiffID != "" && (want == "" || want == li.DiffID) {
-		// Stored already (image import, another namespace): nothing to do.
+	// The chain ID in the key is a claim: the layer is stored under it only
+	// if chain = ChainID(parent, the blob's diff ID as computed from its
+	// bytes), which PutLayer checks before publishing. That needs the
+	// parent's chain ID, which only a verified parent layer has.
+	parent, err := d.sn.parentChain(ctx, info)
+	if err != nil {
+		return notOurs("the parent layer is not verified", "key", key, "err", err)
+	}
+	if li, err := d.sn.store.Layer(chain); err == nil && d.sn.store.HasLayer(chain) && (want == "" || want == li.DiffID) {
+		// Stored and verified already (image import, another namespace):
+		// nothing to do. The diff ID is bound to the chain ID by the hash,
+		// whatever parent it was verified with.
 		if err := d.markApplied(id, chain); err != nil {
 			return ocispec.Descriptor{}, err
 		}
 		return ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayer, Digest: li.DiffID}, nil
 	}
 
-	var got digest.Digest
-	var size int64
+	var size atomic.Int64
 	open := func() (io.ReadCloser, error) {
 		f, err := os.Open(blob)
 		if err != nil {
@@ -110,33 +119,31 @@ func (d *Differ) Apply(ctx context.Context, desc ocispec.Descriptor, mounts []mo
 			f.Close()
 			return nil, fmt.Errorf("layer %s (%s): %w", desc.Digest, comp, err)
 		}
-		return &diffReader{r: dr, h: digest.SHA256.Hash(), want: want, done: func(dg digest.Digest, n int64) { got, size = dg, n },
-			close: func() error { dr.Close(); return f.Close() }}, nil
+		size.Store(0) // a second pass counts again
+		return &countReader{r: dr, n: &size, close: func() error { dr.Close(); return f.Close() }}, nil
 	}
 	// The reference first, so that gc keeps the layer from the start.
 	if err := d.sn.writeRef(id, chain); err != nil {
 		return ocispec.Descriptor{}, err
 	}
-	if _, err := d.sn.store.PutLayer(ctx, chain, want, open); err != nil {
+	converted, err := d.sn.store.PutLayer(ctx, chain, parent, want, open)
+	if err != nil {
 		d.sn.removeRef(id)
 		return ocispec.Descriptor{}, fmt.Errorf("apply layer %s to snapshot %q: %w", desc.Digest, key, err)
 	}
-	if got == "" { // converted concurrently by someone else: hash it
-		rc, err := open()
-		if err != nil {
-			return ocispec.Descriptor{}, err
-		}
-		_, err = io.Copy(io.Discard, rc)
-		rc.Close()
-		if err != nil {
-			return ocispec.Descriptor{}, err
-		}
+	li, err := d.sn.store.Layer(chain)
+	if err != nil {
+		d.sn.removeRef(id)
+		return ocispec.Descriptor{}, err
+	}
+	if !converted {
+		size.Store(0) // converted concurrently by someone else, verified
 	}
 	if err := d.markApplied(id, chain); err != nil {
 		return ocispec.Descriptor{}, err
 	}
-	slog.Debug("differ: layer converted", "chainID", chain, "diffID", got)
-	return ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayer, Digest: got, Size: size}, nil
+	slog.Debug("differ: layer converted", "chainID", chain, "diffID", li.DiffID, "converted", converted)
+	return ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayer, Digest: li.DiffID, Size: size.Load()}, nil
 }
 
 func (d *Differ) markApplied(id string, chain digest.Digest) error {
@@ -146,32 +153,53 @@ func (d *Differ) markApplied(id string, chain digest.Digest) error {
 	return atomicfile.Write(filepath.Join(d.sn.dir(id), appliedFile), []byte(chain.String()+"\n"), 0o600, true)
 }
 
-// diffReader hashes the uncompressed layer; at the end it checks the diff
-// ID containerd expects, if known.
-type diffReader struct {
+// countReader counts the bytes of the uncompressed layer.
+type countReader struct {
 	r     io.Reader
-	h     hash.Hash
-	n     int64
-	want  digest.Digest
-	done  func(digest.Digest, int64)
+	n     *atomic.Int64
 	close func() error
 }
 
-func (r *diffReader) Read(p []byte) (int, error) {
+func (r *countReader) Read(p []byte) (int, error) {
 	n, err := r.r.Read(p)
-	r.h.Write(p[:n])
-	r.n += int64(n)
-	if err == io.EOF {
-		got := digest.NewDigest(digest.SHA256, r.h)
-		if r.want != "" && got != r.want {
-			return n, fmt.Errorf("layer content is %s, want diff ID %s", got, r.want)
-		}
-		r.done(got, r.n)
-	}
+	r.n.Add(int64(n))
 	return n, err
 }
 
-func (r *diffReader) Close() error { return r.close() }
+func (r *countReader) Close() error { return r.close() }
+
+// parentChain is the chain ID of the layer below an unpack snapshot's: its
+// parent's layer, which must be verified (a private layer's key is no
+// chain ID), or, in a parallel unpack whose parent comes only at Commit,
+// the parent-chain-id label. It is "" for a base layer.
+func (s *Snapshotter) parentChain(ctx context.Context, info snapshots.Info) (digest.Digest, error) {
+	if info.Parent == "" {
+		if l := info.Labels["containerd.io/snapshot/parent-chain-id"]; l != "" {
+			d, err := digest.Parse(l)
+			if err != nil {
+				return "", fmt.Errorf("parent-chain-id label %q: %w", l, err)
+			}
+			return d, nil
+		}
+		return "", nil
+	}
+	var pid string
+	err := s.ms.WithTransaction(ctx, false, func(ctx context.Context) (err error) {
+		pid, _, _, err = storage.GetInfo(ctx, info.Parent)
+		return err
+	})
+	if err != nil {
+		return "", fmt.Errorf("parent %q: %w", info.Parent, err)
+	}
+	chain, err := s.chainOf(pid)
+	if err != nil {
+		return "", err
+	}
+	if !s.store.HasLayer(chain) {
+		return "", fmt.Errorf("parent %q: layer %s is private or unverified", info.Parent, chain)
+	}
+	return chain, nil
+}
 
 // unpackChain is the chain ID an unpack snapshot is for: containerd's key
 // is "<namespace>/<n>/extract-<random> <chain ID>", and 2.x also sets the

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -39,6 +40,8 @@ type Snapshotter struct {
 
 	mu         sync.Mutex
 	refs       map[digest.Digest]int    // layer -> committed snapshots using its mount
+	mountAt    map[digest.Digest]string // layer -> its mount point, while refs > 0
+	holder     map[string]digest.Digest // mount point -> the layer mounted there
 	scratches  map[string]bool          // snapshot IDs whose scratch is mounted
 	chains     map[string]digest.Digest // snapshot ID -> chain ID, as its reference file says
 	teardowns  sync.WaitGroup           // discard's
@@ -77,7 +80,7 @@ func New(ctx context.Context, st *store.Store, opts ...Option) (*Snapshotter, er
 	if err != nil {
 		return nil, fmt.Errorf("snapshot metadata in %s: %w", root, err)
 	}
-	s := &Snapshotter{store: st, root: root, ms: ms, refs: map[digest.Digest]int{}, scratches: map[string]bool{}, chains: map[string]digest.Digest{}, poolSize: DefaultScratchPool}
+	s := &Snapshotter{store: st, root: root, ms: ms, refs: map[digest.Digest]int{}, mountAt: map[digest.Digest]string{}, holder: map[string]digest.Digest{}, scratches: map[string]bool{}, chains: map[string]digest.Digest{}, poolSize: DefaultScratchPool}
 	for _, o := range opts {
 		o(s)
 	}
@@ -99,11 +102,61 @@ func New(ctx context.Context, st *store.Store, opts ...Option) (*Snapshotter, er
 
 func (s *Snapshotter) dir(id string) string { return filepath.Join(s.root, id) }
 
-// layerMount is where a layer is mounted. The name is short because an
-// overlay of 128 layers must fit its lowerdir option into one page
-// (containerd shortens it to paths relative to snapshots/l).
+// layerMount is where a layer is mounted: l/<first 16 hex of its chain
+// ID>, or l/<full chain ID> when another layer holds the short name.
+//
+// The name cannot always be the full chain ID: an overlay's options must
+// fit in one page (4096 bytes; containerd's mount code refuses longer
+// ones), and containerd shortens a long lowerdir only to paths relative to
+// their common directory, snapshots/l. An image of 128 layers then needs
+// 128 × len("<name>/content:") - 1 bytes: 3199 with 16 hex, 9343 with 64,
+// more than two pages before upperdir and workdir are even counted. So the
+// short name stays, and it is never trusted as an identity: which layer a
+// mount holds is kept in holder and, after a restart, read back from the
+// kernel (the loop device's backing file, layers.MountedImage); a second
+// layer whose prefix is taken gets the full name, which cannot collide;
+// and a mount point already in use is never mounted over (MountImage).
 func (s *Snapshotter) layerMount(chain digest.Digest) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.layerMountLocked(chain)
+}
+
+func (s *Snapshotter) layerMountLocked(chain digest.Digest) string {
+	if mp, ok := s.mountAt[chain]; ok {
+		return mp
+	}
+	return s.shortMount(chain)
+}
+
+func (s *Snapshotter) shortMount(chain digest.Digest) string {
 	return filepath.Join(s.root, "l", chain.Encoded()[:16])
+}
+
+func (s *Snapshotter) fullMount(chain digest.Digest) string {
+	return filepath.Join(s.root, "l", chain.Encoded())
+}
+
+// placeLocked picks a free mount point for a layer not mounted yet.
+func (s *Snapshotter) placeLocked(chain digest.Digest) string {
+	if h, ok := s.holder[s.shortMount(chain)]; ok && h != chain {
+		slog.Warn("snapshotter: two layers share a mount name prefix; the second gets its full chain ID", "layer", chain, "holder", h)
+		return s.fullMount(chain)
+	}
+	return s.shortMount(chain)
+}
+
+func (s *Snapshotter) setMountLocked(chain digest.Digest, mp string) {
+	s.mountAt[chain], s.holder[mp] = mp, chain
+}
+
+func (s *Snapshotter) dropMountLocked(chain digest.Digest) string {
+	mp := s.layerMountLocked(chain)
+	delete(s.mountAt, chain)
+	if s.holder[mp] == chain {
+		delete(s.holder, mp)
+	}
+	return mp
 }
 
 func (s *Snapshotter) lowerDir(chain digest.Digest) string {
@@ -164,9 +217,11 @@ func (s *Snapshotter) acquire(chain digest.Digest) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.refs[chain] == 0 {
-		if err := mountLayer(s.store.LayerImage(chain), s.layerMount(chain)); err != nil {
+		mp := s.placeLocked(chain)
+		if err := mountLayer(s.store.LayerImage(chain), mp); err != nil {
 			return err
 		}
+		s.setMountLocked(chain, mp)
 	}
 	s.refs[chain]++
 	return nil
@@ -184,7 +239,7 @@ func (s *Snapshotter) release(chain digest.Digest) error {
 		return nil
 	}
 	delete(s.refs, chain)
-	return unmountLayer(s.layerMount(chain))
+	return unmountLayer(s.dropMountLocked(chain))
 }
 
 // Stat returns the info of a snapshot.
@@ -563,46 +618,8 @@ func (s *Snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 	upper, _ := s.upperWork(sn.ID)
 	open := func() (io.ReadCloser, error) { return tarUpper(ctx, upper, lowers), nil }
 
-	chain := namedChain(name, base.Labels)
-	differApplied := false
-	if b, err := os.ReadFile(filepath.Join(s.dir(sn.ID), appliedFile)); err == nil {
-		differApplied = true
-		// The differ wrote the layer already.
-		applied, err := digest.Parse(strings.TrimSpace(string(b)))
-		if err != nil {
-			return fmt.Errorf("commit %q: applied layer: %w", key, err)
-		}
-		if chain != "" && chain != applied {
-			return fmt.Errorf("commit %q as %s: the differ applied layer %s: %w", key, chain, applied, errdefs.ErrInvalidArgument)
-		}
-		chain = applied
-	}
-	if base.Parent != "" && len(sn.ParentIDs) == 0 && !differApplied {
-		// A rebase (parallel unpack): whiteouts written without the lower
-		// layers in place were dropped, so only the differ's layer is right.
-		return fmt.Errorf("commit %q onto %q: rebase needs the layervisor differ to unpack: %w", key, base.Parent, errdefs.ErrNotImplemented)
-	}
-	if chain == "" {
-		diffID, err := digestOf(open)
-		if err != nil {
-			return fmt.Errorf("commit %q: %w", key, err)
-		}
-		chain = diffID
-		if parentChain != "" {
-			chain = digest.FromString(parentChain.String() + " " + diffID.String())
-		}
-	}
-	// The reference goes first, so that gc never removes the layer in between.
-	if err := s.writeRef(sn.ID, chain); err != nil {
-		return err
-	}
-	diffID := digest.Digest(base.Labels["containerd.io/snapshot/diff-id"])
-	if diffID.Validate() != nil {
-		diffID = ""
-	}
-	converted, err := s.store.PutLayer(ctx, chain, diffID, open)
+	chain, converted, private, err := s.commitLayer(ctx, sn, name, base, parentChain, open)
 	if err != nil {
-		s.removeRef(sn.ID)
 		return fmt.Errorf("commit %q: %w", key, err)
 	}
 	if err := s.acquire(chain); err != nil {
@@ -633,8 +650,93 @@ func (s *Snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 			slog.Warn("remove committed snapshot's upper", "id", sn.ID, "err", err)
 		}
 	}
-	slog.Debug("committed snapshot", "name", name, "chainID", chain, "converted", converted)
+	slog.Debug("committed snapshot", "name", name, "chainID", chain, "converted", converted, "private", private)
 	return nil
+}
+
+// commitLayer makes sure the store holds the layer of active snapshot sn
+// being committed as name, and records it as the snapshot's reference (on
+// error, none is left). It returns the layer's key in the store.
+//
+// Content is shared between snapshots (and so between containerd
+// namespaces, and with `image import`) only under a chain ID that was
+// verified, because anyone who can reach containerd may prepare a
+// snapshot, write anything into it and commit it under the chain ID of a
+// real image's layer: containerd's unpacker names the committed snapshot
+// after the chain ID, and the backend sees that name. So:
+//
+//   - the differ wrote the layer: it verified the chain ID from the blob's
+//     bytes (Differ.Apply);
+//   - a name that is a chain ID the store has verified: that layer, not
+//     the directory. It is what the unpacker that made the directory
+//     meant (containerd checks the diff ID of what it extracts against
+//     the image), and a client that wrote something else gets the real
+//     layer, never the other way round;
+//   - any other name that is a chain ID: a private layer under a random
+//     key, which only this snapshot refers to. Verifying the name would
+//     take the diff ID of the original tar, and a directory cannot give it
+//     back: the walking differ's extraction does not keep the tar's bytes
+//     (entry order, headers, padding, mtimes of what it creates), so
+//     re-tarring it almost never hashes to the image's diff ID;
+//   - a name that is no chain ID: the layer is named after its content,
+//     ChainID(parent, digest of the tar made here), which is verified by
+//     construction and so shareable (two passes: hash, then convert).
+func (s *Snapshotter) commitLayer(ctx context.Context, sn storage.Snapshot, name string, base snapshots.Info, parentChain digest.Digest, open layerconv.Opener) (chain digest.Digest, converted, private bool, err error) {
+	named := namedChain(name, base.Labels)
+	if b, err := os.ReadFile(filepath.Join(s.dir(sn.ID), appliedFile)); err == nil {
+		applied, err := digest.Parse(strings.TrimSpace(string(b)))
+		if err != nil {
+			return "", false, false, fmt.Errorf("applied layer: %w", err)
+		}
+		if named != "" && named != applied {
+			return "", false, false, fmt.Errorf("named %s, but the differ applied layer %s: %w", named, applied, errdefs.ErrInvalidArgument)
+		}
+		// The reference first, so that gc never removes the layer in between.
+		if err := s.writeRef(sn.ID, applied); err != nil {
+			return "", false, false, err
+		}
+		if !s.store.HasLayer(applied) {
+			s.removeRef(sn.ID)
+			return "", false, false, fmt.Errorf("the differ's layer %s is not in the store", applied)
+		}
+		return applied, false, false, nil
+	}
+	if base.Parent != "" && len(sn.ParentIDs) == 0 {
+		// A rebase (parallel unpack): whiteouts written without the lower
+		// layers in place were dropped, so only the differ's layer is right.
+		return "", false, false, fmt.Errorf("onto %q: rebase needs the layervisor differ to unpack: %w", base.Parent, errdefs.ErrNotImplemented)
+	}
+	if named != "" {
+		if err := s.writeRef(sn.ID, named); err != nil {
+			return "", false, false, err
+		}
+		if s.store.HasLayer(named) { // checked after the reference: gc keeps it now
+			return named, false, false, nil
+		}
+		// The private key's reference replaces the name's before the layer
+		// exists, so that gc keeps it from the start.
+		key, err := s.store.PutPrivateLayer(ctx, open, func(key digest.Digest) error { return s.writeRef(sn.ID, key) })
+		if err != nil {
+			s.removeRef(sn.ID)
+			return "", false, false, err
+		}
+		slog.Debug("snapshot kept private: its name claims a chain ID nobody verified", "name", name, "claimed", named, "key", key)
+		return key, true, true, nil
+	}
+	diffID, err := digestOf(open)
+	if err != nil {
+		return "", false, false, err
+	}
+	chain = store.ChainID(parentChain, diffID)
+	if err := s.writeRef(sn.ID, chain); err != nil {
+		return "", false, false, err
+	}
+	converted, err = s.store.PutLayer(ctx, chain, parentChain, diffID, open)
+	if err != nil {
+		s.removeRef(sn.ID)
+		return "", false, false, err
+	}
+	return chain, converted, false, nil
 }
 
 // namedChain is the chain ID containerd gives a snapshot, if any: unpacking
@@ -716,7 +818,7 @@ func (s *Snapshotter) Close() error {
 		delete(s.scratches, id)
 	}
 	for chain := range s.refs {
-		if err := unmountLayer(s.layerMount(chain)); err != nil {
+		if err := unmountLayer(s.dropMountLocked(chain)); err != nil {
 			errs = append(errs, err)
 		}
 		delete(s.refs, chain)
@@ -771,6 +873,7 @@ func (s *Snapshotter) reconcile(ctx context.Context) error {
 	}
 	var errs []error
 	want := map[digest.Digest]int{}
+	users := map[digest.Digest][]string{}
 	ents, err := os.ReadDir(s.root)
 	if err != nil {
 		return err
@@ -813,36 +916,91 @@ func (s *Snapshotter) reconcile(ctx context.Context) error {
 			continue
 		}
 		want[chain]++
+		users[chain] = append(users[chain], n)
 	}
-	mounted, err := mountinfo.Mountpoints()
-	if err != nil {
-		return err
+	// Snapshots an older layervisor committed under a chain ID without
+	// verifying it keep their content as a private layer; the chain ID is
+	// then free for verified content, which must not find the old content
+	// still mounted under it.
+	for chain, ids := range users {
+		li, err := s.store.Layer(chain)
+		if err != nil || li.Verified || li.Private {
+			continue
+		}
+		key, err := s.store.PrivatizeLayer(chain, func(key digest.Digest) error {
+			var errs []error
+			for _, id := range ids {
+				errs = append(errs, s.writeRef(id, key))
+			}
+			return errors.Join(errs...)
+		})
+		if err != nil {
+			errs = append(errs, fmt.Errorf("make unverified layer %s private: %w", chain, err))
+		}
+		if key != "" {
+			want[key] += want[chain]
+			delete(want, chain)
+		}
 	}
-	wantMount := map[string]digest.Digest{}
+	if err := s.reconcileLayerMounts(want); err != nil {
+		errs = append(errs, err)
+	}
+	if _, err := s.store.GC(ctx); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// reconcileLayerMounts mounts each wanted layer once under l/, keeping the
+// mounts a previous run left when they hold the right image, and unmounts
+// everything else there; want counts the committed snapshots of each layer.
+func (s *Snapshotter) reconcileLayerMounts(want map[digest.Digest]int) error {
+	// Which layer a mount under l/ holds is read from the kernel (the
+	// image behind its loop device), never inferred from its name: a
+	// mount is kept only for a wanted layer whose image it really is.
+	byImage := map[string]digest.Digest{}
 	for chain := range want {
-		wantMount[s.layerMount(chain)] = chain
+		byImage[s.store.LayerImage(chain)] = chain
 	}
 	ls, _ := os.ReadDir(filepath.Join(s.root, "l"))
+	var errs []error
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	for _, e := range ls {
 		mp := filepath.Join(s.root, "l", e.Name())
-		if _, ok := wantMount[mp]; ok {
+		img, isMount, err := layers.MountedImage(mp)
+		if err != nil {
+			errs = append(errs, err)
 			continue
+		}
+		if chain, ok := byImage[img]; ok && isMount && s.mountAt[chain] == "" && (mp == s.shortMount(chain) || mp == s.fullMount(chain)) {
+			s.setMountLocked(chain, mp)
+			continue
+		}
+		if isMount {
+			slog.Info("snapshotter: unmounting a layer mount nothing uses", "mount", mp, "image", img)
 		}
 		if err := unmountLayer(mp); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	for mp, chain := range wantMount {
-		if !mounted[mp] {
+	// In a fixed order: which of two layers sharing a prefix gets the
+	// short name must not depend on map order.
+	wanted := make([]digest.Digest, 0, len(want))
+	for chain := range want {
+		wanted = append(wanted, chain)
+	}
+	slices.Sort(wanted)
+	for _, chain := range wanted {
+		if _, ok := s.mountAt[chain]; !ok {
+			mp := s.placeLocked(chain)
 			if err := mountLayer(s.store.LayerImage(chain), mp); err != nil {
 				errs = append(errs, err)
 				continue
 			}
+			s.setMountLocked(chain, mp)
 		}
 		s.refs[chain] = want[chain]
-	}
-	if _, err := s.store.GC(ctx); err != nil {
-		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -27,14 +28,24 @@ func tarUpper(ctx context.Context, upper string, lowers []string) io.ReadCloser 
 	pr, pw := io.Pipe()
 	go func() {
 		w := &upperWriter{ctx: ctx, tw: tar.NewWriter(pw), upper: upper, lowers: lowers, links: map[[2]uint64]string{}}
-		err := w.entry(upper, "", false)
+		var err error
+		defer func() {
+			// The tree is a client's: a bug it reaches here must fail
+			// this Commit, not kill the daemon (serve's recovery covers
+			// only the goroutines of calls).
+			if r := recover(); r != nil {
+				slog.Error("commit: panic writing the layer tar", "upper", upper, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+				err = fmt.Errorf("commit: internal error writing the layer tar of %s: %v", upper, r)
+			}
+			if uerr := w.unmountMerged(); err == nil {
+				err = uerr
+			}
+			pw.CloseWithError(err)
+		}()
+		err = w.entry(upper, "", false)
 		if err == nil {
 			err = w.tw.Close()
 		}
-		if uerr := w.unmountMerged(); err == nil {
-			err = uerr
-		}
-		pw.CloseWithError(err)
 	}()
 	return pr
 }

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	digest "github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/layervisor/layervisor/internal/atomicfile"
@@ -33,8 +34,11 @@ type Image struct {
 	Platform       string          `json:"platform,omitempty"`
 	ChainIDs       []digest.Digest `json:"chainIDs"` // base layer first
 	DiffIDs        []digest.Digest `json:"diffIDs"`
-	Size           int64           `json:"size"` // sum of layer images
-	Imported       time.Time       `json:"imported"`
+	// Config is what the image says about running it (Entrypoint, Cmd,
+	// Env, WorkingDir, User…); images imported before it was kept have none.
+	Config   *ocispec.ImageConfig `json:"config,omitempty"`
+	Size     int64                `json:"size"` // sum of layer images
+	Imported time.Time            `json:"imported"`
 }
 
 // TopFirst returns the chain IDs top-most layer first (hcsshim order).
@@ -106,6 +110,7 @@ func (s *Store) Import(ctx context.Context, path string, opts ImportOptions) (re
 		ConfigDigest:   img.ConfigDigest,
 		Platform:       img.Platform,
 		Imported:       time.Now().UTC(),
+		Config:         &img.Config.Config,
 	}
 	for _, l := range img.Layers {
 		rec.ChainIDs = append(rec.ChainIDs, l.ChainID)
@@ -146,7 +151,7 @@ func (s *Store) Import(ctx context.Context, path string, opts ImportOptions) (re
 		var size int64
 		for _, c := range rec.ChainIDs {
 			st, err := os.Stat(filepath.Join(s.LayerDir(c), layers.LayerFile))
-			if err != nil || !s.layerCurrent(c) {
+			if err != nil || !s.HasLayer(c) {
 				missing = true
 				break
 			}
@@ -229,7 +234,11 @@ func (s *Store) ensureLayer(ctx context.Context, img *ociimage.Image, i int, pro
 			io.Closer
 		}{cr, rc}, nil
 	}
-	made, err := s.putLayer(ctx, l.ChainID, l.DiffID, open)
+	var parent digest.Digest
+	if i > 0 {
+		parent = img.Layers[i-1].ChainID
+	}
+	made, err := s.putLayer(ctx, l.ChainID, parent, l.DiffID, open)
 	switch {
 	case err != nil:
 		return made, err
@@ -294,9 +303,10 @@ func (s *Store) layerCurrent(chainID digest.Digest) bool {
 	return li.Format == layerconv.FormatVersion
 }
 
-// removeStaleLayer removes a layer stored in another format, so that it can
-// be converted again; the caller holds the layer's lock. A layer a
-// container uses stays: its mounts may be live.
+// removeStaleLayer removes a layer stored in another format or without
+// verification (see PutLayer), so that it can be converted again; the
+// caller holds the layer's lock. A layer a container uses stays: its
+// mounts may be live.
 func (s *Store) removeStaleLayer(chainID digest.Digest) error {
 	dir := s.LayerDir(chainID)
 	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
@@ -306,9 +316,13 @@ func (s *Store) removeStaleLayer(chainID digest.Digest) error {
 	if err != nil {
 		return err
 	}
+	why := "in an old format"
+	if _, current := s.currentLayer(chainID); current {
+		why = "unverified (its diff ID was never computed from its content)"
+	}
 	for _, c := range cs {
 		if slices.Contains(c.ChainIDs, chainID) {
-			return fmt.Errorf("layer %s is stored in an old format and used by container %s: remove the container, then import again", chainID, c.Name)
+			return fmt.Errorf("layer %s is stored %s and used by container %s: remove the container, then import again", chainID, why, c.Name)
 		}
 	}
 	// Move it aside first so that the layer is gone atomically; gc removes
@@ -321,7 +335,7 @@ func (s *Store) removeStaleLayer(chainID digest.Digest) error {
 		os.Remove(trash)
 		return fmt.Errorf("remove old-format layer %s: %w", chainID, err)
 	}
-	slog.Info("removed layer stored in an old format", "chainID", chainID)
+	slog.Info("removed layer stored "+why, "chainID", chainID)
 	return os.RemoveAll(trash)
 }
 

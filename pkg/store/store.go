@@ -117,6 +117,16 @@ type LayerInfo struct {
 	Created   time.Time     `json:"created"`
 	Images    []string      `json:"images,omitempty"`     // images using it
 	Container []string      `json:"containers,omitempty"` // containers using it
+
+	// Verified: DiffID was computed from the bytes converted and ChainID
+	// is ChainID(Parent, DiffID), so the layer may be shared by chain ID.
+	// Layers of older versions, which did not record it, count as unverified.
+	Verified bool `json:"verified,omitempty"`
+	// Parent is the chain ID below, as the verification used it ("" for a base layer).
+	Parent digest.Digest `json:"parent,omitempty"`
+	// Private: content a snapshot client wrote, kept under a random key
+	// (no chain ID) that only its snapshot knows.
+	Private bool `json:"private,omitempty"`
 }
 
 func isTemp(name string) bool { return strings.HasPrefix(name, ".tmp-") }
