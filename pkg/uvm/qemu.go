@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/layervisor/layervisor/internal/crashpoint"
@@ -25,24 +24,6 @@ import (
 	"github.com/layervisor/layervisor/pkg/uvm/share"
 	"github.com/layervisor/layervisor/pkg/uvm/vpmem"
 )
-
-// lockedBuffer collects QEMU's stderr while QEMU may still write it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // accel picks KVM when /dev/kvm can be opened and is backed by hardware
 // virtualization (kvm_intel or kvm_amd), else TCG. LAYERVISOR_ACCEL=kvm|tcg
@@ -89,6 +70,12 @@ func pickAccel(exists func(string) bool, kvmOpens func() bool) string {
 	return "tcg"
 }
 
+// qemuSandbox is QEMU's seccomp filter: no obsolete system calls, no
+// set*uid/set*gid (QEMU never changes its user here: no -runas), no
+// fork/execve (templates migrate over unix sockets: migrate.go), no
+// scheduler or affinity changes.
+const qemuSandbox = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+
 // qemuArgs is the QEMU command line. Guest RAM is a shared memfd, or with
 // ramFile a shared file (templates: see template.go); shared either way,
 // as vhost-user-fs (virtiofs) needs.
@@ -107,7 +94,11 @@ func (u *UVM) qemuArgs(acc, ramFile string) []string {
 		"-display", "none", "-nodefaults", "-no-user-config", "-nic", "none",
 		"-kernel", filepath.Join(c.BootDir, "vmlinuz"), "-initrd", c.Initrd,
 		"-append", "console=ttyS0 quiet panic=-1",
-		"-serial", "file:" + u.path("debug/console.log"),
+		// The console goes to a bounded ring in QEMU's memory, drained into
+		// debug/console.log by the host (see consolelog.go).
+		"-chardev", fmt.Sprintf("ringbuf,id=%s,size=%d", consoleChardev, consoleRingSize),
+		"-serial", "chardev:" + consoleChardev,
+		"-sandbox", qemuSandbox,
 		"-D", u.path("debug/qemu.log"),
 		"-qmp", "unix:" + u.path("qmp.sock") + ",server=on,wait=off",
 		// A second monitor for readers (uvm ls): the owner holds the first.
@@ -238,7 +229,8 @@ func (u *UVM) launch(ctx context.Context, qemu, acc string, o launchOpts) (err e
 	for _, s := range []string{"qmp.sock", "stats.sock", "agent.sock", "ram"} {
 		os.Remove(u.path(s))
 	}
-	os.Remove(u.path("debug/console.log"))
+	os.Remove(u.path(consoleLog))
+	os.Remove(u.path(consoleLog + ".1"))
 	ramFile := ""
 	if o.saveAs != nil || o.restoreFrom != "" {
 		ramFile = u.path("ram")
@@ -258,7 +250,8 @@ func (u *UVM) launch(ctx context.Context, qemu, acc string, o launchOpts) (err e
 		args = append(args, "-incoming", "defer")
 	}
 	cmd := exec.Command(qemu, args...)
-	stderr := &lockedBuffer{}
+	// Kept in memory, bounded: a guest may make QEMU complain without end.
+	stderr := newHeadTail(stderrKeep)
 	cmd.Stderr = stderr
 	// A UVM with an owner dies with it: the kernel kills QEMU when the
 	// owner process dies, whatever it was doing (gc removes the rest).
@@ -304,6 +297,10 @@ func (u *UVM) launch(ctx context.Context, qemu, acc string, o launchOpts) (err e
 		return u.bootError("QMP", err, stderr.String())
 	}
 	un.Push("close QMP", func(context.Context) error { return u.qmp.Close() })
+	if u.console, err = startConsoleDrain(u.qmp, u.path(consoleLog)); err != nil {
+		return fmt.Errorf("uvm %s: %w", c.ID, err)
+	}
+	un.Push("stop draining the console", func(context.Context) error { u.console.close(); return nil })
 	t0 := time.Now()
 	if o.restoreFrom != "" {
 		if err := waitClone(); err != nil {
@@ -378,6 +375,11 @@ func dialRetry(ctx context.Context, sock string) (*qmp.Client, error) {
 
 // bootError explains a failed boot with the console's last lines.
 func (u *UVM) bootError(what string, err error, qemuStderr string) error {
+	if u.console != nil {
+		dctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		u.console.drain(dctx)
+		cancel()
+	}
 	select {
 	case <-u.exited:
 		u.mu.Lock()
@@ -388,7 +390,7 @@ func (u *UVM) bootError(what string, err error, qemuStderr string) error {
 	}
 	return fmt.Errorf("uvm %s (-accel %s, %d vCPUs): %s did not come up: %w\n--- console tail (%s) ---\n%s",
 		u.cfg.ID, accelOption(u.State().Accel), u.cfg.CPUs, what, err,
-		u.path("debug/console.log"), tail(u.path("debug/console.log"), 30))
+		u.path(consoleLog), tail(u.path(consoleLog), 30))
 }
 
 func tail(p string, lines int) string {
@@ -461,6 +463,16 @@ func (u *UVM) stop(ctx context.Context, graceful bool) error {
 		return fmt.Errorf("uvm %s: %w: it belongs to %s and stops when that process ends", u.cfg.ID, ErrNotOwner, o)
 	}
 	var errs []error
+	// The console's latest output, before the ring goes with QEMU.
+	dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	if u.console != nil {
+		u.console.drain(dctx)
+	} else if u.qmp != nil {
+		if err := drainConsoleOnce(dctx, u.qmp, u.path(consoleLog)); err != nil {
+			slog.Debug("console not drained", "uvm", u.cfg.ID, "err", err)
+		}
+	}
+	cancel()
 	if graceful && u.agent != nil {
 		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		if err := u.agent.Shutdown(sctx); err != nil && !errors.Is(err, agent.ErrDisconnected) {
@@ -483,6 +495,9 @@ func (u *UVM) stop(ctx context.Context, graceful bool) error {
 			}
 			u.waitExit(5 * time.Second)
 		}
+	}
+	if u.console != nil {
+		u.console.close()
 	}
 	if u.shareHst != nil {
 		if err := u.shareHst.Close(); err != nil {

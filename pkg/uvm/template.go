@@ -45,7 +45,7 @@ const TemplatesEnv = "LAYERVISOR_UVM_TEMPLATES"
 
 // templateFormat changes when the template layout or the QEMU command line
 // changes in a way the other key parts do not capture.
-const templateFormat = 1
+const templateFormat = 2 // 2: QEMU under -sandbox with spawn=deny, migrations over sockets
 
 // Template files inside <root>/templates/<key>/.
 const (
@@ -189,9 +189,6 @@ func (u *UVM) findTemplate(want Manifest) (string, error) {
 	return dir, nil
 }
 
-// shellQuote quotes p for the /bin/sh that QEMU's exec: migration runs.
-func shellQuote(p string) string { return "'" + strings.ReplaceAll(p, "'", `'\''`) + "'" }
-
 // migrationDone polls query-migrate until the migration (outgoing or
 // incoming) completes or fails.
 func migrationDone(ctx context.Context, q *qmp.Client) error {
@@ -228,10 +225,7 @@ func restore(ctx context.Context, q *qmp.Client, dir string) error {
 	if err := ignoreShared(ctx, q); err != nil {
 		return err
 	}
-	if err := q.Execute(ctx, "migrate-incoming", map[string]any{"uri": "exec:cat " + shellQuote(filepath.Join(dir, tplState))}, nil); err != nil {
-		return err
-	}
-	if err := migrationDone(ctx, q); err != nil {
+	if err := migrateFromFile(ctx, q, filepath.Join(dir, tplState)); err != nil {
 		return err
 	}
 	return q.Execute(ctx, "cont", nil, nil)
@@ -276,10 +270,7 @@ func (u *UVM) writeTemplate(ctx context.Context, q *qmp.Client, tmp string, want
 		return err
 	}
 	state := filepath.Join(tmp, tplState)
-	if err := q.Execute(ctx, "migrate", map[string]any{"uri": "exec:cat > " + shellQuote(state)}, nil); err != nil {
-		return err
-	}
-	if err := migrationDone(ctx, q); err != nil {
+	if err := migrateToFile(ctx, q, state); err != nil {
 		return err
 	}
 	// The guest is stopped: its RAM file is stable until cont.
@@ -291,31 +282,23 @@ func (u *UVM) writeTemplate(ctx context.Context, q *qmp.Client, tmp string, want
 	if m.StateHash, err = hashFile(state); err != nil {
 		return err
 	}
-	for _, f := range []string{tplState, tplRAM} {
-		if err := syncFile(filepath.Join(tmp, f)); err != nil {
-			return err
-		}
-	}
-	if err := atomicfile.WriteJSON(filepath.Join(tmp, tplManifest), m, true); err != nil {
+	return publishTemplate(tmp, filepath.Join(tdir, want.Key), m)
+}
+
+// publishTemplate writes the manifest into the template directory tmp and
+// puts it in place of final (a stale one goes), flushing the state, RAM
+// and manifest before the rename and the templates directory after it.
+func publishTemplate(tmp, final string, m Manifest) error {
+	if err := atomicfile.WriteJSON(filepath.Join(tmp, tplManifest), m, false); err != nil {
 		return err
 	}
-	final := filepath.Join(tdir, want.Key)
 	if err := os.RemoveAll(final); err != nil { // a stale one
 		return err
 	}
-	if err := os.Rename(tmp, final); err != nil {
-		return err
+	if err := atomicfile.Publish(tmp, final); err != nil {
+		return fmt.Errorf("template %s: %w", m.Key, err)
 	}
-	return atomicfile.SyncDir(tdir)
-}
-
-func syncFile(p string) error {
-	f, err := os.Open(p)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	return f.Sync()
+	return nil
 }
 
 // setIdentity makes the guest its own machine after a restore (and, for

@@ -43,7 +43,7 @@ type Config struct {
 	ID   string `json:"id"`
 	Root string `json:"root"` // layervisor state root; the UVM lives in <Root>/uvms/<ID>
 	// BootDir has vmlinuz and lib/modules (default $LAYERVISOR_BOOT_DIR or
-	// /var/cache/layervisor/boot); Initrd defaults to <Root>/boot/initrd.img,
+	// /var/cache/layervisor/boot); Initrd defaults to <Root>/boot/<InitrdName>,
 	// built when missing.
 	BootDir         string `json:"bootDir"`
 	Initrd          string `json:"initrd"`
@@ -80,7 +80,7 @@ func (c *Config) defaults() {
 		c.BootDir = "/var/cache/layervisor/boot"
 	}
 	if c.Initrd == "" {
-		c.Initrd = filepath.Join(c.Root, "boot", "initrd.img")
+		c.Initrd = filepath.Join(c.Root, "boot", InitrdName)
 	}
 	if c.QEMU == "" {
 		c.QEMU = "qemu-system-x86_64"
@@ -161,6 +161,7 @@ type UVM struct {
 	vpmem    *vpmem.Controller
 	shares   *share.Controller
 	shareHst *share.QEMUHost
+	console  *consoleDrain // nil unless this process started the VM
 	identity agent.IdentityResult
 }
 
@@ -417,7 +418,7 @@ func (u *UVM) Remove(ctx context.Context) error {
 	defer func() { u.lock.release(); u.lock = nil }()
 	if u.State().Status == "failed" && keepOnFailure() {
 		slog.Warn("keeping failed UVM state for inspection", "uvm", u.cfg.ID, "dir", u.dir,
-			"console", u.path("debug/console.log"), "qemu_log", u.path("debug/qemu.log"))
+			"console", u.path(consoleLog), "qemu_log", u.path("debug/qemu.log"))
 		return nil
 	}
 	return removeDir(u.dir)

@@ -73,7 +73,7 @@ func (h host) serving(t *testing.T, dir string) bool {
 // The release contract on a booted VM: real virtiofs shares, real guest
 // mounts, a guest unmount that fails because the mount is busy.
 func TestContractQEMU(t *testing.T) {
-	if _, err := os.Stat(share.DefaultVirtiofsd); err != nil {
+	if _, err := os.Stat(share.DefaultVirtiofsd()); err != nil {
 		testutil.Unavailable(t, err.Error())
 	}
 	u := vmtest.Boot(t, 0)

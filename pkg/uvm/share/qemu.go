@@ -19,9 +19,6 @@ import (
 	"github.com/layervisor/layervisor/pkg/uvm/pciports"
 )
 
-// DefaultVirtiofsd is the daemon shipped by Debian's qemu-system-common 7.2.
-const DefaultVirtiofsd = "/usr/lib/qemu/virtiofsd"
-
 // QEMUHost implements Host: one virtiofsd per share, serving the directory
 // on a socket under its state directory, then chardev-add (socket client)
 // and device_add vhost-user-fs-pci on a free PCIe root port. Removal is
@@ -46,10 +43,10 @@ type daemon struct {
 }
 
 // NewQEMUHost returns a Host for the VM behind mon. dir holds the daemons'
-// sockets and logs; virtiofsd "" means DefaultVirtiofsd.
+// sockets and logs; virtiofsd "" means DefaultVirtiofsd().
 func NewQEMUHost(mon hotplug.Monitor, ports *pciports.Allocator, dir, virtiofsd string) *QEMUHost {
 	if virtiofsd == "" {
-		virtiofsd = DefaultVirtiofsd
+		virtiofsd = DefaultVirtiofsd()
 	}
 	return &QEMUHost{mon: mon, ports: ports, dir: dir, virtiofsd: virtiofsd, daemons: map[string]*daemon{}}
 }
@@ -64,7 +61,11 @@ func (h *QEMUHost) AddShare(ctx context.Context, tag, hostDir string, readOnly b
 	var u undo.Stack
 	defer u.RunUnlessCommitted(ctx, &err)
 	if _, err := os.Stat(h.virtiofsd); err != nil {
-		return fmt.Errorf("virtiofsd: %w (install qemu-system-common)", err)
+		return fmt.Errorf("virtiofsd: %w (install virtiofsd or qemu-system-common: bash scripts/deps.sh)", err)
+	}
+	fl, err := flavourOf(ctx, h.virtiofsd)
+	if err != nil {
+		return err
 	}
 	if err := os.MkdirAll(h.dir, 0o700); err != nil {
 		return err
@@ -99,10 +100,7 @@ func (h *QEMUHost) AddShare(ctx context.Context, tag, hostDir string, readOnly b
 		return err
 	}
 	defer logf.Close()
-	// Without CAP_MKNOD the guest cannot make device nodes in a host
-	// directory (a host process could then open host devices through them).
-	d.cmd = exec.Command(h.virtiofsd, "--fd=3", "-o", "source="+source,
-		"-o", "cache=auto", "-o", "log_level=warn", "-o", "modcaps=-mknod")
+	d.cmd = exec.Command(h.virtiofsd, fl.args(source, readOnly)...)
 	d.cmd.Stdout, d.cmd.Stderr = logf, logf
 	d.cmd.ExtraFiles = []*os.File{listener}
 	setDaemonAttrs(d.cmd)

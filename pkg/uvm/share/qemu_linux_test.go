@@ -22,7 +22,7 @@ func alive(pid int) bool { return syscall.Kill(pid, 0) == nil }
 // connects to it and the device is plugged. Unplugging needs a running
 // guest; that half is covered by the integration tests.
 func TestQEMUHostAddShare(t *testing.T) {
-	if _, err := os.Stat(DefaultVirtiofsd); err != nil {
+	if _, err := os.Stat(DefaultVirtiofsd()); err != nil {
 		testutil.Unavailable(t, err.Error())
 	}
 	q := hotplugtest.Start(t)
@@ -70,7 +70,7 @@ func TestQEMUHostAddShare(t *testing.T) {
 		t.Fatalf("the host directory itself must stay writable: %v", err)
 	}
 	cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", h.Daemons()["s2"]))
-	if !strings.Contains(string(cmdline), "source="+view) {
+	if !strings.Contains(string(cmdline), "\x00-o\x00source="+view+"\x00") && !strings.Contains(string(cmdline), "\x00--shared-dir="+view+"\x00") {
 		t.Fatalf("virtiofsd does not serve the view: %q", cmdline)
 	}
 	pid := h.Daemons()["s2"]
@@ -106,11 +106,11 @@ func TestQEMUHostAddShare(t *testing.T) {
 // virtiofsd making its own socket, a connect between its bind and listen
 // was refused.)
 func TestQEMUHostSlowDaemon(t *testing.T) {
-	if _, err := os.Stat(DefaultVirtiofsd); err != nil {
+	if _, err := os.Stat(DefaultVirtiofsd()); err != nil {
 		testutil.Unavailable(t, err.Error())
 	}
 	slow := filepath.Join(t.TempDir(), "slow-virtiofsd")
-	script := "#!/bin/sh\nsleep 0.5\nexec " + DefaultVirtiofsd + " \"$@\"\n"
+	script := "#!/bin/sh\nsleep 0.5\nexec " + DefaultVirtiofsd() + " \"$@\"\n"
 	if err := os.WriteFile(slow, []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}

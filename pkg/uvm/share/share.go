@@ -10,11 +10,15 @@
 // retries from that step (a share still mounted is never unplugged).
 //
 // Read-only is enforced on the host: the guest is untrusted and may remount
-// its side read-write. virtiofsd 7.2 (/usr/lib/qemu/virtiofsd) has no
-// read-only option, so QEMUHost serves a read-only bind mount of the
-// directory instead (writes fail with EROFS in the host kernel); the
-// guest's read-only mount is only a courtesy. A read-only and a read-write
-// share of one path are two shares (two daemons, two tags).
+// its side read-write. QEMUHost serves a read-only bind mount of the
+// directory (writes fail with EROFS in the host kernel): the C virtiofsd
+// 7.2 has no read-only option, and the Rust one's --readonly (passed too
+// where it has it) is the daemon's own check only. The guest's read-only
+// mount is only a courtesy. A read-only and a read-write share of one path
+// are two shares (two daemons, two tags).
+//
+// The daemon is the Rust virtiofsd where installed, else QEMU's C one (see
+// DefaultVirtiofsd); either runs sandboxed (see flavour.args).
 //
 // Single files: sharing a file's directory would expose its siblings, so a
 // file is exposed through a private directory under the controller's state
