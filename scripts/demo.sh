@@ -50,8 +50,12 @@ ls "$r2/tmp"
 
 show='cat /etc/demo-release; test -e /etc/motd || echo "/etc/motd: deleted by a whiteout"; echo "/app holds: $(ls /app)"; echo "kernel: $(uname -r)"'
 
-step "run a command in the image, process isolation (host namespaces)"
+step "run a command in the image, process isolation (runc: namespaces, cgroups, seccomp)"
 ./bin/layervisor run --isolation process demo:latest -- sh -c "$show" </dev/null
+
+step "confined as containerd confines: capabilities, seccomp, only lo, limits"
+./bin/layervisor run --memory 64m --pids-limit 50 --cap-drop NET_RAW demo:latest -- \
+  sh -c 'grep -E "^(CapEff|Seccomp|NoNewPrivs):" /proc/self/status; echo "interfaces: $(ls /sys/class/net)"' </dev/null
 
 step "the same command in a utility VM (hypervisor isolation: QEMU + guest agent)"
 echo "(the first VM of its shape boots its kernel and saves itself as a template)"

@@ -11,7 +11,8 @@ APT_PACKAGES=(
   e2fsprogs util-linux kmod cpio zstd
   busybox-static            # real content for test images
   qemu-system-x86 qemu-utils # utility VM; qemu-img validates VHD/VHDX
-  containerd runc           # import/mount benchmark anchor; snapshotter end-to-end tests (ctr run)
+  containerd runc           # import/mount benchmark anchor; snapshotter end-to-end tests (ctr run); runc runs process-isolated containers
+  crun                      # the OCI runtime packed into the utility VM (see README: runtimes)
   libhivex-bin libwin-hivex-perl libregf-utils chntpw  # registry hive validators (hivexregedit is in the perl package)
   libvhdi-utils python3-libvhdi python3    # VHDX differencing validators
   bzip2 xz-utils            # tests decompress the Windows-made test files fast

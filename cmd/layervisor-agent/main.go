@@ -22,12 +22,9 @@ import (
 
 	"github.com/layervisor/layervisor/pkg/agent"
 	"github.com/layervisor/layervisor/pkg/agent/guest"
-	"github.com/layervisor/layervisor/pkg/hostrun"
 )
 
 func main() {
-	// Process isolation inside the VM re-executes this binary.
-	hostrun.MaybeInit()
 	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})))
 	if os.Getpid() != 1 {
 		fmt.Fprintln(os.Stderr, "layervisor-agent runs as PID 1 of a layervisor utility VM")
@@ -74,11 +71,23 @@ func boot() error {
 		{"devtmpfs", "/dev", "devtmpfs", ""},
 		{"tmpfs", "/run", "tmpfs", "mode=755"},
 		{"tmpfs", "/tmp", "tmpfs", "mode=1777"},
+		// The OCI runtime puts each container in a cgroup of its own
+		// (limits, stats, freezing); v2 only, as in any recent distro.
+		{"cgroup2", "/sys/fs/cgroup", "cgroup2", "nsdelegate"},
 	} {
 		os.MkdirAll(m.dst, 0o755)
 		if err := unix.Mount(m.src, m.dst, m.fs, 0, m.data); err != nil && err != unix.EBUSY {
 			return fmt.Errorf("mount %s: %w", m.dst, err)
 		}
+	}
+	// Terminals for containers run with -t: a devpts instance, and
+	// /dev/ptmx where devtmpfs has none.
+	os.MkdirAll("/dev/pts", 0o755)
+	if err := unix.Mount("devpts", "/dev/pts", "devpts", unix.MS_NOSUID|unix.MS_NOEXEC, "ptmxmode=0666,mode=0620"); err != nil && err != unix.EBUSY {
+		return fmt.Errorf("mount /dev/pts: %w", err)
+	}
+	if _, err := os.Stat("/dev/ptmx"); err != nil {
+		os.Symlink("pts/ptmx", "/dev/ptmx")
 	}
 	for _, d := range guest.DefaultRoots {
 		os.MkdirAll(d, 0o755)

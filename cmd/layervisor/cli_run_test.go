@@ -13,7 +13,7 @@ func TestCLIRunProcessIsolation(t *testing.T) {
 	c := newCLI(t)
 	img := demoImage(t, "oci-tar")
 	// Imports on first use; output streams; the exit code comes back.
-	out, errs, code := c.run("run", img, "--", "sh", "-c", "cat /etc/demo-release; test -e /etc/motd || echo motd-deleted; ls /app; hostname; exit 3")
+	out, errs, code := c.run("run", "--hostname", "layervisor", img, "--", "sh", "-c", "cat /etc/demo-release; test -e /etc/motd || echo motd-deleted; ls /app; hostname; exit 3")
 	if code != 3 {
 		t.Fatalf("exit %d, want 3; stderr %s", code, errs)
 	}
@@ -38,7 +38,7 @@ func TestCLIRunProcessIsolation(t *testing.T) {
 func TestCLIRunInterrupted(t *testing.T) {
 	c := newCLI(t)
 	c.ok("image", "import", "--name", "demo", demoImage(t, "oci-tar"))
-	cmd := exec.Command(c.bin, "--root", c.root, "run", "demo", "--", "sleep", "60")
+	cmd := exec.Command(c.bin, "--root", c.root, "run", "--stop-timeout", "1s", "demo", "--", "sleep", "60")
 	var errb bytes.Buffer
 	cmd.Stderr = &errb
 	if err := cmd.Start(); err != nil {

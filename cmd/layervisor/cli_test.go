@@ -156,4 +156,14 @@ func (c *cli) assertNoLeaks() {
 	if ents, _ := os.ReadDir(filepath.Join(c.root, "tmp")); len(ents) > 0 {
 		t.Errorf("leaked entries in tmp/: %v", ents)
 	}
+	// A run's OCI runtime state, bundle and cgroups go with it.
+	if ents, _ := os.ReadDir(filepath.Join(c.root, "runtime")); len(ents) > 0 {
+		t.Errorf("leaked runtime state: %v", ents)
+	}
+	if bs, _ := filepath.Glob(filepath.Join(c.root, "runs", "*.bundle")); len(bs) > 0 {
+		t.Errorf("leaked bundles: %v", bs)
+	}
+	if cgs, _ := filepath.Glob("/sys/fs/cgroup/*/layervisor/run-*"); len(cgs) > 0 {
+		t.Errorf("leaked cgroups: %v", cgs)
+	}
 }

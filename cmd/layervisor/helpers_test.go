@@ -10,13 +10,11 @@ import (
 	"time"
 
 	"github.com/layervisor/layervisor/internal/testutil"
-	"github.com/layervisor/layervisor/pkg/hostrun"
 	"github.com/layervisor/layervisor/pkg/imagebuild"
 	"github.com/layervisor/layervisor/pkg/uvm"
 )
 
 func TestMain(m *testing.M) {
-	hostrun.MaybeInit()
 	os.Exit(testutil.Main(m))
 }
 

@@ -13,8 +13,6 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
-
-	"github.com/layervisor/layervisor/pkg/hostrun"
 )
 
 // globals holds the flags every subcommand shares.
@@ -75,8 +73,6 @@ func printJSON(v any) error {
 }
 
 func main() {
-	// The re-executed helper of process-isolated runs never returns.
-	hostrun.MaybeInit()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := rootCmd.ExecuteContext(ctx)
 	stop()

@@ -1,3 +1,5 @@
+//go:build linux
+
 package main
 
 import (
@@ -6,16 +8,25 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
+	"os/signal"
+	"slices"
 	"strings"
+	"syscall"
 	"time"
 
+	"github.com/containerd/console"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/spf13/cobra"
+	"golang.org/x/term"
 
-	"github.com/layervisor/layervisor/pkg/hostrun"
+	"github.com/layervisor/layervisor/pkg/agent"
+	"github.com/layervisor/layervisor/pkg/inroot"
 	"github.com/layervisor/layervisor/pkg/layers"
+	"github.com/layervisor/layervisor/pkg/ociruntime"
 	"github.com/layervisor/layervisor/pkg/runspec"
 	"github.com/layervisor/layervisor/pkg/scratch"
 	"github.com/layervisor/layervisor/pkg/store"
@@ -74,21 +85,39 @@ type runOptions struct {
 	cold        bool
 	layerDevice string
 	device      layers.LayerDevice
+	entrypoint  string
+	interactive bool
+	stopTimeout time.Duration
+	confine     runspec.Confinement
 }
 
 func init() {
 	var o runOptions
 	cmd := &cobra.Command{
 		Use:   "run [flags] IMAGE [-- CMD [ARGS...]]",
-		Short: "Run a command in a fresh container of an image, then tear it down",
+		Short: "Run a container of an image with an OCI runtime, then tear it down",
 		Long: `run imports IMAGE if it is a path (OCI layout directory or archive) rather than
-an imported image name, creates a container, mounts its root file system, runs
-CMD with that root as "/", streams its output and exits with its exit code.
-Everything is torn down afterwards, also on Ctrl-C.
+an imported image name, creates a container, mounts its root file system and runs
+it with an OCI runtime (runc), streams its output and exits with its exit code:
+the container's own, or 128+N when signal N ended it (137 after SIGKILL or an
+OOM kill). Everything is torn down afterwards, also on Ctrl-C.
 
---isolation process (default) runs CMD on the host in new mount, PID, UTS and
-IPC namespaces. --isolation vm assembles the root file system inside a utility
-VM and runs CMD there through the guest agent.
+The command is the image's Entrypoint + Cmd; a command after "--" replaces Cmd.
+Env, WorkingDir and User come from the image too. Precedence, as in ctr and
+nerdctl: containerd's default spec (default capabilities, masked and read-only
+/proc paths, the standard /dev nodes, no-new-privileges) with containerd's
+default seccomp profile, then the image's config, then --spec, then the flags.
+
+--isolation process (default) runs the container on the host: new mount, PID,
+UTS, IPC and network namespaces (only lo), cgroup /layervisor/<name>.
+--isolation vm assembles the root file system inside a utility VM and runs the
+same spec there with the same runtime, driven by the guest agent.
+
+Stdio: without -t the container gets pipes, never the caller's terminal, and no
+controlling terminal; -t gives it a pseudo-terminal of its own, sized and
+resized with the caller's window. Without -i its stdin is empty.
+Ctrl-C and SIGTERM are forwarded to the container's init; if it has not exited
+--stop-timeout later, it is killed.
 
 Mounts: -v HOST:CONTAINER[:ro] binds a host directory or file; --mount takes
 type=bind|sandbox|virtual-disk|physical-disk,source=…,target=…[,readonly]
@@ -96,16 +125,16 @@ type=bind|sandbox|virtual-disk|physical-disk,source=…,target=…[,readonly]
 the containers in it; disks: attached over SCSI). Binds work in both modes;
 sandbox and disk mounts need --isolation vm. Read-only is enforced by the host.
 
---spec config.json takes an OCI runtime spec: process.args, env and cwd, and
-its mounts (the /proc, /dev, /sys, cgroup mounts of "runc spec" are provided
-anyway and skipped). A command after "--", -e and -w override the spec's.
-
-A command that does not exist in the image exits with 127.`,
-		Example: `  layervisor run demo:latest -- sh -c 'cat /etc/os-release'
+--spec config.json takes an OCI runtime spec: process (args, env, cwd, user,
+terminal, capabilities), mounts (those the runtime makes anyway are skipped),
+hostname, root.readonly and linux.resources.`,
+		Example: `  layervisor run demo:latest
+  layervisor run -it demo:latest -- sh
   layervisor run --isolation vm ./demo.tar -- ls -l /
+  layervisor run -u nobody --memory 64m --pids-limit 100 --cap-drop ALL demo:latest -- id
+  layervisor run --network host --read-only demo:latest -- ip addr
   layervisor run -v /srv/data:/data:ro demo:latest -- ls /data
-  layervisor run --isolation vm --mount type=virtual-disk,source=/var/disks/d.vhdx,target=/d demo:latest -- df /d
-  layervisor run --spec config.json demo:latest`,
+  layervisor run --isolation vm --mount type=virtual-disk,source=/var/disks/d.vhdx,target=/d demo:latest -- df /d`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			dash := cmd.ArgsLenAtDash()
@@ -116,15 +145,21 @@ A command that does not exist in the image exits with 127.`,
 			if o.device, err = layers.ParseLayerDevice(o.layerDevice); err != nil {
 				return fmt.Errorf("--layer-device: %w", err)
 			}
-			spec, err := runspec.Build(runspec.Flags{SpecFile: o.specFile, Args: args[1:], Env: o.env,
-				Cwd: o.cwd, Volumes: o.volumes, Mounts: o.mounts})
-			if err != nil {
-				return err
+			if o.confine.TTY && !term.IsTerminal(int(os.Stdin.Fd())) {
+				return errors.New("-t: standard input is not a terminal (drop -t, or run from a terminal)")
+			}
+			if o.stopTimeout < 0 {
+				return fmt.Errorf("--stop-timeout %v: must not be negative", o.stopTimeout)
 			}
 			o.timer = newPhaseTimer()
-			code, err := runContainer(cmd.Context(), o, args[0], spec)
+			code, err := runContainer(cmd.Context(), o, args[0], args[1:])
 			if o.timings {
 				o.timer.print()
+			}
+			if errors.Is(err, inroot.ErrCommandNotFound) || agent.IsCode(err, agent.CodeExecNotFound) {
+				// As a shell says it: 127.
+				fmt.Fprintln(os.Stderr, "layervisor:", err)
+				return exitError{127}
 			}
 			if err != nil {
 				return err
@@ -143,12 +178,26 @@ A command that does not exist in the image exits with 127.`,
 	f.StringVar(&o.scratchSize, "scratch-size", "1G", "scratch virtual size")
 	f.StringVar(&o.scratchFmt, "scratch-format", "raw", "scratch disk format: raw, or vhdx (with --isolation vm)")
 	f.BoolVar(&o.keep, "keep", false, "keep the container afterwards (for inspection)")
-	f.StringArrayVarP(&o.env, "env", "e", nil, "environment variable KEY=VALUE (repeatable)")
-	f.StringVarP(&o.cwd, "workdir", "w", "", "working directory inside the container (default: the spec's, else /)")
-	f.StringVar(&o.specFile, "spec", "", "OCI runtime spec (config.json): process args/env/cwd and mounts")
+	f.StringArrayVarP(&o.env, "env", "e", nil, "environment variable KEY=VALUE (repeatable; replaces the image's)")
+	f.StringVarP(&o.cwd, "workdir", "w", "", "working directory inside the container (default: the image's, else /)")
+	f.StringVar(&o.entrypoint, "entrypoint", "", "replace the image's Entrypoint with this command")
+	f.StringVar(&o.specFile, "spec", "", "OCI runtime spec (config.json) to take the process, mounts and resources from")
 	f.StringArrayVarP(&o.volumes, "volume", "v", nil, "bind mount HOST:CONTAINER[:ro] (repeatable)")
 	f.StringArrayVar(&o.mounts, "mount", nil, "mount type=bind|sandbox|virtual-disk|physical-disk,source=…,target=…[,readonly][,format=…] (repeatable)")
 	f.BoolVar(&o.timings, "timings", false, "print how long each phase took (import, create, boot, attach, combine, exec, teardown) on stderr")
+	f.StringVarP(&o.confine.User, "user", "u", "", "user[:group] to run as: a name or id from the image's /etc/passwd and /etc/group (default: the image's USER, else root)")
+	f.BoolVarP(&o.confine.TTY, "tty", "t", false, "give the container a pseudo-terminal of its own")
+	f.BoolVarP(&o.interactive, "interactive", "i", false, "keep stdin open: copy it to the container")
+	f.StringVar(&o.confine.Network, "network", runspec.NetworkNone, "none (a network namespace with only lo) or host")
+	f.StringVar(&o.confine.Hostname, "hostname", "", "the container's hostname (default: its name)")
+	f.StringVarP(&o.confine.Memory, "memory", "m", "", "memory limit, e.g. 64m or 1g (at least 6m); the container is OOM-killed above it")
+	f.Float64Var(&o.confine.CPUs, "cpus", 0, "CPU limit in CPUs, e.g. 0.5")
+	f.Int64Var(&o.confine.PidsLimit, "pids-limit", 0, "most processes and threads the container may have")
+	f.BoolVar(&o.confine.ReadOnly, "read-only", false, "mount the container's root file system read-only")
+	f.StringSliceVar(&o.confine.CapAdd, "cap-add", nil, "add capabilities (e.g. NET_ADMIN, or ALL)")
+	f.StringSliceVar(&o.confine.CapDrop, "cap-drop", nil, "drop capabilities (e.g. NET_RAW, or ALL)")
+	f.StringArrayVar(&o.confine.SecurityOpts, "security-opt", nil, "seccomp=unconfined, seccomp=PROFILE.json (OCI format), no-new-privileges[=false]")
+	f.DurationVar(&o.stopTimeout, "stop-timeout", 10*time.Second, "after Ctrl-C or SIGTERM, how long the container may take to exit before it is killed")
 	rootCmd.AddCommand(cmd)
 }
 
@@ -174,19 +223,22 @@ func randomName(prefix string) string {
 	return prefix + hex.EncodeToString(b)
 }
 
-func runContainer(ctx context.Context, o runOptions, image string, spec *specs.Spec) (code int, err error) {
+func runContainer(ctx context.Context, o runOptions, image string, cmdArgs []string) (code int, err error) {
 	switch o.isolation {
-	case "process":
-		if err := checkProcessMounts(spec); err != nil {
-			return 0, err
-		}
-	case "vm":
+	case "process", "vm":
 	default:
 		return 0, fmt.Errorf("--isolation %q: want process or vm", o.isolation)
 	}
 	size, err := parseSize(o.scratchSize)
 	if err != nil {
 		return 0, fmt.Errorf("--scratch-size: %w", err)
+	}
+	format, err := scratch.ParseFormat(o.scratchFmt)
+	if err != nil {
+		return 0, err
+	}
+	if format == scratch.VHDX && o.isolation != "vm" {
+		return 0, fmt.Errorf("--scratch-format vhdx needs --isolation vm: %w", layers.ErrVHDXScratchOnHost)
 	}
 	s, err := openStore()
 	if err != nil {
@@ -196,20 +248,33 @@ func runContainer(ctx context.Context, o runOptions, image string, spec *specs.S
 	if err != nil {
 		return 0, err
 	}
+	im, err := s.Image(name)
+	if err != nil {
+		return 0, err
+	}
 	o.timer.mark("import")
 	cname := randomName("run-")
+	// Everything the flags and the image decide is checked before anything
+	// is created.
+	spec, err := buildRunSpec(o, cname, im, cmdArgs)
+	if err != nil {
+		return 0, err
+	}
+	if o.isolation == "process" {
+		if err := checkProcessMounts(spec); err != nil {
+			return 0, err
+		}
+	}
+	if o.confine.TTY {
+		if ws, err := console.Current().Size(); err == nil {
+			spec.Process.ConsoleSize = &specs.Box{Height: uint(ws.Height), Width: uint(ws.Width)}
+		}
+	}
 	release, err := claimRun(s.Root(), cname) // gc removes the container if this run dies
 	if err != nil {
 		return 0, err
 	}
 	defer release()
-	format, err := scratch.ParseFormat(o.scratchFmt)
-	if err != nil {
-		return 0, err
-	}
-	if format == scratch.VHDX && o.isolation != "vm" {
-		return 0, fmt.Errorf("--scratch-format vhdx needs --isolation vm: %w", layers.ErrVHDXScratchOnHost)
-	}
 	if _, err := s.CreateContainer(ctx, cname, name, store.ContainerOptions{ScratchSize: size, ScratchFormat: format}); err != nil {
 		return 0, err
 	}
@@ -225,33 +290,141 @@ func runContainer(ctx context.Context, o runOptions, image string, spec *specs.S
 			}
 		}()
 	}
-	switch o.isolation {
-	case "process":
-		rootfs, err := s.Mount(ctx, cname)
-		if err != nil {
-			return 0, err
+	if o.isolation == "vm" {
+		return runInUVM(ctx, s, o, cname, spec)
+	}
+	rootfs, err := s.Mount(ctx, cname)
+	if err != nil {
+		return 0, err
+	}
+	o.timer.mark("mount")
+	if !o.keep {
+		defer func() {
+			if uerr := s.Unmount(teardown, cname); uerr != nil {
+				err = errors.Join(err, uerr)
+			}
+		}()
+	}
+	if err := inroot.Resolve(spec, inroot.Dir(rootfs)); err != nil {
+		return 0, fmt.Errorf("image %s: %w", name, err)
+	}
+	spec.Root.Path = rootfs
+	defer o.timer.mark("exec")
+	rt := hostRuntime(s.Root())
+	bundle := runBundlePath(s.Root(), cname)
+	defer os.RemoveAll(bundle)
+	p, err := rt.Start(ctx, ociruntime.Container{ID: cname, Bundle: bundle, Spec: spec,
+		Stdin: runStdin(o), Stdout: os.Stdout, Stderr: os.Stderr})
+	if err != nil {
+		return 0, err
+	}
+	return superviseLocal(ctx, p, o)
+}
+
+// buildRunSpec is the run's OCI spec from the image's config and the flags.
+func buildRunSpec(o runOptions, cname string, im *store.Image, cmdArgs []string) (*specs.Spec, error) {
+	cfg := im.Config
+	if o.entrypoint != "" {
+		c := ocispec.ImageConfig{}
+		if cfg != nil {
+			c = *cfg
 		}
-		o.timer.mark("mount")
-		if !o.keep {
-			defer func() {
-				if uerr := s.Unmount(teardown, cname); uerr != nil {
-					err = errors.Join(err, uerr)
+		c.Entrypoint, c.Cmd = []string{o.entrypoint}, nil
+		cfg = &c
+	}
+	return runspec.Build(runspec.Flags{ID: cname, Image: cfg, SpecFile: o.specFile, Args: cmdArgs,
+		Env: o.env, Cwd: o.cwd, Volumes: o.volumes, Mounts: o.mounts, Confinement: o.confine})
+}
+
+// runStdin is what the container reads: the caller's stdin with -i (or a
+// terminal, which -t forwards keystrokes from), else nothing.
+func runStdin(o runOptions) io.Reader {
+	if o.interactive || o.confine.TTY {
+		return os.Stdin
+	}
+	return nil
+}
+
+// container is a started container, on the host or in a utility VM.
+type container interface {
+	Signal(ctx context.Context, sig syscall.Signal) error
+	Resize(ws console.WinSize) error
+	Done() <-chan struct{}
+	Wait() (int, error)
+}
+
+// superviseLocal puts the caller's terminal in raw mode with -t, then
+// supervises the container.
+func superviseLocal(ctx context.Context, p container, o runOptions) (int, error) {
+	if o.confine.TTY {
+		con, err := console.ConsoleFromFile(os.Stdin)
+		if err == nil {
+			if err := con.SetRaw(); err == nil {
+				defer con.Reset()
+			}
+			if ws, err := con.Size(); err == nil {
+				p.Resize(ws)
+			}
+			winch := make(chan os.Signal, 1)
+			signal.Notify(winch, syscall.SIGWINCH)
+			defer signal.Stop(winch)
+			go func() {
+				for range winch {
+					if ws, err := con.Size(); err == nil {
+						p.Resize(ws)
+					}
 				}
 			}()
 		}
-		defer o.timer.mark("exec")
-		p := spec.Process
-		return hostrun.Run(ctx, hostrun.Options{
-			Rootfs: rootfs, Args: p.Args, Env: p.Env, Cwd: p.Cwd, Mounts: hostMounts(spec),
-			Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr,
-		})
-	default:
-		return runInUVM(ctx, s, o, cname, spec)
+	}
+	return supervise(ctx, p, o.stopTimeout)
+}
+
+// killGrace is how long a killed container has to be reported gone
+// before the run gives up on it (teardown then takes it down: the
+// utility VM's QEMU is killed).
+const killGrace = 5 * time.Second
+
+// supervise forwards the signals a user sends a foreground command to the
+// container's init and, after Ctrl-C or SIGTERM, kills it when it has not
+// exited stopTimeout later. It returns the container's exit status.
+// Signals are sent from goroutines: a runtime or guest that does not
+// answer delays nothing here.
+func supervise(ctx context.Context, p container, stopTimeout time.Duration) (int, error) {
+	sigs := make(chan os.Signal, 8)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2)
+	defer signal.Stop(sigs)
+	signalCtx := context.WithoutCancel(ctx)
+	send := func(s syscall.Signal) {
+		go func() {
+			if err := p.Signal(signalCtx, s); err != nil {
+				slog.Warn("signal the container", "signal", s, "err", err)
+			}
+		}()
+	}
+	var kill, abandon <-chan time.Time
+	for {
+		select {
+		case <-p.Done():
+			return p.Wait()
+		case <-abandon:
+			return 0, fmt.Errorf("the container did not exit %v after SIGKILL: giving up on it", killGrace)
+		case sig := <-sigs:
+			s := sig.(syscall.Signal)
+			send(s)
+			if (s == syscall.SIGINT || s == syscall.SIGTERM) && kill == nil && abandon == nil {
+				kill = time.After(stopTimeout)
+			}
+		case <-kill:
+			slog.Warn("the container did not exit in time: killing it", "stop-timeout", stopTimeout)
+			send(syscall.SIGKILL)
+			kill, abandon = nil, time.After(killGrace)
+		}
 	}
 }
 
 // checkProcessMounts refuses, before anything is created, the mounts that
-// only a utility VM can provide.
+// only a utility VM can provide, and makes binds ones the runtime takes.
 func checkProcessMounts(spec *specs.Spec) error {
 	for i, m := range spec.Mounts {
 		if runspec.RuntimeProvided(m) {
@@ -264,6 +437,11 @@ func checkProcessMounts(spec *specs.Spec) error {
 			if _, err := os.Stat(m.Source); err != nil {
 				return fmt.Errorf("mount %d (%s -> %s): bind source: %w", i, m.Source, m.Destination, err)
 			}
+			// The runtime binds only what says so.
+			spec.Mounts[i].Type = runspec.TypeBind
+			if !slices.Contains(m.Options, "bind") && !slices.Contains(m.Options, "rbind") {
+				spec.Mounts[i].Options = append(slices.Clone(m.Options), "rbind")
+			}
 		case m.Type == runspec.TypeVirtualDisk || m.Type == runspec.TypePhysicalDisk:
 			return fmt.Errorf("mount %d (%s -> %s): type %s needs --isolation vm", i, m.Source, m.Destination, m.Type)
 		default:
@@ -271,15 +449,4 @@ func checkProcessMounts(spec *specs.Spec) error {
 		}
 	}
 	return nil
-}
-
-// hostMounts are the bind mounts of a process-isolated run.
-func hostMounts(spec *specs.Spec) []hostrun.Mount {
-	var out []hostrun.Mount
-	for _, m := range spec.Mounts {
-		if !runspec.RuntimeProvided(m) {
-			out = append(out, hostrun.Mount{Source: m.Source, Target: m.Destination, ReadOnly: runspec.ReadOnly(m)})
-		}
-	}
-	return out
 }

@@ -1,3 +1,5 @@
+//go:build linux
+
 package main
 
 import (
@@ -6,12 +8,14 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/layervisor/layervisor/pkg/agent"
 	"github.com/layervisor/layervisor/pkg/layers"
 	"github.com/layervisor/layervisor/pkg/resources"
+	"github.com/layervisor/layervisor/pkg/runspec"
 	"github.com/layervisor/layervisor/pkg/store"
 	"github.com/layervisor/layervisor/pkg/uvm"
 	"github.com/layervisor/layervisor/pkg/vmcontainer"
@@ -62,6 +66,7 @@ func runInUVM(ctx context.Context, s *store.Store, o runOptions, cname string, s
 	mounter := layers.NewInUVM(vm)
 	mounter.Trace = o.timer.add
 	mounter.Device = o.device
+	spec.Root.Path = "" // Setup mounts the layers and sets it (hcsshim's rule)
 	res, err := resources.Setup(ctx, vm, mounter, resources.Container{
 		ID: cname, Spec: spec, LayerFolders: folders, GuestRoot: vmcontainer.GuestRoot(cname),
 	})
@@ -80,9 +85,13 @@ func runInUVM(ctx context.Context, s *store.Store, o runOptions, cname string, s
 			err = errors.Join(err, rerr)
 		}
 	}()
-	p := spec.Process
-	code, err = u.Agent().Exec(ctx, agent.ExecRequest{Args: p.Args, Env: p.Env, Cwd: p.Cwd, Root: res.Rootfs,
-		Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr})
+	// The guest runs the same spec: its root is the overlay there, and
+	// the binds resources.Setup made in it are in place already.
+	spec.Root.Path = res.Rootfs
+	spec.Mounts = slices.DeleteFunc(spec.Mounts, func(m specs.Mount) bool { return !runspec.RuntimeProvided(m) })
+	ct := u.Agent().StartContainer(context.WithoutCancel(ctx), agent.ContainerRequest{ID: cname, Spec: spec,
+		Stdin: runStdin(o), Stdout: os.Stdout, Stderr: os.Stderr})
+	code, err = superviseLocal(ctx, ct, o)
 	if err != nil {
 		return 0, fmt.Errorf("run in UVM: %w", err)
 	}

@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/layervisor/layervisor/internal/flock"
+	"github.com/layervisor/layervisor/pkg/ociruntime"
 	"github.com/layervisor/layervisor/pkg/store"
 )
 
@@ -50,6 +52,16 @@ func reapDeadRuns(ctx context.Context, s *store.Store) ([]string, error) {
 			continue // the run is alive
 		}
 		name := strings.TrimSuffix(filepath.Base(p), ".lock")
+		// A process-isolated run's container may outlive it (its runtime
+		// died with it, the container's init did not): kill it first.
+		if ids, lerr := hostRuntime(s.Root()).List(ctx); lerr == nil && slices.Contains(ids, name) {
+			if derr := hostRuntime(s.Root()).Delete(ctx, name); derr != nil {
+				errs = append(errs, fmt.Errorf("container %s of a dead run: %w", name, derr))
+				l.Release()
+				continue
+			}
+		}
+		os.RemoveAll(runBundlePath(s.Root(), name))
 		err = s.RemoveContainer(ctx, name)
 		switch {
 		case err == nil:
@@ -64,3 +76,12 @@ func reapDeadRuns(ctx context.Context, s *store.Store) ([]string, error) {
 	}
 	return reaped, errors.Join(errs...)
 }
+
+// hostRuntime is the OCI runtime of process-isolated runs, with its state
+// under the store's root so gc finds what a dead run left.
+func hostRuntime(root string) *ociruntime.Runtime {
+	return &ociruntime.Runtime{Binary: os.Getenv("LAYERVISOR_OCI_RUNTIME"), StateDir: filepath.Join(root, "runtime")}
+}
+
+// runBundlePath is where a run's OCI bundle (its config.json) is written.
+func runBundlePath(root, name string) string { return filepath.Join(root, "runs", name+".bundle") }

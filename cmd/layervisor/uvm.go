@@ -195,7 +195,7 @@ layervisor uvm template). --cold always boots the kernel.`,
 				img.BootDir = "/var/cache/layervisor/boot"
 			}
 			if img.Out == "" {
-				img.Out = filepath.Join(absRoot(), "boot", "initrd.img")
+				img.Out = filepath.Join(absRoot(), "boot", uvm.InitrdName)
 			}
 			if err := uvm.BuildInitramfs(cmd.Context(), img); err != nil {
 				return err
@@ -209,7 +209,7 @@ layervisor uvm template). --cold always boots the kernel.`,
 	}
 	buildCmd.Flags().StringVar(&img.BootDir, "kernel-dir", "", "boot dir with vmlinuz and lib/modules (default $LAYERVISOR_BOOT_DIR or /var/cache/layervisor/boot)")
 	buildCmd.Flags().StringVar(&img.Agent, "agent", "", "guest agent binary (default: next to layervisor, or built from source)")
-	buildCmd.Flags().StringVar(&img.Out, "out", "", "initramfs to write (default <root>/boot/initrd.img)")
+	buildCmd.Flags().StringVar(&img.Out, "out", "", "initramfs to write (default <root>/boot/"+uvm.InitrdName+")")
 	imageCmd.AddCommand(buildCmd)
 	uvmCmd.AddCommand(createCmd, startCmd, execCmd, lsCmd, stopCmd, rmCmd, imageCmd, uvmTemplateCmd())
 	rootCmd.AddCommand(uvmCmd)

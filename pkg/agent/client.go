@@ -7,9 +7,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"sync"
+	"syscall"
 	"time"
+
+	"github.com/containerd/console"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
 // ErrDisconnected is returned once the channel to the guest is lost.
@@ -17,7 +22,98 @@ var ErrDisconnected = errors.New("guest agent connection lost")
 
 type call struct {
 	done           chan *Message
-	stdout, stderr io.Writer
+	stdout, stderr *streamSink
+}
+
+// CallTimeout bounds every request that is not a process's run (exec):
+// a guest that stops answering fails the call, naming it, instead of
+// holding the host.
+const CallTimeout = 60 * time.Second
+
+// MaxStreamBuffer bounds the output of one stream waiting for its writer.
+// The channel is shared: a writer that stalls must not stop the frames of
+// other calls, so past this much its stream is dropped instead.
+const MaxStreamBuffer = 16 << 20
+
+// streamSink writes a call's stream from a goroutine of its own.
+type streamSink struct {
+	w       io.Writer
+	name    string
+	mu      sync.Mutex
+	cond    *sync.Cond
+	q       [][]byte
+	queued  int
+	closed  bool
+	dropped bool
+	done    chan struct{}
+}
+
+func newStreamSink(w io.Writer, name string) *streamSink {
+	if w == nil {
+		return nil
+	}
+	s := &streamSink{w: w, name: name, done: make(chan struct{})}
+	s.cond = sync.NewCond(&s.mu)
+	go s.run()
+	return s
+}
+
+// push queues b without blocking; past MaxStreamBuffer the stream is
+// dropped.
+func (s *streamSink) push(b []byte) {
+	if s == nil {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.dropped || s.closed {
+		return
+	}
+	if s.queued+len(b) > MaxStreamBuffer {
+		s.dropped, s.q, s.queued = true, nil, 0
+		slog.Warn("guest output dropped: its reader is too slow", "stream", s.name, "buffered", MaxStreamBuffer)
+		return
+	}
+	s.q = append(s.q, b)
+	s.queued += len(b)
+	s.cond.Signal()
+}
+
+// close ends the stream; the writer gets what is queued, then done closes.
+func (s *streamSink) close() {
+	if s == nil {
+		return
+	}
+	s.mu.Lock()
+	s.closed = true
+	s.cond.Signal()
+	s.mu.Unlock()
+}
+
+// wait waits until what was queued has been written.
+func (s *streamSink) wait() {
+	if s != nil {
+		<-s.done
+	}
+}
+
+func (s *streamSink) run() {
+	defer close(s.done)
+	for {
+		s.mu.Lock()
+		for len(s.q) == 0 && !s.closed {
+			s.cond.Wait()
+		}
+		if len(s.q) == 0 {
+			s.mu.Unlock()
+			return
+		}
+		b := s.q[0]
+		s.q = s.q[1:]
+		s.queued -= len(b)
+		s.mu.Unlock()
+		s.w.Write(b)
+	}
 }
 
 // Client talks to the guest agent. Safe for concurrent use.
@@ -108,10 +204,10 @@ func (c *Client) readLoop() {
 		switch {
 		case m.Done:
 			cl.done <- m
-		case m.Stream == "stdout" && cl.stdout != nil:
-			cl.stdout.Write(m.Data)
-		case m.Stream == "stderr" && cl.stderr != nil:
-			cl.stderr.Write(m.Data)
+		case m.Stream == "stdout":
+			cl.stdout.push(m.Data)
+		case m.Stream == "stderr":
+			cl.stderr.push(m.Data)
 		}
 	}
 	c.mu.Lock()
@@ -140,7 +236,16 @@ func (c *Client) call(ctx context.Context, op string, args, result any, stdout, 
 	if err != nil {
 		return err
 	}
-	cl := &call{done: make(chan *Message, 1), stdout: stdout, stderr: stderr}
+	if _, ok := ctx.Deadline(); !ok && op != OpExec {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, CallTimeout)
+		defer cancel()
+	}
+	cl := &call{done: make(chan *Message, 1), stdout: newStreamSink(stdout, "stdout"), stderr: newStreamSink(stderr, "stderr")}
+	defer func() {
+		cl.stdout.close()
+		cl.stderr.close()
+	}()
 	c.mu.Lock()
 	if c.err != nil {
 		c.mu.Unlock()
@@ -159,6 +264,11 @@ func (c *Client) call(ctx context.Context, op string, args, result any, stdout, 
 	}
 	select {
 	case m, ok := <-cl.done:
+		// The output came before the reply: deliver it all first.
+		cl.stdout.close()
+		cl.stderr.close()
+		cl.stdout.wait()
+		cl.stderr.wait()
 		if !ok {
 			return fmt.Errorf("%s: %w", op, c.Err())
 		}
@@ -171,6 +281,9 @@ func (c *Client) call(ctx context.Context, op string, args, result any, stdout, 
 		return nil
 	case <-ctx.Done():
 		c.forget(id)
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return fmt.Errorf("guest agent %s: no answer in time (deadline %v): %w", op, CallTimeout, ctx.Err())
+		}
 		return fmt.Errorf("guest agent %s: %w", op, ctx.Err())
 	}
 }
@@ -271,40 +384,115 @@ func (c *Client) Shutdown(ctx context.Context) error {
 	return c.call(ctx, OpShutdown, struct{}{}, nil, nil, nil, nil)
 }
 
-// ExecRequest describes a process to run in the guest.
+// ExecRequest describes a process to run in the guest itself (not in a
+// container: for tests and diagnostics).
 type ExecRequest struct {
 	Args           []string
 	Env            []string
 	Cwd            string
-	Root           string // a root file system in the guest, or "" for the guest's own
 	Stdin          io.Reader
 	Stdout, Stderr io.Writer
 }
 
 // Exec runs a process and returns its exit code. A command that does not
-// exist fails with code CodeExecNotFound (or, in a Root, exit code 127).
+// exist fails with code CodeExecNotFound.
 func (c *Client) Exec(ctx context.Context, r ExecRequest) (int, error) {
 	var res ExecResult
-	args := ExecArgs{Args: r.Args, Env: r.Env, Cwd: r.Cwd, Root: r.Root, Stdin: r.Stdin != nil}
-	err := c.call(ctx, OpExec, args, &res, r.Stdout, r.Stderr, func(id uint64) {
-		if r.Stdin == nil {
-			return
-		}
-		go func() {
-			buf := make([]byte, 32<<10)
-			for {
-				n, err := r.Stdin.Read(buf)
-				if n > 0 {
-					if c.send(&Message{ID: id, Op: OpStdin, Stream: "stdin", Data: append([]byte(nil), buf[:n]...)}) != nil {
-						return
-					}
-				}
-				if err != nil {
-					c.send(&Message{ID: id, Op: OpStdin, Stream: "stdin", EOF: true})
+	args := ExecArgs{Args: r.Args, Env: r.Env, Cwd: r.Cwd, Stdin: r.Stdin != nil}
+	err := c.call(ctx, OpExec, args, &res, r.Stdout, r.Stderr, func(id uint64) { c.feedStdin(id, r.Stdin) })
+	return res.ExitCode, err
+}
+
+func (c *Client) feedStdin(id uint64, stdin io.Reader) {
+	if stdin == nil {
+		return
+	}
+	go func() {
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := stdin.Read(buf)
+			if n > 0 {
+				if c.send(&Message{ID: id, Op: OpStdin, Stream: "stdin", Data: append([]byte(nil), buf[:n]...)}) != nil {
 					return
 				}
 			}
-		}()
-	})
-	return res.ExitCode, err
+			if err != nil {
+				c.send(&Message{ID: id, Op: OpStdin, Stream: "stdin", EOF: true})
+				return
+			}
+		}
+	}()
+}
+
+// ContainerRequest is a container to run in the guest with its OCI runtime.
+type ContainerRequest struct {
+	ID   string
+	Spec *specs.Spec // Root.Path: the container's root in the guest
+	// Stdin (nil: empty) is copied to it; with a terminal all its output
+	// arrives on Stdout.
+	Stdin          io.Reader
+	Stdout, Stderr io.Writer
+}
+
+// ControlTimeout bounds a signal or resize request to the guest: a guest
+// that does not answer must not hang the host.
+const ControlTimeout = 10 * time.Second
+
+// Container is a container running in the guest.
+type Container struct {
+	c    *Client
+	id   uint64
+	sent chan struct{}
+	done chan struct{}
+	code int
+	err  error
+}
+
+// StartContainer starts a container; Wait gives its exit status (128+N
+// after signal N). The guest refuses a user or command its root does not
+// have, through Wait.
+func (c *Client) StartContainer(ctx context.Context, r ContainerRequest) *Container {
+	ct := &Container{c: c, sent: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(ct.done)
+		var res ExecResult
+		args := ExecArgs{Container: r.ID, Spec: r.Spec, Stdin: r.Stdin != nil}
+		ct.err = c.call(ctx, OpExec, args, &res, r.Stdout, r.Stderr, func(id uint64) {
+			ct.id = id
+			close(ct.sent)
+			c.feedStdin(id, r.Stdin)
+		})
+		ct.code = res.ExitCode
+	}()
+	return ct
+}
+
+// Done is closed when the container has exited (or the call failed).
+func (ct *Container) Done() <-chan struct{} { return ct.done }
+
+// Wait returns the container's exit status.
+func (ct *Container) Wait() (int, error) {
+	<-ct.done
+	return ct.code, ct.err
+}
+
+func (ct *Container) control(ctx context.Context, op string, args any) error {
+	select {
+	case <-ct.sent:
+	case <-ct.done:
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, ControlTimeout)
+	defer cancel()
+	return ct.c.call(ctx, op, args, nil, nil, nil, nil)
+}
+
+// Signal sends sig to the container's init.
+func (ct *Container) Signal(ctx context.Context, sig syscall.Signal) error {
+	return ct.control(ctx, OpSignal, SignalArgs{Exec: ct.id, Signal: int(sig)})
+}
+
+// Resize sets the container's terminal size.
+func (ct *Container) Resize(ws console.WinSize) error {
+	return ct.control(context.Background(), OpResize, ResizeArgs{Exec: ct.id, Width: ws.Width, Height: ws.Height})
 }

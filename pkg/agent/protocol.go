@@ -15,11 +15,17 @@ import (
 	"errors"
 	"fmt"
 	"io"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
 // GuestModules are the kernel modules the agent loads at boot (with their
 // dependencies); the initramfs builder packs the same list.
 var GuestModules = []string{"virtio_pci", "virtio_console", "virtio_balloon", "virtio_scsi", "sd_mod", "virtio_pmem", "nd_pmem", "overlay", "virtiofs", "ext4"}
+
+// GuestRuntimePath is where the initramfs holds the OCI runtime the
+// agent runs containers with.
+const GuestRuntimePath = "/usr/bin/oci-runtime"
 
 // PortName is the virtio-serial port of the agent channel.
 const PortName = "layervisor.agent"
@@ -49,6 +55,8 @@ const (
 	OpList           = "list"
 	OpShutdown       = "shutdown"
 	OpSetIdentity    = "set_identity"
+	OpSignal         = "signal" // to a running container (ExecArgs.Spec)
+	OpResize         = "resize" // its terminal
 )
 
 // Error codes.
@@ -124,8 +132,23 @@ type (
 		Args  []string
 		Env   []string
 		Cwd   string
-		Root  string // run inside this root file system (new namespaces)
-		Stdin bool   // the host will send stdin frames
+		Stdin bool // the host will send stdin frames
+		// Container and Spec run a container with the guest's OCI
+		// runtime instead of a guest process: Spec.Root.Path is its root
+		// in the guest (under the allowed roots), Args/Env/Cwd are
+		// unused. The user annotation (inroot) is resolved in the guest.
+		Container string
+		Spec      *specs.Spec
+	}
+	// SignalArgs and ResizeArgs name a running container by the id of
+	// its exec request.
+	SignalArgs struct {
+		Exec   uint64
+		Signal int
+	}
+	ResizeArgs struct {
+		Exec          uint64
+		Width, Height uint16
 	}
 	ExecResult struct{ ExitCode int }
 	StatResult struct {

@@ -109,6 +109,9 @@ type Image struct {
 	Arch   string // default amd64
 	Layers []Layer
 	Cmd    []string
+	// Config, when set, is the image's run config as a whole (Cmd above
+	// is ignored then); by default Cmd and a standard PATH.
+	Config *ocispec.ImageConfig
 }
 
 // blob is a written layer.
@@ -215,6 +218,9 @@ func (im Image) config(blobs []blob) ocispec.Image {
 	}
 	cfg.Config.Cmd = im.Cmd
 	cfg.Config.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+	if im.Config != nil {
+		cfg.Config = *im.Config
+	}
 	return cfg
 }
 

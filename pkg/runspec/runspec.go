@@ -6,6 +6,7 @@
 package runspec
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,7 +15,13 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/containerd/containerd/v2/core/containers"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/containerd/v2/pkg/oci"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/layervisor/layervisor/pkg/inroot"
 )
 
 // Mount types layervisor handles itself. Sandbox mounts are binds whose
@@ -31,48 +38,82 @@ const (
 // ("format=raw|vhd|vhdx"); without it the format comes from the file name.
 const FormatOption = "format="
 
-// DefaultEnv is the environment every run starts from.
-var DefaultEnv = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "TERM=xterm"}
+// DefaultPath is the PATH of a run whose image sets none.
+const DefaultPath = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// SpecVersion is the ociVersion of the specs Build makes.
+const SpecVersion = "1.0.2"
 
 // Flags is what the CLI collected.
 type Flags struct {
-	SpecFile string   // --spec: an OCI runtime spec (config.json); "" for none
-	Args     []string // the command after "--"; overrides the spec's process.args
-	Env      []string // -e KEY=VALUE, appended after the spec's env
-	Cwd      string   // -w; overrides the spec's process.cwd when set
-	Volumes  []string // -v HOST:CONTAINER[:OPTS]
-	Mounts   []string // --mount k=v,...
+	ID       string               // the container's id: cgroup path, default hostname
+	Image    *ocispec.ImageConfig // the image's config (nil: none)
+	SpecFile string               // --spec: an OCI runtime spec (config.json); "" for none
+	Args     []string             // the command after "--": replaces the image's Cmd
+	Env      []string             // -e KEY=VALUE: replaces or adds
+	Cwd      string               // -w
+	Volumes  []string             // -v HOST:CONTAINER[:OPTS]
+	Mounts   []string             // --mount k=v,...
+	Confinement
 }
 
-// Build returns the spec of a run: the spec file's (if any), with the
-// command, environment, working directory and mounts from the flags.
+// Build returns the spec of a run, in the precedence of ctr and nerdctl:
+// containerd's default spec (oci.WithDefaultSpec, its default /dev
+// nodes) with containerd's default seccomp profile, then the image's
+// config (Entrypoint + Cmd, Env, WorkingDir, User), then the spec file,
+// then the flags. The user stays a name until inroot.Resolve reads the
+// container's /etc/passwd and /etc/group.
 func Build(f Flags) (*specs.Spec, error) {
-	s := &specs.Spec{Version: specs.Version}
+	id := f.ID
+	if id == "" {
+		id = "layervisor"
+	}
+	ctx := namespaces.WithNamespace(context.Background(), CgroupParent)
+	var s specs.Spec
+	c := &containers.Container{ID: id}
+	if err := oci.ApplyOpts(ctx, nil, c, &s, oci.WithDefaultSpec(), oci.WithDefaultUnixDevices); err != nil {
+		return nil, fmt.Errorf("default spec: %w", err)
+	}
+	// The oldest version the runtimes we drive accept (runc 1.1 refuses
+	// newer ones); nothing the run sets needs more.
+	s.Version = SpecVersion
+	s.Hostname = id
+	p := s.Process
+	p.Env = []string{DefaultPath}
+	user := ""
+	if img := f.Image; img != nil {
+		p.Env = replaceEnv(p.Env, img.Env)
+		p.Args = append(append([]string(nil), img.Entrypoint...), img.Cmd...)
+		if img.WorkingDir != "" {
+			p.Cwd = img.WorkingDir
+		}
+		user = img.User
+	}
 	if f.SpecFile != "" {
-		var err error
-		if s, err = Load(f.SpecFile); err != nil {
+		file, err := Load(f.SpecFile)
+		if err != nil {
 			return nil, err
 		}
+		if user, err = applySpecFile(&s, file, user); err != nil {
+			return nil, fmt.Errorf("spec %s: %w", f.SpecFile, err)
+		}
 	}
-	if s.Process == nil {
-		s.Process = &specs.Process{}
-	}
-	p := s.Process
 	if len(f.Args) > 0 {
-		p.Args = append([]string(nil), f.Args...)
+		var entry []string
+		if f.Image != nil && f.SpecFile == "" {
+			entry = f.Image.Entrypoint
+		}
+		p.Args = append(append([]string(nil), entry...), f.Args...)
 	}
 	if len(p.Args) == 0 {
-		return nil, errors.New("no command: give one after \"--\" or in the spec's process.args")
-	}
-	if len(p.Env) == 0 {
-		p.Env = append([]string(nil), DefaultEnv...)
+		return nil, errors.New("no command: the image has no Entrypoint or Cmd; give one after \"--\" or in the spec's process.args")
 	}
 	for _, e := range f.Env {
 		if !strings.Contains(e, "=") || strings.HasPrefix(e, "=") {
 			return nil, fmt.Errorf("-e %q: want KEY=VALUE", e)
 		}
-		p.Env = append(p.Env, e)
 	}
+	p.Env = replaceEnv(p.Env, f.Env)
 	if f.Cwd != "" {
 		p.Cwd = f.Cwd
 	}
@@ -96,7 +137,82 @@ func Build(f Flags) (*specs.Spec, error) {
 		}
 		s.Mounts = append(s.Mounts, m)
 	}
-	return s, nil
+	if f.User != "" {
+		user = f.User
+	}
+	if user == "" {
+		user = "0" // root, with root's supplementary groups, as containerd does
+	}
+	if s.Annotations == nil {
+		s.Annotations = map[string]string{}
+	}
+	s.Annotations[inroot.UserAnnotation] = user
+	if err := f.Confinement.apply(ctx, c, &s); err != nil {
+		return nil, err
+	}
+	return &s, nil
+}
+
+// applySpecFile takes from a user's spec file what a run honours: the
+// process (args, env, cwd, user, terminal, capabilities), its mounts
+// (those the runtime makes anyway are skipped), hostname, read-only root
+// and resources. It returns the user to resolve.
+func applySpecFile(s, file *specs.Spec, user string) (string, error) {
+	if fp := file.Process; fp != nil {
+		p := s.Process
+		if len(fp.Args) > 0 {
+			p.Args = append([]string(nil), fp.Args...)
+		}
+		p.Env = replaceEnv(p.Env, fp.Env)
+		if fp.Cwd != "" {
+			p.Cwd = fp.Cwd
+		}
+		if fp.User.UID != 0 || fp.User.GID != 0 {
+			user = fmt.Sprintf("%d:%d", fp.User.UID, fp.User.GID)
+		}
+		p.Terminal = p.Terminal || fp.Terminal
+		if fp.Capabilities != nil {
+			p.Capabilities = fp.Capabilities
+		}
+	}
+	for _, m := range file.Mounts {
+		if !RuntimeProvided(m) {
+			s.Mounts = append(s.Mounts, m)
+		}
+	}
+	if file.Hostname != "" {
+		s.Hostname = file.Hostname
+	}
+	if file.Root != nil && file.Root.Readonly {
+		s.Root.Readonly = true
+	}
+	if file.Linux != nil && file.Linux.Resources != nil {
+		r := file.Linux.Resources
+		r.Devices = s.Linux.Resources.Devices // the device cgroup stays the default's
+		s.Linux.Resources = r
+	}
+	return user, nil
+}
+
+// replaceEnv sets each KEY=VALUE of overrides in env, replacing an entry
+// of the same key in place or appending.
+func replaceEnv(env, overrides []string) []string {
+	out := append([]string(nil), env...)
+	for _, o := range overrides {
+		key, _, _ := strings.Cut(o, "=")
+		replaced := false
+		for i, e := range out {
+			if k, _, _ := strings.Cut(e, "="); k == key {
+				out[i] = o
+				replaced = true
+				break
+			}
+		}
+		if !replaced {
+			out = append(out, o)
+		}
+	}
+	return out
 }
 
 // Load reads an OCI runtime spec and checks the fields a run uses.
@@ -113,9 +229,6 @@ func Load(file string) (*specs.Spec, error) {
 		if err := checkDestination(m.Destination); err != nil {
 			return nil, fmt.Errorf("spec %s: mounts[%d]: %w", file, i, err)
 		}
-	}
-	if s.Process != nil && s.Process.Terminal {
-		return nil, fmt.Errorf("spec %s: process.terminal is not supported (layervisor run streams stdio)", file)
 	}
 	return &s, nil
 }
@@ -258,18 +371,16 @@ func DiskFormat(m specs.Mount) string {
 	return "raw"
 }
 
-// RuntimeProvided reports whether a spec mount is one the run sets up by
-// itself in both modes (/proc, /dev, /dev/pts, /dev/shm, /dev/mqueue, /sys
-// and cgroups, as in `runc spec`'s defaults), so it is not mounted again.
+// RuntimeProvided reports whether a spec mount is one the OCI runtime
+// makes itself (proc, sysfs, tmpfs, devpts, mqueue, cgroup…): it stays in
+// the spec the runtime gets. The others — binds, sandbox:// binds and
+// disks — are layervisor's to provide, on the host or in the utility VM.
 func RuntimeProvided(m specs.Mount) bool {
 	switch m.Type {
-	case "proc", "sysfs", "devpts", "mqueue", "cgroup", "cgroup2":
-		return true
-	case "tmpfs":
-		d := path.Clean(m.Destination)
-		return d == "/dev" || d == "/dev/shm"
+	case TypeBind, "", TypePhysicalDisk, TypeVirtualDisk:
+		return false
 	}
-	return false
+	return !strings.HasPrefix(m.Source, SandboxPrefix)
 }
 
 // checkDestination accepts absolute container paths without "..", not "/".

@@ -7,7 +7,10 @@ import (
 	"strings"
 	"testing"
 
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/layervisor/layervisor/pkg/inroot"
 )
 
 func TestParseVolume(t *testing.T) {
@@ -117,13 +120,20 @@ func TestBuildMergesSpecAndFlags(t *testing.T) {
 	if got := s.Process.Args; !reflect.DeepEqual(got, []string{"sh", "-c", "echo spec"}) {
 		t.Errorf("args = %q", got)
 	}
-	if got := s.Process.Env; !reflect.DeepEqual(got, []string{"A=1", "B=2"}) {
+	if got := s.Process.Env; !reflect.DeepEqual(got, []string{DefaultPath, "A=1", "B=2"}) {
 		t.Errorf("env = %q", got)
 	}
-	if s.Process.Cwd != "/tmp" || len(s.Mounts) != 3 || s.Mounts[2].Destination != "/v" {
-		t.Errorf("cwd %q mounts %+v", s.Process.Cwd, s.Mounts)
+	n := len(s.Mounts)
+	if s.Process.Cwd != "/tmp" || n < 3 || s.Mounts[n-2].Destination != "/data" || s.Mounts[n-1].Destination != "/v" {
+		t.Fatalf("cwd %q mounts %+v", s.Process.Cwd, s.Mounts)
 	}
-	if !RuntimeProvided(s.Mounts[0]) || RuntimeProvided(s.Mounts[1]) || !ReadOnly(s.Mounts[1]) {
+	procs := 0
+	for _, m := range s.Mounts {
+		if m.Destination == "/proc" {
+			procs++
+		}
+	}
+	if procs != 1 || !RuntimeProvided(s.Mounts[0]) || RuntimeProvided(s.Mounts[n-2]) || !ReadOnly(s.Mounts[n-2]) {
 		t.Errorf("classification of %+v wrong", s.Mounts)
 	}
 
@@ -132,7 +142,7 @@ func TestBuildMergesSpecAndFlags(t *testing.T) {
 		t.Errorf("flags must override the spec: %+v, %v", s.Process, err)
 	}
 	s, err = Build(Flags{Args: []string{"true"}})
-	if err != nil || !reflect.DeepEqual(s.Process.Env, DefaultEnv) || s.Process.Cwd != "/" {
+	if err != nil || !reflect.DeepEqual(s.Process.Env, []string{DefaultPath}) || s.Process.Cwd != "/" {
 		t.Errorf("defaults: %+v, %v", s.Process, err)
 	}
 	for _, tc := range []struct {
@@ -143,6 +153,13 @@ func TestBuildMergesSpecAndFlags(t *testing.T) {
 		{Flags{Args: []string{"x"}, Env: []string{"NOEQUALS"}}, "want KEY=VALUE"},
 		{Flags{Args: []string{"x"}, Cwd: "rel"}, "not an absolute path"},
 		{Flags{SpecFile: filepath.Join(dir, "missing.json"), Args: []string{"x"}}, "missing.json"},
+		{Flags{Args: []string{"x"}, Confinement: Confinement{Memory: "4m"}}, `--memory "4m": below the minimum`},
+		{Flags{Args: []string{"x"}, Confinement: Confinement{Memory: "lots"}}, `--memory "lots"`},
+		{Flags{Args: []string{"x"}, Confinement: Confinement{Network: "bridge"}}, `--network "bridge"`},
+		{Flags{Args: []string{"x"}, Confinement: Confinement{CapAdd: []string{"FLY"}}}, `--cap-add "FLY": unknown capability`},
+		{Flags{Args: []string{"x"}, Confinement: Confinement{SecurityOpts: []string{"seccomp=" + filepath.Join(dir, "nope.json")}}}, "nope.json"},
+		{Flags{Args: []string{"x"}, Confinement: Confinement{SecurityOpts: []string{"apparmor=x"}}}, `--security-opt "apparmor=x"`},
+		{Flags{Args: []string{"x"}, Confinement: Confinement{PidsLimit: -1}}, "--pids-limit -1"},
 	} {
 		if _, err := Build(tc.f); err == nil || !strings.Contains(err.Error(), tc.err) {
 			t.Errorf("Build(%+v) = %v, want %q", tc.f, err, tc.err)
@@ -156,5 +173,68 @@ func TestBuildMergesSpecAndFlags(t *testing.T) {
 	os.WriteFile(bad, []byte(`{"process":`), 0o600)
 	if _, err := Load(bad); err == nil || !strings.Contains(err.Error(), "bad.json") {
 		t.Errorf("Load(truncated) = %v", err)
+	}
+}
+
+// The image's config comes first, a command after "--" replaces its Cmd
+// (not its Entrypoint), -e replaces its variables, -u its user.
+func TestBuildFromImageConfig(t *testing.T) {
+	img := &ocispec.ImageConfig{Entrypoint: []string{"/entry"}, Cmd: []string{"default"}, Env: []string{"PATH=/img/bin", "A=image"},
+		WorkingDir: "/work", User: "app"}
+	s, err := Build(Flags{ID: "c1", Image: img})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(s.Process.Args, []string{"/entry", "default"}) || s.Process.Cwd != "/work" ||
+		!reflect.DeepEqual(s.Process.Env, []string{"PATH=/img/bin", "A=image"}) || s.Annotations[inroot.UserAnnotation] != "app" {
+		t.Errorf("image config not applied: %+v %v", s.Process, s.Annotations)
+	}
+	if s.Hostname != "c1" || s.Linux.CgroupsPath != "/layervisor/c1" || s.Linux.Seccomp == nil || !s.Process.NoNewPrivileges {
+		t.Errorf("defaults: hostname %q cgroup %q seccomp %v nnp %v", s.Hostname, s.Linux.CgroupsPath, s.Linux.Seccomp != nil, s.Process.NoNewPrivileges)
+	}
+	s, err = Build(Flags{ID: "c1", Image: img, Args: []string{"other"}, Env: []string{"A=flag"}, Cwd: "/", Confinement: Confinement{User: "1:2"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(s.Process.Args, []string{"/entry", "other"}) || s.Process.Cwd != "/" ||
+		!reflect.DeepEqual(s.Process.Env, []string{"PATH=/img/bin", "A=flag"}) || s.Annotations[inroot.UserAnnotation] != "1:2" {
+		t.Errorf("flags did not override: %+v %v", s.Process, s.Annotations)
+	}
+	if _, err := Build(Flags{Image: &ocispec.ImageConfig{}}); err == nil || !strings.Contains(err.Error(), "no Entrypoint or Cmd") {
+		t.Errorf("an image without a command: %v", err)
+	}
+}
+
+// Each flag changes the spec where the runtime reads it.
+func TestBuildConfinementFlags(t *testing.T) {
+	s, err := Build(Flags{Args: []string{"x"}, Confinement: Confinement{TTY: true, Network: NetworkHost, Hostname: "h",
+		Memory: "64m", CPUs: 0.5, PidsLimit: 20, ReadOnly: true, CapDrop: []string{"ALL"}, CapAdd: []string{"net_admin"},
+		SecurityOpts: []string{"seccomp=unconfined", "no-new-privileges=false"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ns := range s.Linux.Namespaces {
+		if ns.Type == specs.NetworkNamespace {
+			t.Error("--network host kept the network namespace")
+		}
+	}
+	r := s.Linux.Resources
+	if !s.Process.Terminal || s.Hostname != "h" || *r.Memory.Limit != 64<<20 || *r.CPU.Quota != 50000 || *r.CPU.Period != 100000 ||
+		r.Pids.Limit == nil || *r.Pids.Limit != 20 || !s.Root.Readonly || s.Linux.Seccomp != nil || s.Process.NoNewPrivileges {
+		t.Errorf("flags not applied: %+v %+v", s.Process, r)
+	}
+	if c := s.Process.Capabilities; !reflect.DeepEqual(c.Effective, []string{"CAP_NET_ADMIN"}) || !reflect.DeepEqual(c.Bounding, []string{"CAP_NET_ADMIN"}) {
+		t.Errorf("caps = %+v", c)
+	}
+	s, err = Build(Flags{Args: []string{"x"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hasNet := false
+	for _, ns := range s.Linux.Namespaces {
+		hasNet = hasNet || ns.Type == specs.NetworkNamespace
+	}
+	if !hasNet || len(s.Process.Capabilities.Effective) != 14 {
+		t.Errorf("defaults: network namespace %v, %d capabilities", hasNet, len(s.Process.Capabilities.Effective))
 	}
 }

@@ -24,9 +24,21 @@ type InitramfsOptions struct {
 	BootDir string
 	// Agent is the guest agent binary; empty finds or builds one (FindAgent).
 	Agent string
+	// Runtime is the OCI runtime the agent runs containers with, packed
+	// as GuestRuntimePath with the libraries it needs; empty finds one
+	// (FindGuestRuntime).
+	Runtime string
 	// Out is the initramfs to write.
 	Out string
 }
+
+// InitrdName is the initramfs's file name under <root>/boot. Its number
+// changes when what the agent needs from it does (2: the OCI runtime), so
+// an older one is not used.
+const InitrdName = "initrd-2.img"
+
+// GuestRuntimePath is where the initramfs holds the OCI runtime.
+const GuestRuntimePath = agent.GuestRuntimePath
 
 // FindAgent locates the guest agent binary: $LAYERVISOR_AGENT, then
 // layervisor-agent next to the running executable, then a fresh build from
@@ -78,14 +90,25 @@ func BuildInitramfs(ctx context.Context, o InitramfsOptions) error {
 			return err
 		}
 	}
+	runtimePath := o.Runtime
+	if runtimePath == "" {
+		if runtimePath, err = FindGuestRuntime(); err != nil {
+			return err
+		}
+	}
+	runtimeLibs, err := elfClosure(runtimePath)
+	if err != nil {
+		return fmt.Errorf("initramfs: OCI runtime: %w", err)
+	}
 	if err := os.MkdirAll(filepath.Dir(o.Out), 0o755); err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(o.Out), ".tmp-initramfs-")
+	// Locked while written: gc removes only the temp files of dead builds.
+	tmp, err := atomicfile.CreateTemp(filepath.Dir(o.Out), ".tmp-initramfs-")
 	if err != nil {
 		return err
 	}
-	defer os.Remove(tmp.Name())
+	defer tmp.Discard()
 	bw := bufio.NewWriterSize(tmp, 1<<20)
 	zw, _ := gzip.NewWriterLevel(bw, gzip.BestSpeed)
 	cw := &cpioWriter{w: zw, ino: 1}
@@ -114,6 +137,26 @@ func BuildInitramfs(ctx context.Context, o InitramfsOptions) error {
 			return err
 		}
 	}
+	// The OCI runtime and its libraries, at the paths its loader looks.
+	rtDirs := map[string]bool{}
+	for _, p := range append([]string{GuestRuntimePath}, guestPaths(runtimeLibs)...) {
+		for d := filepath.Dir(p); d != "/"; d = filepath.Dir(d) {
+			rtDirs[d[1:]] = true
+		}
+	}
+	for _, d := range sortedDirs(rtDirs) {
+		if d != "lib" { // made above
+			cw.dir(d)
+		}
+	}
+	if err := cw.file(GuestRuntimePath[1:], runtimePath, 0o755); err != nil {
+		return fmt.Errorf("initramfs: OCI runtime %s: %w", runtimePath, err)
+	}
+	for _, l := range runtimeLibs {
+		if err := cw.file(l[0][1:], l[1], 0o755); err != nil {
+			return fmt.Errorf("initramfs: %s: %w", l[1], err)
+		}
+	}
 	if err := cw.trailer(); err != nil {
 		return err
 	}
@@ -123,13 +166,15 @@ func BuildInitramfs(ctx context.Context, o InitramfsOptions) error {
 	if err := bw.Flush(); err != nil {
 		return err
 	}
-	if err := tmp.Close(); err != nil {
-		return err
+	return tmp.Publish(o.Out)
+}
+
+func guestPaths(files [][2]string) []string {
+	var out []string
+	for _, f := range files {
+		out = append(out, f[0])
 	}
-	if err := os.Rename(tmp.Name(), o.Out); err != nil {
-		return err
-	}
-	return atomicfile.SyncDir(filepath.Dir(o.Out))
+	return out
 }
 
 func sortedDirs(m map[string]bool) []string {

@@ -2,12 +2,16 @@ package vmcontainer
 
 import (
 	"context"
+	"fmt"
 	"io"
+	"os"
 	"path"
+	"sync/atomic"
 
 	"github.com/layervisor/layervisor/pkg/agent"
 	"github.com/layervisor/layervisor/pkg/layers"
 	"github.com/layervisor/layervisor/pkg/resources"
+	"github.com/layervisor/layervisor/pkg/runspec"
 	"github.com/layervisor/layervisor/pkg/uvm"
 	"github.com/layervisor/layervisor/pkg/uvm/scsi"
 )
@@ -73,7 +77,16 @@ func (v VM) SandboxMountsRoot() string { return SandboxMountsRoot }
 // GuestRoot is a container's directory in the guest.
 func GuestRoot(id string) string { return path.Join("/run/c", id) }
 
-// Exec runs a command in the container's root file system in the guest.
+var execSeq atomic.Uint64
+
+// Exec runs a command in the container's root file system in the guest,
+// with the guest's OCI runtime and the default confinement of a run.
 func Exec(ctx context.Context, u *uvm.UVM, rootfs string, args, env []string, cwd string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
-	return u.Agent().Exec(ctx, agent.ExecRequest{Args: args, Env: env, Cwd: cwd, Root: rootfs, Stdin: stdin, Stdout: stdout, Stderr: stderr})
+	id := fmt.Sprintf("exec-%d-%d", os.Getpid(), execSeq.Add(1))
+	spec, err := runspec.Build(runspec.Flags{ID: id, Args: args, Env: env, Cwd: cwd})
+	if err != nil {
+		return 0, err
+	}
+	spec.Root.Path = rootfs
+	return u.Agent().StartContainer(ctx, agent.ContainerRequest{ID: id, Spec: spec, Stdin: stdin, Stdout: stdout, Stderr: stderr}).Wait()
 }

@@ -3,6 +3,7 @@ package vmcontainer_test
 import (
 	"bytes"
 	"context"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,17 +14,17 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/layervisor/layervisor/internal/testutil"
-	"github.com/layervisor/layervisor/pkg/hostrun"
 	"github.com/layervisor/layervisor/pkg/imagebuild"
 	"github.com/layervisor/layervisor/pkg/layers"
+	"github.com/layervisor/layervisor/pkg/ociruntime"
 	"github.com/layervisor/layervisor/pkg/resources"
+	"github.com/layervisor/layervisor/pkg/runspec"
 	"github.com/layervisor/layervisor/pkg/store"
 	"github.com/layervisor/layervisor/pkg/uvm"
 	"github.com/layervisor/layervisor/pkg/vmcontainer"
 )
 
 func TestMain(m *testing.M) {
-	hostrun.MaybeInit()
 	os.Exit(testutil.Main(m))
 }
 
@@ -153,7 +154,7 @@ func TestSameViewBothModesAndSharedLayers(t *testing.T) {
 	}
 	defer e.s.RemoveContainer(ctx, "h")
 	var hout bytes.Buffer
-	hc, err := hostrun.Run(ctx, hostrun.Options{Rootfs: hostRoot, Args: []string{"sh", "-c", listing}, Stdout: &hout, Stderr: &hout})
+	hc, err := runOnHost(ctx, t, hostRoot, []string{"sh", "-c", listing}, &hout)
 	if err != nil || hc != 0 {
 		t.Fatalf("host listing: %d %v %s", hc, err, hout.String())
 	}
@@ -317,4 +318,20 @@ func must[C any](c C, err error) C {
 		panic(err)
 	}
 	return c
+}
+
+// runOnHost runs args in a process-isolated container of rootfs with the
+// host's OCI runtime.
+func runOnHost(ctx context.Context, t *testing.T, rootfs string, args []string, out io.Writer) (int, error) {
+	spec, err := runspec.Build(runspec.Flags{ID: "vmtest-host", Args: args})
+	if err != nil {
+		return 0, err
+	}
+	spec.Root.Path = rootfs
+	rt := &ociruntime.Runtime{StateDir: t.TempDir()}
+	p, err := rt.Start(ctx, ociruntime.Container{ID: "vmtest-host", Bundle: t.TempDir(), Spec: spec, Stdout: out, Stderr: out})
+	if err != nil {
+		return 0, err
+	}
+	return p.Wait()
 }

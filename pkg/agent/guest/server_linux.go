@@ -10,18 +10,25 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/containerd/console"
+
 	"github.com/layervisor/layervisor/pkg/agent"
-	"github.com/layervisor/layervisor/pkg/hostrun"
+	"github.com/layervisor/layervisor/pkg/inroot"
 	"github.com/layervisor/layervisor/pkg/layers/overlay"
+	"github.com/layervisor/layervisor/pkg/ociruntime"
 )
 
 // Server serves one host channel.
@@ -30,21 +37,34 @@ type Server struct {
 	// Poweroff is called after a shutdown request is answered.
 	Poweroff func()
 
-	rw      io.ReadWriter
-	helpers helperPool
-	writeMu sync.Mutex
-	mu      sync.Mutex
-	stdins  map[uint64]*stdinFeed
+	// Runtime runs containers; nil uses the initramfs's OCI runtime.
+	Runtime *ociruntime.Runtime
+
+	rw         io.ReadWriter
+	writeMu    sync.Mutex
+	mu         sync.Mutex
+	stdins     map[uint64]*stdinFeed
+	containers map[uint64]*runningContainer
+}
+
+// runningContainer is a container started by an exec request; signal and
+// resize requests find it by that request's id.
+type runningContainer struct {
+	started chan struct{} // closed once p is set (or the start failed)
+	p       *ociruntime.Process
 }
 
 // Serve reads requests from rw until it fails.
 func (s *Server) Serve(ctx context.Context, rw io.ReadWriter) error {
 	s.rw = rw
 	s.stdins = map[uint64]*stdinFeed{}
+	s.containers = map[uint64]*runningContainer{}
 	if s.Roots == nil {
 		s.Roots = DefaultRoots
 	}
-	go s.helpers.refill()
+	if s.Runtime == nil {
+		s.Runtime = &ociruntime.Runtime{Binary: agent.GuestRuntimePath, StateDir: "/run/oci", NoPivot: true}
+	}
 	r := bufio.NewReaderSize(rw, 64<<10)
 	for {
 		m, err := agent.ReadFrame(r)
@@ -71,9 +91,16 @@ func (s *Server) Serve(ctx context.Context, rw io.ReadWriter) error {
 			// Open the process's stdin before reading the next frame: the
 			// host sends stdin right after the request, and frames that
 			// arrived before the handler ran would be lost.
-			if a, err := decode[agent.ExecArgs](m); err == nil && a.Stdin {
+			if a, err := decode[agent.ExecArgs](m); err == nil {
 				s.mu.Lock()
-				s.stdins[m.ID] = newStdinFeed()
+				if a.Stdin {
+					s.stdins[m.ID] = newStdinFeed()
+				}
+				if a.Spec != nil {
+					// Registered before the next frame is read, so a
+					// signal right behind the request finds it.
+					s.containers[m.ID] = &runningContainer{started: make(chan struct{})}
+				}
 				s.mu.Unlock()
 			}
 		}
@@ -120,7 +147,6 @@ func (s *Server) handle(ctx context.Context, m *agent.Message) {
 	var err error
 	switch m.Op {
 	case agent.OpHello:
-		s.helpers.waitFirst(time.Second)
 		var a agent.HelloArgs
 		if a, err = decode[agent.HelloArgs](m); err == nil {
 			var u unix.Utsname
@@ -167,6 +193,20 @@ func (s *Server) handle(ctx context.Context, m *agent.Message) {
 		var a agent.ExecArgs
 		if a, err = decode[agent.ExecArgs](m); err == nil {
 			result, err = s.exec(ctx, m.ID, a)
+		}
+	case agent.OpSignal:
+		var a agent.SignalArgs
+		if a, err = decode[agent.SignalArgs](m); err == nil {
+			err = s.withContainer(ctx, a.Exec, func(p *ociruntime.Process) error {
+				return p.Signal(ctx, syscall.Signal(a.Signal))
+			})
+		}
+	case agent.OpResize:
+		var a agent.ResizeArgs
+		if a, err = decode[agent.ResizeArgs](m); err == nil {
+			err = s.withContainer(ctx, a.Exec, func(p *ociruntime.Process) error {
+				return p.Resize(console.WinSize{Width: a.Width, Height: a.Height})
+			})
 		}
 	case agent.OpStat:
 		var a agent.PathArgs
@@ -490,17 +530,12 @@ func (s *Server) exec(ctx context.Context, id uint64, a agent.ExecArgs) (any, er
 		}()
 		stdin = feed.r
 	}
-	if len(a.Args) == 0 {
+	if len(a.Args) == 0 && a.Spec == nil {
 		return nil, &agent.Error{Code: agent.CodeInvalid, Message: "exec needs a command"}
 	}
 	stdout, stderr := streamWriter{s, id, "stdout"}, streamWriter{s, id, "stderr"}
-	if a.Root != "" {
-		root, err := s.confine(a.Root)
-		if err != nil {
-			return nil, err
-		}
-		code, err := s.helpers.run(ctx, hostrun.Options{Rootfs: root, Args: a.Args, Env: a.Env, Cwd: a.Cwd, Stdin: stdin, Stdout: stdout, Stderr: stderr})
-		return agent.ExecResult{ExitCode: code}, err
+	if a.Spec != nil {
+		return s.runContainer(ctx, id, a, stdin, stdout, stderr)
 	}
 	path, err := exec.LookPath(a.Args[0])
 	if err != nil {
@@ -509,7 +544,7 @@ func (s *Server) exec(ctx context.Context, id uint64, a agent.ExecArgs) (any, er
 	cmd := exec.CommandContext(ctx, path, a.Args[1:]...)
 	cmd.Env, cmd.Dir, cmd.Stdout, cmd.Stderr = a.Env, a.Cwd, stdout, stderr
 	cmd.WaitDelay = 2 * time.Second
-	in, closeIn, err := hostrun.FileStdin(stdin)
+	in, closeIn, err := fileStdin(stdin)
 	if err != nil {
 		return nil, err
 	}
@@ -527,6 +562,104 @@ func (s *Server) exec(ctx context.Context, id uint64, a agent.ExecArgs) (any, er
 		return nil, err
 	}
 	return agent.ExecResult{}, nil
+}
+
+// validContainerID accepts what the runtime and a bundle path can take.
+var validContainerID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$`)
+
+// runContainer runs a container with the guest's OCI runtime: its root
+// and bind sources must be under the allowed roots; the user and the
+// command are resolved in its root here, where the root is.
+func (s *Server) runContainer(ctx context.Context, id uint64, a agent.ExecArgs, stdin io.Reader, stdout, stderr io.Writer) (_ any, err error) {
+	s.mu.Lock()
+	rc := s.containers[id]
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.containers, id)
+		s.mu.Unlock()
+		if rc != nil && rc.p == nil {
+			close(rc.started)
+		}
+	}()
+	spec := a.Spec
+	if !validContainerID.MatchString(a.Container) {
+		return nil, &agent.Error{Code: agent.CodeInvalid, Message: fmt.Sprintf("container id %q: want letters, digits, '_', '.', '-'", a.Container)}
+	}
+	if spec.Process == nil || spec.Root == nil {
+		return nil, &agent.Error{Code: agent.CodeInvalid, Message: "container spec needs a process and a root"}
+	}
+	root, err := s.confine(spec.Root.Path)
+	if err != nil {
+		return nil, err
+	}
+	spec.Root.Path = root
+	for i, m := range spec.Mounts {
+		if m.Type != "bind" && !slices.Contains(m.Options, "bind") && !slices.Contains(m.Options, "rbind") {
+			continue
+		}
+		if spec.Mounts[i].Source, err = s.confine(m.Source); err != nil {
+			return nil, fmt.Errorf("mount %s: %w", m.Destination, err)
+		}
+	}
+	if err := inroot.Resolve(spec, inroot.Dir(root)); err != nil {
+		code := agent.CodeInvalid
+		if errors.Is(err, inroot.ErrCommandNotFound) {
+			code = agent.CodeExecNotFound
+		}
+		return nil, &agent.Error{Code: code, Message: err.Error()}
+	}
+	bundle := path.Join("/run/bundles", a.Container)
+	defer os.RemoveAll(bundle)
+	p, err := s.Runtime.Start(ctx, ociruntime.Container{ID: a.Container, Bundle: bundle, Spec: spec,
+		Stdin: stdin, Stdout: stdout, Stderr: stderr})
+	if err != nil {
+		return nil, err
+	}
+	if rc != nil {
+		rc.p = p
+		close(rc.started)
+	}
+	code, err := p.Wait()
+	return agent.ExecResult{ExitCode: code}, err
+}
+
+// withContainer runs f on the container started by exec request id,
+// waiting for its start if need be.
+func (s *Server) withContainer(ctx context.Context, id uint64, f func(*ociruntime.Process) error) error {
+	s.mu.Lock()
+	rc := s.containers[id]
+	s.mu.Unlock()
+	if rc == nil {
+		return &agent.Error{Code: agent.CodeNotFound, Message: fmt.Sprintf("no running container for request %d", id)}
+	}
+	select {
+	case <-rc.started:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if rc.p == nil {
+		return &agent.Error{Code: agent.CodeNotFound, Message: fmt.Sprintf("the container of request %d did not start", id)}
+	}
+	return f(rc.p)
+}
+
+// fileStdin turns a reader into an *os.File for a child's stdin, so that
+// exec.Cmd.Wait does not wait for the reader to reach EOF (an interactive
+// stream may never end). close releases it once the child has exited.
+func fileStdin(r io.Reader) (*os.File, func(), error) {
+	if r == nil {
+		return nil, func() {}, nil
+	}
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return nil, nil, err
+	}
+	go func() {
+		io.Copy(pw, r)
+		pw.Close()
+	}()
+	return pr, func() { pr.Close(); pw.Close() }, nil
 }
 
 func (s *Server) stat(p string) (any, error) {

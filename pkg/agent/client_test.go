@@ -1,0 +1,91 @@
+package agent
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// blockingWriter never returns from Write until released.
+type blockingWriter struct{ release chan struct{} }
+
+func (w blockingWriter) Write(p []byte) (int, error) { <-w.release; return len(p), nil }
+
+// A call whose output nobody reads must not hold the replies of other
+// calls on the shared channel, and its buffered output is bounded.
+func TestStalledStreamDoesNotBlockOtherCalls(t *testing.T) {
+	host, guest := net.Pipe()
+	defer host.Close()
+	defer guest.Close()
+	c := NewClient(host)
+	// A fake guest: floods the first call's stdout, then answers the
+	// second call at once.
+	go func() {
+		r := bufio.NewReader(guest)
+		var mu sync.Mutex
+		for {
+			m, err := ReadFrame(r)
+			if err != nil {
+				return
+			}
+			switch m.Op {
+			case OpExec:
+				go func(id uint64) {
+					chunk := []byte(strings.Repeat("x", 256<<10))
+					for i := 0; i < (MaxStreamBuffer/len(chunk))+16; i++ {
+						mu.Lock()
+						err := WriteFrame(guest, &Message{ID: id, Stream: "stdout", Data: chunk})
+						mu.Unlock()
+						if err != nil {
+							return
+						}
+					}
+				}(m.ID)
+			case OpStat:
+				res, _ := json.Marshal(StatResult{Size: 42})
+				mu.Lock()
+				WriteFrame(guest, &Message{ID: m.ID, Done: true, Result: res})
+				mu.Unlock()
+			}
+		}
+	}()
+	stalled := blockingWriter{release: make(chan struct{})}
+	defer close(stalled.release)
+	execCtx, cancelExec := context.WithCancel(context.Background())
+	defer cancelExec()
+	go c.Exec(execCtx, ExecRequest{Args: []string{"flood"}, Stdout: stalled})
+	// Let the flood pass the buffer bound.
+	time.Sleep(500 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	st, err := c.Stat(ctx, "/run/c/x")
+	if err != nil || st.Size != 42 {
+		t.Fatalf("a second call behind a stalled stream: %+v %v", st, err)
+	}
+}
+
+// A guest that never answers fails a call after its deadline, naming it.
+func TestCallDeadline(t *testing.T) {
+	host, guest := net.Pipe()
+	defer host.Close()
+	defer guest.Close()
+	go func() { // reads and never answers
+		r := bufio.NewReader(guest)
+		for {
+			if _, err := ReadFrame(r); err != nil {
+				return
+			}
+		}
+	}()
+	c := NewClient(host)
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if _, err := c.Stat(ctx, "/run/c/x"); err == nil || !strings.Contains(err.Error(), "stat") {
+		t.Fatalf("stat on a silent guest: %v", err)
+	}
+}

@@ -1,0 +1,7 @@
+//go:build !linux
+
+package inroot
+
+import "os"
+
+var errNotExist = os.ErrNotExist

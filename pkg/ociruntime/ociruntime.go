@@ -1,0 +1,330 @@
+// Package ociruntime runs a container from an OCI bundle with an OCI
+// runtime CLI (crun, else runc) through containerd's go-runc: the runtime
+// makes the namespaces, cgroups, seccomp filter, capabilities and /dev the
+// spec asks for; this package writes the bundle, wires stdio (pipes or a
+// pseudo-terminal of the container's own, never the caller's terminal),
+// forwards signals and reports the exit status. The CLI uses it on the host
+// and the guest agent inside a utility VM.
+package ociruntime
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/containerd/console"
+	runc "github.com/containerd/go-runc"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// Candidates are the runtimes looked for on PATH, in order of preference.
+// runc first: Debian 12's crun (1.8.1) refuses hosts whose cgroup v2
+// hierarchy holds a controller beside v1 ones ("cgroups in hybrid mode not
+// supported"), as this one does.
+var Candidates = []string{"runc", "crun"}
+
+// Runtime is one OCI runtime CLI with its own state directory.
+type Runtime struct {
+	// Binary is the runtime's path; "" finds one of Candidates on PATH.
+	Binary string
+	// StateDir is the runtime's --root: containers started here are
+	// listed and deleted only through it.
+	StateDir string
+	// NoPivot moves the root instead of pivot_root, which an initramfs
+	// root (the utility VM's) refuses.
+	NoPivot bool
+}
+
+// Find returns the path of the first runtime of Candidates on PATH.
+func Find() (string, error) {
+	for _, c := range Candidates {
+		if p, err := exec.LookPath(c); err == nil {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("no OCI runtime found on PATH (looked for %v): install crun or runc", Candidates)
+}
+
+func (r *Runtime) cli() (*runc.Runc, error) {
+	bin := r.Binary
+	if bin == "" {
+		var err error
+		if bin, err = Find(); err != nil {
+			return nil, err
+		}
+	}
+	// Its own process group: a Ctrl-C on the caller's terminal reaches
+	// the caller, which forwards it, not the runtime as well. It dies with
+	// its caller (the container is reaped by gc then).
+	return &runc.Runc{Command: bin, Root: r.StateDir, Setpgid: true, PdeathSignal: syscall.SIGKILL}, nil
+}
+
+// Container is one container to run.
+type Container struct {
+	ID     string
+	Bundle string // a directory; its config.json is written from Spec
+	Spec   *specs.Spec
+	// Stdin is copied to the container (nil: the container's stdin is
+	// empty). Stdout and Stderr receive its output; with a terminal
+	// (Spec.Process.Terminal) all output arrives on Stdout.
+	Stdin          io.Reader
+	Stdout, Stderr io.Writer
+}
+
+// Process is a started container.
+type Process struct {
+	rt      *runc.Runc
+	id      string
+	pid     int
+	console console.Console
+	done    chan struct{}
+	status  int
+	err     error
+	copies  sync.WaitGroup
+	cleanup []func()
+}
+
+// WriteBundle writes the spec as the bundle's config.json.
+func WriteBundle(bundle string, spec *specs.Spec) error {
+	b, err := json.MarshalIndent(spec, "", "  ")
+	if err != nil {
+		return fmt.Errorf("bundle %s: %w", bundle, err)
+	}
+	if err := os.MkdirAll(bundle, 0o700); err != nil {
+		return fmt.Errorf("bundle %s: %w", bundle, err)
+	}
+	if err := os.WriteFile(filepath.Join(bundle, "config.json"), b, 0o600); err != nil {
+		return fmt.Errorf("bundle %s: %w", bundle, err)
+	}
+	return nil
+}
+
+// Start writes the bundle and starts the container. It returns once the
+// container's process exists; Wait gives its exit status.
+func (r *Runtime) Start(ctx context.Context, c Container) (_ *Process, err error) {
+	if c.Spec == nil || c.Spec.Process == nil {
+		return nil, fmt.Errorf("container %s: spec has no process", c.ID)
+	}
+	rt, err := r.cli()
+	if err != nil {
+		return nil, err
+	}
+	if err := WriteBundle(c.Bundle, c.Spec); err != nil {
+		return nil, err
+	}
+	p := &Process{rt: rt, id: c.ID, done: make(chan struct{})}
+	defer func() {
+		if err != nil {
+			p.close()
+		}
+	}()
+	opts := &runc.CreateOpts{NoPivot: r.NoPivot}
+	tty := c.Spec.Process.Terminal
+	var pio runc.IO
+	var ttyIO *terminalIO
+	if tty {
+		// The runtime, in the foreground, gives the container a
+		// pseudo-terminal of its own and relays it to its stdio: a second
+		// one, made here, whose master stays with us. The caller's
+		// terminal never reaches the container.
+		if ttyIO, err = newTerminalIO(c.Spec.Process.ConsoleSize); err != nil {
+			return nil, fmt.Errorf("container %s: %w", c.ID, err)
+		}
+		p.cleanup = append(p.cleanup, func() { ttyIO.Close() })
+		p.console = ttyIO.master
+		opts.IO = ttyIO
+	} else {
+		if pio, err = runc.NewPipeIO(0, 0, func(o *runc.IOOption) { o.OpenStdin = c.Stdin != nil }); err != nil {
+			return nil, fmt.Errorf("container %s: stdio pipes: %w", c.ID, err)
+		}
+		p.cleanup = append(p.cleanup, func() { pio.Close() })
+		opts.IO = pio
+	}
+	started := make(chan int, 1)
+	opts.Started = started
+	// The runtime process must not die with ctx: a cancelled run is
+	// stopped by signals (Stop), so the container can clean up.
+	go func() {
+		defer close(p.done)
+		p.status, p.err = rt.Run(context.WithoutCancel(ctx), c.ID, c.Bundle, opts)
+		var ee *runc.ExitError
+		if errors.As(p.err, &ee) {
+			p.err = nil // the container's own status
+		}
+	}()
+	pid, ok := <-started
+	if !ok {
+		<-p.done
+		return nil, fmt.Errorf("container %s: start %s: %w", c.ID, rt.Command, p.err)
+	}
+	p.pid = pid
+	if tty {
+		ttyIO.slave.Close() // the runtime has its copy
+		if c.Stdin != nil {
+			go io.Copy(p.console, c.Stdin)
+		}
+		p.copy(c.Stdout, p.console)
+		return p, nil
+	}
+	if c, ok := pio.(runc.StartCloser); ok {
+		c.CloseAfterStart()
+	}
+	if c.Stdin != nil {
+		go func() {
+			io.Copy(pio.Stdin(), c.Stdin)
+			pio.Stdin().Close()
+		}()
+	}
+	p.copy(c.Stdout, pio.Stdout())
+	p.copy(c.Stderr, pio.Stderr())
+	return p, nil
+}
+
+func (p *Process) copy(w io.Writer, r io.Reader) {
+	if w == nil {
+		w = io.Discard
+	}
+	p.copies.Add(1)
+	go func() {
+		defer p.copies.Done()
+		io.Copy(w, r)
+	}()
+}
+
+func (p *Process) close() {
+	for i := len(p.cleanup) - 1; i >= 0; i-- {
+		p.cleanup[i]()
+	}
+	p.cleanup = nil
+}
+
+// Pid is the runtime process's pid (the container's init is its child).
+func (p *Process) Pid() int { return p.pid }
+
+// Done is closed when the container has exited.
+func (p *Process) Done() <-chan struct{} { return p.done }
+
+// Wait waits for the container to exit and its output to drain, and
+// returns its exit status: the code it exited with, or 128+N when signal
+// N ended it (137 for SIGKILL, as after an OOM kill).
+func (p *Process) Wait() (int, error) {
+	<-p.done
+	if p.console != nil {
+		// The terminal's output ends with EIO once the container's side
+		// is closed; reading stops then.
+		p.console.Close()
+	}
+	p.copies.Wait()
+	p.close()
+	return p.status, p.err
+}
+
+// Signal sends sig to the container's init.
+func (p *Process) Signal(ctx context.Context, sig syscall.Signal) error {
+	select {
+	case <-p.done:
+		return nil
+	default:
+	}
+	if err := p.rt.Kill(ctx, p.id, int(sig), nil); err != nil {
+		select {
+		case <-p.done: // it exited meanwhile
+			return nil
+		default:
+		}
+		return fmt.Errorf("container %s: signal %v: %w", p.id, sig, err)
+	}
+	return nil
+}
+
+// Stop sends sig, and SIGKILL when the container has not exited after
+// timeout.
+func (p *Process) Stop(ctx context.Context, sig syscall.Signal, timeout time.Duration) error {
+	if err := p.Signal(ctx, sig); err != nil {
+		return err
+	}
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-p.done:
+		return nil
+	case <-t.C:
+		return p.Signal(ctx, syscall.SIGKILL)
+	}
+}
+
+// Resize sets the container's terminal size; without a terminal it does
+// nothing. The runtime passes the size on when told by SIGWINCH.
+func (p *Process) Resize(ws console.WinSize) error {
+	if p.console == nil {
+		return nil
+	}
+	if err := p.console.Resize(ws); err != nil {
+		return err
+	}
+	select {
+	case <-p.done:
+		return nil
+	default:
+		return sendWinch(p.pid)
+	}
+}
+
+// Delete force-deletes a container left in the runtime's state, killing
+// what still runs in it (gc after a run that died).
+func (r *Runtime) Delete(ctx context.Context, id string) error {
+	rt, err := r.cli()
+	if err != nil {
+		return err
+	}
+	if err := rt.Delete(ctx, id, &runc.DeleteOpts{Force: true}); err != nil {
+		return fmt.Errorf("delete container %s: %w", id, err)
+	}
+	return nil
+}
+
+// List names the containers in the runtime's state directory.
+func (r *Runtime) List(ctx context.Context) ([]string, error) {
+	if _, err := os.Stat(r.StateDir); errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	rt, err := r.cli()
+	if err != nil {
+		return nil, err
+	}
+	cs, err := rt.List(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list containers in %s: %w", r.StateDir, err)
+	}
+	var ids []string
+	for _, c := range cs {
+		ids = append(ids, c.ID)
+	}
+	return ids, nil
+}
+
+// terminalIO is a pseudo-terminal pair: the runtime gets the slave as
+// its stdio, we keep the master.
+type terminalIO struct {
+	master console.Console
+	slave  *os.File
+}
+
+func (t *terminalIO) Close() error {
+	t.slave.Close()
+	return t.master.Close()
+}
+func (t *terminalIO) Stdin() io.WriteCloser { return nil }
+func (t *terminalIO) Stdout() io.ReadCloser { return nil }
+func (t *terminalIO) Stderr() io.ReadCloser { return nil }
+func (t *terminalIO) Set(cmd *exec.Cmd) {
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = t.slave, t.slave, t.slave
+}
