@@ -10,6 +10,10 @@
 // buffers and identical file contents are stored once (the objectid files
 // index every object by length and digest, as cimfs.dll does). The reader
 // accepts formats 2.x and 3.0 and reads Data, sparse and PE-image streams.
+// It reads only what the structures point at, checked against the region
+// file's size and against limits of its own (MaxObjectLen, MaxDirEntries,
+// MaxFiles), since a region file may be sparse and far larger than its
+// content; the writer refuses a tree the reader would.
 //
 // A fork (Create with a parent image) lists the parent's region sets
 // before its own and writes a complete file system of the merged view:

@@ -44,35 +44,73 @@ func encodeLinkTable(up []uint16, entries []linkEntry, valueSize int) []byte {
 
 var errLinkTable = errors.New("corrupt link table")
 
-// decodeLinkTable parses b (exactly the table's bytes).
-func decodeLinkTable(b []byte, valueSize int) ([]linkEntry, error) {
+// linkTable is a link table checked whole, whose entries are decoded on
+// demand: holding one costs its size, whatever it claims.
+type linkTable struct {
+	b         []byte
+	n         int
+	valueSize int
+}
+
+// parseLinkTable checks b (exactly the table's bytes): the count fits and
+// is at most MaxDirEntries, and every name lies in the names area without
+// sharing bytes with another (names are laid out one after the other), so
+// decoding all entries costs at most a few times the table's size.
+func parseLinkTable(b []byte, valueSize int) (linkTable, error) {
 	le := binary.LittleEndian
 	if len(b) < 8 {
-		return nil, fmt.Errorf("%w: %d bytes", errLinkTable, len(b))
+		return linkTable{}, fmt.Errorf("%w: %d bytes", errLinkTable, len(b))
 	}
 	if l := le.Uint32(b); int64(l) != int64(len(b)) {
-		return nil, fmt.Errorf("%w: length field %d, expected %d", errLinkTable, l, len(b))
+		return linkTable{}, fmt.Errorf("%w: length field %d, expected %d", errLinkTable, l, len(b))
 	}
 	n := int64(le.Uint32(b[4:]))
-	if 8+n*int64(valueSize+4) > int64(len(b)) {
-		return nil, fmt.Errorf("%w: %d entries do not fit in %d bytes", errLinkTable, n, len(b))
+	namesAt := 8 + n*int64(valueSize+4)
+	if namesAt > int64(len(b)) {
+		return linkTable{}, fmt.Errorf("%w: %d entries do not fit in %d bytes", errLinkTable, n, len(b))
 	}
-	out := make([]linkEntry, n)
-	for i := range out {
-		vo := 8 + i*valueSize
-		no := int64(le.Uint32(b[8+int(n)*valueSize+4*i:]))
-		if no+2 > int64(len(b)) {
-			return nil, fmt.Errorf("%w: name offset %#x out of range", errLinkTable, no)
+	if n > MaxDirEntries {
+		return linkTable{}, fmt.Errorf("%w: %d entries, over the limit of %d (cimfs.MaxDirEntries)", errLinkTable, n, MaxDirEntries)
+	}
+	t := linkTable{b: b, n: int(n), valueSize: valueSize}
+	var names int64
+	for i := range t.n {
+		no := int64(le.Uint32(b[8+t.n*valueSize+4*i:]))
+		if no < namesAt || no+2 > int64(len(b)) {
+			return linkTable{}, fmt.Errorf("%w: name offset %#x out of range", errLinkTable, no)
 		}
 		nl := int64(le.Uint16(b[no:]))
 		if no+2+2*nl > int64(len(b)) || nl == 0 {
-			return nil, fmt.Errorf("%w: name at %#x (length %d) out of range", errLinkTable, no, nl)
+			return linkTable{}, fmt.Errorf("%w: name at %#x (length %d) out of range", errLinkTable, no, nl)
 		}
-		name := make([]uint16, nl)
-		for j := range name {
-			name[j] = le.Uint16(b[no+2+2*int64(j):])
+		if names += 2 + 2*nl; names > int64(len(b))-namesAt {
+			return linkTable{}, fmt.Errorf("%w: names overlap (%d bytes of names in a %d-byte area)", errLinkTable, names, int64(len(b))-namesAt)
 		}
-		out[i] = linkEntry{name: name, value: b[vo : vo+valueSize]}
+	}
+	return t, nil
+}
+
+// entry decodes entry i (0 <= i < t.n) of a parsed table.
+func (t linkTable) entry(i int) linkEntry {
+	le := binary.LittleEndian
+	vo := 8 + i*t.valueSize
+	no := int(le.Uint32(t.b[8+t.n*t.valueSize+4*i:]))
+	name := make([]uint16, le.Uint16(t.b[no:]))
+	for j := range name {
+		name[j] = le.Uint16(t.b[no+2+2*j:])
+	}
+	return linkEntry{name: name, value: t.b[vo : vo+t.valueSize]}
+}
+
+// decodeLinkTable parses b (exactly the table's bytes) and decodes every entry.
+func decodeLinkTable(b []byte, valueSize int) ([]linkEntry, error) {
+	t, err := parseLinkTable(b, valueSize)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]linkEntry, t.n)
+	for i := range out {
+		out[i] = t.entry(i)
 	}
 	return out, nil
 }

@@ -2,7 +2,9 @@ package cimfs
 
 import (
 	"encoding/binary"
+	"fmt"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -10,7 +12,9 @@ import (
 // order cimfs.dll does in the real image: per file its SD, EAs and reparse
 // buffer; the upcase table; directory link tables; back-link tables; stream
 // tables; file tables; the file table directory; the Filesystem object.
-func (w *Writer) buildMetadata() (*metaRegion, regionOffset) {
+// It refuses a tree the reader's limits would refuse (MaxFiles,
+// MaxDirEntries, MaxObjectLen).
+func (w *Writer) buildMetadata() (*metaRegion, regionOffset, error) {
 	up := defaultUpcase
 	var files []*wfile
 	primary := map[*wfile]*node{}
@@ -26,6 +30,21 @@ func (w *Writer) buildMetadata() (*metaRegion, regionOffset) {
 		}
 	}
 	visit(w.root)
+	if len(files) > MaxFiles {
+		return nil, 0, fmt.Errorf("CIM %s: %d files, over the limit of %d (cimfs.MaxFiles)", w.name, len(files), MaxFiles)
+	}
+	table := func(es []linkEntry, valueSize int, what string, f *wfile) ([]byte, error) {
+		if len(es) > MaxDirEntries {
+			return nil, fmt.Errorf("CIM %s: %s of %q: %d entries, over the limit of %d (cimfs.MaxDirEntries)",
+				w.name, what, primary[f].path(), len(es), MaxDirEntries)
+		}
+		t := encodeLinkTable(up, es, valueSize)
+		if len(t) > MaxObjectLen {
+			return nil, fmt.Errorf("CIM %s: %s of %q: %d bytes, over the limit of %d (cimfs.MaxObjectLen)",
+				w.name, what, primary[f].path(), len(t), MaxObjectLen)
+		}
+		return t, nil
+	}
 
 	m := newMetaRegion()
 	ro := func(off int64) regionOffset { return makeRO(w.base, off) }
@@ -57,7 +76,10 @@ func (w *Writer) buildMetadata() (*metaRegion, regionOffset) {
 		for _, k := range kids {
 			es = append(es, linkEntry{name: encodeName(k.name), value: le32(k.f.id)})
 		}
-		t := encodeLinkTable(up, es, 4)
+		t, err := table(es, 4, "directory", f)
+		if err != nil {
+			return nil, 0, err
+		}
 		recs[i].data = stream{ro: ro(m.put(t)), length: int64(len(t)), typ: streamLinkTable}
 	}
 	for i, f := range files {
@@ -69,7 +91,11 @@ func (w *Writer) buildMetadata() (*metaRegion, regionOffset) {
 				es = append(es, linkEntry{name: encodeName(n.name), value: le32(n.parent.f.id)})
 			}
 		}
-		recs[i].backLinks = ro(m.put(encodeLinkTable(up, es, 4)))
+		t, err := table(es, 4, "names", f)
+		if err != nil {
+			return nil, 0, err
+		}
+		recs[i].backLinks = ro(m.put(t))
 		if p := primary[f]; p.parent != nil {
 			recs[i].parentID = p.parent.f.id
 		} else {
@@ -86,7 +112,11 @@ func (w *Writer) buildMetadata() (*metaRegion, regionOffset) {
 			s.s.put(v)
 			es = append(es, linkEntry{name: encodeName(s.name), value: v})
 		}
-		recs[i].streamTable = ro(m.put(encodeLinkTable(up, es, 16)))
+		t, err := table(es, 16, "streams", f)
+		if err != nil {
+			return nil, 0, err
+		}
+		recs[i].streamTable = ro(m.put(t))
 	}
 	var ftd []byte
 	for start := 0; start < len(files); start += filesPerTable {
@@ -114,7 +144,7 @@ func (w *Writer) buildMetadata() (*metaRegion, regionOffset) {
 	binary.LittleEndian.PutUint64(fsObj[8:], uint64(ro(ftdOff)))
 	binary.LittleEndian.PutUint32(fsObj[0x10:], uint32(len(ftd)/ftdEntryLen))
 	binary.LittleEndian.PutUint32(fsObj[0x14:], w.root.f.id)
-	return m, ro(m.put(fsObj))
+	return m, ro(m.put(fsObj)), nil
 }
 
 func sortedKids(up []uint16, n *node) []*node {
@@ -134,3 +164,11 @@ func prefix16(b []byte) []byte {
 }
 
 func le32(v uint32) []byte { return binary.LittleEndian.AppendUint32(nil, v) }
+
+// path is n's slash path from the root ("" for the root), for messages.
+func (n *node) path() string {
+	if n.parent == nil {
+		return ""
+	}
+	return strings.TrimPrefix(n.parent.path()+"/"+n.name, "/")
+}

@@ -18,6 +18,27 @@ import (
 // ErrCorrupt is wrapped by every error about a malformed image.
 var ErrCorrupt = errors.New("corrupt CimFS image")
 
+// Limits on what an image can make the reader allocate. Region files may
+// be sparse and huge, so a length that fits in its region file bounds
+// nothing: these bound it instead, far above real images (a Windows Server
+// Core layer has a few hundred thousand files and no directory of more
+// than tens of thousands of entries). An image over them is ErrCorrupt.
+const (
+	// MaxObjectLen bounds one metadata object read whole: a directory,
+	// back-link or stream table, or the file table directory.
+	MaxObjectLen = 32 << 20
+	// MaxDirEntries bounds the entries of one link table (a directory's
+	// names, a file's names or its streams).
+	MaxDirEntries = 1 << 20
+	// MaxFiles bounds the FileIDs of an image (1 024 per file table).
+	MaxFiles = 1 << 22
+	// maxWalkHeld bounds the bytes Walk holds at once: the table and the
+	// path of each directory from the root to where it is.
+	maxWalkHeld = 256 << 20
+	// maxWalkDepth is the deepest a Windows path (32 767 UTF-16 units) can go.
+	maxWalkDepth = 16384
+)
+
 // Image is an open CIM: its .cim file and the region files of its own
 // region set and of every parent's. It is safe for concurrent use.
 type Image struct {
@@ -119,6 +140,10 @@ func openFS(fsys fs.FS, name, display, dir string) (_ *Image, err error) {
 	ftdRO := regionOffset(le.Uint64(b[8:]))
 	nTables := int64(le.Uint32(b[0x10:]))
 	img.root = le.Uint32(b[0x14:])
+	if nTables > MaxFiles/filesPerTable {
+		return nil, fmt.Errorf("%w: %s: %d file tables, over the limit of %d (cimfs.MaxFiles = %d files)",
+			ErrCorrupt, name, nTables, MaxFiles/filesPerTable, MaxFiles)
+	}
 	ftd, err := img.read(ftdRO, nTables*ftdEntryLen, "file table directory")
 	if err != nil {
 		return nil, err
@@ -233,10 +258,15 @@ func (img *Image) check(ro regionOffset, n int64, what string) error {
 	return nil
 }
 
-// read returns n bytes at ro; n is bounded by the region's size.
+// read returns n bytes at ro; n is bounded by the region's size and by
+// MaxObjectLen (a sparse region file may be far larger than its content).
 func (img *Image) read(ro regionOffset, n int64, what string) ([]byte, error) {
 	if err := img.check(ro, n, what); err != nil {
 		return nil, err
+	}
+	if n > MaxObjectLen {
+		return nil, fmt.Errorf("%w: %s: %s at %s is %d bytes, over the limit of %d (cimfs.MaxObjectLen)",
+			ErrCorrupt, img.path, what, ro, n, MaxObjectLen)
 	}
 	rf := img.regions[ro.index()]
 	b := make([]byte, n)
@@ -497,32 +527,37 @@ func (img *Image) lookup(dir *File, name string) (*File, error) {
 	if err != nil {
 		return nil, err
 	}
-	es, err := img.dirEntries(dir)
+	t, err := img.dirTable(dir)
 	if err != nil {
 		return nil, err
 	}
 	want := encodeName(name)
-	i := sort.Search(len(es), func(i int) bool { return compareNames(up, es[i].name, want) >= 0 })
-	if i == len(es) || compareNames(up, es[i].name, want) != 0 {
+	i := sort.Search(t.n, func(i int) bool { return compareNames(up, t.entry(i).name, want) >= 0 })
+	if i == t.n {
 		return nil, fs.ErrNotExist
 	}
-	return img.file(binary.LittleEndian.Uint32(es[i].value), decodeName(es[i].name))
+	e := t.entry(i)
+	if compareNames(up, e.name, want) != 0 {
+		return nil, fs.ErrNotExist
+	}
+	return img.file(binary.LittleEndian.Uint32(e.value), decodeName(e.name))
 }
 
-func (img *Image) dirEntries(dir *File) ([]linkEntry, error) {
+// dirTable reads and checks the link table of directory dir.
+func (img *Image) dirTable(dir *File) (linkTable, error) {
 	s := dir.rec.data
 	if s.length == 0 {
-		return nil, nil
+		return linkTable{}, nil
 	}
 	b, err := img.read(s.ro, s.length, fmt.Sprintf("directory FileID %d", dir.ID))
 	if err != nil {
-		return nil, err
+		return linkTable{}, err
 	}
-	es, err := decodeLinkTable(b, 4)
+	t, err := parseLinkTable(b, 4)
 	if err != nil {
-		return nil, fmt.Errorf("%s: directory FileID %d at %s: %w", img.path, dir.ID, s.ro, err)
+		return linkTable{}, fmt.Errorf("%s: directory FileID %d at %s: %w", img.path, dir.ID, s.ro, err)
 	}
-	return es, nil
+	return t, nil
 }
 
 // ReadDir lists the directory at p in its on-disk (upcased name) order.
@@ -538,12 +573,13 @@ func (img *Image) readDir(d *File) ([]*File, error) {
 	if !d.IsDir() {
 		return nil, fmt.Errorf("%s: FileID %d (%s) is not a directory", img.path, d.ID, d.Name)
 	}
-	es, err := img.dirEntries(d)
+	t, err := img.dirTable(d)
 	if err != nil {
 		return nil, err
 	}
-	out := make([]*File, 0, len(es))
-	for _, e := range es {
+	out := make([]*File, 0, t.n)
+	for i := range t.n {
+		e := t.entry(i)
 		f, err := img.file(binary.LittleEndian.Uint32(e.value), decodeName(e.name))
 		if err != nil {
 			return nil, err
@@ -564,15 +600,18 @@ func (img *Image) Open(p string) (*io.SectionReader, error) {
 
 // Walk calls fn for every name in the tree, parents before children, with
 // slash paths ("" for the root). A directory reached twice (a loop, or a
-// hard-linked directory) is an error.
+// hard-linked directory) is an error. It holds the table and path of each
+// directory from the root to where it is, and no more: entries are decoded
+// one at a time.
 func (img *Image) Walk(fn func(p string, f *File) error) error {
 	root, err := img.file(img.root, "")
 	if err != nil {
 		return err
 	}
 	seen := map[uint32]bool{}
-	var walk func(p string, f *File) error
-	walk = func(p string, f *File) error {
+	var held int64
+	var walk func(p string, depth int, f *File) error
+	walk = func(p string, depth int, f *File) error {
 		if err := fn(p, f); err != nil {
 			return err
 		}
@@ -583,16 +622,31 @@ func (img *Image) Walk(fn func(p string, f *File) error) error {
 			return fmt.Errorf("%w: %s: directory FileID %d reached twice (at %q)", ErrCorrupt, img.path, f.ID, p)
 		}
 		seen[f.ID] = true
-		kids, err := img.readDir(f)
+		t, err := img.dirTable(f)
 		if err != nil {
 			return err
 		}
-		for _, k := range kids {
-			if err := walk(path.Join(p, k.Name), k); err != nil {
+		if depth >= maxWalkDepth {
+			return fmt.Errorf("%w: %s: directory FileID %d is %d levels deep, deeper than a Windows path can go",
+				ErrCorrupt, img.path, f.ID, depth)
+		}
+		cost := int64(len(t.b) + len(p))
+		if held += cost; held > maxWalkHeld {
+			return fmt.Errorf("%w: %s: the directory tables and paths from the root to FileID %d hold %d bytes, over the limit of %d",
+				ErrCorrupt, img.path, f.ID, held, maxWalkHeld)
+		}
+		defer func() { held -= cost }()
+		for i := range t.n {
+			e := t.entry(i)
+			k, err := img.file(binary.LittleEndian.Uint32(e.value), decodeName(e.name))
+			if err != nil {
+				return err
+			}
+			if err := walk(path.Join(p, k.Name), depth+1, k); err != nil {
 				return err
 			}
 		}
 		return nil
 	}
-	return walk("", root)
+	return walk("", 0, root)
 }

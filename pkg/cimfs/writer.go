@@ -495,7 +495,10 @@ func (w *Writer) Commit() (err error) {
 			w.Close()
 		}
 	}()
-	meta, fsOff := w.buildMetadata()
+	meta, fsOff, err := w.buildMetadata()
+	if err != nil {
+		return err
+	}
 
 	type out struct {
 		final string

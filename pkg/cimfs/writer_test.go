@@ -202,11 +202,11 @@ func TestWriteEveryFeature(t *testing.T) {
 		t.Errorf("removed file: %v", err)
 	}
 	// Link tables are sorted by upcased name (not by bytes: "a" < "B.txt").
-	es, err := img.dirEntries(filesDir)
+	tab, err := img.dirTable(filesDir)
 	must(t, err)
-	for i := 1; i < len(es); i++ {
-		if compareNames(defaultUpcase, es[i-1].name, es[i].name) >= 0 {
-			t.Errorf("directory table not sorted: %q before %q", decodeName(es[i-1].name), decodeName(es[i].name))
+	for i := 1; i < tab.n; i++ {
+		if a, b := tab.entry(i-1).name, tab.entry(i).name; compareNames(defaultUpcase, a, b) >= 0 {
+			t.Errorf("directory table not sorted: %q before %q", decodeName(a), decodeName(b))
 		}
 	}
 	// The upcase table is stored and equals the generated one.

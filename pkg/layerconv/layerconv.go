@@ -6,18 +6,21 @@
 // wants; mounting code uses LowerDir so the container never sees it.
 //
 // The tar is checked entry by entry: names and hard links must stay inside
-// the layer, relative symlinks may not climb above it, device nodes are
-// refused, and overlayfs xattrs in the tar are dropped (only this package
-// decides what is opaque).
+// the layer, relative symlinks may not climb above it, overlayfs xattrs in
+// the tar are dropped (only this package decides what is opaque), and
+// device nodes are kept except a character device 0:0, which overlayfs
+// would read as a whiteout. The tree a layer makes the converter hold is
+// bounded (see MaxTreeNodes and the limits beside it): a hostile layer is
+// refused before it reaches tar2ext4.
 //
 // Whiteouts follow the OCI image spec: they apply only to lower layers,
 // whatever their position in the tar, while the layer's own entries behave as
 // an archive extracted in order (a directory over a directory merges,
 // anything else replaces). The converter keeps the layer's final tree
-// (memory grows with the entry count, never with file sizes) and feeds
-// hcsshim's tar2ext4. A layer that names each entry once (nearly all) is
-// converted in one pass: files, symlinks and hard links go to tar2ext4 as
-// they are read, directories (with their final metadata and opacity) and
+// (memory grows with the names, never with file sizes, and is bounded by
+// the limits) and feeds hcsshim's tar2ext4. A layer that names each entry
+// once (nearly all) is converted in one pass: files, symlinks, devices and
+// hard links go to tar2ext4 as they are read, directories (with their final metadata and opacity) and
 // whiteouts at the end. A layer that replaces one of its own entries is
 // read again and converted in two passes: pass 1 builds the tree while
 // spooling the tar to an unlinked file next to the output, pass 2 writes
@@ -53,6 +56,72 @@ import (
 // ErrInvalidLayer marks a layer tar whose content is refused.
 var ErrInvalidLayer = errors.New("invalid layer")
 
+// Limits on what one layer may make the conversion hold. The converter
+// keeps the layer's tree until the end and tar2ext4 keeps an inode and the
+// full path of every name it writes, so without them a small archive of
+// deep, unique paths grows memory without bound (a 480 KB gzip of 20 000
+// paths 1 900 levels deep reached 24 GB). A layer over a limit is refused
+// with a *LimitError, which is ErrInvalidLayer, before tar2ext4 sees the
+// entry. Real layers are far below them: a Debian base layer has 10–40 k
+// entries, paths under 30 components and about 60 bytes long.
+const (
+	// MaxEntries bounds the tar entries of a layer, each of which the
+	// two-pass conversion remembers.
+	MaxEntries = 1 << 21
+	// MaxTreeNodes bounds the names of the layer's tree: entries,
+	// directories implied by deeper names, whiteouts. Each costs about
+	// 1 KiB, here and in tar2ext4 together.
+	MaxTreeNodes = 1 << 20
+	// MaxNameBytes bounds the bytes of names the conversion holds: every
+	// entry's path, the full path of every implied directory (tar2ext4
+	// keeps one per inode), and the link targets and xattrs of the entries
+	// kept to the end (directories, symlinks, devices, fifos). Each byte is
+	// held about twice, here and in tar2ext4.
+	MaxNameBytes = 128 << 20
+	// MaxPathDepth bounds the components of an entry's path: tar2ext4
+	// rebuilds every parent path of each entry it writes, work that grows
+	// with depth × length.
+	MaxPathDepth = 128
+	// MaxPathLen is Linux's PATH_MAX less its NUL: the longest entry name
+	// or symlink target.
+	MaxPathLen = 4095
+	// MaxNameLen is NAME_MAX, ext4's longest name of one component.
+	MaxNameLen = 255
+)
+
+// LimitError is a layer refused for going over one of the limits above.
+// errors.Is(err, ErrInvalidLayer) holds for it.
+type LimitError struct {
+	Limit string // the constant's name, e.g. "MaxPathDepth"
+	Max   int64  // the limit applied
+	Entry string // the tar entry that went over it
+	Got   string // what the entry or the layer reached
+}
+
+func (e *LimitError) Error() string {
+	return fmt.Sprintf("%v: entry %s: %s, over the limit layerconv.%s = %d", ErrInvalidLayer, clipName(e.Entry), e.Got, e.Limit, e.Max)
+}
+
+// Is makes a LimitError an ErrInvalidLayer.
+func (e *LimitError) Is(target error) bool { return target == ErrInvalidLayer }
+
+// clipName quotes an entry name for a message, shortened when long.
+func clipName(s string) string {
+	const max = 96
+	if len(s) <= max {
+		return fmt.Sprintf("%q", s)
+	}
+	return fmt.Sprintf("%q… (%d bytes)", s[:max], len(s))
+}
+
+// limits are the cumulative limits a conversion applies (tests lower them).
+type limits struct {
+	entries, nodes int
+	nameBytes      int64
+}
+
+var defaultLimits = limits{entries: MaxEntries, nodes: MaxTreeNodes, nameBytes: MaxNameBytes}
+
 // PmemAlign is the unit the ext4 part of a layer image is padded to.
 const PmemAlign = 2 << 20
 
@@ -70,6 +139,7 @@ const (
 	whiteoutPrefix = ".wh."
 	opaqueMarker   = ".wh..wh..opq"
 	aufsPrefix     = ".wh..wh." // aufs bookkeeping (hard-link stash), not content
+	xattrPAX       = "SCHILY.xattr."
 	overlayXattr   = "SCHILY.xattr.trusted.overlay."
 	opaqueXattr    = "SCHILY.xattr.trusted.overlay.opaque"
 )
@@ -102,14 +172,15 @@ var errTwoPass = errors.New("layer replaces its own entries")
 // needs the final tree before writing: the tar is spooled to a temporary
 // file in out's directory, removed before Convert returns.
 func Convert(ctx context.Context, open Opener, out *os.File) (Stats, error) {
-	return convertLayer(ctx, open, out, true)
+	return convertLayer(ctx, open, out, true, defaultLimits)
 }
 
-// convertLayer is Convert; without twoPass it fails with errTwoPass instead.
-func convertLayer(ctx context.Context, open Opener, out *os.File, twoPass bool) (Stats, error) {
+// convertLayer is Convert with the given limits; without twoPass it fails
+// with errTwoPass instead.
+func convertLayer(ctx context.Context, open Opener, out *os.File, twoPass bool, lim limits) (Stats, error) {
 	open = aheadOpener(open)
 	var st Stats
-	err := convertOnePass(ctx, open, out, &st)
+	err := convertOnePass(ctx, open, out, &st, lim)
 	if errors.Is(err, errTwoPass) && twoPass {
 		st = Stats{}
 		if _, err := out.Seek(0, io.SeekStart); err != nil {
@@ -118,7 +189,7 @@ func convertLayer(ctx context.Context, open Opener, out *os.File, twoPass bool) 
 		if err := out.Truncate(0); err != nil {
 			return st, fmt.Errorf("layer image: %w", err)
 		}
-		err = convertTwoPass(ctx, open, out, &st)
+		err = convertTwoPass(ctx, open, out, &st, lim)
 	}
 	if err != nil {
 		return st, err
@@ -170,8 +241,8 @@ func toExt4(out *os.File, write func(w io.Writer) error) error {
 // every directory with its final metadata and the whiteouts. It gives
 // errTwoPass, having written part of the image, when an entry replaces an
 // earlier one that is not a directory merged with it.
-func convertOnePass(ctx context.Context, open Opener, out *os.File, st *Stats) error {
-	t := newTree()
+func convertOnePass(ctx context.Context, open Opener, out *os.File, st *Stats, lim limits) error {
+	t := newTree(lim, false)
 	return toExt4(out, func(w io.Writer) error {
 		tw := tar.NewWriter(w)
 		buf := make([]byte, 64<<10) // one copy buffer for every file
@@ -219,7 +290,7 @@ func convertOnePass(ctx context.Context, open Opener, out *os.File, st *Stats) e
 
 // convertTwoPass reads the tar once to build the layer's final tree while
 // spooling it, then writes the tree, reading file content from the spool.
-func convertTwoPass(ctx context.Context, open Opener, out *os.File, st *Stats) error {
+func convertTwoPass(ctx context.Context, open Opener, out *os.File, st *Stats, lim limits) error {
 	spool, err := os.CreateTemp(filepath.Dir(out.Name()), ".layer-tar-*")
 	if err != nil {
 		return fmt.Errorf("layer tar spool: %w", err)
@@ -230,7 +301,7 @@ func convertTwoPass(ctx context.Context, open Opener, out *os.File, st *Stats) e
 		spool.Close()
 		os.Remove(spool.Name())
 	}()
-	tree, tarSize, err := scanOnce(ctx, open, spool, st)
+	tree, tarSize, err := scanOnce(ctx, open, spool, st, lim)
 	if err != nil {
 		return err
 	}
@@ -242,58 +313,108 @@ func convertTwoPass(ctx context.Context, open Opener, out *os.File, st *Stats) e
 
 // node is a name in the layer's final tree.
 type node struct {
-	typ byte // tar.TypeDir, TypeReg, TypeSymlink or TypeFifo (of the inode, for hard links too)
+	// typ is tar.TypeDir, TypeReg, TypeSymlink, TypeFifo, TypeChar or
+	// TypeBlock (of the inode, for hard links too).
+	typ byte
 	// hdr is the entry of a directory (nil: implied by a descendant), a
-	// symlink or a fifo; regular files are read again in pass 2.
+	// symlink, a fifo or a device; regular files are read again in pass 2.
 	hdr *tar.Header
 	src int // non-directories: ordinal of the entry that made the inode
 
 	children  map[string]*node // directories
-	whiteouts map[string]bool  // directories: names whited out in lower layers
+	whiteouts map[string]bool  // directories: names whited out in lower layers (nil: none)
 	opaque    bool             // directories: hide lower layers' content
 }
 
 func newDir(hdr *tar.Header) *node {
-	return &node{typ: tar.TypeDir, hdr: hdr, children: map[string]*node{}, whiteouts: map[string]bool{}}
+	return &node{typ: tar.TypeDir, hdr: hdr, children: map[string]*node{}}
 }
 
-// tree is the layer's final tree, as far as the tar has been read.
+// tree is the layer's final tree, as far as the tar has been read, and
+// what it has cost against the limits.
 type tree struct {
-	root    *node
-	regName map[int]string // ordinal -> name of regular-file entries that made an inode
+	root *node
+	// regName maps the ordinal of each regular-file entry that made an
+	// inode to its name; only the two-pass conversion needs it (nil otherwise).
+	regName map[int]string
+
+	lim     limits
+	entries int   // tar entries read
+	nodes   int   // names created: entries, implied directories, whiteouts
+	held    int64 // bytes of names, link targets and xattrs held (see MaxNameBytes)
 }
 
-func newTree() *tree { return &tree{root: newDir(nil), regName: map[int]string{}} }
-
-// walk returns the directory at p, creating missing directories when
-// create is set. It returns nil if a component of p is not a directory
-// (or is missing and create is unset).
-func (t *tree) walk(p string, create bool) *node {
-	n := t.root
-	if p == "" {
-		return n
+func newTree(lim limits, twoPass bool) *tree {
+	t := &tree{root: newDir(nil), lim: lim}
+	if twoPass {
+		t.regName = map[int]string{}
 	}
-	for _, c := range strings.Split(p, "/") {
+	return t
+}
+
+// charge counts new names and newly held bytes on behalf of entry, and
+// fails once the layer goes over MaxTreeNodes or MaxNameBytes.
+func (t *tree) charge(entry string, nodes int, bytes int64) error {
+	t.nodes += nodes
+	t.held += bytes
+	switch {
+	case t.nodes > t.lim.nodes:
+		return &LimitError{Limit: "MaxTreeNodes", Max: int64(t.lim.nodes), Entry: entry,
+			Got: fmt.Sprintf("the layer's tree reaches %d names", t.nodes)}
+	case t.held > t.lim.nameBytes:
+		return &LimitError{Limit: "MaxNameBytes", Max: t.lim.nameBytes, Entry: entry,
+			Got: fmt.Sprintf("the names the conversion holds reach %d bytes", t.held)}
+	}
+	return nil
+}
+
+// dir returns the directory at p, or nil if a component of p is missing
+// or not a directory.
+func (t *tree) dir(p string) *node {
+	n := t.root
+	for rest := p; rest != "" && n != nil; {
+		var c string
+		c, rest, _ = strings.Cut(rest, "/")
+		n = n.children[c]
+		if n != nil && n.typ != tar.TypeDir {
+			return nil
+		}
+	}
+	return n
+}
+
+// mkdirs returns the directory at p, creating the missing ones (charged
+// to entry, with their full path: tar2ext4 holds it); nil if a component
+// of p is not a directory.
+func (t *tree) mkdirs(p, entry string) (*node, error) {
+	n := t.root
+	for i := 0; i < len(p); {
+		end := len(p)
+		if j := strings.IndexByte(p[i:], '/'); j >= 0 {
+			end = i + j
+		}
+		c := p[i:end]
 		child := n.children[c]
 		if child == nil {
-			if !create {
-				return nil
+			if err := t.charge(entry, 1, int64(end)); err != nil {
+				return nil, err
 			}
 			child = newDir(nil)
 			n.children[c] = child
 		}
 		if child.typ != tar.TypeDir {
-			return nil
+			return nil, nil
 		}
 		n = child
+		i = end + 1
 	}
-	return n
+	return n, nil
 }
 
 // lookup returns the node at p, or nil.
 func (t *tree) lookup(p string) *node {
 	dir, base := path.Split(p)
-	d := t.walk(strings.TrimSuffix(dir, "/"), false)
+	d := t.dir(strings.TrimSuffix(dir, "/"))
 	if d == nil {
 		return nil
 	}
@@ -348,7 +469,7 @@ func aheadOpener(open Opener) Opener {
 
 // scanOnce runs pass 1 on the tar open gives while copying it to spool; it
 // returns the tree and the tar's size.
-func scanOnce(ctx context.Context, open Opener, spool *os.File, st *Stats) (*tree, int64, error) {
+func scanOnce(ctx context.Context, open Opener, spool *os.File, st *Stats, lim limits) (*tree, int64, error) {
 	bw := bufio.NewWriterSize(spool, 1<<20)
 	tee := func() (io.ReadCloser, error) {
 		rc, err := open()
@@ -360,7 +481,7 @@ func scanOnce(ctx context.Context, open Opener, spool *os.File, st *Stats) (*tre
 			io.Closer
 		}{io.TeeReader(rc, bw), rc}, nil
 	}
-	t, err := scan(ctx, tee, st)
+	t, err := scan(ctx, tee, st, lim)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -375,8 +496,8 @@ func scanOnce(ctx context.Context, open Opener, spool *os.File, st *Stats) (*tre
 }
 
 // scan is pass 1: it checks every entry and builds the layer's final tree.
-func scan(ctx context.Context, open Opener, st *Stats) (*tree, error) {
-	t := newTree()
+func scan(ctx context.Context, open Opener, st *Stats, lim limits) (*tree, error) {
+	t := newTree(lim, true)
 	err := readTar(ctx, open, func(i int, hdr *tar.Header, _ *tar.Reader) error {
 		_, err := t.add(i, hdr, st)
 		return err
@@ -399,16 +520,30 @@ type added struct {
 
 // add checks entry i and applies it to the tree.
 func (t *tree) add(i int, hdr *tar.Header, st *Stats) (added, error) {
+	if t.entries++; t.entries > t.lim.entries {
+		return added{}, &LimitError{Limit: "MaxEntries", Max: int64(t.lim.entries), Entry: hdr.Name,
+			Got: fmt.Sprintf("tar entry number %d", t.entries)}
+	}
 	name, err := cleanName(hdr.Name)
 	if err != nil {
 		return added{}, err
 	}
+	if err := checkPathLimits(hdr.Name, name); err != nil {
+		return added{}, err
+	}
 	a := added{name: name}
 	st.Entries++
-	dropOverlayXattrs(hdr)
+	trimHeader(hdr)
+	// The name stays referenced (map keys, regName, headers) to the end.
+	if err := t.charge(hdr.Name, 0, int64(len(name))); err != nil {
+		return a, err
+	}
 	if name == "" { // the root directory itself
 		if hdr.Typeflag != tar.TypeDir {
 			return a, fmt.Errorf("%w: root entry %q is not a directory", ErrInvalidLayer, hdr.Name)
+		}
+		if err := t.charge(hdr.Name, 0, heldBytes(hdr)); err != nil {
+			return a, err
 		}
 		t.root.hdr = hdr
 		return a, nil
@@ -427,10 +562,11 @@ func (t *tree) add(i int, hdr *tar.Header, st *Stats) (added, error) {
 	case base == opaqueMarker:
 		// Under a non-directory of this layer, the marker is moot:
 		// that entry already hides the lower layers' directory.
-		if d := t.walk(dir, true); d != nil {
+		d, err := t.mkdirs(dir, hdr.Name)
+		if d != nil {
 			d.opaque = true
 		}
-		return a, nil
+		return a, err
 	case strings.HasPrefix(base, aufsPrefix):
 		return a, nil
 	case strings.HasPrefix(base, whiteoutPrefix):
@@ -438,7 +574,17 @@ func (t *tree) add(i int, hdr *tar.Header, st *Stats) (added, error) {
 		if x == "" || x == "." || x == ".." {
 			return a, fmt.Errorf("%w: whiteout %q names no entry", ErrInvalidLayer, hdr.Name)
 		}
-		if d := t.walk(dir, true); d != nil {
+		d, err := t.mkdirs(dir, hdr.Name)
+		if d == nil || err != nil {
+			return a, err
+		}
+		if !d.whiteouts[x] {
+			if err := t.charge(hdr.Name, 1, 0); err != nil {
+				return a, err
+			}
+			if d.whiteouts == nil {
+				d.whiteouts = map[string]bool{}
+			}
 			d.whiteouts[x] = true
 		}
 		return a, nil
@@ -447,11 +593,21 @@ func (t *tree) add(i int, hdr *tar.Header, st *Stats) (added, error) {
 	switch hdr.Typeflag {
 	case tar.TypeReg: // tar.Reader turns legacy TypeRegA into TypeReg
 		n.hdr = nil
-		t.regName[i] = name
+		if t.regName != nil {
+			t.regName[i] = name
+		}
 	case tar.TypeDir:
 		n = newDir(hdr)
 	case tar.TypeFifo:
+	case tar.TypeChar, tar.TypeBlock:
+		if err := checkDevice(hdr); err != nil {
+			return a, err
+		}
 	case tar.TypeSymlink:
+		if len(hdr.Linkname) > MaxPathLen {
+			return a, &LimitError{Limit: "MaxPathLen", Max: MaxPathLen, Entry: hdr.Name,
+				Got: fmt.Sprintf("symlink target of %d bytes", len(hdr.Linkname))}
+		}
 		if err := checkSymlink(name, hdr.Linkname); err != nil {
 			return a, err
 		}
@@ -468,12 +624,18 @@ func (t *tree) add(i int, hdr *tar.Header, st *Stats) (added, error) {
 		// target's name is replaced later in the tar.
 		n = &node{typ: tn.typ, hdr: tn.hdr, src: tn.src}
 		a.link = target
-	case tar.TypeChar, tar.TypeBlock:
-		return a, fmt.Errorf("%w: %q is a device node (%d:%d); layers may not contain devices", ErrInvalidLayer, hdr.Name, hdr.Devmajor, hdr.Devminor)
 	default:
 		return a, fmt.Errorf("%w: %q has unsupported tar type %q", ErrInvalidLayer, hdr.Name, hdr.Typeflag)
 	}
-	parent := t.walk(dir, true)
+	if n.hdr == hdr {
+		if err := t.charge(hdr.Name, 0, heldBytes(hdr)); err != nil {
+			return a, err
+		}
+	}
+	parent, err := t.mkdirs(dir, hdr.Name)
+	if err != nil {
+		return a, err
+	}
 	if parent == nil {
 		return a, fmt.Errorf("%w: entry %q lies under a non-directory of the layer", ErrInvalidLayer, hdr.Name)
 	}
@@ -481,6 +643,11 @@ func (t *tree) add(i int, hdr *tar.Header, st *Stats) (added, error) {
 	if old != nil && old.typ == tar.TypeDir && n.typ == tar.TypeDir {
 		old.hdr = hdr // a directory over a directory merges
 		return a, nil
+	}
+	if old == nil {
+		if err := t.charge(hdr.Name, 1, 0); err != nil {
+			return a, err
+		}
 	}
 	// Anything else replaces the old entry and, as in an extraction
 	// onto the lower layers, what the lower layers had at this name:
@@ -493,15 +660,77 @@ func (t *tree) add(i int, hdr *tar.Header, st *Stats) (added, error) {
 	return a, nil
 }
 
-// dropOverlayXattrs removes the xattrs overlayfs interprets (opaque,
-// redirect, metacopy...): only the converter decides what is opaque.
-func dropOverlayXattrs(hdr *tar.Header) {
+// checkPathLimits refuses a name (clean, relative) over MaxPathLen,
+// MaxPathDepth or MaxNameLen. A whiteout is measured by the name it
+// deletes: its ".wh." prefix is not part of what the image holds.
+func checkPathLimits(raw, name string) error {
+	if name == "" {
+		return nil
+	}
+	wh := 0
+	if strings.HasPrefix(path.Base(name), whiteoutPrefix) {
+		wh = len(whiteoutPrefix)
+	}
+	if n := len(name) - wh; n > MaxPathLen {
+		return &LimitError{Limit: "MaxPathLen", Max: MaxPathLen, Entry: raw, Got: fmt.Sprintf("path of %d bytes", n)}
+	}
+	if d := strings.Count(name, "/") + 1; d > MaxPathDepth {
+		return &LimitError{Limit: "MaxPathDepth", Max: MaxPathDepth, Entry: raw, Got: fmt.Sprintf("path of %d components", d)}
+	}
+	for rest := name; rest != ""; {
+		var c string
+		c, rest, _ = strings.Cut(rest, "/")
+		n := len(c)
+		if rest == "" {
+			n -= wh
+		}
+		if n > MaxNameLen {
+			return &LimitError{Limit: "MaxNameLen", Max: MaxNameLen, Entry: raw, Got: fmt.Sprintf("component of %d bytes", n)}
+		}
+	}
+	return nil
+}
+
+// checkDevice refuses device numbers Linux cannot hold (a 12-bit major, a
+// 20-bit minor: tar2ext4 would wrap larger ones silently, some to 0:0) and
+// a character device 0:0, which is how overlayfs marks a whiteout: in the
+// image it would hide the lower layers' entry instead of being a device.
+// The OCI spec marks whiteouts by ".wh." names only, so such an entry is a
+// device the layer format cannot carry.
+func checkDevice(hdr *tar.Header) error {
+	if hdr.Devmajor < 0 || hdr.Devmajor > 0xfff || hdr.Devminor < 0 || hdr.Devminor > 0xfffff {
+		return fmt.Errorf("%w: device %q has number %d:%d, beyond Linux's 12-bit major and 20-bit minor",
+			ErrInvalidLayer, hdr.Name, hdr.Devmajor, hdr.Devminor)
+	}
+	if hdr.Typeflag == tar.TypeChar && hdr.Devmajor == 0 && hdr.Devminor == 0 {
+		return fmt.Errorf("%w: %q is a character device 0:0, which an overlayfs layer holds only as a whiteout (whiteouts are %q entries in a layer tar)",
+			ErrInvalidLayer, hdr.Name, whiteoutPrefix+path.Base(hdr.Name))
+	}
+	return nil
+}
+
+// trimHeader keeps of hdr what the image needs. It drops the xattrs
+// overlayfs interprets (opaque, redirect, metacopy...: only the converter
+// decides what is opaque) and what tar2ext4 ignores (PAX records other
+// than xattrs, user and group names), which the tree would otherwise hold
+// to the end.
+func trimHeader(hdr *tar.Header) {
 	hdr.Xattrs = nil // deprecated duplicate of the PAX records; tar.Writer would write it back
+	hdr.Uname, hdr.Gname = "", ""
 	for k := range hdr.PAXRecords {
-		if strings.HasPrefix(k, overlayXattr) {
+		if !strings.HasPrefix(k, xattrPAX) || strings.HasPrefix(k, overlayXattr) {
 			delete(hdr.PAXRecords, k)
 		}
 	}
+}
+
+// heldBytes is what a header kept in the tree holds besides its name.
+func heldBytes(hdr *tar.Header) int64 {
+	n := int64(len(hdr.Linkname))
+	for k, v := range hdr.PAXRecords {
+		n += int64(len(k) + len(v))
+	}
+	return n
 }
 
 // link is a name to write as a hard link to the first name of its inode.
@@ -549,7 +778,7 @@ func (t *tree) emit(ctx context.Context, open Opener, w io.Writer, st *Stats) er
 		if hdr.Typeflag != tar.TypeReg || path.Clean(hdr.Name) != name {
 			return fmt.Errorf("layer tar changed between passes: entry %d is %q, was %q", i, hdr.Name, name)
 		}
-		dropOverlayXattrs(hdr)
+		trimHeader(hdr)
 		h := *hdr
 		h.Name, h.Format = cp, tar.FormatUnknown
 		if err := tw.WriteHeader(&h); err != nil {
@@ -660,11 +889,13 @@ func dirHeader(n *node, p string) *tar.Header {
 // for absolute names and names with ".." components.
 func cleanName(name string) (string, error) {
 	if strings.HasPrefix(name, "/") {
-		return "", fmt.Errorf("%w: entry %q has an absolute path", ErrInvalidLayer, name)
+		return "", fmt.Errorf("%w: entry %s has an absolute path", ErrInvalidLayer, clipName(name))
 	}
-	for _, part := range strings.Split(name, "/") {
+	for rest := name; rest != ""; {
+		var part string
+		part, rest, _ = strings.Cut(rest, "/")
 		if part == ".." {
-			return "", fmt.Errorf("%w: entry %q climbs out of the layer with \"..\"", ErrInvalidLayer, name)
+			return "", fmt.Errorf("%w: entry %s climbs out of the layer with \"..\"", ErrInvalidLayer, clipName(name))
 		}
 	}
 	c := path.Clean(name)

@@ -27,7 +27,10 @@
 // malformed PAX values, unknown MSWINDOWS keys, device and sparse entries,
 // opaque whiteouts and archives cut short (including ones missing the
 // end-of-archive marker). PAX keys of other vendors (SCHILY., LIBARCHIVE.
-// other than creationtime) have no Windows meaning and are ignored.
+// other than creationtime) have no Windows meaning and are ignored. What a
+// tar can make the Reader hold is bounded (MaxEntries, MaxTreeNodes,
+// MaxNameBytes; the error wraps ErrLimit), and checking an entry costs the
+// length of its name, however deep.
 //
 // Alternate data streams are written "file:stream" (as Windows exports
 // them) and read in that form or as "file:stream:$DATA".

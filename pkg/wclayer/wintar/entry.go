@@ -109,7 +109,13 @@ type EntryError struct {
 	Err   error
 }
 
-func (e *EntryError) Error() string { return fmt.Sprintf("layer tar entry %q: %v", e.Entry, e.Err) }
+func (e *EntryError) Error() string {
+	name := fmt.Sprintf("%q", e.Entry)
+	if len(e.Entry) > 96 { // names run to 32 767 UTF-16 units
+		name = fmt.Sprintf("%q… (%d bytes)", e.Entry[:96], len(e.Entry))
+	}
+	return fmt.Sprintf("layer tar entry %s: %v", name, e.Err)
+}
 func (e *EntryError) Unwrap() error { return e.Err }
 
 // tree says which part of a layer a path is in.
