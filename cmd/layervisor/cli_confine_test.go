@@ -1,6 +1,7 @@
 package main
 
 import (
+	"archive/tar"
 	"context"
 	"fmt"
 	"os"
@@ -8,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
@@ -41,6 +43,8 @@ func confineImages(t *testing.T) map[string]string {
 		imagebuild.Dir("bin", 0o755), imagebuild.Dir("work", 0o755), imagebuild.Dir("mnt", 0o755), stiEntry,
 		imagebuild.File("etc/passwd", "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/work:/bin/sh\n", 0o644),
 		imagebuild.File("etc/group", "root:x:0:\nstaff:x:50:app\napp:x:1000:\n", 0o644),
+		// A device node a layer carries (the OCI layer spec allows it).
+		imagebuild.Raw(tar.Header{Typeflag: tar.TypeChar, Name: "layer-mem", Devmajor: 1, Devminor: 1, Mode: 0o666, ModTime: time.Unix(0, 0)}), // /dev/mem
 	}}
 	for _, a := range []string{"tr", "insmod", "unshare", "seq", "tty", "touch", "pwd", "tail", "ls"} {
 		extra.Entries = append(extra.Entries, imagebuild.Symlink("bin/"+a, "busybox"))
@@ -117,6 +121,7 @@ var confineTable = []confineRow{
 	{name: "--read-only root", image: "confine", flags: []string{"--read-only"}, ctr: []string{"--read-only"}, script: "touch /x 2>/dev/null; echo rc=$?; touch /tmp/y 2>/dev/null; echo tmp=$?", check: want("rc=1", 0)},
 	{name: "/dev holds the standard nodes", image: "confine", ctr: []string{}, script: "ls /dev | tr '\\n' ' '", check: want("null", 0),
 		vmDiffers: "crun (the guest's runtime) also links /dev/core to /proc/kcore, which stays masked"},
+	{name: "a device node from a layer does not open (/dev/mem)", image: "confine", ctr: []string{}, script: "head -c 1 /layer-mem >/dev/null 2>&1; echo rc=$?", check: want("rc=1", 0)},
 	{name: "network namespace: only lo", image: "confine", ctr: []string{}, script: "ls /sys/class/net", check: want("lo", 0)},
 	{name: "--network host", image: "confine", flags: []string{"--network", "host"}, ctr: []string{"--net-host"}, script: "ls /sys/class/net | wc -l",
 		check:     func(out string, code int) string { return "" },

@@ -58,11 +58,22 @@ type cli struct {
 	bin  string
 	root string
 	env  []string
+	// cgroups are the run cgroups that existed before the test: only new
+	// ones are its leaks (cgroups are machine-wide).
+	cgroups map[string]bool
+}
+
+func runCgroupDirs() []string {
+	cgs, _ := filepath.Glob("/sys/fs/cgroup/*/layervisor/run-*")
+	return cgs
 }
 
 func newCLI(t *testing.T) *cli {
 	needRoot(t)
-	c := &cli{t: t, bin: layervisorBin(t), root: filepath.Join(t.TempDir(), "root")}
+	c := &cli{t: t, bin: layervisorBin(t), root: filepath.Join(t.TempDir(), "root"), cgroups: map[string]bool{}}
+	for _, cg := range runCgroupDirs() {
+		c.cgroups[cg] = true
+	}
 	t.Cleanup(func() { c.assertNoLeaks() })
 	return c
 }
@@ -163,7 +174,13 @@ func (c *cli) assertNoLeaks() {
 	if bs, _ := filepath.Glob(filepath.Join(c.root, "runs", "*.bundle")); len(bs) > 0 {
 		t.Errorf("leaked bundles: %v", bs)
 	}
-	if cgs, _ := filepath.Glob("/sys/fs/cgroup/*/layervisor/run-*"); len(cgs) > 0 {
-		t.Errorf("leaked cgroups: %v", cgs)
+	var leaked []string
+	for _, cg := range runCgroupDirs() {
+		if !c.cgroups[cg] {
+			leaked = append(leaked, cg)
+		}
+	}
+	if len(leaked) > 0 {
+		t.Errorf("leaked cgroups: %v", leaked)
 	}
 }

@@ -4,13 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
-	"slices"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/layervisor/layervisor/internal/flock"
 	"github.com/layervisor/layervisor/pkg/ociruntime"
+	"github.com/layervisor/layervisor/pkg/runspec"
 	"github.com/layervisor/layervisor/pkg/store"
 )
 
@@ -52,16 +55,11 @@ func reapDeadRuns(ctx context.Context, s *store.Store) ([]string, error) {
 			continue // the run is alive
 		}
 		name := strings.TrimSuffix(filepath.Base(p), ".lock")
-		// A process-isolated run's container may outlive it (its runtime
-		// died with it, the container's init did not): kill it first.
-		if ids, lerr := hostRuntime(s.Root()).List(ctx); lerr == nil && slices.Contains(ids, name) {
-			if derr := hostRuntime(s.Root()).Delete(ctx, name); derr != nil {
-				errs = append(errs, fmt.Errorf("container %s of a dead run: %w", name, derr))
-				l.Release()
-				continue
-			}
+		if rerr := reapRunContainer(ctx, s.Root(), name); rerr != nil {
+			errs = append(errs, fmt.Errorf("container %s of a dead run: %w", name, rerr))
+			l.Release()
+			continue
 		}
-		os.RemoveAll(runBundlePath(s.Root(), name))
 		err = s.RemoveContainer(ctx, name)
 		switch {
 		case err == nil:
@@ -85,3 +83,63 @@ func hostRuntime(root string) *ociruntime.Runtime {
 
 // runBundlePath is where a run's OCI bundle (its config.json) is written.
 func runBundlePath(root, name string) string { return filepath.Join(root, "runs", name+".bundle") }
+
+// runCgroups lists the cgroup directories of a run's container, in every
+// v1 hierarchy and in a v2 one.
+func runCgroups(name string) []string {
+	v1, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", runspec.CgroupParent, name))
+	v2, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", runspec.CgroupParent, name))
+	return append(v1, v2...)
+}
+
+// killCgroupProcs SIGKILLs every process in the cgroups and waits a little
+// for them to leave.
+func killCgroupProcs(cgs []string) {
+	for try := 0; try < 50; try++ {
+		alive := false
+		for _, cg := range cgs {
+			b, _ := os.ReadFile(filepath.Join(cg, "cgroup.procs"))
+			for _, f := range strings.Fields(string(b)) {
+				if pid, err := strconv.Atoi(f); err == nil {
+					if p, err := os.FindProcess(pid); err == nil {
+						p.Kill()
+					}
+					alive = true
+				}
+			}
+		}
+		if !alive {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// reapRunContainer takes down what a dead process-isolated run left of
+// its container outside the store: the runtime's record (the runtime
+// kills what still runs), the processes and cgroups the runtime made
+// before it died (it may die before it records the container), and the
+// bundle.
+func reapRunContainer(ctx context.Context, root, name string) error {
+	rt := hostRuntime(root)
+	state := filepath.Join(rt.StateDir, name)
+	if _, err := os.Stat(state); err == nil {
+		if err := rt.Delete(ctx, name); err != nil {
+			slog.Info("the runtime could not delete a dead run's container: cleaning up after it", "name", name, "err", err)
+		}
+	}
+	killCgroupProcs(runCgroups(name))
+	var errs []error
+	for _, cg := range runCgroups(name) {
+		if err := os.Remove(cg); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("cgroup %s: %w", cg, err))
+		}
+	}
+	if err := os.RemoveAll(state); err != nil {
+		errs = append(errs, err)
+	}
+	if err := os.RemoveAll(runBundlePath(root, name)); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}

@@ -276,7 +276,9 @@ func (h *Host) Mount(ctx context.Context, id string, l Layers) (rootfs string, e
 		return "", fmt.Errorf("rootfs dir: %w", err)
 	}
 	u.Push("remove rootfs dir", func(context.Context) error { return removeIfExists(h.containerDir(id)) })
-	if err := unix.Mount("overlay", rec.Rootfs, "overlay", 0, opts); err != nil {
+	// nodev: a layer may carry device nodes (the OCI layer spec allows
+	// them); a container gets its /dev from the runtime, never from them.
+	if err := unix.Mount("overlay", rec.Rootfs, "overlay", unix.MS_NODEV, opts); err != nil {
 		return "", fmt.Errorf("mount overlay for %s: %w", id, err)
 	}
 	u.Push("unmount overlay", func(context.Context) error { return unmount(rec.Rootfs) })

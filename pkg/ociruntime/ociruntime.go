@@ -120,6 +120,12 @@ func (r *Runtime) Start(ctx context.Context, c Container) (_ *Process, err error
 	if err := WriteBundle(c.Bundle, c.Spec); err != nil {
 		return nil, err
 	}
+	if c.Stdout != nil && c.Stdout == c.Stderr {
+		// One writer for both streams (as exec.Cmd allows): its writes
+		// come from two copiers.
+		w := &lockedWriter{w: c.Stdout}
+		c.Stdout, c.Stderr = w, w
+	}
 	p := &Process{rt: rt, id: c.ID, done: make(chan struct{})}
 	defer func() {
 		if err != nil {
@@ -166,6 +172,9 @@ func (r *Runtime) Start(ctx context.Context, c Container) (_ *Process, err error
 		return nil, fmt.Errorf("container %s: start %s: %w", c.ID, rt.Command, p.err)
 	}
 	p.pid = pid
+	// The runtime process exists before the container does: signals and
+	// state queries work once the runtime has recorded it.
+	r.waitRecorded(c.ID, p.done)
 	if tty {
 		ttyIO.slave.Close() // the runtime has its copy
 		if c.Stdin != nil {
@@ -186,6 +195,28 @@ func (r *Runtime) Start(ctx context.Context, c Container) (_ *Process, err error
 	p.copy(c.Stdout, pio.Stdout())
 	p.copy(c.Stderr, pio.Stderr())
 	return p, nil
+}
+
+// waitRecorded waits until the runtime has written the container's state
+// (runc: state.json, crun: status) or has exited (a container that ended
+// at once, or never started: Wait tells).
+func (r *Runtime) waitRecorded(id string, exited <-chan struct{}) {
+	dir := filepath.Join(r.StateDir, id)
+	if r.StateDir == "" {
+		return // the runtime's default root: not ours to look into
+	}
+	for delay := 100 * time.Microsecond; ; delay = min(delay*2, 10*time.Millisecond) {
+		for _, f := range []string{"state.json", "status"} {
+			if _, err := os.Stat(filepath.Join(dir, f)); err == nil {
+				return
+			}
+		}
+		select {
+		case <-exited:
+			return
+		case <-time.After(delay):
+		}
+	}
 }
 
 func (p *Process) copy(w io.Writer, r io.Reader) {
@@ -327,4 +358,15 @@ func (t *terminalIO) Stdout() io.ReadCloser { return nil }
 func (t *terminalIO) Stderr() io.ReadCloser { return nil }
 func (t *terminalIO) Set(cmd *exec.Cmd) {
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = t.slave, t.slave, t.slave
+}
+
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }

@@ -372,15 +372,19 @@ func DiskFormat(m specs.Mount) string {
 }
 
 // RuntimeProvided reports whether a spec mount is one the OCI runtime
-// makes itself (proc, sysfs, tmpfs, devpts, mqueue, cgroup…): it stays in
-// the spec the runtime gets. The others — binds, sandbox:// binds and
-// disks — are layervisor's to provide, on the host or in the utility VM.
+// makes itself — the kernel file systems of containerd's and runc's
+// default specs (proc, sysfs, tmpfs, devpts, mqueue, cgroup) — so it stays
+// in the spec the runtime gets. Binds, sandbox:// binds and disks are
+// layervisor's to provide; any other type is refused by the mode.
 func RuntimeProvided(m specs.Mount) bool {
-	switch m.Type {
-	case TypeBind, "", TypePhysicalDisk, TypeVirtualDisk:
+	if strings.HasPrefix(m.Source, SandboxPrefix) {
 		return false
 	}
-	return !strings.HasPrefix(m.Source, SandboxPrefix)
+	switch m.Type {
+	case "proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup", "cgroup2":
+		return true
+	}
+	return false
 }
 
 // checkDestination accepts absolute container paths without "..", not "/".

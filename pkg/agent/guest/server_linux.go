@@ -448,7 +448,9 @@ func (s *Server) combine(a agent.CombineArgs) error {
 	if err != nil {
 		return &agent.Error{Code: agent.CodeInvalid, Message: err.Error()}
 	}
-	if err := unix.Mount("overlay", paths[2], "overlay", 0, opts); err != nil {
+	// nodev: device nodes a layer carries never open (the runtime makes
+	// the container's /dev).
+	if err := unix.Mount("overlay", paths[2], "overlay", unix.MS_NODEV, opts); err != nil {
 		return fmt.Errorf("combine layers at %s: %w", paths[2], err)
 	}
 	return nil
