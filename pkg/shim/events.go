@@ -1,0 +1,131 @@
+package shim
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	eventsapi "github.com/containerd/containerd/api/services/ttrpc/events/v1"
+	"github.com/containerd/containerd/api/types"
+	"github.com/containerd/ttrpc"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// Topics of the task events a shim publishes.
+const (
+	TopicTaskCreate = "/tasks/create"
+	TopicTaskStart  = "/tasks/start"
+	TopicTaskExit   = "/tasks/exit"
+	TopicTaskDelete = "/tasks/delete"
+)
+
+// publisher forwards task events to containerd's ttrpc events service
+// (containerd.services.events.ttrpc.v1.Events, served by 1.6 and 2.x at
+// TTRPC_ADDRESS), in order, from one goroutine, as containerd's own
+// pkg/shim publisher does. An event that cannot be delivered after a few
+// tries is logged and dropped.
+type publisher struct {
+	addr, ns string
+	q        chan *types.Envelope
+	done     chan struct{}
+
+	mu     sync.Mutex
+	closed bool
+}
+
+const publishTries = 5
+
+func newPublisher(addr, ns string) *publisher {
+	p := &publisher{addr: strings.TrimPrefix(addr, "unix://"), ns: ns, q: make(chan *types.Envelope, 256), done: make(chan struct{})}
+	go p.run()
+	return p
+}
+
+// publish queues an event; it never blocks the task service for long.
+func (p *publisher) publish(topic string, ev proto.Message) {
+	// The type URL is the message's full name without a prefix, as
+	// containerd's typeurl writes it: containerd 1.6 (gogo typeurl) finds
+	// no type for "type.googleapis.com/…", so its clients (ctr events, CRI)
+	// would drop the event.
+	b, err := proto.Marshal(ev)
+	a := &anypb.Any{TypeUrl: string(ev.ProtoReflect().Descriptor().FullName()), Value: b}
+	if err != nil {
+		slog.Error("marshal event", "topic", topic, "err", err)
+		return
+	}
+	env := &types.Envelope{Timestamp: timestamppb.Now(), Namespace: p.ns, Topic: topic, Event: a}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		slog.Warn("shim closing: event not published", "topic", topic)
+		return
+	}
+	select {
+	case p.q <- env:
+	case <-time.After(5 * time.Second):
+		slog.Error("event queue full: event dropped", "topic", topic)
+	}
+}
+
+func (p *publisher) run() {
+	defer close(p.done)
+	var c *ttrpc.Client
+	defer func() {
+		if c != nil {
+			c.Close()
+		}
+	}()
+	for env := range p.q {
+		if p.addr == "" {
+			slog.Warn("no TTRPC_ADDRESS: event not published", "topic", env.Topic)
+			continue
+		}
+		for try := 1; ; try++ {
+			if c == nil {
+				conn, err := net.DialTimeout("unix", p.addr, 5*time.Second)
+				if err == nil {
+					c = ttrpc.NewClient(conn)
+				}
+			}
+			err := fmt.Errorf("dial %s", p.addr)
+			if c != nil {
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				_, err = eventsapi.NewTTRPCEventsClient(c).Forward(ctx, &eventsapi.ForwardRequest{Envelope: env})
+				cancel()
+			}
+			if err == nil {
+				slog.Debug("event published", "topic", env.Topic)
+				break
+			}
+			if c != nil {
+				c.Close()
+				c = nil
+			}
+			if try == publishTries {
+				slog.Error("publish event", "topic", env.Topic, "err", err)
+				break
+			}
+			time.Sleep(time.Duration(try) * 200 * time.Millisecond)
+		}
+	}
+}
+
+// close delivers what is queued (bounded) and stops.
+func (p *publisher) close() {
+	p.mu.Lock()
+	if !p.closed {
+		p.closed = true
+		close(p.q)
+	}
+	p.mu.Unlock()
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+	}
+}
