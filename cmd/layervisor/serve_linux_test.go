@@ -199,7 +199,15 @@ func testServe(t *testing.T, opts containerdtest.Options, viaDiffer bool) {
 	script, want := demoScript()
 	run := func(id string) {
 		t.Helper()
-		if out := ctr("run", "--rm", "--snapshotter", "layervisor", ref[0], id, "/bin/sh", "-c", script); out != want {
+		out := ctr("run", "--rm", "--snapshotter", "layervisor", ref[0], id, "/bin/sh", "-c", script)
+		if out != want && strings.HasPrefix(want, out) {
+			// ctr exited 0 (so the script ran to its end) with the last
+			// lines not copied yet: ctr 1.6 loses the tail of a task's
+			// output now and then on a loaded machine. Once more.
+			t.Logf("container %s: ctr lost the end of its output (%q); running it again", id, strings.TrimPrefix(want, out))
+			out = ctr("run", "--rm", "--snapshotter", "layervisor", ref[0], id+"-again", "/bin/sh", "-c", script)
+		}
+		if out != want {
 			t.Fatalf("container %s printed:\n%s\nwant:\n%s", id, out, want)
 		}
 	}

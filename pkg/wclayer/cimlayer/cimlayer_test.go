@@ -517,8 +517,9 @@ func TestBadInput(t *testing.T) {
 			{hdr: tar.Header{Name: "Files/bad.txt", PAXRecords: map[string]string{"MSWINDOWS.fileattr": "12abc"}}, data: "x"}}), false, nil},
 		{"names equal but for case", "Files/A.TXT", rawTar(t, []rawEntry{dirEnt("Files"),
 			{hdr: tar.Header{Name: "Files/a.txt"}, data: "x"}, {hdr: tar.Header{Name: "Files/A.TXT"}, data: "y"}}), false, nil},
-		{"oversize name", "Files/" + strings.Repeat("n", 256), rawTar(t, []rawEntry{dirEnt("Files"),
-			{hdr: tar.Header{Name: "Files/" + strings.Repeat("n", 256)}, data: "x"}}), false, nil},
+		{"oversize name", "Files/" + strings.Repeat("n", 80), // long names are shortened in messages
+			rawTar(t, []rawEntry{dirEnt("Files"),
+				{hdr: tar.Header{Name: "Files/" + strings.Repeat("n", 256)}, data: "x"}}), false, nil},
 		{"truncated tar", "Files/", base[:len(base)/2], false, nil},
 		{"whiteout in a base layer", "Files/.wh.gone", rawTar(t, []rawEntry{dirEnt("Files"),
 			{hdr: tar.Header{Name: "Files/.wh.gone"}}}), false, nil},
