@@ -24,6 +24,11 @@ step "build"
 mkdir -p bin
 go build -o bin/layervisor ./cmd/layervisor
 CGO_ENABLED=0 go build -o bin/layervisor-agent ./cmd/layervisor-agent   # static: it is /init of the UVM
+# The containerd shim (runtime io.containerd.layervisor.v1), installed where
+# containerd finds it (its PATH), with the guest agent next to it: the shim
+# builds the UVM initramfs from it.
+go build -o bin/containerd-shim-layervisor-v1 ./cmd/containerd-shim-layervisor-v1
+install -m 0755 bin/containerd-shim-layervisor-v1 bin/layervisor-agent /usr/local/bin/
 
 step "make a demo image (OCI archive, several layers)"
 ./bin/layervisor dev build-image --kind demo --format docker-tar "$work/demo.tar"

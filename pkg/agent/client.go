@@ -25,7 +25,8 @@ type call struct {
 	stdout, stderr *streamSink
 }
 
-// CallTimeout bounds every request that is not a process's run (exec):
+// CallTimeout bounds every request that is not a process's run (exec,
+// exec_in_container):
 // a guest that stops answering fails the call, naming it, instead of
 // holding the host.
 const CallTimeout = 60 * time.Second
@@ -236,7 +237,7 @@ func (c *Client) call(ctx context.Context, op string, args, result any, stdout, 
 	if err != nil {
 		return err
 	}
-	if _, ok := ctx.Deadline(); !ok && op != OpExec {
+	if _, ok := ctx.Deadline(); !ok && op != OpExec && op != OpExecInContainer {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, CallTimeout)
 		defer cancel()
@@ -438,7 +439,8 @@ type ContainerRequest struct {
 // that does not answer must not hang the host.
 const ControlTimeout = 10 * time.Second
 
-// Container is a container running in the guest.
+// Container is a container, or a process exec'd in one, running in the
+// guest.
 type Container struct {
 	c    *Client
 	id   uint64
@@ -452,19 +454,66 @@ type Container struct {
 // after signal N). The guest refuses a user or command its root does not
 // have, through Wait.
 func (c *Client) StartContainer(ctx context.Context, r ContainerRequest) *Container {
+	args := ExecArgs{Container: r.ID, Spec: r.Spec, Stdin: r.Stdin != nil}
+	return c.startProcess(ctx, OpExec, args, r.Stdin, r.Stdout, r.Stderr)
+}
+
+// ExecInContainerRequest is a process to run in a running container.
+type ExecInContainerRequest struct {
+	Container string
+	// Process is run as the container's runtime runs an exec: with a
+	// terminal of its own when Process.Terminal (all output on Stdout).
+	Process        *specs.Process
+	Stdin          io.Reader
+	Stdout, Stderr io.Writer
+}
+
+// ExecInContainer runs a process in a running container; Wait gives its
+// exit status (128+N after signal N), Signal and Resize reach it. A
+// command the container's root does not have fails Wait with code
+// CodeExecNotFound.
+func (c *Client) ExecInContainer(ctx context.Context, r ExecInContainerRequest) *Container {
+	args := ExecInContainerArgs{Container: r.Container, Process: r.Process, Stdin: r.Stdin != nil}
+	return c.startProcess(ctx, OpExecInContainer, args, r.Stdin, r.Stdout, r.Stderr)
+}
+
+func (c *Client) startProcess(ctx context.Context, op string, args any, stdin io.Reader, stdout, stderr io.Writer) *Container {
 	ct := &Container{c: c, sent: make(chan struct{}), done: make(chan struct{})}
 	go func() {
 		defer close(ct.done)
 		var res ExecResult
-		args := ExecArgs{Container: r.ID, Spec: r.Spec, Stdin: r.Stdin != nil}
-		ct.err = c.call(ctx, OpExec, args, &res, r.Stdout, r.Stderr, func(id uint64) {
+		ct.err = c.call(ctx, op, args, &res, stdout, stderr, func(id uint64) {
 			ct.id = id
 			close(ct.sent)
-			c.feedStdin(id, r.Stdin)
+			c.feedStdin(id, stdin)
 		})
 		ct.code = res.ExitCode
 	}()
 	return ct
+}
+
+// ContainerPids lists the guest pids of a running container's processes.
+func (c *Client) ContainerPids(ctx context.Context, id string) ([]int, error) {
+	var r PidsResult
+	err := c.call(ctx, OpContainerPids, ContainerArgs{Container: id}, &r, nil, nil, nil)
+	return r.Pids, err
+}
+
+// ContainerStats returns a running container's cgroup v2 statistics files.
+func (c *Client) ContainerStats(ctx context.Context, id string) (map[string]string, error) {
+	var r CgroupStatsResult
+	err := c.call(ctx, OpContainerStats, ContainerArgs{Container: id}, &r, nil, nil, nil)
+	return r.Files, err
+}
+
+// PauseContainer freezes a running container's processes.
+func (c *Client) PauseContainer(ctx context.Context, id string) error {
+	return c.call(ctx, OpPauseContainer, ContainerArgs{Container: id}, nil, nil, nil, nil)
+}
+
+// ResumeContainer thaws a paused container.
+func (c *Client) ResumeContainer(ctx context.Context, id string) error {
+	return c.call(ctx, OpResumeContainer, ContainerArgs{Container: id}, nil, nil, nil, nil)
 }
 
 // Done is closed when the container has exited (or the call failed).
@@ -487,12 +536,12 @@ func (ct *Container) control(ctx context.Context, op string, args any) error {
 	return ct.c.call(ctx, op, args, nil, nil, nil, nil)
 }
 
-// Signal sends sig to the container's init.
+// Signal sends sig to the container's init (to the exec'd process).
 func (ct *Container) Signal(ctx context.Context, sig syscall.Signal) error {
 	return ct.control(ctx, OpSignal, SignalArgs{Exec: ct.id, Signal: int(sig)})
 }
 
-// Resize sets the container's terminal size.
+// Resize sets the container's (the exec'd process's) terminal size.
 func (ct *Container) Resize(ws console.WinSize) error {
 	return ct.control(context.Background(), OpResize, ResizeArgs{Exec: ct.id, Width: ws.Width, Height: ws.Height})
 }

@@ -57,6 +57,15 @@ const (
 	OpSetIdentity    = "set_identity"
 	OpSignal         = "signal" // to a running container (ExecArgs.Spec)
 	OpResize         = "resize" // its terminal
+	// OpExecInContainer runs a process in a running container
+	// (ExecInContainerArgs); OpSignal and OpResize reach it by the
+	// request's id, as a container's.
+	OpExecInContainer = "exec_in_container"
+	// Running containers, by id (ContainerArgs).
+	OpContainerPids   = "container_pids"   // PidsResult
+	OpContainerStats  = "container_stats"  // CgroupStatsResult
+	OpPauseContainer  = "pause_container"  // freeze its processes
+	OpResumeContainer = "resume_container" // thaw them
 )
 
 // Error codes.
@@ -150,6 +159,25 @@ type (
 		Exec          uint64
 		Width, Height uint16
 	}
+	// ExecInContainerArgs run Process in the running container
+	// Container: a terminal when Process.Terminal; Stdin as ExecArgs'.
+	// The user must be numeric; the command is looked up in the
+	// container's root.
+	ExecInContainerArgs struct {
+		Container string
+		Process   *specs.Process
+		Stdin     bool
+	}
+	// ContainerArgs name a running container.
+	ContainerArgs struct{ Container string }
+	// PidsResult lists the processes of a container's cgroup (guest
+	// pids).
+	PidsResult struct{ Pids []int }
+	// CgroupStatsResult holds a container's cgroup v2 statistics files
+	// ("memory.stat", "cpu.stat", ...) as the guest kernel wrote them;
+	// files the kernel lacks are absent.
+	CgroupStatsResult struct{ Files map[string]string }
+
 	ExecResult struct{ ExitCode int }
 	StatResult struct {
 		Mode  uint32

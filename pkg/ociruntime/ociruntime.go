@@ -16,6 +16,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -90,6 +92,9 @@ type Process struct {
 	err     error
 	copies  sync.WaitGroup
 	cleanup []func()
+	// execPid is an exec'd process's own pid (0 for a container's
+	// init, signalled through the runtime).
+	execPid int
 }
 
 // WriteBundle writes the spec as the bundle's config.json.
@@ -120,40 +125,18 @@ func (r *Runtime) Start(ctx context.Context, c Container) (_ *Process, err error
 	if err := WriteBundle(c.Bundle, c.Spec); err != nil {
 		return nil, err
 	}
-	if c.Stdout != nil && c.Stdout == c.Stderr {
-		// One writer for both streams (as exec.Cmd allows): its writes
-		// come from two copiers.
-		w := &lockedWriter{w: c.Stdout}
-		c.Stdout, c.Stderr = w, w
-	}
 	p := &Process{rt: rt, id: c.ID, done: make(chan struct{})}
 	defer func() {
 		if err != nil {
 			p.close()
 		}
 	}()
-	opts := &runc.CreateOpts{NoPivot: r.NoPivot}
-	tty := c.Spec.Process.Terminal
-	var pio runc.IO
-	var ttyIO *terminalIO
-	if tty {
-		// The runtime, in the foreground, gives the container a
-		// pseudo-terminal of its own and relays it to its stdio: a second
-		// one, made here, whose master stays with us. The caller's
-		// terminal never reaches the container.
-		if ttyIO, err = newTerminalIO(c.Spec.Process.ConsoleSize); err != nil {
-			return nil, fmt.Errorf("container %s: %w", c.ID, err)
-		}
-		p.cleanup = append(p.cleanup, func() { ttyIO.Close() })
-		p.console = ttyIO.master
-		opts.IO = ttyIO
-	} else {
-		if pio, err = runc.NewPipeIO(0, 0, func(o *runc.IOOption) { o.OpenStdin = c.Stdin != nil }); err != nil {
-			return nil, fmt.Errorf("container %s: stdio pipes: %w", c.ID, err)
-		}
-		p.cleanup = append(p.cleanup, func() { pio.Close() })
-		opts.IO = pio
+	stdio := Stdio{Stdin: c.Stdin, Stdout: c.Stdout, Stderr: c.Stderr}
+	rio, err := p.newIO(c.Spec.Process, stdio)
+	if err != nil {
+		return nil, fmt.Errorf("container %s: %w", c.ID, err)
 	}
+	opts := &runc.CreateOpts{NoPivot: r.NoPivot, IO: rio}
 	started := make(chan int, 1)
 	opts.Started = started
 	// The runtime process must not die with ctx: a cancelled run is
@@ -175,26 +158,183 @@ func (r *Runtime) Start(ctx context.Context, c Container) (_ *Process, err error
 	// The runtime process exists before the container does: signals and
 	// state queries work once the runtime has recorded it.
 	r.waitRecorded(c.ID, p.done)
-	if tty {
-		ttyIO.slave.Close() // the runtime has its copy
-		if c.Stdin != nil {
-			go io.Copy(p.console, c.Stdin)
+	p.relay(rio, stdio)
+	return p, nil
+}
+
+// Stdio is a process's standard streams. Stdin (nil: empty) is copied
+// to it; Stdout and Stderr receive its output, all of it on Stdout with a
+// terminal.
+type Stdio struct {
+	Stdin          io.Reader
+	Stdout, Stderr io.Writer
+}
+
+// newIO makes the runtime's stdio for proc: a terminal relay or pipes.
+func (p *Process) newIO(proc *specs.Process, stdio Stdio) (runc.IO, error) {
+	if proc.Terminal {
+		// The runtime, in the foreground, gives the container a
+		// pseudo-terminal of its own and relays it to its stdio: a second
+		// one, made here, whose master stays with us. The caller's
+		// terminal never reaches the container.
+		ttyIO, err := newTerminalIO(proc.ConsoleSize)
+		if err != nil {
+			return nil, err
 		}
-		p.copy(c.Stdout, p.console)
-		return p, nil
+		p.cleanup = append(p.cleanup, func() { ttyIO.Close() })
+		p.console = ttyIO.master
+		return ttyIO, nil
 	}
-	if c, ok := pio.(runc.StartCloser); ok {
+	pio, err := runc.NewPipeIO(0, 0, func(o *runc.IOOption) { o.OpenStdin = stdio.Stdin != nil })
+	if err != nil {
+		return nil, fmt.Errorf("stdio pipes: %w", err)
+	}
+	p.cleanup = append(p.cleanup, func() { pio.Close() })
+	return pio, nil
+}
+
+// relay copies stdio to and from the started runtime.
+func (p *Process) relay(rio runc.IO, stdio Stdio) {
+	if stdio.Stdout != nil && stdio.Stdout == stdio.Stderr {
+		// One writer for both streams (as exec.Cmd allows): its writes
+		// come from two copiers.
+		w := &lockedWriter{w: stdio.Stdout}
+		stdio.Stdout, stdio.Stderr = w, w
+	}
+	if ttyIO, ok := rio.(*terminalIO); ok {
+		ttyIO.slave.Close() // the runtime has its copy
+		if stdio.Stdin != nil {
+			go io.Copy(p.console, stdio.Stdin)
+		}
+		p.copy(stdio.Stdout, p.console)
+		return
+	}
+	if c, ok := rio.(runc.StartCloser); ok {
 		c.CloseAfterStart()
 	}
-	if c.Stdin != nil {
+	if stdio.Stdin != nil {
 		go func() {
-			io.Copy(pio.Stdin(), c.Stdin)
-			pio.Stdin().Close()
+			io.Copy(rio.Stdin(), stdio.Stdin)
+			rio.Stdin().Close()
 		}()
 	}
-	p.copy(c.Stdout, pio.Stdout())
-	p.copy(c.Stderr, pio.Stderr())
+	p.copy(stdio.Stdout, rio.Stdout())
+	p.copy(stdio.Stderr, rio.Stderr())
+}
+
+// Exec runs proc in the running container id with the runtime's exec, in
+// the foreground: stdio as Start's (with proc.Terminal, a terminal of its
+// own relayed to Stdout). It returns once the process exists; Signal and
+// Resize reach it, not the container's init, and Wait gives its exit
+// status. The runtime waits for the process, so it is never an orphan for
+// the caller to reap.
+func (r *Runtime) Exec(ctx context.Context, id string, proc specs.Process, stdio Stdio) (_ *Process, err error) {
+	if len(proc.Args) == 0 {
+		return nil, fmt.Errorf("exec in container %s: no command", id)
+	}
+	rt, err := r.cli()
+	if err != nil {
+		return nil, err
+	}
+	p := &Process{rt: rt, id: id, done: make(chan struct{})}
+	defer func() {
+		if err != nil {
+			p.close()
+		}
+	}()
+	dir, err := os.MkdirTemp("", "oci-exec-")
+	if err != nil {
+		return nil, fmt.Errorf("exec in container %s: %w", id, err)
+	}
+	p.cleanup = append(p.cleanup, func() { os.RemoveAll(dir) })
+	pidFile := filepath.Join(dir, "pid")
+	rio, err := p.newIO(&proc, stdio)
+	if err != nil {
+		return nil, fmt.Errorf("exec in container %s: %w", id, err)
+	}
+	started := make(chan int, 1)
+	opts := &runc.ExecOpts{IO: rio, PidFile: pidFile, Started: started}
+	go func() {
+		defer close(p.done)
+		// As Run: a cancelled exec is ended by signals, not by killing
+		// the runtime.
+		p.err = rt.Exec(context.WithoutCancel(ctx), id, proc, opts)
+		var ee *runc.ExitError
+		if errors.As(p.err, &ee) {
+			p.status, p.err = ee.Status, nil // the process's own status
+		}
+	}()
+	pid, ok := <-started
+	if !ok {
+		<-p.done
+		return nil, fmt.Errorf("exec in container %s: %s: %w", id, rt.Command, p.err)
+	}
+	p.pid = pid
+	// Signals go to the exec'd process, whose pid the runtime writes once
+	// it exists.
+	p.execPid = waitPidFile(pidFile, p.done)
+	p.relay(rio, stdio)
 	return p, nil
+}
+
+// waitPidFile waits for the runtime to write the pid file (0 when the
+// runtime exited first).
+func waitPidFile(name string, exited <-chan struct{}) int {
+	for delay := 100 * time.Microsecond; ; delay = min(delay*2, 10*time.Millisecond) {
+		if b, err := os.ReadFile(name); err == nil {
+			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 0 {
+				return pid
+			}
+		}
+		select {
+		case <-exited:
+			return 0
+		case <-time.After(delay):
+		}
+	}
+}
+
+// Pause freezes every process of the container.
+func (r *Runtime) Pause(ctx context.Context, id string) error {
+	rt, err := r.cli()
+	if err != nil {
+		return err
+	}
+	if err := rt.Pause(ctx, id); err != nil {
+		return fmt.Errorf("pause container %s: %w", id, err)
+	}
+	return nil
+}
+
+// Resume thaws a paused container.
+func (r *Runtime) Resume(ctx context.Context, id string) error {
+	rt, err := r.cli()
+	if err != nil {
+		return err
+	}
+	if err := rt.Resume(ctx, id); err != nil {
+		return fmt.Errorf("resume container %s: %w", id, err)
+	}
+	return nil
+}
+
+// State is what the runtime reports of a container.
+type State struct {
+	Pid    int    // its init, in the runtime's PID namespace
+	Status string // "created", "running", "paused", "stopped"
+}
+
+// State asks the runtime for the container's state.
+func (r *Runtime) State(ctx context.Context, id string) (State, error) {
+	rt, err := r.cli()
+	if err != nil {
+		return State{}, err
+	}
+	c, err := rt.State(ctx, id)
+	if err != nil {
+		return State{}, fmt.Errorf("state of container %s: %w", id, err)
+	}
+	return State{Pid: c.Pid, Status: c.Status}, nil
 }
 
 // waitRecorded waits until the runtime has written the container's state
@@ -243,14 +383,25 @@ func (p *Process) Pid() int { return p.pid }
 // Done is closed when the container has exited.
 func (p *Process) Done() <-chan struct{} { return p.done }
 
+// drainTimeout bounds the wait for a terminal's last output once the
+// runtime has exited.
+const drainTimeout = 2 * time.Second
+
 // Wait waits for the container to exit and its output to drain, and
 // returns its exit status: the code it exited with, or 128+N when signal
 // N ended it (137 for SIGKILL, as after an OOM kill).
 func (p *Process) Wait() (int, error) {
 	<-p.done
 	if p.console != nil {
-		// The terminal's output ends with EIO once the container's side
-		// is closed; reading stops then.
+		// The terminal's output ends with EIO once the runtime's side is
+		// closed (it exited): what it wrote before is read first. A
+		// process that kept the side open is not waited for long.
+		copied := make(chan struct{})
+		go func() { p.copies.Wait(); close(copied) }()
+		select {
+		case <-copied:
+		case <-time.After(drainTimeout):
+		}
 		p.console.Close()
 	}
 	p.copies.Wait()
@@ -258,14 +409,20 @@ func (p *Process) Wait() (int, error) {
 	return p.status, p.err
 }
 
-// Signal sends sig to the container's init.
+// Signal sends sig to the container's init (or to the exec'd process).
 func (p *Process) Signal(ctx context.Context, sig syscall.Signal) error {
 	select {
 	case <-p.done:
 		return nil
 	default:
 	}
-	if err := p.rt.Kill(ctx, p.id, int(sig), nil); err != nil {
+	kill := func() error { return p.rt.Kill(ctx, p.id, int(sig), nil) }
+	if p.execPid > 0 {
+		// The runtime waits for it: until the runtime exits (done) the
+		// pid is not reused.
+		kill = func() error { return signalPid(p.execPid, sig) }
+	}
+	if err := kill(); err != nil {
 		select {
 		case <-p.done: // it exited meanwhile
 			return nil
@@ -298,7 +455,17 @@ func (p *Process) Resize(ws console.WinSize) error {
 	if p.console == nil {
 		return nil
 	}
+	select {
+	case <-p.done:
+		return nil // nothing to tell any more
+	default:
+	}
 	if err := p.console.Resize(ws); err != nil {
+		select {
+		case <-p.done: // it exited meanwhile
+			return nil
+		default:
+		}
 		return err
 	}
 	select {

@@ -117,7 +117,21 @@ func TestCtrRunContainerd16(t *testing.T) {
 	testCtrRun(t, containerdtest.Options{Config: containerdtest.ProxyConfig16})
 }
 
-func testCtrRun(t *testing.T, opts containerdtest.Options) {
+// ctrEnv is a private containerd with the layervisor snapshotter (a
+// `layervisor serve`) and runtime, and the demo image imported.
+type ctrEnv struct {
+	t    *testing.T
+	opts containerdtest.Options
+	d    *containerdtest.Daemon
+	srv  *serveDaemon
+	bin  string // the shim, layervisor and the agent
+	root string // layervisor's store root
+	ref  string // the demo image
+}
+
+// setupCtr starts the daemons; cleanups stop them and check nothing of
+// the root is left.
+func setupCtr(t *testing.T, opts containerdtest.Options) *ctrEnv {
 	needVM(t)
 	bin := bins(t)
 	vmDir := sharedVMDir(t)
@@ -154,38 +168,57 @@ func testCtrRun(t *testing.T, opts containerdtest.Options) {
 	// Runs first: a failed test leaves its shims (and their VMs) running;
 	// these are the ones working in this test's root.
 	t.Cleanup(func() { killShims(t, root, filepath.Join(bin, "layervisor")) })
-	fail := func(format string, args ...any) {
-		t.Helper()
-		t.Fatalf("%s\ncontainerd log: %s\nserve log: %s", fmt.Sprintf(format, args...), tail(d.Log(), 6000), tail(srv.logText(), 2000))
-	}
+	e := &ctrEnv{t: t, opts: opts, d: d, srv: srv, bin: bin, root: root}
 	if _, err := d.Ctr(ctx, "images", "import", "--snapshotter", "layervisor", demoImage(t)); err != nil {
-		fail("%v", err)
+		e.fail("%v", err)
 	}
 	out, err := d.Ctr(ctx, "images", "ls", "-q")
 	refs := strings.Fields(out)
 	if err != nil || len(refs) != 1 {
-		fail("images ls: %q, %v", out, err)
+		e.fail("images ls: %q, %v", out, err)
 	}
+	e.ref = refs[0]
+	return e
+}
 
-	// Events, as containerd forwards them to its clients.
+func (e *ctrEnv) fail(format string, args ...any) {
+	e.t.Helper()
+	e.t.Fatalf("%s\ncontainerd log: %s\nserve log: %s", fmt.Sprintf(format, args...), tail(e.d.Log(), 6000), tail(e.srv.logText(), 2000))
+}
+
+// events subscribes to containerd's events, as it forwards them to its
+// clients; stop ends the subscription and returns what came.
+func (e *ctrEnv) events() (stop func() string) {
 	evOut := &bytes.Buffer{}
-	ev := exec.Command(ctrPath(opts), "-a", d.Socket, "-n", "bench", "events")
+	ev := exec.Command(ctrPath(e.opts), "-a", e.d.Socket, "-n", "bench", "events")
 	ev.Stdout = evOut
 	if err := ev.Start(); err != nil {
-		t.Fatal(err)
+		e.t.Fatal(err)
 	}
 	evDone := make(chan struct{})
 	go func() { ev.Wait(); close(evDone) }()
-	stopEvents := func() string {
-		ev.Process.Signal(syscall.SIGTERM)
-		<-evDone
+	var once sync.Once
+	stop = func() string {
+		once.Do(func() {
+			ev.Process.Signal(syscall.SIGTERM)
+			<-evDone
+		})
 		return evOut.String()
 	}
-	defer stopEvents()
+	e.t.Cleanup(func() { stop() })
 	time.Sleep(300 * time.Millisecond) // subscribed
+	return stop
+}
+
+func testCtrRun(t *testing.T, opts containerdtest.Options) {
+	e := setupCtr(t, opts)
+	d, root, fail := e.d, e.root, e.fail
+	ctx := context.Background()
+	refs := []string{e.ref}
+	stopEvents := e.events()
 
 	start := time.Now()
-	out, err = d.Ctr(ctx, "run", "--rm", "--runtime", shim.RuntimeName, "--snapshotter", "layervisor", refs[0], "lv-e2e",
+	out, err := d.Ctr(ctx, "run", "--rm", "--runtime", shim.RuntimeName, "--snapshotter", "layervisor", refs[0], "lv-e2e",
 		"sh", "-c", "cat /etc/demo-release; uname -r; exit 3")
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) || ee.ExitCode() != 3 {
@@ -445,4 +478,133 @@ func demoImage(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return out
+}
+
+// TestCtrTaskOpsContainerd2 drives a running task through containerd
+// 2.4's ctr: exec (with and without a terminal), ps, metrics, pause and
+// resume; then the shim is SIGKILLed and ctr and gc must still leave
+// nothing behind.
+func TestCtrTaskOpsContainerd2(t *testing.T) {
+	dir := containerdtest.Containerd2Dir()
+	if _, err := os.Stat(filepath.Join(dir, "containerd")); err != nil {
+		testutil.Unavailable(t, "containerd 2.x not built (bash scripts/deps.sh): "+err.Error())
+	}
+	testCtrTaskOps(t, containerdtest.Options{Bin: filepath.Join(dir, "containerd"), Ctr: filepath.Join(dir, "ctr"), Config: containerdtest.ProxyConfig2})
+}
+
+// TestCtrTaskOpsContainerd16 is the same with Debian's containerd 1.6.
+func TestCtrTaskOpsContainerd16(t *testing.T) {
+	testutil.NeedTool(t, "containerd")
+	testCtrTaskOps(t, containerdtest.Options{Config: containerdtest.ProxyConfig16})
+}
+
+func testCtrTaskOps(t *testing.T, opts containerdtest.Options) {
+	e := setupCtr(t, opts)
+	d, fail := e.d, e.fail
+	ctx := context.Background()
+	stopEvents := e.events()
+	const id = "lv-ops"
+	if out, err := d.Ctr(ctx, "run", "-d", "--runtime", shim.RuntimeName, "--snapshotter", "layervisor", e.ref, id, "sleep", "1000"); err != nil {
+		fail("ctr run -d: %v %s", err, out)
+	}
+
+	// Exec: output and exit status.
+	start := time.Now()
+	out, err := d.Ctr(ctx, "task", "exec", "--exec-id", "e1", id, "sh", "-c", "echo hi; echo err >&2; exit 4")
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 4 || out != "hi\n" {
+		fail("task exec: want \"hi\\n\" and exit status 4, got %q, %v", out, err)
+	}
+	t.Logf("ctr task exec: %v", time.Since(start).Round(time.Millisecond))
+	// A command the container does not have.
+	out, err = d.Ctr(ctx, "task", "exec", "--exec-id", "e-missing", id, "no-such-command")
+	if !errors.As(err, &ee) || ee.ExitCode() != 127 {
+		fail("task exec of a missing command: want exit status 127, got %q, %v", out, err)
+	}
+	// With a terminal: ctr wants one of its own, which script gives it.
+	// (The image's busybox has no tty applet: readlink tells the same.)
+	ctrArgs := []string{ctrPath(opts), "-a", d.Socket, "-n", "bench", "task", "exec", "-t", "--exec-id", "e2", id, "readlink", "/proc/self/fd/0"}
+	cmd := exec.CommandContext(ctx, "script", "-qec", strings.Join(ctrArgs, " "), "/dev/null")
+	b, err := cmd.CombinedOutput()
+	if err != nil || !regexp.MustCompile(`(?m)/dev/pts/\d+\r*$`).Match(b) {
+		fail("task exec -t: want a terminal /dev/pts/N, got %q, %v", b, err)
+	}
+
+	// The container's processes, by their guest pids.
+	out, err = d.Ctr(ctx, "task", "ps", id)
+	if err != nil || !regexp.MustCompile(`(?m)^\d+\s`).MatchString(out) {
+		fail("task ps: %q, %v", out, err)
+	}
+
+	// Metrics from the guest's cgroup.
+	out, err = d.Ctr(ctx, "task", "metrics", id)
+	m := regexp.MustCompile(`memory\.usage\s+(\d+)`).FindStringSubmatch(out)
+	if err != nil || m == nil || m[1] == "0" {
+		fail("task metrics: want a memory usage, got %q, %v", out, err)
+	}
+	t.Logf("task metrics:\n%s", out)
+
+	// Pause, resume.
+	if out, err := d.Ctr(ctx, "task", "pause", id); err != nil {
+		fail("task pause: %v %s", err, out)
+	}
+	if out, err := d.Ctr(ctx, "task", "ls"); err != nil || !regexp.MustCompile(id+`\s+\d+\s+PAUSED`).MatchString(out) {
+		fail("task ls after pause: %q, %v", out, err)
+	}
+	if out, err := d.Ctr(ctx, "task", "resume", id); err != nil {
+		fail("task resume: %v %s", err, out)
+	}
+	if out, err := d.Ctr(ctx, "task", "ls"); err != nil || !regexp.MustCompile(id+`\s+\d+\s+RUNNING`).MatchString(out) {
+		fail("task ls after resume: %q, %v", out, err)
+	}
+	// Still alive after the thaw: an exec runs.
+	if out, err := d.Ctr(ctx, "task", "exec", "--exec-id", "e3", id, "true"); err != nil {
+		fail("task exec after resume: %v %s", err, out)
+	}
+
+	events := stopEvents()
+	for _, want := range []string{
+		`/tasks/exec-added .*e1`, `/tasks/exec-started .*e1`, `/tasks/exit .*"?e1"?.*exit_status"?: ?4\b`,
+		`/tasks/paused .*` + id, `/tasks/resumed .*` + id,
+	} {
+		if !regexp.MustCompile(want).MatchString(events) {
+			t.Errorf("no event matching %q in:\n%s", want, events)
+		}
+	}
+
+	// The shim dies with SIGKILL: its VM dies with it; ctr cleans up what
+	// containerd holds and gc what the shim held.
+	pids := shimPIDs(e.root)
+	if len(pids) != 1 {
+		fail("shims of the task: %v", pids)
+	}
+	pid, _ := strconv.Atoi(pids[0])
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitNoShim(t, e.root)
+	for _, args := range [][]string{{"task", "rm", "-f", id}, {"container", "rm", id}} {
+		if out, err := d.Ctr(ctx, args...); err != nil {
+			// containerd may have removed the dead task itself.
+			if !strings.Contains(err.Error(), "not found") {
+				fail("%v after the shim was killed: %v %s", args, err, out)
+			}
+		}
+	}
+	if out, err := exec.Command(filepath.Join(e.bin, "layervisor"), "--root", e.root, "gc").CombinedOutput(); err != nil {
+		fail("layervisor gc: %v\n%s", err, out)
+	} else {
+		t.Logf("layervisor gc: %s", out)
+	}
+	if ps := uvm.Processes(e.root); len(ps) > 0 {
+		fail("QEMU/virtiofsd left after the shim was killed: %v", ps)
+	}
+	if out, err := d.Ctr(ctx, "task", "ls", "-q"); err != nil || strings.TrimSpace(out) != "" {
+		fail("tasks left: %q, %v", out, err)
+	}
+	if out, err := d.Ctr(ctx, "container", "ls", "-q"); err != nil || strings.TrimSpace(out) != "" {
+		fail("containers left: %q, %v", out, err)
+	}
+	// assertNoLeaks (cleanup) checks mounts, loop devices and UVM state.
+	logShimComplaints(t, d)
 }

@@ -23,6 +23,11 @@ const (
 	TopicTaskStart  = "/tasks/start"
 	TopicTaskExit   = "/tasks/exit"
 	TopicTaskDelete = "/tasks/delete"
+
+	TopicTaskExecAdded   = "/tasks/exec-added"
+	TopicTaskExecStarted = "/tasks/exec-started"
+	TopicTaskPaused      = "/tasks/paused"
+	TopicTaskResumed     = "/tasks/resumed"
 )
 
 // publisher forwards task events to containerd's ttrpc events service

@@ -61,18 +61,14 @@ func newService(ctx context.Context, ns, id, root string, pub *publisher, shutdo
 	return &Service{ctx: ctx, ns: ns, id: id, root: root, pub: pub, shutdown: shutdown}
 }
 
-type task struct {
-	id, bundle string
-	spec       *specs.Spec
-	stdin      string
-	stdout     string
-	stderr     string
-	terminal   bool
-
-	u          *uvm.UVM
-	res        *resources.Resources
-	disposable bool
-	pid        uint32 // QEMU's: the task's process on the host
+// process is the task's init or one of its execs: its stdio and state.
+type process struct {
+	execID   string         // "" for the init
+	spec     *specs.Process // an exec's
+	stdin    string
+	stdout   string
+	stderr   string
+	terminal bool
 
 	in       *stdinPipe
 	out, err io.WriteCloser
@@ -83,13 +79,27 @@ type task struct {
 	exited     chan struct{}
 	exitStatus uint32
 	exitedAt   time.Time
-	torn       bool
 }
 
-func (t *task) state() (tasktypes.Status, uint32, time.Time) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.status, t.exitStatus, t.exitedAt
+type task struct {
+	id, bundle string
+	spec       *specs.Spec
+
+	u          *uvm.UVM
+	res        *resources.Resources
+	disposable bool
+	pid        uint32 // QEMU's: the task's process on the host
+
+	process // the container's init; its mu also guards execs and torn
+
+	execs map[string]*process
+	torn  bool
+}
+
+func (p *process) state() (tasktypes.Status, uint32, time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.status, p.exitStatus, p.exitedAt
 }
 
 // grpcErr maps errors to what containerd understands over ttrpc.
@@ -100,16 +110,39 @@ func grpcErr(err error) error {
 	return errgrpc.ToGRPC(err)
 }
 
-func (s *Service) task(id, execID string) (*task, error) {
-	if execID != "" {
-		return nil, fmt.Errorf("exec %s: %w", execID, errdefs.ErrNotFound)
-	}
+func (s *Service) task(id string) (*task, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.t == nil || (id != "" && id != s.t.id) {
 		return nil, fmt.Errorf("task %s: %w", id, errdefs.ErrNotFound)
 	}
 	return s.t, nil
+}
+
+// process finds the task and its init (execID "") or exec.
+func (s *Service) process(id, execID string) (*task, *process, error) {
+	t, err := s.task(id)
+	if err != nil {
+		return nil, nil, err
+	}
+	if execID == "" {
+		return t, &t.process, nil
+	}
+	t.mu.Lock()
+	p := t.execs[execID]
+	t.mu.Unlock()
+	if p == nil {
+		return nil, nil, fmt.Errorf("exec %s in task %s: %w", execID, t.id, errdefs.ErrNotFound)
+	}
+	return t, p, nil
+}
+
+// name names a process in messages.
+func (t *task) name(p *process) string {
+	if p.execID == "" {
+		return "task " + t.id
+	}
+	return fmt.Sprintf("exec %s in task %s", p.execID, t.id)
 }
 
 // Create makes the task's utility VM, attaches the layers behind its
@@ -121,8 +154,10 @@ func (s *Service) Create(ctx context.Context, r *taskv2.CreateTaskRequest) (_ *t
 		s.mu.Unlock()
 		return nil, grpcErr(fmt.Errorf("task %s: %w", s.t.id, errdefs.ErrAlreadyExists))
 	}
-	t := &task{id: r.ID, bundle: r.Bundle, stdin: r.Stdin, stdout: r.Stdout, stderr: r.Stderr, terminal: r.Terminal,
-		status: tasktypes.Status_CREATED, exited: make(chan struct{})}
+	t := &task{id: r.ID, bundle: r.Bundle, execs: map[string]*process{}, process: process{
+		stdin: r.Stdin, stdout: r.Stdout, stderr: r.Stderr, terminal: r.Terminal,
+		status: tasktypes.Status_CREATED, exited: make(chan struct{}),
+	}}
 	s.t = t // reserve: a second Create is refused while this one runs
 	s.mu.Unlock()
 	slog.Info("create task", "id", r.ID, "bundle", r.Bundle, "rootfs", len(r.Rootfs), "terminal", r.Terminal)
@@ -247,7 +282,7 @@ func (p *stdinPipe) close() {
 	})
 }
 
-func (t *task) openIO(ctx context.Context) (err error) {
+func (t *process) openIO(ctx context.Context) (err error) {
 	ctx, cancel := context.WithTimeout(ctx, stdioTimeout)
 	defer cancel()
 	defer func() {
@@ -290,7 +325,7 @@ func (t *task) openIO(ctx context.Context) (err error) {
 	return nil
 }
 
-func (t *task) closeIO() {
+func (t *process) closeIO() {
 	if t.in != nil {
 		t.in.close()
 	}
@@ -301,36 +336,49 @@ func (t *task) closeIO() {
 	}
 }
 
-// Start starts the container in the guest.
+// Start starts the container in the guest, or an exec in it.
 func (s *Service) Start(ctx context.Context, r *taskv2.StartRequest) (*taskv2.StartResponse, error) {
-	t, err := s.task(r.ID, r.ExecID)
+	t, p, err := s.process(r.ID, r.ExecID)
 	if err != nil {
 		return nil, grpcErr(err)
 	}
-	t.mu.Lock()
-	if t.status != tasktypes.Status_CREATED || t.ct != nil {
-		st := t.status
-		t.mu.Unlock()
-		return nil, grpcErr(fmt.Errorf("task %s is %s: %w", t.id, st, errdefs.ErrFailedPrecondition))
+	if p.execID != "" {
+		if st, _, _ := t.state(); st != tasktypes.Status_RUNNING {
+			return nil, grpcErr(fmt.Errorf("exec %s: task %s is %s: %w", p.execID, t.id, st, errdefs.ErrFailedPrecondition))
+		}
+	}
+	p.mu.Lock()
+	if p.status != tasktypes.Status_CREATED || p.ct != nil {
+		st := p.status
+		p.mu.Unlock()
+		return nil, grpcErr(fmt.Errorf("%s is %s: %w", t.name(p), st, errdefs.ErrFailedPrecondition))
 	}
 	var stdin io.Reader
-	if t.in != nil {
-		stdin = t.in.r
+	if p.in != nil {
+		stdin = p.in.r
 	}
-	// The request runs as long as the container: it belongs to the
-	// daemon, not to this call.
-	t.ct = t.u.Agent().StartContainer(s.ctx, agent.ContainerRequest{ID: t.id, Spec: t.spec, Stdin: stdin, Stdout: t.out, Stderr: t.err})
-	t.status = tasktypes.Status_RUNNING
-	t.mu.Unlock()
-	go s.waitExit(t)
-	s.pub.publish(TopicTaskStart, &eventstypes.TaskStart{ContainerID: t.id, Pid: t.pid})
-	slog.Info("task started", "id", t.id)
+	// The request runs as long as the process: it belongs to the daemon,
+	// not to this call.
+	if p.execID == "" {
+		p.ct = t.u.Agent().StartContainer(s.ctx, agent.ContainerRequest{ID: t.id, Spec: t.spec, Stdin: stdin, Stdout: p.out, Stderr: p.err})
+	} else {
+		p.ct = t.u.Agent().ExecInContainer(s.ctx, agent.ExecInContainerRequest{Container: t.id, Process: p.spec, Stdin: stdin, Stdout: p.out, Stderr: p.err})
+	}
+	p.status = tasktypes.Status_RUNNING
+	p.mu.Unlock()
+	go s.waitExit(t, p)
+	if p.execID == "" {
+		s.pub.publish(TopicTaskStart, &eventstypes.TaskStart{ContainerID: t.id, Pid: t.pid})
+	} else {
+		s.pub.publish(TopicTaskExecStarted, &eventstypes.TaskExecStarted{ContainerID: t.id, ExecID: p.execID, Pid: t.pid})
+	}
+	slog.Info("process started", "id", t.id, "exec", p.execID)
 	return &taskv2.StartResponse{Pid: t.pid}, nil
 }
 
-// waitExit records the container's exit and publishes it.
-func (s *Service) waitExit(t *task) {
-	code, err := t.ct.Wait()
+// waitExit records a process's exit and publishes it.
+func (s *Service) waitExit(t *task, p *process) {
+	code, err := p.ct.Wait()
 	if err != nil {
 		switch {
 		case agent.IsCode(err, agent.CodeExecNotFound):
@@ -338,18 +386,22 @@ func (s *Service) waitExit(t *task) {
 		case code == 0:
 			code = 255
 		}
-		fmt.Fprintf(t.err, "%s: %v\n", BinaryName, err)
-		slog.Error("container ended with an error", "id", t.id, "err", err)
+		fmt.Fprintf(p.err, "%s: %v\n", BinaryName, err)
+		slog.Error("process ended with an error", "id", t.id, "exec", p.execID, "err", err)
 	}
-	t.finish(uint32(code))
-	s.pub.publish(TopicTaskExit, &eventstypes.TaskExit{ContainerID: t.id, ID: t.id, Pid: t.pid,
-		ExitStatus: uint32(code), ExitedAt: timestamppb.New(t.exitedAt)})
-	slog.Info("task exited", "id", t.id, "status", code)
+	p.finish(uint32(code))
+	id := t.id
+	if p.execID != "" {
+		id = p.execID
+	}
+	s.pub.publish(TopicTaskExit, &eventstypes.TaskExit{ContainerID: t.id, ID: id, Pid: t.pid,
+		ExitStatus: uint32(code), ExitedAt: timestamppb.New(p.exitedAt)})
+	slog.Info("process exited", "id", t.id, "exec", p.execID, "status", code)
 }
 
 // finish records the exit status (once) and ends the output streams, so
 // the client's copies reach EOF.
-func (t *task) finish(code uint32) bool {
+func (t *process) finish(code uint32) bool {
 	t.mu.Lock()
 	if t.status == tasktypes.Status_STOPPED {
 		t.mu.Unlock()
@@ -383,20 +435,33 @@ func (t *task) teardown(ctx context.Context) error {
 	}
 	errs = append(errs, stop(ctx), t.u.Remove(ctx))
 	t.closeIO()
+	t.mu.Lock()
+	for _, p := range t.execs {
+		p.closeIO()
+	}
+	t.mu.Unlock()
 	return errors.Join(errs...)
 }
 
-// Delete tears a stopped (or never started) task down.
+// Delete tears a stopped (or never started) task down, or forgets an
+// exec.
 func (s *Service) Delete(ctx context.Context, r *taskv2.DeleteRequest) (*taskv2.DeleteResponse, error) {
-	t, err := s.task(r.ID, r.ExecID)
+	t, p, err := s.process(r.ID, r.ExecID)
 	if err != nil {
 		return nil, grpcErr(err)
 	}
-	if st, _, _ := t.state(); st == tasktypes.Status_RUNNING {
-		return nil, grpcErr(fmt.Errorf("task %s is running: %w", t.id, errdefs.ErrFailedPrecondition))
+	if st, _, _ := p.state(); st == tasktypes.Status_RUNNING || st == tasktypes.Status_PAUSED {
+		return nil, grpcErr(fmt.Errorf("%s is %s: %w", t.name(p), st, errdefs.ErrFailedPrecondition))
 	}
-	t.finish(0) // a created task that never ran
-	_, code, at := t.state()
+	p.finish(0) // a created process that never ran
+	_, code, at := p.state()
+	if p.execID != "" {
+		t.mu.Lock()
+		delete(t.execs, p.execID)
+		t.mu.Unlock()
+		slog.Info("exec deleted", "id", t.id, "exec", p.execID)
+		return &taskv2.DeleteResponse{Pid: t.pid, ExitStatus: code, ExitedAt: timestamppb.New(at)}, nil
+	}
 	terr := t.teardown(context.WithoutCancel(ctx))
 	s.mu.Lock()
 	s.t = nil
@@ -423,59 +488,63 @@ func (s *Service) teardown(ctx context.Context) {
 	}
 }
 
-// State reports the task's status.
+// State reports the task's (or an exec's) status.
 func (s *Service) State(ctx context.Context, r *taskv2.StateRequest) (*taskv2.StateResponse, error) {
-	t, err := s.task(r.ID, r.ExecID)
+	t, p, err := s.process(r.ID, r.ExecID)
 	if err != nil {
 		return nil, grpcErr(err)
 	}
-	st, code, at := t.state()
-	resp := &taskv2.StateResponse{ID: t.id, Bundle: t.bundle, Pid: t.pid, Status: st,
-		Stdin: t.stdin, Stdout: t.stdout, Stderr: t.stderr, Terminal: t.terminal, ExitStatus: code}
+	st, code, at := p.state()
+	resp := &taskv2.StateResponse{ID: t.id, ExecID: p.execID, Bundle: t.bundle, Pid: t.pid, Status: st,
+		Stdin: p.stdin, Stdout: p.stdout, Stderr: p.stderr, Terminal: p.terminal, ExitStatus: code}
 	if st == tasktypes.Status_STOPPED {
 		resp.ExitedAt = timestamppb.New(at)
 	}
 	return resp, nil
 }
 
-// Wait waits for the task to exit.
+// Wait waits for the task (or an exec) to exit.
 func (s *Service) Wait(ctx context.Context, r *taskv2.WaitRequest) (*taskv2.WaitResponse, error) {
-	t, err := s.task(r.ID, r.ExecID)
+	_, p, err := s.process(r.ID, r.ExecID)
 	if err != nil {
 		return nil, grpcErr(err)
 	}
 	select {
-	case <-t.exited:
+	case <-p.exited:
 	case <-ctx.Done():
 		return nil, grpcErr(ctx.Err())
 	}
-	_, code, at := t.state()
+	_, code, at := p.state()
 	return &taskv2.WaitResponse{ExitStatus: code, ExitedAt: timestamppb.New(at)}, nil
 }
 
-// Kill signals the container's init in the guest. With All it still
-// signals the init only: in the container's PID namespace, SIGKILL to it
-// ends every process.
+// Kill signals the container's init (or an exec) in the guest. With All
+// it still signals the init only: in the container's PID namespace,
+// SIGKILL to it ends every process.
 func (s *Service) Kill(ctx context.Context, r *taskv2.KillRequest) (*emptypb.Empty, error) {
-	t, err := s.task(r.ID, r.ExecID)
+	t, p, err := s.process(r.ID, r.ExecID)
 	if err != nil {
 		return nil, grpcErr(err)
 	}
-	t.mu.Lock()
-	st, ct := t.status, t.ct
-	t.mu.Unlock()
+	p.mu.Lock()
+	st, ct := p.status, p.ct
+	p.mu.Unlock()
 	switch {
 	case st == tasktypes.Status_STOPPED:
-		return nil, grpcErr(fmt.Errorf("task %s: process already finished: %w", t.id, errdefs.ErrNotFound))
+		return nil, grpcErr(fmt.Errorf("%s: process already finished: %w", t.name(p), errdefs.ErrNotFound))
 	case ct == nil: // created, not started: it ends without running
-		if t.finish(128 + r.Signal) {
-			s.pub.publish(TopicTaskExit, &eventstypes.TaskExit{ContainerID: t.id, ID: t.id, Pid: t.pid,
+		if p.finish(128 + r.Signal) {
+			id := t.id
+			if p.execID != "" {
+				id = p.execID
+			}
+			s.pub.publish(TopicTaskExit, &eventstypes.TaskExit{ContainerID: t.id, ID: id, Pid: t.pid,
 				ExitStatus: 128 + r.Signal, ExitedAt: timestamppb.New(time.Now())})
 		}
 		return &emptypb.Empty{}, nil
 	}
-	if err := signalRetry(ctx, ct, syscall.Signal(r.Signal), t.exited); err != nil {
-		return nil, grpcErr(fmt.Errorf("signal %d to task %s: %w", r.Signal, t.id, err))
+	if err := signalRetry(ctx, ct, syscall.Signal(r.Signal), p.exited); err != nil {
+		return nil, grpcErr(fmt.Errorf("signal %d to %s: %w", r.Signal, t.name(p), err))
 	}
 	return &emptypb.Empty{}, nil
 }
@@ -506,42 +575,144 @@ func signalRetry(ctx context.Context, ct *agent.Container, sig syscall.Signal, e
 	}
 }
 
-// Pids lists the task's process: the QEMU running it (the guest's
-// processes are not visible on the host).
-func (s *Service) Pids(ctx context.Context, r *taskv2.PidsRequest) (*taskv2.PidsResponse, error) {
-	t, err := s.task(r.ID, "")
+// agentTimeout bounds the agent requests of Pids, Stats, Pause and
+// Resume.
+const agentTimeout = 30 * time.Second
+
+// running returns the task while its container runs in the guest
+// (running or paused).
+func (s *Service) running(id string) (*task, tasktypes.Status, error) {
+	t, err := s.task(id)
 	if err != nil {
-		return nil, grpcErr(err)
+		return nil, 0, err
 	}
-	return &taskv2.PidsResponse{Processes: []*tasktypes.ProcessInfo{{Pid: t.pid}}}, nil
+	st, _, _ := t.state()
+	if st != tasktypes.Status_RUNNING && st != tasktypes.Status_PAUSED {
+		return nil, st, fmt.Errorf("task %s is %s: %w", t.id, st, errdefs.ErrFailedPrecondition)
+	}
+	return t, st, nil
 }
 
-// CloseIO ends the container's stdin.
-func (s *Service) CloseIO(ctx context.Context, r *taskv2.CloseIORequest) (*emptypb.Empty, error) {
-	t, err := s.task(r.ID, r.ExecID)
+// Pids lists the processes of the container, by their pids in the guest
+// (the host sees only the QEMU running them); a container not running
+// has none.
+func (s *Service) Pids(ctx context.Context, r *taskv2.PidsRequest) (*taskv2.PidsResponse, error) {
+	t, _, err := s.running(r.ID)
+	if errors.Is(err, errdefs.ErrFailedPrecondition) {
+		return &taskv2.PidsResponse{}, nil
+	}
 	if err != nil {
 		return nil, grpcErr(err)
 	}
-	if r.Stdin && t.in != nil {
-		t.in.close()
+	ctx, cancel := context.WithTimeout(ctx, agentTimeout)
+	defer cancel()
+	pids, err := t.u.Agent().ContainerPids(ctx, t.id)
+	if err != nil {
+		return nil, grpcErr(fmt.Errorf("processes of task %s: %w", t.id, err))
+	}
+	resp := &taskv2.PidsResponse{}
+	for _, pid := range pids {
+		resp.Processes = append(resp.Processes, &tasktypes.ProcessInfo{Pid: uint32(pid)})
+	}
+	return resp, nil
+}
+
+// Stats reports the container's cgroup v2 statistics in the guest, as
+// containerd's cgroups v2 Metrics.
+func (s *Service) Stats(ctx context.Context, r *taskv2.StatsRequest) (*taskv2.StatsResponse, error) {
+	t, _, err := s.running(r.ID)
+	if err != nil {
+		return nil, grpcErr(err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, agentTimeout)
+	defer cancel()
+	files, err := t.u.Agent().ContainerStats(ctx, t.id)
+	if err != nil {
+		return nil, grpcErr(fmt.Errorf("statistics of task %s: %w", t.id, err))
+	}
+	a, err := marshalMetrics(parseMetrics(files))
+	if err != nil {
+		return nil, grpcErr(fmt.Errorf("statistics of task %s: %w", t.id, err))
+	}
+	return &taskv2.StatsResponse{Stats: a}, nil
+}
+
+// Pause freezes the container's processes.
+func (s *Service) Pause(ctx context.Context, r *taskv2.PauseRequest) (*emptypb.Empty, error) {
+	return s.setPaused(ctx, r.ID, true)
+}
+
+// Resume thaws them.
+func (s *Service) Resume(ctx context.Context, r *taskv2.ResumeRequest) (*emptypb.Empty, error) {
+	return s.setPaused(ctx, r.ID, false)
+}
+
+func (s *Service) setPaused(ctx context.Context, id string, pause bool) (*emptypb.Empty, error) {
+	t, st, err := s.running(id)
+	if err != nil {
+		return nil, grpcErr(err)
+	}
+	from, to, what := tasktypes.Status_RUNNING, tasktypes.Status_PAUSED, "pause"
+	if !pause {
+		from, to, what = tasktypes.Status_PAUSED, tasktypes.Status_RUNNING, "resume"
+	}
+	if st != from {
+		return nil, grpcErr(fmt.Errorf("%s task %s: it is %s: %w", what, t.id, st, errdefs.ErrFailedPrecondition))
+	}
+	ctx, cancel := context.WithTimeout(ctx, agentTimeout)
+	defer cancel()
+	call := t.u.Agent().ResumeContainer
+	if pause {
+		call = t.u.Agent().PauseContainer
+	}
+	if err := call(ctx, t.id); err != nil {
+		return nil, grpcErr(fmt.Errorf("%s task %s: %w", what, t.id, err))
+	}
+	t.mu.Lock()
+	if t.status == from { // not exited meanwhile
+		t.status = to
+	}
+	t.mu.Unlock()
+	if pause {
+		s.pub.publish(TopicTaskPaused, &eventstypes.TaskPaused{ContainerID: t.id})
+	} else {
+		s.pub.publish(TopicTaskResumed, &eventstypes.TaskResumed{ContainerID: t.id})
+	}
+	slog.Info("task "+what+"d", "id", t.id)
+	return &emptypb.Empty{}, nil
+}
+
+// CloseIO ends the stdin of the container (or of an exec).
+func (s *Service) CloseIO(ctx context.Context, r *taskv2.CloseIORequest) (*emptypb.Empty, error) {
+	_, p, err := s.process(r.ID, r.ExecID)
+	if err != nil {
+		return nil, grpcErr(err)
+	}
+	if r.Stdin && p.in != nil {
+		p.in.close()
 	}
 	return &emptypb.Empty{}, nil
 }
 
-// ResizePty resizes the container's terminal.
+// ResizePty resizes the terminal of the container (or of an exec).
 func (s *Service) ResizePty(ctx context.Context, r *taskv2.ResizePtyRequest) (*emptypb.Empty, error) {
-	t, err := s.task(r.ID, r.ExecID)
+	t, p, err := s.process(r.ID, r.ExecID)
 	if err != nil {
 		return nil, grpcErr(err)
 	}
-	t.mu.Lock()
-	ct := t.ct
-	t.mu.Unlock()
-	if ct == nil || !t.terminal {
+	p.mu.Lock()
+	ct := p.ct
+	p.mu.Unlock()
+	if ct == nil || !p.terminal {
 		return &emptypb.Empty{}, nil
 	}
 	if err := ct.Resize(console.WinSize{Width: uint16(r.Width), Height: uint16(r.Height)}); err != nil {
-		return nil, grpcErr(fmt.Errorf("resize terminal of task %s: %w", t.id, err))
+		if agent.IsCode(err, agent.CodeNotFound) {
+			// It exited (or never started) meanwhile: its exit tells.
+			slog.Debug("resize of a process gone", "id", t.id, "exec", p.execID, "err", err)
+			return &emptypb.Empty{}, nil
+		}
+		return nil, grpcErr(fmt.Errorf("resize terminal of %s: %w", t.name(p), err))
 	}
 	return &emptypb.Empty{}, nil
 }
@@ -549,7 +720,7 @@ func (s *Service) ResizePty(ctx context.Context, r *taskv2.ResizePtyRequest) (*e
 // Connect reports the shim's and the task's host processes.
 func (s *Service) Connect(ctx context.Context, r *taskv2.ConnectRequest) (*taskv2.ConnectResponse, error) {
 	var pid uint32
-	if t, err := s.task(r.ID, ""); err == nil {
+	if t, err := s.task(r.ID); err == nil {
 		pid = t.pid
 	}
 	return &taskv2.ConnectResponse{ShimPid: uint32(os.Getpid()), TaskPid: pid, Version: Version}, nil
@@ -572,18 +743,49 @@ func notImplemented(what string) error {
 	return grpcErr(fmt.Errorf("%s in a utility VM: %w", what, errdefs.ErrNotImplemented))
 }
 
-// Exec is not implemented yet (it needs an agent operation that runs a
-// process in a running container).
-func (s *Service) Exec(ctx context.Context, r *taskv2.ExecProcessRequest) (*emptypb.Empty, error) {
-	return nil, notImplemented("exec")
-}
-
-func (s *Service) Pause(ctx context.Context, r *taskv2.PauseRequest) (*emptypb.Empty, error) {
-	return nil, notImplemented("pause")
-}
-
-func (s *Service) Resume(ctx context.Context, r *taskv2.ResumeRequest) (*emptypb.Empty, error) {
-	return nil, notImplemented("resume")
+// Exec adds a process to run in the running container: Start runs it in
+// the guest with the container's runtime (crun exec).
+func (s *Service) Exec(ctx context.Context, r *taskv2.ExecProcessRequest) (_ *emptypb.Empty, err error) {
+	t, err := s.task(r.ID)
+	if err != nil {
+		return nil, grpcErr(err)
+	}
+	if r.ExecID == "" {
+		return nil, grpcErr(fmt.Errorf("exec in task %s: no exec id: %w", t.id, errdefs.ErrInvalidArgument))
+	}
+	var spec specs.Process
+	if err := json.Unmarshal(r.Spec.GetValue(), &spec); err != nil {
+		return nil, grpcErr(fmt.Errorf("exec %s in task %s: process spec: %w: %w", r.ExecID, t.id, err, errdefs.ErrInvalidArgument))
+	}
+	if len(spec.Args) == 0 {
+		return nil, grpcErr(fmt.Errorf("exec %s in task %s: no command: %w", r.ExecID, t.id, errdefs.ErrInvalidArgument))
+	}
+	spec.Terminal = r.Terminal
+	p := &process{execID: r.ExecID, spec: &spec, stdin: r.Stdin, stdout: r.Stdout, stderr: r.Stderr, terminal: r.Terminal,
+		status: tasktypes.Status_CREATED, exited: make(chan struct{})}
+	t.mu.Lock()
+	st := t.status
+	switch {
+	case st != tasktypes.Status_RUNNING:
+		err = fmt.Errorf("exec %s: task %s is %s: %w", r.ExecID, t.id, st, errdefs.ErrFailedPrecondition)
+	case t.execs[r.ExecID] != nil:
+		err = fmt.Errorf("exec %s in task %s: %w", r.ExecID, t.id, errdefs.ErrAlreadyExists)
+	default:
+		t.execs[r.ExecID] = p // reserved while its stdio opens
+	}
+	t.mu.Unlock()
+	if err != nil {
+		return nil, grpcErr(err)
+	}
+	if err := p.openIO(ctx); err != nil {
+		t.mu.Lock()
+		delete(t.execs, r.ExecID)
+		t.mu.Unlock()
+		return nil, grpcErr(fmt.Errorf("exec %s in task %s: %w", r.ExecID, t.id, err))
+	}
+	s.pub.publish(TopicTaskExecAdded, &eventstypes.TaskExecAdded{ContainerID: t.id, ExecID: r.ExecID})
+	slog.Info("exec added", "id", t.id, "exec", r.ExecID, "terminal", r.Terminal)
+	return &emptypb.Empty{}, nil
 }
 
 func (s *Service) Checkpoint(ctx context.Context, r *taskv2.CheckpointTaskRequest) (*emptypb.Empty, error) {
@@ -592,8 +794,4 @@ func (s *Service) Checkpoint(ctx context.Context, r *taskv2.CheckpointTaskReques
 
 func (s *Service) Update(ctx context.Context, r *taskv2.UpdateTaskRequest) (*emptypb.Empty, error) {
 	return nil, notImplemented("update")
-}
-
-func (s *Service) Stats(ctx context.Context, r *taskv2.StatsRequest) (*taskv2.StatsResponse, error) {
-	return nil, notImplemented("stats")
 }

@@ -33,9 +33,10 @@ type InitramfsOptions struct {
 }
 
 // InitrdName is the initramfs's file name under <root>/boot. Its number
-// changes when what the agent needs from it does (2: the OCI runtime), so
+// changes when what the agent needs from it does (2: the OCI runtime; 3:
+// the shim's exec, stats and pause operations), so
 // an older one is not used.
-const InitrdName = "initrd-2.img"
+const InitrdName = "initrd-3.img"
 
 // GuestRuntimePath is where the initramfs holds the OCI runtime.
 const GuestRuntimePath = agent.GuestRuntimePath

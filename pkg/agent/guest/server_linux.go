@@ -47,11 +47,16 @@ type Server struct {
 	containers map[uint64]*runningContainer
 }
 
-// runningContainer is a container started by an exec request; signal and
-// resize requests find it by that request's id.
+// runningContainer is a container started by an exec request, or a
+// process exec'd in one by an exec_in_container request; signal and resize
+// requests find it by that request's id.
 type runningContainer struct {
 	started chan struct{} // closed once p is set (or the start failed)
 	p       *ociruntime.Process
+	// A container's (not an exec'd process's) id, set when the request
+	// is registered, and its root, set before started closes: requests
+	// naming the container find it, and wait for its start.
+	name, root string
 }
 
 // Serve reads requests from rw until it fails.
@@ -87,22 +92,28 @@ func (s *Server) Serve(ctx context.Context, rw io.ReadWriter) error {
 			}
 			continue
 		}
-		if m.Op == agent.OpExec {
+		if m.Op == agent.OpExec || m.Op == agent.OpExecInContainer {
 			// Open the process's stdin before reading the next frame: the
 			// host sends stdin right after the request, and frames that
 			// arrived before the handler ran would be lost.
-			if a, err := decode[agent.ExecArgs](m); err == nil {
-				s.mu.Lock()
-				if a.Stdin {
-					s.stdins[m.ID] = newStdinFeed()
+			stdin, container, name := false, false, ""
+			if m.Op == agent.OpExec {
+				if a, err := decode[agent.ExecArgs](m); err == nil {
+					stdin, container, name = a.Stdin, a.Spec != nil, a.Container
 				}
-				if a.Spec != nil {
-					// Registered before the next frame is read, so a
-					// signal right behind the request finds it.
-					s.containers[m.ID] = &runningContainer{started: make(chan struct{})}
-				}
-				s.mu.Unlock()
+			} else if a, err := decode[agent.ExecInContainerArgs](m); err == nil {
+				stdin, container = a.Stdin, true
 			}
+			s.mu.Lock()
+			if stdin {
+				s.stdins[m.ID] = newStdinFeed()
+			}
+			if container {
+				// Registered before the next frame is read, so a
+				// signal right behind the request finds it.
+				s.containers[m.ID] = &runningContainer{started: make(chan struct{}), name: name}
+			}
+			s.mu.Unlock()
 		}
 		go s.handle(ctx, m)
 	}
@@ -193,6 +204,26 @@ func (s *Server) handle(ctx context.Context, m *agent.Message) {
 		var a agent.ExecArgs
 		if a, err = decode[agent.ExecArgs](m); err == nil {
 			result, err = s.exec(ctx, m.ID, a)
+		}
+	case agent.OpExecInContainer:
+		var a agent.ExecInContainerArgs
+		if a, err = decode[agent.ExecInContainerArgs](m); err == nil {
+			result, err = s.execInContainer(ctx, m.ID, a)
+		}
+	case agent.OpContainerPids:
+		var a agent.ContainerArgs
+		if a, err = decode[agent.ContainerArgs](m); err == nil {
+			result, err = s.containerPids(ctx, a.Container)
+		}
+	case agent.OpContainerStats:
+		var a agent.ContainerArgs
+		if a, err = decode[agent.ContainerArgs](m); err == nil {
+			result, err = s.containerStats(ctx, a.Container)
+		}
+	case agent.OpPauseContainer, agent.OpResumeContainer:
+		var a agent.ContainerArgs
+		if a, err = decode[agent.ContainerArgs](m); err == nil {
+			err = s.pauseContainer(ctx, a.Container, m.Op == agent.OpPauseContainer)
 		}
 	case agent.OpSignal:
 		var a agent.SignalArgs
@@ -518,20 +549,26 @@ func (w streamWriter) Write(p []byte) (int, error) {
 	return total, nil
 }
 
-func (s *Server) exec(ctx context.Context, id uint64, a agent.ExecArgs) (any, error) {
-	var stdin io.Reader
+// stdin is the stdin of request id (nil: none); release ends it once the
+// process has exited.
+func (s *Server) stdin(id uint64) (_ io.Reader, release func()) {
 	s.mu.Lock()
 	feed := s.stdins[id]
 	s.mu.Unlock()
-	if feed != nil {
-		defer func() {
-			s.mu.Lock()
-			delete(s.stdins, id)
-			s.mu.Unlock()
-			feed.close()
-		}()
-		stdin = feed.r
+	if feed == nil {
+		return nil, func() {}
 	}
+	return feed.r, func() {
+		s.mu.Lock()
+		delete(s.stdins, id)
+		s.mu.Unlock()
+		feed.close()
+	}
+}
+
+func (s *Server) exec(ctx context.Context, id uint64, a agent.ExecArgs) (any, error) {
+	stdin, release := s.stdin(id)
+	defer release()
 	if len(a.Args) == 0 && a.Spec == nil {
 		return nil, &agent.Error{Code: agent.CodeInvalid, Message: "exec needs a command"}
 	}
@@ -619,7 +656,7 @@ func (s *Server) runContainer(ctx context.Context, id uint64, a agent.ExecArgs, 
 		return nil, err
 	}
 	if rc != nil {
-		rc.p = p
+		rc.root, rc.p = root, p
 		close(rc.started)
 	}
 	code, err := p.Wait()
