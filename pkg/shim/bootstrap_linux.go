@@ -1,10 +1,14 @@
 // Package shim is containerd's runtime v2 shim for layervisor's utility
 // VMs: the binary containerd-shim-layervisor-v1 (runtime type
 // io.containerd.layervisor.v1). Each task gets a shim process and a
-// utility VM of its own; the container's root file system is the layer
+// utility VM of its own, except that containers annotated with one group
+// (io.kubernetes.cri.sandbox-id, as containerd's runc shim groups a pod)
+// share one shim and one VM. The container's root file system is the layer
 // images behind the layervisor snapshotter's mount, attached to the VM (never
-// mounted on the host), over a fresh scratch, and the container runs in the
-// guest with the guest's OCI runtime.
+// mounted on the host), over a fresh scratch; a plain overlay snapshot
+// (containerd's overlayfs snapshotter) is mounted on the host and shared
+// into the VM through virtiofs instead. The container runs in the guest
+// with the guest's OCI runtime.
 //
 // One binary serves containerd 2.x and Debian's containerd 1.6: the start
 // and delete actions are layervisor's own (containerd 2.4's pkg/shim
@@ -33,6 +37,7 @@ import (
 	bootapi "github.com/containerd/containerd/api/runtime/bootstrap/v1"
 	taskv2 "github.com/containerd/containerd/api/runtime/task/v2"
 	apitypes "github.com/containerd/containerd/api/types"
+	"github.com/containerd/ttrpc"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -199,14 +204,26 @@ func startAction(ctx context.Context, o options, stdin io.Reader, stdout io.Writ
 			ttrpcAddr = params.ContainerdTtrpcAddress
 		}
 	}
-	sock := socketPath(o.address, ns, o.id)
+	// Containers of one group (a pod) share a shim and its UVM: the
+	// socket is the group's, and a group whose shim serves already gets
+	// its address (containerd's runc shim does the same).
+	group := bundleGrouping(o.id, ".")
+	sock := socketPath(o.address, ns, group)
 	address := "unix://" + sock
 	if err := os.MkdirAll(SocketDir, 0o711); err != nil {
 		return fmt.Errorf("socket directory: %w", err)
 	}
+	// One start at a time: two containers of a new group must not both
+	// start a shim.
+	unlock, err := lockDir(SocketDir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	if c, err := net.DialTimeout("unix", sock, time.Second); err == nil {
 		c.Close()
-		return fmt.Errorf("a shim already serves task %s in namespace %s at %s", o.id, ns, sock)
+		slog.Debug("joining the shim of the group", "id", o.id, "group", group, "socket", sock)
+		return reply(stdout, address, bootstrap)
 	}
 	os.Remove(sock) // a dead shim's
 	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
@@ -230,7 +247,7 @@ func startAction(ctx context.Context, o options, stdin io.Reader, stdout io.Writ
 	if err != nil {
 		return err
 	}
-	args := []string{"-namespace", ns, "-id", o.id, "-address", o.address, "-publish-binary", o.publishBinary, "-socket", sock}
+	args := []string{"-namespace", ns, "-id", group, "-address", o.address, "-publish-binary", o.publishBinary, "-socket", sock}
 	if o.debug || (bootstrap && params.LogLevel < bootapi.LogLevel_LOG_LEVEL_INFO) {
 		args = append(args, "-debug")
 	}
@@ -247,12 +264,21 @@ func startAction(ctx context.Context, o options, stdin io.Reader, stdout io.Writ
 	}
 	pid := cmd.Process.Pid
 	cmd.Process.Release()
-	if err := os.WriteFile("address", []byte(address), 0o600); err != nil {
+	if err := reply(stdout, address, bootstrap); err != nil {
 		syscall.Kill(pid, syscall.SIGKILL)
+		return err
+	}
+	return nil
+}
+
+// reply writes the address file and prints the address the way the
+// calling containerd expects.
+func reply(stdout io.Writer, address string, bootstrap bool) error {
+	if err := os.WriteFile("address", []byte(address), 0o600); err != nil {
 		return fmt.Errorf("write address file: %w", err)
 	}
 	if !bootstrap {
-		_, err = io.WriteString(stdout, address)
+		_, err := io.WriteString(stdout, address)
 		return err
 	}
 	b, err := proto.Marshal(&bootapi.BootstrapResult{Version: 2, Address: address, Protocol: "ttrpc"})
@@ -263,25 +289,95 @@ func startAction(ctx context.Context, o options, stdin io.Reader, stdout io.Writ
 	return err
 }
 
-// deleteAction cleans up after a shim that died (or whose start failed):
-// its daemon is killed if it still runs, its UVM is reaped (QEMU,
-// virtiofsd, state directory, the container's scratch) and its socket
-// removed. It prints the task.v2 DeleteResponse containerd expects.
+// lockDir holds an exclusive flock on dir until unlock.
+func lockDir(dir string) (unlock func(), err error) {
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, fmt.Errorf("lock %s: %w", dir, err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("lock %s: %w", dir, err)
+	}
+	return func() { f.Close() }, nil
+}
+
+// deleteAction cleans up after a task whose shim connection closed (the
+// shim died, its start failed, or containerd let go of a deleted task): a
+// group's shim that still answers is asked to delete the task (it keeps
+// the VM for the others, and exits when it was the last); otherwise the
+// group's UVM is reaped (its owner killed if it lingers; QEMU, virtiofsd,
+// state directory, the containers' scratch) and its socket removed. It
+// prints the task.v2 DeleteResponse containerd expects.
 func deleteAction(ctx context.Context, o options, stdout io.Writer) error {
 	if o.id == "" || o.namespace == "" {
 		return errors.New("-id and -namespace are required")
 	}
-	root, id := storeRoot(), uvmID(o.namespace, o.id)
-	if err := reapUVM(ctx, root, id); err != nil {
-		fmt.Fprintf(os.Stderr, "reap utility VM %s: %v\n", id, err)
+	resp := &taskv2.DeleteResponse{ExitedAt: timestamppb.Now(), ExitStatus: 128 + uint32(syscall.SIGKILL)}
+	bundle := o.bundle // 2.x passes it; the working directory is it too
+	if bundle == "" {
+		bundle = "."
 	}
-	os.Remove(socketPath(o.address, o.namespace, o.id))
-	b, err := proto.Marshal(&taskv2.DeleteResponse{ExitedAt: timestamppb.Now(), ExitStatus: 128 + uint32(syscall.SIGKILL)})
+	group := bundleGrouping(o.id, bundle)
+	sock := socketPath(o.address, o.namespace, group)
+	if r, alive := deleteInShim(ctx, sock, o.id); alive {
+		// The group's shim serves other containers: it keeps its VM.
+		if r != nil {
+			resp = r
+		}
+	} else {
+		root, id := storeRoot(), uvmID(o.namespace, group)
+		if err := reapUVM(ctx, root, id); err != nil {
+			fmt.Fprintf(os.Stderr, "reap utility VM %s: %v\n", id, err)
+		}
+		os.Remove(sock)
+		// A plain snapshot the shim mounted (containerd unmounts it too
+		// when it removes the bundle).
+		if err := unmountHostRootfs(filepath.Join(bundle, "rootfs")); err != nil {
+			fmt.Fprintf(os.Stderr, "%v\n", err)
+		}
+	}
+	b, err := proto.Marshal(resp)
 	if err != nil {
 		return err
 	}
 	_, err = stdout.Write(b)
 	return err
+}
+
+// deleteInShimTimeout bounds deleteInShim.
+const deleteInShimTimeout = 30 * time.Second
+
+// deleteInShim asks the shim serving sock, if it answers, to end and
+// delete task id, and to shut down if that was its last. alive is false
+// when no shim answers.
+func deleteInShim(ctx context.Context, sock, id string) (resp *taskv2.DeleteResponse, alive bool) {
+	conn, err := net.DialTimeout("unix", sock, time.Second)
+	if err != nil {
+		return nil, false
+	}
+	ctx, cancel := context.WithTimeout(ctx, deleteInShimTimeout)
+	defer cancel()
+	c := ttrpc.NewClient(conn)
+	defer c.Close()
+	tc := taskv2.NewTTRPCTaskClient(c)
+	cctx, ccancel := context.WithTimeout(ctx, 5*time.Second)
+	_, err = tc.Connect(cctx, &taskv2.ConnectRequest{ID: id})
+	ccancel()
+	if err != nil {
+		return nil, false // not answering: treated as dead
+	}
+	if _, err := tc.Kill(ctx, &taskv2.KillRequest{ID: id, Signal: uint32(syscall.SIGKILL), All: true}); err == nil {
+		wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
+		tc.Wait(wctx, &taskv2.WaitRequest{ID: id})
+		wcancel()
+	}
+	resp, err = tc.Delete(ctx, &taskv2.DeleteRequest{ID: id})
+	if err != nil {
+		resp = nil
+	}
+	tc.Shutdown(ctx, &taskv2.ShutdownRequest{ID: id})
+	return resp, true
 }
 
 // reapUVM ends the UVM id under root whose shim is gone: its owner, if

@@ -136,7 +136,15 @@ func setupCtr(t *testing.T, opts containerdtest.Options) *ctrEnv {
 	bin := bins(t)
 	vmDir := sharedVMDir(t)
 	ctx := context.Background()
-	root := filepath.Join(t.TempDir(), "root")
+	// A short root: the UVM's virtiofsd sockets live under it, and a
+	// unix socket's path is bounded to 107 bytes (t.TempDir's names, with
+	// the test's name in them, come close).
+	rootDir, err := os.MkdirTemp("", "lv-shim-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(rootDir) })
+	root := filepath.Join(rootDir, "root")
 	if err := os.MkdirAll(root, 0o755); err != nil {
 		t.Fatal(err)
 	}

@@ -17,6 +17,9 @@ import (
 // not come from the layervisor snapshotter.
 var ErrNoLayervisorRootfs = errors.New("the layervisor runtime needs a root file system from the layervisor snapshotter (ctr run --snapshotter layervisor)")
 
+// errNotLayerImages: the rootfs mount is not backed by layer images.
+var errNotLayerImages = errors.New("not backed by layer images")
+
 // layerFolders turns a task's rootfs mounts (the layervisor snapshotter's
 // one overlay, or bind for a single layer) into hcsshim-ordered layer
 // folders for resources.Setup: the layer folders behind the mount's lower
@@ -34,10 +37,12 @@ func layerFolders(rootfs []*types.Mount, scratch string) ([]string, error) {
 	m := mount.Mount{Type: rootfs[0].Type, Source: rootfs[0].Source, Options: rootfs[0].Options}
 	imgs, err := snapshotter.LayerImages(m)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrNoLayervisorRootfs, err)
+		return nil, fmt.Errorf("%w: %w: %w", ErrNoLayervisorRootfs, errNotLayerImages, err)
 	}
 	if len(imgs) == 0 {
-		return nil, fmt.Errorf("%w: the snapshot has no layers", ErrNoLayervisorRootfs)
+		// (Plain overlay snapshots come here: their lower directories are
+		// no layer images' content.)
+		return nil, fmt.Errorf("%w: the snapshot has no layers: %w", ErrNoLayervisorRootfs, errNotLayerImages)
 	}
 	folders := make([]string, 0, len(imgs)+1)
 	for _, img := range imgs {
@@ -50,4 +55,40 @@ func layerFolders(rootfs []*types.Mount, scratch string) ([]string, error) {
 		folders = append(folders, filepath.Dir(img))
 	}
 	return append(folders, scratch), nil
+}
+
+// plainRootfs tells a snapshot mount the host can mount itself, as runc's
+// shim would: one overlay (containerd's overlayfs snapshotter) or bind
+// (its first snapshot of an image without a parent). Its options are
+// containerd's own.
+func plainRootfs(rootfs []*types.Mount) bool {
+	if len(rootfs) != 1 {
+		return false
+	}
+	switch rootfs[0].Type {
+	case "overlay", "bind":
+		return true
+	}
+	return false
+}
+
+// mountHostRootfs mounts a plain snapshot at target (the bundle's rootfs,
+// where containerd's bundle clean-up unmounts it too).
+func mountHostRootfs(rootfs []*types.Mount, target string) error {
+	if err := os.MkdirAll(target, 0o711); err != nil {
+		return fmt.Errorf("rootfs mount point: %w", err)
+	}
+	m := mount.Mount{Type: rootfs[0].Type, Source: rootfs[0].Source, Options: rootfs[0].Options}
+	if err := mount.All([]mount.Mount{m}, target); err != nil {
+		return fmt.Errorf("mount the %s snapshot at %s: %w", m.Type, target, err)
+	}
+	return nil
+}
+
+// unmountHostRootfs undoes mountHostRootfs.
+func unmountHostRootfs(target string) error {
+	if err := mount.UnmountRecursive(target, 0); err != nil {
+		return fmt.Errorf("unmount %s: %w", target, err)
+	}
+	return nil
 }

@@ -19,7 +19,7 @@ import (
 
 // serveAction is the shim daemon: it serves the task service on the
 // listener start passed (fd 3) until Shutdown or SIGTERM, then tears the
-// task's UVM down and exits.
+// tasks and their UVM down and exits.
 func serveAction(ctx context.Context, o options) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

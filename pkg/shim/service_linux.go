@@ -39,26 +39,44 @@ import (
 // ends before asking for the task).
 const stdioTimeout = 10 * time.Second
 
-// Service is the containerd.task.v2.Task service of one shim: one task
-// (the shim's id) in one utility VM. Safe for concurrent use.
+// Service is the containerd.task.v2.Task service of one shim: the tasks
+// of one group (a pod, or a lone container) in one utility VM, made at the
+// first Create and torn down when the last task is deleted. Safe for
+// concurrent use.
 type Service struct {
 	ctx      context.Context // the daemon's: outlives requests
-	ns, id   string
+	ns, id   string          // id: the group's (the shim's socket and UVM)
 	root     string
 	pub      *publisher
 	shutdown func()
 
-	// Config for the UVMs this service makes (Root and ID are set per task).
+	// Config for the UVM this service makes (Root and ID are set here).
 	UVMConfig uvm.Config
 
-	mu sync.Mutex
-	t  *task // nil before Create and after Delete
+	mu    sync.Mutex
+	tasks map[string]*task // by container id; reserved at Create
+
+	// vmMu serializes the UVM's life: made, containers set up in it and
+	// released from it, torn down. Taken before mu, never under it.
+	vmMu sync.Mutex
+	vm   *sandboxVM // nil without containers
+}
+
+// sandboxVM is the group's utility VM and the layers attached to it for
+// its containers (ref-counted by layers.InUVM and the share and disk
+// controllers).
+type sandboxVM struct {
+	u       *uvm.UVM
+	vm      vmcontainer.VM
+	mounter *layers.InUVM
+	pid     uint32 // QEMU's: every task's process on the host
+	users   int    // containers set up in it
 }
 
 var _ taskv2.TTRPCTaskService = (*Service)(nil)
 
 func newService(ctx context.Context, ns, id, root string, pub *publisher, shutdown func()) *Service {
-	return &Service{ctx: ctx, ns: ns, id: id, root: root, pub: pub, shutdown: shutdown}
+	return &Service{ctx: ctx, ns: ns, id: id, root: root, pub: pub, shutdown: shutdown, tasks: map[string]*task{}}
 }
 
 // process is the task's init or one of its execs: its stdio and state.
@@ -84,9 +102,16 @@ type process struct {
 type task struct {
 	id, bundle string
 	spec       *specs.Spec
+	created    bool // Create finished: visible to the other calls
 
-	u          *uvm.UVM
-	res        *resources.Resources
+	u       *uvm.UVM
+	res     *resources.Resources
+	scratch string // the container's scratch folder on the host
+	// hostRootfs is where a plain (not layervisor) snapshot is mounted on
+	// the host, shared read-write into the guest as rootShare; "" for
+	// layer images attached to the VM.
+	hostRootfs string
+	rootShare  layers.Attachment
 	disposable bool
 	pid        uint32 // QEMU's: the task's process on the host
 
@@ -113,10 +138,11 @@ func grpcErr(err error) error {
 func (s *Service) task(id string) (*task, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.t == nil || (id != "" && id != s.t.id) {
+	t := s.tasks[id]
+	if t == nil || !t.created {
 		return nil, fmt.Errorf("task %s: %w", id, errdefs.ErrNotFound)
 	}
-	return s.t, nil
+	return t, nil
 }
 
 // process finds the task and its init (execID "") or exec.
@@ -145,35 +171,40 @@ func (t *task) name(p *process) string {
 	return fmt.Sprintf("exec %s in task %s", p.execID, t.id)
 }
 
-// Create makes the task's utility VM, attaches the layers behind its
-// rootfs mount and a fresh scratch, combines them in the guest and sets
-// up the spec's mounts there. The container itself starts at Start.
+// releaseTimeout bounds releasing a container's resources in the guest.
+const releaseTimeout = 2 * time.Minute
+
+// Create checks the spec and rootfs (refusing, before any VM is made,
+// what the guest cannot honour), makes the group's utility VM if it has
+// none yet, attaches the layers behind the task's rootfs mount and a fresh
+// scratch, combines them in the guest and sets up the spec's mounts
+// there. The container itself starts at Start.
 func (s *Service) Create(ctx context.Context, r *taskv2.CreateTaskRequest) (_ *taskv2.CreateTaskResponse, err error) {
-	s.mu.Lock()
-	if s.t != nil {
-		s.mu.Unlock()
-		return nil, grpcErr(fmt.Errorf("task %s: %w", s.t.id, errdefs.ErrAlreadyExists))
-	}
 	t := &task{id: r.ID, bundle: r.Bundle, execs: map[string]*process{}, process: process{
 		stdin: r.Stdin, stdout: r.Stdout, stderr: r.Stderr, terminal: r.Terminal,
 		status: tasktypes.Status_CREATED, exited: make(chan struct{}),
 	}}
-	s.t = t // reserve: a second Create is refused while this one runs
+	s.mu.Lock()
+	if s.tasks[r.ID] != nil {
+		s.mu.Unlock()
+		return nil, grpcErr(fmt.Errorf("task %s: %w", r.ID, errdefs.ErrAlreadyExists))
+	}
+	s.tasks[r.ID] = t // reserve: a second Create is refused while this one runs
 	s.mu.Unlock()
-	slog.Info("create task", "id", r.ID, "bundle", r.Bundle, "rootfs", len(r.Rootfs), "terminal", r.Terminal)
+	slog.Info("create task", "id", r.ID, "group", s.id, "bundle", r.Bundle, "rootfs", len(r.Rootfs), "terminal", r.Terminal)
 	var un undo.Stack
 	defer func() {
 		if err != nil {
 			err = errors.Join(err, un.Run(context.WithoutCancel(ctx)))
 			s.mu.Lock()
-			s.t = nil
+			delete(s.tasks, r.ID)
 			s.mu.Unlock()
 			slog.Error("create task failed", "id", r.ID, "err", err)
 			err = grpcErr(err)
 		}
 	}()
-	if r.ID != s.id {
-		return nil, fmt.Errorf("task %s in the shim of %s: %w", r.ID, s.id, errdefs.ErrInvalidArgument)
+	if r.ID == "" || strings.ContainsAny(r.ID, "/\\") || r.ID == "." || r.ID == ".." {
+		return nil, fmt.Errorf("task id %q: %w", r.ID, errdefs.ErrInvalidArgument)
 	}
 	if len(r.Checkpoint) > 0 || r.Options != nil && len(r.Options.GetValue()) > 0 {
 		slog.Warn("create task: checkpoint and runtime options are ignored", "id", r.ID)
@@ -183,8 +214,11 @@ func (s *Service) Create(ctx context.Context, r *taskv2.CreateTaskRequest) (_ *t
 		return nil, err
 	}
 	t.spec = spec
-	if spec.Process == nil {
-		return nil, fmt.Errorf("bundle %s: spec has no process: %w", r.Bundle, errdefs.ErrInvalidArgument)
+	if g := grouping(r.ID, spec); g != s.id && g != r.ID {
+		return nil, fmt.Errorf("task %s of group %s in the shim of group %s: %w", r.ID, g, s.id, errdefs.ErrInvalidArgument)
+	}
+	if err := checkSpec(spec); err != nil {
+		return nil, fmt.Errorf("task %s: %w", r.ID, err)
 	}
 	// The guest's crun (Debian's 1.8) refuses an ociVersion newer than it
 	// knows ("unknown version specified"), and containerd 2.4 writes
@@ -199,59 +233,119 @@ func (s *Service) Create(ctx context.Context, r *taskv2.CreateTaskRequest) (_ *t
 		slog.Warn("OCI hooks are not run in a utility VM", "id", r.ID)
 		spec.Hooks = nil
 	}
+	// The container's scratch lives in the UVM's directory: removed with
+	// it, and reaped with it by gc when the shim dies.
+	uvmID := uvmID(s.ns, s.id)
+	t.scratch = filepath.Join(uvm.Dir(s.root, uvmID), "containers", r.ID)
+	folders, err := layerFolders(r.Rootfs, t.scratch)
+	if err != nil {
+		if !errors.Is(err, errNotLayerImages) || !plainRootfs(r.Rootfs) {
+			return nil, fmt.Errorf("task %s: %w: %w", r.ID, err, errdefs.ErrInvalidArgument)
+		}
+		// A plain snapshot (containerd's overlayfs snapshotter): mounted
+		// on the host as runc's shim does, and shared into the guest
+		// read-write through virtiofs. Setup then mounts no layers (the
+		// root is set); it still wants layer folders and makes the scratch.
+		t.hostRootfs = filepath.Join(r.Bundle, "rootfs")
+		folders = []string{t.scratch, t.scratch}
+	}
 
-	// I/O first: a client that went away fails here, before a VM is made.
+	// I/O next: a client that went away fails here, before a VM is made.
 	if err := t.openIO(ctx); err != nil {
 		return nil, err
 	}
 	un.Push("close stdio", func(context.Context) error { t.closeIO(); return nil })
-
-	cfg := s.UVMConfig
-	cfg.ID, cfg.Root = uvmID(s.ns, r.ID), s.root
-	u, err := uvm.Create(ctx, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("create utility VM: %w", err)
+	if t.hostRootfs != "" {
+		if err := mountHostRootfs(r.Rootfs, t.hostRootfs); err != nil {
+			return nil, err
+		}
+		un.Push("unmount the rootfs", func(context.Context) error { return unmountHostRootfs(t.hostRootfs) })
 	}
-	t.u = u
-	un.Push("remove utility VM", func(ctx context.Context) error {
-		return errors.Join(u.Kill(ctx), u.Remove(ctx))
-	})
-	if err := u.Start(ctx); err != nil {
-		return nil, fmt.Errorf("start utility VM: %w", err)
-	}
-	t.pid = uint32(u.State().PID)
 
-	// The container's scratch lives in the UVM's directory: removed with
-	// it, and reaped with it by gc when the shim dies.
-	folders, err := layerFolders(r.Rootfs, filepath.Join(uvm.Dir(s.root, cfg.ID), "container"))
+	s.vmMu.Lock()
+	defer s.vmMu.Unlock()
+	sb, err := s.ensureVM(ctx, uvmID)
 	if err != nil {
 		return nil, err
 	}
-	vm := vmcontainer.VM{U: u}
-	mounter := layers.NewInUVM(vm)
-	mounter.Device = layers.LayerDeviceSCSI // attaches fastest (see README)
+	// A VM made for this container goes with it when it fails.
+	// (The undo runs after vmMu is released: it takes it again.)
+	un.Push("remove the utility VM if unused", func(ctx context.Context) error {
+		s.vmMu.Lock()
+		defer s.vmMu.Unlock()
+		return s.dropVMIfUnused(ctx)
+	})
+	t.u, t.pid = sb.u, sb.pid
 	spec.Root = &specs.Root{Readonly: spec.Root != nil && spec.Root.Readonly}
-	res, err := resources.Setup(ctx, vm, mounter, resources.Container{
+	if t.hostRootfs != "" {
+		a, err := sb.vm.AddShare(ctx, t.hostRootfs, false)
+		if err != nil {
+			return nil, fmt.Errorf("share the rootfs %s into the utility VM: %w", t.hostRootfs, err)
+		}
+		t.rootShare = a
+		un.Push("release the rootfs share", a.Release)
+		spec.Root.Path = a.GuestPath()
+	}
+	res, err := resources.Setup(ctx, sb.vm, sb.mounter, resources.Container{
 		ID: r.ID, Spec: spec, LayerFolders: folders, GuestRoot: vmcontainer.GuestRoot(r.ID), TemplateRoot: s.root,
 	})
 	if err != nil {
+		os.RemoveAll(t.scratch)
 		return nil, fmt.Errorf("set up the container in the utility VM: %w", err)
 	}
 	t.res = res
-	un.Push("release container resources", res.Release)
 	// As `layervisor run`: when all the container may write dies with the
 	// VM, teardown just ends QEMU.
-	t.disposable = !res.WritesOutside
+	t.disposable = !res.WritesOutside && t.hostRootfs == ""
 	spec.Root.Path = res.Rootfs
 	spec.Mounts = slices.DeleteFunc(spec.Mounts, func(m specs.Mount) bool { return !runspec.RuntimeProvided(m) })
+	sb.users++
 	un.Commit()
+	s.mu.Lock()
+	t.created = true
+	s.mu.Unlock()
 
 	s.pub.publish(TopicTaskCreate, &eventstypes.TaskCreate{
 		ContainerID: r.ID, Bundle: r.Bundle, Rootfs: r.Rootfs, Pid: t.pid, Checkpoint: r.Checkpoint,
 		IO: &eventstypes.TaskIO{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal},
 	})
-	slog.Info("task created", "id", r.ID, "uvm", cfg.ID, "pid", t.pid, "layers", len(folders)-1, "template", u.State().Template)
+	slog.Info("task created", "id", r.ID, "uvm", uvmID, "pid", t.pid, "layers", len(folders)-1, "containers", sb.users, "template", sb.u.State().Template)
 	return &taskv2.CreateTaskResponse{Pid: t.pid}, nil
+}
+
+// ensureVM returns the group's UVM, making and starting it if there is
+// none. The caller holds vmMu.
+func (s *Service) ensureVM(ctx context.Context, id string) (_ *sandboxVM, err error) {
+	if s.vm != nil {
+		return s.vm, nil
+	}
+	cfg := s.UVMConfig
+	cfg.ID, cfg.Root = id, s.root
+	u, err := uvm.Create(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("create utility VM: %w", err)
+	}
+	if err := u.Start(ctx); err != nil {
+		tctx := context.WithoutCancel(ctx)
+		return nil, errors.Join(fmt.Errorf("start utility VM: %w", err), u.Kill(tctx), u.Remove(tctx))
+	}
+	vm := vmcontainer.VM{U: u}
+	mounter := layers.NewInUVM(vm)
+	mounter.Device = layers.LayerDeviceSCSI // attaches fastest (see README)
+	s.vm = &sandboxVM{u: u, vm: vm, mounter: mounter, pid: uint32(u.State().PID)}
+	slog.Info("utility VM started", "uvm", id, "pid", s.vm.pid)
+	return s.vm, nil
+}
+
+// dropVMIfUnused ends the UVM when no container is set up in it. The
+// caller holds vmMu.
+func (s *Service) dropVMIfUnused(ctx context.Context) error {
+	if s.vm == nil || s.vm.users > 0 {
+		return nil
+	}
+	u := s.vm.u
+	s.vm = nil
+	return errors.Join(u.Kill(ctx), u.Remove(ctx))
 }
 
 func readSpec(bundle string) (*specs.Spec, error) {
@@ -414,10 +508,10 @@ func (t *process) finish(code uint32) bool {
 	return true
 }
 
-// teardown ends the task's VM and removes its state: QEMU just quits when
-// nothing the container wrote outlives it, else the guest releases
-// everything first.
-func (t *task) teardown(ctx context.Context) error {
+// teardown releases what the task holds in the group's UVM, and ends the
+// UVM when it was its last container: QEMU just quits when nothing the
+// container wrote outlives it, else the guest releases everything first.
+func (s *Service) teardownTask(ctx context.Context, t *task) error {
 	t.mu.Lock()
 	if t.torn {
 		t.mu.Unlock()
@@ -425,21 +519,50 @@ func (t *task) teardown(ctx context.Context) error {
 	}
 	t.torn = true
 	t.mu.Unlock()
-	var errs []error
-	stop := t.u.Kill
-	if !t.disposable {
-		if t.res != nil {
-			errs = append(errs, t.res.Release(ctx))
+	defer func() {
+		t.closeIO()
+		t.mu.Lock()
+		for _, p := range t.execs {
+			p.closeIO()
 		}
-		stop = t.u.Stop
+		t.mu.Unlock()
+	}()
+	s.vmMu.Lock()
+	defer s.vmMu.Unlock()
+	sb := s.vm
+	if sb == nil || t.res == nil {
+		return nil
 	}
-	errs = append(errs, stop(ctx), t.u.Remove(ctx))
-	t.closeIO()
-	t.mu.Lock()
-	for _, p := range t.execs {
-		p.closeIO()
+	sb.users--
+	var errs []error
+	if sb.users > 0 || !t.disposable {
+		rctx, cancel := context.WithTimeout(ctx, releaseTimeout)
+		errs = append(errs, t.res.Release(rctx))
+		if t.rootShare != nil {
+			errs = append(errs, t.rootShare.Release(rctx))
+		}
+		cancel()
+		if t.hostRootfs != "" && errors.Join(errs...) == nil {
+			errs = append(errs, unmountHostRootfs(t.hostRootfs))
+		}
 	}
-	t.mu.Unlock()
+	if sb.users > 0 {
+		if errors.Join(errs...) == nil {
+			errs = append(errs, os.RemoveAll(t.scratch))
+		}
+		slog.Info("container released from the utility VM", "id", t.id, "containers left", sb.users)
+		return errors.Join(errs...)
+	}
+	s.vm = nil
+	stop := sb.u.Kill
+	if !t.disposable {
+		stop = sb.u.Stop
+	}
+	errs = append(errs, stop(ctx), sb.u.Remove(ctx))
+	if t.hostRootfs != "" {
+		errs = append(errs, unmountHostRootfs(t.hostRootfs)) // again, if the release failed: the VM is gone now
+	}
+	slog.Info("utility VM ended with its last container", "id", t.id)
 	return errors.Join(errs...)
 }
 
@@ -462,9 +585,9 @@ func (s *Service) Delete(ctx context.Context, r *taskv2.DeleteRequest) (*taskv2.
 		slog.Info("exec deleted", "id", t.id, "exec", p.execID)
 		return &taskv2.DeleteResponse{Pid: t.pid, ExitStatus: code, ExitedAt: timestamppb.New(at)}, nil
 	}
-	terr := t.teardown(context.WithoutCancel(ctx))
+	terr := s.teardownTask(context.WithoutCancel(ctx), t)
 	s.mu.Lock()
-	s.t = nil
+	delete(s.tasks, t.id)
 	s.mu.Unlock()
 	if terr != nil {
 		slog.Error("tear down task", "id", t.id, "err", terr)
@@ -474,17 +597,40 @@ func (s *Service) Delete(ctx context.Context, r *taskv2.DeleteRequest) (*taskv2.
 	return &taskv2.DeleteResponse{Pid: t.pid, ExitStatus: code, ExitedAt: timestamppb.New(at)}, nil
 }
 
-// teardown (on shim exit) ends whatever task is left.
+// teardown (on shim exit) ends whatever tasks are left, and their VM.
 func (s *Service) teardown(ctx context.Context) {
 	s.mu.Lock()
-	t := s.t
-	s.t = nil
-	s.mu.Unlock()
-	if t == nil || t.u == nil {
-		return
+	var ts []*task
+	for _, t := range s.tasks {
+		if t.created {
+			ts = append(ts, t)
+		}
 	}
-	if err := t.teardown(ctx); err != nil {
-		slog.Error("tear down task at shim exit", "id", t.id, "err", err)
+	clear(s.tasks)
+	s.mu.Unlock()
+	// Disposable ones last: the VM ends with the last, so it is killed
+	// only when nothing left needs a clean release.
+	slices.SortFunc(ts, func(a, b *task) int {
+		switch {
+		case a.disposable == b.disposable:
+			return 0
+		case a.disposable:
+			return 1
+		}
+		return -1
+	})
+	for _, t := range ts {
+		if err := s.teardownTask(ctx, t); err != nil {
+			slog.Error("tear down task at shim exit", "id", t.id, "err", err)
+		}
+	}
+	s.vmMu.Lock()
+	defer s.vmMu.Unlock()
+	if s.vm != nil { // a Create that failed half-way
+		s.vm.users = 0
+		if err := s.dropVMIfUnused(ctx); err != nil {
+			slog.Error("end utility VM at shim exit", "err", err)
+		}
 	}
 }
 
@@ -726,10 +872,10 @@ func (s *Service) Connect(ctx context.Context, r *taskv2.ConnectRequest) (*taskv
 	return &taskv2.ConnectResponse{ShimPid: uint32(os.Getpid()), TaskPid: pid, Version: Version}, nil
 }
 
-// Shutdown ends the shim once its task is deleted.
+// Shutdown ends the shim once its last task is deleted.
 func (s *Service) Shutdown(ctx context.Context, r *taskv2.ShutdownRequest) (*emptypb.Empty, error) {
 	s.mu.Lock()
-	busy := s.t != nil
+	busy := len(s.tasks) > 0
 	s.mu.Unlock()
 	if busy && !r.Now {
 		return &emptypb.Empty{}, nil
