@@ -225,7 +225,12 @@ func (c *Client) send(m *Message) error {
 	c.writeMu.Lock()
 	defer c.writeMu.Unlock()
 	if err := WriteFrame(c.conn, m); err != nil {
-		return fmt.Errorf("send to guest agent: %w", err)
+		if errors.Is(err, ErrTooLarge) {
+			return fmt.Errorf("send to guest agent: %w", err)
+		}
+		// A channel that cannot be written is lost, whether or not the
+		// reader has seen its end yet.
+		return fmt.Errorf("send to guest agent: %w: %w", ErrDisconnected, err)
 	}
 	return nil
 }

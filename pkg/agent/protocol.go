@@ -210,7 +210,7 @@ func WriteFrame(w io.Writer, m *Message) error {
 		return err
 	}
 	if len(b) > MaxMessage {
-		return fmt.Errorf("agent message of %d bytes exceeds %d", len(b), MaxMessage)
+		return fmt.Errorf("%w: %d bytes, the limit is %d", ErrTooLarge, len(b), MaxMessage)
 	}
 	buf := make([]byte, 8+len(b))
 	copy(buf, magic[:])
