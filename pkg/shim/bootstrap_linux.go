@@ -30,7 +30,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strings"
 	"syscall"
 	"time"
 
@@ -381,8 +380,8 @@ func deleteInShim(ctx context.Context, sock, id string) (resp *taskv2.DeleteResp
 }
 
 // reapUVM ends the UVM id under root whose shim is gone: its owner, if
-// still alive, is killed (its QEMU dies with it), then uvm.GC reaps it
-// as `layervisor gc` would.
+// still alive, is killed (its QEMU dies with it), then uvm.Reap reaps it
+// as `layervisor gc` would, leaving other UVMs and the templates alone.
 func reapUVM(ctx context.Context, root, id string) error {
 	st, err := uvm.Load(root, id)
 	if errors.Is(err, uvm.ErrNotFound) {
@@ -398,9 +397,6 @@ func reapUVM(ctx context.Context, root, id string) error {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
-	_, err = uvm.GC(ctx, root)
-	if err != nil && !strings.Contains(err.Error(), id) {
-		return nil // about other UVMs: not ours to report
-	}
+	_, err = uvm.Reap(ctx, root, id)
 	return err
 }

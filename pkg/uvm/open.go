@@ -147,6 +147,24 @@ func GC(ctx context.Context, root string) (GCReport, error) {
 	return rep, errors.Join(errs...)
 }
 
+// Reap does for one UVM what GC does for all: if id is dead (no live
+// owner), its directory, shares and stray QEMU or virtiofsd processes go.
+// Templates and other UVMs are left alone. It reports whether it reaped.
+func Reap(ctx context.Context, root, id string) (bool, error) {
+	if err := ValidateID(id); err != nil {
+		return false, err
+	}
+	reaped, isLive, err := gcOne(ctx, root, id)
+	if !isLive {
+		for _, p := range hostProcesses(root) {
+			if p.UVM == id {
+				killPID(p.PID)
+			}
+		}
+	}
+	return reaped, err
+}
+
 // gcOne reaps the UVM id if it is dead; isLive says its processes belong.
 func gcOne(ctx context.Context, root, id string) (reaped, isLive bool, err error) {
 	dir := Dir(root, id)

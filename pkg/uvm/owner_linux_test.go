@@ -318,3 +318,54 @@ func TestOwnedUVMDiesWithOwner(t *testing.T) {
 		t.Fatalf("processes left: %+v", ps)
 	}
 }
+
+// Reap takes down one dead UVM and its processes, and nothing else: not
+// another dead UVM, not a template.
+func TestReapOneUVM(t *testing.T) {
+	ctx := context.Background()
+	root := t.TempDir()
+	dead := exec.Command("true")
+	dead.Run()
+	orphan := func(id string) *exec.Cmd {
+		u, err := Create(ctx, plainConfig(t, root, id))
+		if err != nil {
+			t.Fatal(err)
+		}
+		q := helper(t, "sleep", nil, "-qmp", "unix:"+u.path("qmp.sock")+",server=on,wait=off")
+		if err := q.Start(); err != nil {
+			t.Fatal(err)
+		}
+		u.state.Owner, u.state.Status, u.state.PID = &Owner{PID: dead.Process.Pid, Start: 1}, "running", q.Process.Pid
+		u.save()
+		u.Close()
+		return q
+	}
+	q1, q2 := orphan("one"), orphan("two")
+	defer func() { q2.Process.Kill(); q2.Wait() }()
+	tpl := filepath.Join(root, "templates", "somekey")
+	if err := os.MkdirAll(tpl, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	reaped, err := Reap(ctx, root, "one")
+	if err != nil || !reaped {
+		t.Fatalf("Reap(one) = %v, %v", reaped, err)
+	}
+	if !killed(q1) {
+		t.Errorf("one's QEMU not killed: %v", q1.ProcessState)
+	}
+	if _, err := os.Stat(Dir(root, "one")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("one's directory: %v", err)
+	}
+	if _, err := os.Stat(Dir(root, "two")); err != nil {
+		t.Errorf("two was touched: %v", err)
+	}
+	if err := q2.Process.Signal(syscall.Signal(0)); err != nil {
+		t.Errorf("two's QEMU was killed: %v", err)
+	}
+	if _, err := os.Stat(tpl); err != nil {
+		t.Errorf("the template was touched: %v", err)
+	}
+	if _, err := Reap(ctx, root, "../x"); !errors.Is(err, ErrInvalidID) {
+		t.Errorf("Reap of a bad id: %v", err)
+	}
+}
