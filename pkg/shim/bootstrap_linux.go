@@ -209,7 +209,11 @@ func startAction(ctx context.Context, o options, stdin io.Reader, stdout io.Writ
 	group := bundleGrouping(o.id, ".")
 	sock := socketPath(o.address, ns, group)
 	address := "unix://" + sock
-	if err := os.MkdirAll(SocketDir, 0o711); err != nil {
+	// Root only: whoever reaches a shim's socket drives its VMs.
+	if err := os.MkdirAll(SocketDir, 0o700); err != nil {
+		return fmt.Errorf("socket directory: %w", err)
+	}
+	if err := os.Chmod(SocketDir, 0o700); err != nil {
 		return fmt.Errorf("socket directory: %w", err)
 	}
 	// One start at a time: two containers of a new group must not both
@@ -227,6 +231,10 @@ func startAction(ctx context.Context, o options, stdin io.Reader, stdout io.Writ
 	os.Remove(sock) // a dead shim's
 	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
 	if err != nil {
+		return fmt.Errorf("listen on %s: %w", sock, err)
+	}
+	if err := os.Chmod(sock, 0o600); err != nil {
+		l.Close()
 		return fmt.Errorf("listen on %s: %w", sock, err)
 	}
 	l.SetUnlinkOnClose(false) // the daemon serves it from now on

@@ -268,6 +268,18 @@ func testCtrRun(t *testing.T, opts containerdtest.Options) {
 	if out, err := d.Ctr(ctx, "tasks", "ls"); err != nil || !regexp.MustCompile(`lv-kill\s+\d+\s+RUNNING`).MatchString(out) {
 		fail("tasks ls after run -d: %q, %v", out, err)
 	}
+	// Only root reaches a shim's socket: it drives the VMs.
+	if st, err := os.Stat(shim.SocketDir); err != nil {
+		fail("socket directory: %v", err)
+	} else if st.Mode().Perm() != 0o700 {
+		fail("socket directory %s: mode %v, want 0700", shim.SocketDir, st.Mode().Perm())
+	}
+	socks, _ := filepath.Glob(filepath.Join(shim.SocketDir, "*.sock"))
+	for _, p := range socks {
+		if st, err := os.Stat(p); err == nil && st.Mode().Perm() != 0o600 {
+			fail("shim socket %s: mode %v, want 0600", p, st.Mode().Perm())
+		}
+	}
 	if out, err := d.Ctr(ctx, "tasks", "kill", "-s", "SIGKILL", "lv-kill"); err != nil {
 		fail("tasks kill: %v %s", err, out)
 	}
