@@ -55,17 +55,8 @@ func (s *Server) containerRoot(ctx context.Context, name string) (string, error)
 // execInContainer runs a process in a running container with the runtime's
 // exec, as request id (signal and resize requests find it by that id).
 func (s *Server) execInContainer(ctx context.Context, id uint64, a agent.ExecInContainerArgs) (_ any, err error) {
-	s.mu.Lock()
-	rc := s.containers[id]
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.containers, id)
-		s.mu.Unlock()
-		if rc != nil && rc.p == nil {
-			close(rc.started)
-		}
-	}()
+	rc, unregister := s.running(id)
+	defer unregister()
 	stdin, release := s.stdin(id)
 	defer release()
 	if a.Process == nil || len(a.Process.Args) == 0 {

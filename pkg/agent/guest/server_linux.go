@@ -603,6 +603,23 @@ func (s *Server) exec(ctx context.Context, id uint64, a agent.ExecArgs) (any, er
 	return agent.ExecResult{}, nil
 }
 
+// running returns the entry the frame reader registered for request id
+// (signals and resizes wait on it), and a func that removes it, releasing
+// waiters if the process never started.
+func (s *Server) running(id uint64) (*runningContainer, func()) {
+	s.mu.Lock()
+	rc := s.containers[id]
+	s.mu.Unlock()
+	return rc, func() {
+		s.mu.Lock()
+		delete(s.containers, id)
+		s.mu.Unlock()
+		if rc != nil && rc.p == nil {
+			close(rc.started)
+		}
+	}
+}
+
 // validContainerID accepts what the runtime and a bundle path can take.
 var validContainerID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$`)
 
@@ -610,17 +627,8 @@ var validContainerID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$`)
 // and bind sources must be under the allowed roots; the user and the
 // command are resolved in its root here, where the root is.
 func (s *Server) runContainer(ctx context.Context, id uint64, a agent.ExecArgs, stdin io.Reader, stdout, stderr io.Writer) (_ any, err error) {
-	s.mu.Lock()
-	rc := s.containers[id]
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.containers, id)
-		s.mu.Unlock()
-		if rc != nil && rc.p == nil {
-			close(rc.started)
-		}
-	}()
+	rc, unregister := s.running(id)
+	defer unregister()
 	spec := a.Spec
 	if !validContainerID.MatchString(a.Container) {
 		return nil, &agent.Error{Code: agent.CodeInvalid, Message: fmt.Sprintf("container id %q: want letters, digits, '_', '.', '-'", a.Container)}
