@@ -1,7 +1,6 @@
 package main
 
 import (
-	"archive/tar"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -182,7 +181,7 @@ func testServe(t *testing.T, opts containerdtest.Options, viaDiffer bool) {
 		t.Fatalf("snapshotter plugin not ok:\n%s", out)
 	}
 
-	archive := containerdDemoImage(t)
+	archive := demoImage(t, "oci-tar")
 	ctr("images", "import", "--snapshotter", "layervisor", archive)
 	ref := strings.Fields(ctr("images", "ls", "-q"))
 	if len(ref) != 1 {
@@ -292,34 +291,6 @@ func testServe(t *testing.T, opts containerdtest.Options, viaDiffer bool) {
 	if out := strings.TrimSpace(c.ok("--json", "layer", "ls")); out != "[]" && out != "null" {
 		t.Errorf("layers left after gc: %s", out)
 	}
-}
-
-// containerdDemoImage is the demo image with the file's mode in every hard
-// link header, as tar tools write them: containerd's applier (the walking
-// differ) sets the inode's mode from the link header, so imagebuild's
-// mode-0 link headers would leave busybox without permissions.
-func containerdDemoImage(t *testing.T) string {
-	t.Helper()
-	im, err := imagebuild.Demo("demo:latest")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, l := range im.Layers {
-		modes := map[string]int64{}
-		for i, e := range l.Entries {
-			if e.Header.Typeflag == tar.TypeReg {
-				modes[e.Header.Name] = e.Header.Mode
-			}
-			if e.Header.Typeflag == tar.TypeLink && e.Header.Mode == 0 {
-				l.Entries[i].Header.Mode = modes[e.Header.Linkname]
-			}
-		}
-	}
-	out := filepath.Join(t.TempDir(), "demo.tar")
-	if err := im.Write(imagebuild.OCITar, out); err != nil {
-		t.Fatal(err)
-	}
-	return out
 }
 
 // waitPlugin waits until containerd reaches a restarted snapshotter:
@@ -434,7 +405,7 @@ func testPoison(t *testing.T, opts containerdtest.Options) {
 		fn(dir)
 	}
 
-	archive := containerdDemoImage(t)
+	archive := demoImage(t, "oci-tar")
 	img, err := ociimage.Open(archive, ociimage.Options{})
 	if err != nil {
 		t.Fatal(err)

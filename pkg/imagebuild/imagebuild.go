@@ -252,8 +252,16 @@ func writeLayer(p string, l Layer) (blob, error) {
 	}
 	diffHash := sha256.New()
 	tw := tar.NewWriter(io.MultiWriter(comp, diffHash))
+	modes := map[string]int64{}
 	for _, e := range l.Entries {
 		h := e.Header
+		// A hard link's header carries its file's metadata, as tar tools
+		// write it: containerd's applier sets it on the shared inode.
+		if h.Typeflag == tar.TypeReg {
+			modes[h.Name] = h.Mode
+		} else if h.Typeflag == tar.TypeLink && h.Mode == 0 {
+			h.Mode = modes[h.Linkname]
+		}
 		if err := tw.WriteHeader(&h); err != nil {
 			return blob{}, fmt.Errorf("entry %q: %w", h.Name, err)
 		}

@@ -30,9 +30,7 @@ func BusyboxBase() (Layer, error) {
 	}}
 	l.Entries[9].Header.Size = int64(len(data))
 	for _, a := range BusyboxApplets {
-		// A hard link's header carries its file's metadata, as tar writes
-		// it: containerd's applier sets it on the shared inode.
-		l.Entries = append(l.Entries, withMode(Hardlink("bin/"+a, "bin/busybox"), 0o755))
+		l.Entries = append(l.Entries, Hardlink("bin/"+a, "bin/busybox"))
 	}
 	l.Entries = append(l.Entries, Symlink("usr/bin/env", "/bin/env"))
 	return l, nil
@@ -56,7 +54,7 @@ func Demo(name string) (Image, error) {
 			File("app/config", "old config\n", 0o644),
 			File("app/old-only", "only in the old app dir\n", 0o644),
 			File("data.txt", "shared data\n", 0o644),
-			withMode(Hardlink("data-link.txt", "data.txt"), 0o644),
+			Hardlink("data-link.txt", "data.txt"),
 			Symlink("release", "etc/demo-release"),
 		}},
 		{Compression: None, Entries: []Entry{
@@ -102,10 +100,4 @@ func Bench(name string, n int, totalMB int64, comp Compression) (Image, error) {
 		im.Layers = append(im.Layers, l)
 	}
 	return im, nil
-}
-
-// withMode sets an entry's mode.
-func withMode(e Entry, mode int64) Entry {
-	e.Header.Mode = mode
-	return e
 }

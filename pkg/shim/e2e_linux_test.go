@@ -1,7 +1,6 @@
 package shim_test
 
 import (
-	"archive/tar"
 	"bytes"
 	"context"
 	"errors"
@@ -481,17 +480,6 @@ func demoImage(t *testing.T) string {
 	im, err := imagebuild.Demo("demo:latest")
 	if err != nil {
 		t.Fatal(err)
-	}
-	for _, l := range im.Layers {
-		modes := map[string]int64{}
-		for i, e := range l.Entries {
-			if e.Header.Typeflag == tar.TypeReg {
-				modes[e.Header.Name] = e.Header.Mode
-			}
-			if e.Header.Typeflag == tar.TypeLink && e.Header.Mode == 0 {
-				l.Entries[i].Header.Mode = modes[e.Header.Linkname]
-			}
-		}
 	}
 	out := filepath.Join(t.TempDir(), "demo.tar")
 	if err := im.Write(imagebuild.OCITar, out); err != nil {
