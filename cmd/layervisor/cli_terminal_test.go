@@ -29,6 +29,9 @@ func inTerminal(t *testing.T, line string) string {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "script", "-qec", line, "/dev/null")
+	// script runs the line with $SHELL; the probe needs bash's read -t,
+	// and CI may have no SHELL (dash's read has no -t).
+	cmd.Env = append(os.Environ(), "SHELL=/bin/bash")
 	pr, pw, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
@@ -45,6 +48,21 @@ func inTerminal(t *testing.T, line string) string {
 	return strings.ReplaceAll(out.String(), "\r", "")
 }
 
+// allowLegacyTIOCSTI turns the kernel's TIOCSTI on for the test where the
+// host turned it off (dev.tty.legacy_tiocsti, Linux 6.2+), so the attack
+// is tried for real on every machine; the setting is restored after.
+func allowLegacyTIOCSTI(t *testing.T) {
+	const knob = "/proc/sys/dev/tty/legacy_tiocsti"
+	old, err := os.ReadFile(knob)
+	if err != nil || strings.TrimSpace(string(old)) == "1" {
+		return // older kernels always allow it
+	}
+	if err := os.WriteFile(knob, []byte("1"), 0o644); err != nil {
+		t.Fatalf("enable %s for the attack: %v", knob, err)
+	}
+	t.Cleanup(func() { os.WriteFile(knob, old, 0o644) })
+}
+
 // A container cannot type into the terminal of the shell that started it
 // (TIOCSTI), with or without -t, in either mode; with -t it has a terminal
 // of its own. The same attack run on the host shows the harness detects it.
@@ -55,6 +73,7 @@ func TestRunTerminal(t *testing.T) {
 		t.Fatal(errs)
 	}
 	const probe = "read -t 3 l; echo \"after=[$l]\""
+	allowLegacyTIOCSTI(t)
 	// Control: the attack itself works on this kernel when the terminal is reachable.
 	sti := filepath.Join(t.TempDir(), "sti")
 	build := exec.Command("go", "build", "-o", sti, "./testdata/sti")
