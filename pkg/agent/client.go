@@ -504,6 +504,23 @@ func (c *Client) ContainerPids(ctx context.Context, id string) ([]int, error) {
 	return r.Pids, err
 }
 
+// ContainerInit returns the guest pid of a running container's init.
+func (c *Client) ContainerInit(ctx context.Context, id string) (int, error) {
+	var r PidsResult
+	if err := c.call(ctx, OpContainerPids, ContainerArgs{Container: id}, &r, nil, nil, nil); err != nil {
+		return 0, err
+	}
+	if r.Init <= 0 {
+		return 0, fmt.Errorf("container %s: the guest did not tell its init's pid", id)
+	}
+	return r.Init, nil
+}
+
+// ConfigureNetwork configures the guest's network cards and routes.
+func (c *Client) ConfigureNetwork(ctx context.Context, a NetworkArgs) error {
+	return c.call(ctx, OpConfigureNetwork, a, nil, nil, nil, nil)
+}
+
 // ContainerStats returns a running container's cgroup v2 statistics files.
 func (c *Client) ContainerStats(ctx context.Context, id string) (map[string]string, error) {
 	var r CgroupStatsResult
@@ -514,6 +531,11 @@ func (c *Client) ContainerStats(ctx context.Context, id string) (map[string]stri
 // PauseContainer freezes a running container's processes.
 func (c *Client) PauseContainer(ctx context.Context, id string) error {
 	return c.call(ctx, OpPauseContainer, ContainerArgs{Container: id}, nil, nil, nil, nil)
+}
+
+// UpdateContainer changes a running container's resource limits.
+func (c *Client) UpdateContainer(ctx context.Context, id string, res *specs.LinuxResources) error {
+	return c.call(ctx, OpUpdateContainer, UpdateArgs{Container: id, Resources: res}, nil, nil, nil, nil)
 }
 
 // ResumeContainer thaws a paused container.

@@ -21,7 +21,7 @@ import (
 
 // GuestModules are the kernel modules the agent loads at boot (with their
 // dependencies); the initramfs builder packs the same list.
-var GuestModules = []string{"virtio_pci", "virtio_console", "virtio_balloon", "virtio_scsi", "sd_mod", "virtio_pmem", "nd_pmem", "overlay", "virtiofs", "ext4"}
+var GuestModules = []string{"virtio_pci", "virtio_console", "virtio_balloon", "virtio_scsi", "sd_mod", "virtio_pmem", "nd_pmem", "overlay", "virtiofs", "ext4", "virtio_net"}
 
 // GuestRuntimePath is where the initramfs holds the OCI runtime the
 // agent runs containers with.
@@ -66,6 +66,10 @@ const (
 	OpContainerStats  = "container_stats"  // CgroupStatsResult
 	OpPauseContainer  = "pause_container"  // freeze its processes
 	OpResumeContainer = "resume_container" // thaw them
+	// OpConfigureNetwork gives the guest's network cards (found by MAC)
+	// their addresses and routes (NetworkArgs): a pod's network.
+	OpConfigureNetwork = "configure_network"
+	OpUpdateContainer  = "update_container" // UpdateArgs: new resource limits
 )
 
 // Error codes.
@@ -168,11 +172,33 @@ type (
 		Process   *specs.Process
 		Stdin     bool
 	}
+	// UpdateArgs change a running container's resource limits.
+	UpdateArgs struct {
+		Container string
+		Resources *specs.LinuxResources
+	}
 	// ContainerArgs name a running container.
 	ContainerArgs struct{ Container string }
 	// PidsResult lists the processes of a container's cgroup (guest
 	// pids).
-	PidsResult struct{ Pids []int }
+	PidsResult struct {
+		Pids []int
+		Init int // the container's init (0 when the runtime cannot tell)
+	}
+	// NetworkArgs configure the guest's network (its root network
+	// namespace, the one a pod's containers share): each card, found by
+	// its MAC, gets its MTU and addresses (CIDR) and is brought up, with
+	// loopback; then the routes (an empty Dst is the default route).
+	NetworkArgs struct {
+		Interfaces []NetInterface
+		Routes     []NetRoute
+	}
+	NetInterface struct {
+		MAC   string
+		MTU   int
+		Addrs []string
+	}
+	NetRoute struct{ Dst, Gw string }
 	// CgroupStatsResult holds a container's cgroup v2 statistics files
 	// ("memory.stat", "cpu.stat", ...) as the guest kernel wrote them;
 	// files the kernel lacks are absent.

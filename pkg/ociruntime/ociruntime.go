@@ -318,6 +318,18 @@ func (r *Runtime) Resume(ctx context.Context, id string) error {
 	return nil
 }
 
+// Update changes the container's resource limits (its cgroup).
+func (r *Runtime) Update(ctx context.Context, id string, res *specs.LinuxResources) error {
+	rt, err := r.cli()
+	if err != nil {
+		return err
+	}
+	if err := rt.Update(ctx, id, res); err != nil {
+		return fmt.Errorf("update the resources of container %s: %w", id, err)
+	}
+	return nil
+}
+
 // State is what the runtime reports of a container.
 type State struct {
 	Pid    int    // its init, in the runtime's PID namespace

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"strconv"
 	"sync"
 )
@@ -129,6 +130,16 @@ func (c *Client) readLoop(r *bufio.Reader) {
 // Execute runs cmd with args (nil for none) and decodes its return value
 // into result (nil to ignore it).
 func (c *Client) Execute(ctx context.Context, cmd string, args, result any) error {
+	return c.execute(ctx, cmd, args, result, nil)
+}
+
+// ExecuteWithFile is Execute with f's descriptor passed along (SCM_RIGHTS),
+// as QEMU's getfd and add-fd want it.
+func (c *Client) ExecuteWithFile(ctx context.Context, cmd string, args, result any, f *os.File) error {
+	return c.execute(ctx, cmd, args, result, f)
+}
+
+func (c *Client) execute(ctx context.Context, cmd string, args, result any, f *os.File) error {
 	c.mu.Lock()
 	if c.err != nil {
 		c.mu.Unlock()
@@ -150,7 +161,11 @@ func (c *Client) Execute(ctx context.Context, cmd string, args, result any) erro
 		return fmt.Errorf("qmp %s: encode arguments: %w", cmd, err)
 	}
 	c.writeMu.Lock()
-	_, err = c.conn.Write(append(b, '\n'))
+	if f != nil {
+		err = writeWithFile(c.conn, append(b, '\n'), f)
+	} else {
+		_, err = c.conn.Write(append(b, '\n'))
+	}
 	c.writeMu.Unlock()
 	if err != nil {
 		c.forget(id)

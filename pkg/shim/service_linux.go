@@ -28,6 +28,7 @@ import (
 
 	"github.com/layervisor/layervisor/pkg/agent"
 	"github.com/layervisor/layervisor/pkg/layers"
+	"github.com/layervisor/layervisor/pkg/podnet"
 	"github.com/layervisor/layervisor/pkg/resources"
 	"github.com/layervisor/layervisor/pkg/runspec"
 	"github.com/layervisor/layervisor/pkg/undo"
@@ -71,6 +72,17 @@ type sandboxVM struct {
 	mounter *layers.InUVM
 	pid     uint32 // QEMU's: every task's process on the host
 	users   int    // containers set up in it
+	podNet  *podnet.Link
+}
+
+// end stops (or kills) the VM and removes it, then unwires the pod
+// network from the CNI interface.
+func (sb *sandboxVM) end(ctx context.Context, stop func(context.Context) error) error {
+	errs := []error{stop(ctx), sb.u.Remove(ctx)}
+	if sb.podNet != nil {
+		errs = append(errs, sb.podNet.Unwire())
+	}
+	return errors.Join(errs...)
 }
 
 var _ taskv2.TTRPCTaskService = (*Service)(nil)
@@ -250,6 +262,22 @@ func (s *Service) Create(ctx context.Context, r *taskv2.CreateTaskRequest) (_ *t
 		folders = []string{t.scratch, t.scratch}
 	}
 
+	// The pod's network next: a namespace CNI did not set up fails here.
+	link, err := s.podNetwork(spec)
+	if err != nil {
+		return nil, fmt.Errorf("task %s: %w", r.ID, err)
+	}
+	if link != nil {
+		un.Push("unwire the pod network", func(context.Context) error {
+			s.vmMu.Lock()
+			defer s.vmMu.Unlock()
+			if s.vm != nil && s.vm.podNet == link {
+				return nil // the VM's now, unwired when it ends
+			}
+			return link.Unwire()
+		})
+	}
+
 	// I/O next: a client that went away fails here, before a VM is made.
 	if err := t.openIO(ctx); err != nil {
 		return nil, err
@@ -276,6 +304,9 @@ func (s *Service) Create(ctx context.Context, r *taskv2.CreateTaskRequest) (_ *t
 		return s.dropVMIfUnused(ctx)
 	})
 	t.u, t.pid = sb.u, sb.pid
+	if err := s.guestNamespaces(ctx, sb, spec, link); err != nil {
+		return nil, fmt.Errorf("task %s: %w", r.ID, err)
+	}
 	spec.Root = &specs.Root{Readonly: spec.Root != nil && spec.Root.Readonly}
 	if t.hostRootfs != "" {
 		a, err := sb.vm.AddShare(ctx, t.hostRootfs, false)
@@ -343,9 +374,9 @@ func (s *Service) dropVMIfUnused(ctx context.Context) error {
 	if s.vm == nil || s.vm.users > 0 {
 		return nil
 	}
-	u := s.vm.u
+	sb := s.vm
 	s.vm = nil
-	return errors.Join(u.Kill(ctx), u.Remove(ctx))
+	return sb.end(ctx, sb.u.Kill)
 }
 
 func readSpec(bundle string) (*specs.Spec, error) {
@@ -558,7 +589,7 @@ func (s *Service) teardownTask(ctx context.Context, t *task) error {
 	if !t.disposable {
 		stop = sb.u.Stop
 	}
-	errs = append(errs, stop(ctx), sb.u.Remove(ctx))
+	errs = append(errs, sb.end(ctx, stop))
 	if t.hostRootfs != "" {
 		errs = append(errs, unmountHostRootfs(t.hostRootfs)) // again, if the release failed: the VM is gone now
 	}
@@ -938,6 +969,22 @@ func (s *Service) Checkpoint(ctx context.Context, r *taskv2.CheckpointTaskReques
 	return nil, notImplemented("checkpoint")
 }
 
+// Update changes the container's resource limits in the guest (its
+// cgroup, through the guest's runtime). The VM's own size stays.
 func (s *Service) Update(ctx context.Context, r *taskv2.UpdateTaskRequest) (*emptypb.Empty, error) {
-	return nil, notImplemented("update")
+	t, _, err := s.running(r.ID)
+	if err != nil {
+		return nil, grpcErr(err)
+	}
+	var res specs.LinuxResources
+	if err := json.Unmarshal(r.Resources.GetValue(), &res); err != nil {
+		return nil, grpcErr(fmt.Errorf("update task %s: resources: %w: %w", t.id, err, errdefs.ErrInvalidArgument))
+	}
+	ctx, cancel := context.WithTimeout(ctx, agentTimeout)
+	defer cancel()
+	if err := t.u.Agent().UpdateContainer(ctx, t.id, &res); err != nil {
+		return nil, grpcErr(fmt.Errorf("update task %s: %w", t.id, err))
+	}
+	slog.Info("task resources updated", "id", t.id)
+	return &emptypb.Empty{}, nil
 }

@@ -2,7 +2,6 @@ package shim
 
 import (
 	"fmt"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -73,8 +72,8 @@ func bundleGrouping(id, dir string) string {
 
 // checkSpec refuses, before any VM is made, what a container in a utility
 // VM cannot be given: device nodes the guest does not have, the host's
-// network, and mounts of types the guest cannot set up. It drops what
-// names host namespaces (the guest makes its own) and says so.
+// network, and mounts of types the guest cannot set up. Namespace paths
+// are translated once the VM runs (guestNamespaces).
 func checkSpec(spec *specs.Spec) error {
 	if spec.Process == nil {
 		return fmt.Errorf("spec has no process: %w", errdefs.ErrInvalidArgument)
@@ -88,13 +87,9 @@ func checkSpec(spec *specs.Spec) error {
 			}
 		}
 		hasNet := false
-		for i, ns := range l.Namespaces {
+		for _, ns := range l.Namespaces {
 			if ns.Type == specs.NetworkNamespace {
 				hasNet = true
-			}
-			if ns.Path != "" {
-				slog.Warn("a host namespace cannot be joined in a utility VM: the container gets one of its own in the guest", "type", ns.Type, "path", ns.Path)
-				l.Namespaces[i].Path = ""
 			}
 		}
 		if !hasNet {

@@ -69,8 +69,29 @@ func TestCheckSpec(t *testing.T) {
 	}
 	s := testSpec()
 	s.Linux.Namespaces[1].Path = "/var/run/netns/cni-1"
-	if err := checkSpec(s); err != nil || s.Linux.Namespaces[1].Path != "" {
-		t.Errorf("a host network namespace path: %v, path %q (want it dropped)", err, s.Linux.Namespaces[1].Path)
+	if err := checkSpec(s); err != nil || s.Linux.Namespaces[1].Path != "/var/run/netns/cni-1" {
+		t.Errorf("a host network namespace path: %v, path %q (want it kept for guestNamespaces)", err, s.Linux.Namespaces[1].Path)
+	}
+}
+
+func TestProcNamespace(t *testing.T) {
+	for _, c := range []struct {
+		path string
+		pid  uint32
+		file string
+		ok   bool
+	}{
+		{"/proc/42/ns/ipc", 42, "ipc", true},
+		{"/proc/42/ns/../ns/uts", 42, "uts", true},
+		{"/var/run/netns/cni-1", 0, "", false},
+		{"/proc/self/ns/net", 0, "", false},
+		{"/proc/42/ns/net/x", 0, "", false},
+		{"/proc/99999999999/ns/net", 0, "", false},
+	} {
+		pid, file, ok := procNamespace(c.path)
+		if pid != c.pid || file != c.file || ok != c.ok {
+			t.Errorf("%s: got %d %q %v", c.path, pid, file, ok)
+		}
 	}
 }
 

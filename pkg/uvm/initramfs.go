@@ -36,7 +36,7 @@ type InitramfsOptions struct {
 // changes when what the agent needs from it does (2: the OCI runtime; 3:
 // the shim's exec, stats and pause operations), so
 // an older one is not used.
-const InitrdName = "initrd-3.img"
+const InitrdName = "initrd-4.img"
 
 // GuestRuntimePath is where the initramfs holds the OCI runtime.
 const GuestRuntimePath = agent.GuestRuntimePath

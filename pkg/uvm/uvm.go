@@ -157,6 +157,7 @@ type UVM struct {
 	qmp      *qmp.Client
 	agent    *agent.Client
 	ports    *pciports.Allocator
+	nics     map[string]int // network cards by name: their root ports
 	scsi     *scsi.Controller
 	vpmem    *vpmem.Controller
 	shares   *share.Controller

@@ -153,6 +153,9 @@ func (s *Server) containerPids(ctx context.Context, name string) (any, error) {
 	if err != nil {
 		return nil, fmt.Errorf("processes of container %s: %w", name, err)
 	}
+	if st, err := s.Runtime.State(ctx, name); err == nil {
+		r.Init = st.Pid
+	}
 	return r, nil
 }
 
@@ -194,6 +197,16 @@ func readBounded(name string, n int64) ([]byte, error) {
 	}
 	defer f.Close()
 	return io.ReadAll(io.LimitReader(f, n))
+}
+
+func (s *Server) updateContainer(ctx context.Context, a agent.UpdateArgs) error {
+	if a.Resources == nil {
+		return &agent.Error{Code: agent.CodeInvalid, Message: "update needs resources"}
+	}
+	if _, err := s.containerRoot(ctx, a.Container); err != nil {
+		return err
+	}
+	return s.Runtime.Update(ctx, a.Container, a.Resources)
 }
 
 func (s *Server) pauseContainer(ctx context.Context, name string, pause bool) error {

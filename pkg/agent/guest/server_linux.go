@@ -225,6 +225,16 @@ func (s *Server) handle(ctx context.Context, m *agent.Message) {
 		if a, err = decode[agent.ContainerArgs](m); err == nil {
 			err = s.pauseContainer(ctx, a.Container, m.Op == agent.OpPauseContainer)
 		}
+	case agent.OpUpdateContainer:
+		var a agent.UpdateArgs
+		if a, err = decode[agent.UpdateArgs](m); err == nil {
+			err = s.updateContainer(ctx, a)
+		}
+	case agent.OpConfigureNetwork:
+		var a agent.NetworkArgs
+		if a, err = decode[agent.NetworkArgs](m); err == nil {
+			err = configureNetwork(ctx, a)
+		}
 	case agent.OpSignal:
 		var a agent.SignalArgs
 		if a, err = decode[agent.SignalArgs](m); err == nil {
