@@ -192,7 +192,9 @@ type (
 	NetworkArgs struct {
 		Interfaces []NetInterface
 		Routes     []NetRoute
+		Neighbors  []NetNeighbor // permanent entries
 	}
+	NetNeighbor  struct{ IP, MAC string }
 	NetInterface struct {
 		MAC   string
 		MTU   int

@@ -4,23 +4,42 @@
 // on both ingress queues redirecting every frame from one to the other.
 // The guest's card takes the CNI interface's MAC, addresses and routes, so
 // the pod keeps the identity CNI gave it (and that portmap and peers know).
+//
+// One more path is needed for CRI's port forwarding, which dials
+// localhost:PORT inside the pod's namespace on the host, where nothing
+// listens: a side door. The tap also holds HostSide, the guest's card also
+// GuestSide (a link-local /30 of their own), frames to HostSide stay in
+// the namespace instead of being redirected, and a DNAT rule sends the
+// namespace's connections to 127.0.0.1 on to GuestSide.
 package podnet
 
 import (
+	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"runtime"
+	"strings"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
 // TapName is the tap device's name in the pod's namespace.
 const TapName = "lvtap0"
+
+// The side door's addresses: the tap's (in the pod's namespace) and the
+// guest card's second one.
+var (
+	HostSide  = netip.MustParsePrefix("169.254.231.1/30")
+	GuestSide = netip.MustParsePrefix("169.254.231.2/30")
+)
 
 // Interface is the CNI interface the guest's card impersonates.
 type Interface struct {
@@ -37,11 +56,13 @@ type Route struct {
 }
 
 // Link is a wired pod network: Tap is the tap device's queue, for the VM.
+// The guest must answer GuestSide and know TapMAC as HostSide's.
 type Link struct {
 	NetNS  string
 	Iface  Interface
 	Routes []Route
 	Tap    *os.File
+	TapMAC net.HardwareAddr
 }
 
 // Wire finds the pod's one CNI interface in the network namespace at
@@ -60,17 +81,46 @@ func Wire(nsPath string) (*Link, error) {
 		if err != nil {
 			return err
 		}
-		if err := redirect(iface.Name, TapName, iface.MTU); err != nil {
+		if l.TapMAC, err = redirect(iface, TapName); err != nil {
 			tap.Close()
 			return err
 		}
 		l.Tap = tap
 		return nil
 	})
+	if err == nil {
+		err = sideDoor(nsPath, "-A")
+		if err != nil {
+			l.Tap.Close()
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("pod network %s: %w", nsPath, err)
 	}
 	return l, nil
+}
+
+// sideDoor adds (-A) or deletes (-D) the rules that send the namespace's
+// own TCP connections to 127.0.0.1 to the guest, from HostSide (a
+// loopback source cannot leave the namespace; route_localnet lets the
+// rewritten packet be routed at all).
+func sideDoor(nsPath, op string) error {
+	var errs []error
+	for _, rule := range [][]string{
+		{"-t", "nat", op, "OUTPUT", "-d", "127.0.0.1/32", "-p", "tcp", "-j", "DNAT", "--to-destination", GuestSide.Addr().String()},
+		{"-t", "nat", op, "POSTROUTING", "-o", TapName, "-d", GuestSide.Addr().String(), "-j", "SNAT", "--to-source", HostSide.Addr().String()},
+	} {
+		args := append([]string{"--net=" + nsPath, "iptables", "-w"}, rule...)
+		if out, err := exec.Command("nsenter", args...).CombinedOutput(); err != nil {
+			errs = append(errs, fmt.Errorf("iptables %s: %w: %s", strings.Join(rule, " "), err, bytes.TrimSpace(out)))
+		}
+	}
+	if op == "-A" {
+		if out, err := exec.Command("nsenter", "--net="+nsPath, "sh", "-c", "echo 1 >/proc/sys/net/ipv4/conf/all/route_localnet").CombinedOutput(); err != nil {
+			errs = append(errs, fmt.Errorf("route_localnet: %w: %s", err, bytes.TrimSpace(out)))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Unwire removes the redirection from the CNI interface (the tap goes
@@ -80,6 +130,9 @@ func (l *Link) Unwire() error {
 	if l.Tap != nil {
 		l.Tap.Close()
 		l.Tap = nil
+	}
+	if _, err := os.Stat(l.NetNS); err == nil {
+		sideDoor(l.NetNS, "-D") // best effort: gone with the namespace anyway
 	}
 	err := inNetNS(l.NetNS, func() error {
 		link, err := netlink.LinkByName(l.Iface.Name)
@@ -231,33 +284,57 @@ func openTap(name string) (*os.File, error) {
 	return os.NewFile(uintptr(fd), "/dev/net/tun:"+name), nil
 }
 
-// redirect brings the tap up with the interface's MTU and mirrors each
-// device's ingress to the other's egress.
-func redirect(ifName, tapName string, mtu int) error {
-	iface, err := netlink.LinkByName(ifName)
+// redirect brings the tap up with the interface's MTU and the side door's
+// address, and mirrors each device's ingress to the other's egress, but
+// for frames to the side door. It returns the tap's MAC.
+func redirect(iface Interface, tapName string) (net.HardwareAddr, error) {
+	eth, err := netlink.LinkByName(iface.Name)
 	if err != nil {
-		return fmt.Errorf("interface %s: %w", ifName, err)
+		return nil, fmt.Errorf("interface %s: %w", iface.Name, err)
 	}
 	tap, err := netlink.LinkByName(tapName)
 	if err != nil {
-		return fmt.Errorf("tap %s: %w", tapName, err)
+		return nil, fmt.Errorf("tap %s: %w", tapName, err)
 	}
-	if mtu > 0 {
-		if err := netlink.LinkSetMTU(tap, mtu); err != nil {
-			return fmt.Errorf("set the MTU of %s: %w", tapName, err)
+	if iface.MTU > 0 {
+		if err := netlink.LinkSetMTU(tap, iface.MTU); err != nil {
+			return nil, fmt.Errorf("set the MTU of %s: %w", tapName, err)
 		}
+	}
+	if err := netlink.AddrAdd(tap, &netlink.Addr{IPNet: prefixNet(HostSide)}); err != nil {
+		return nil, fmt.Errorf("side door address on %s: %w", tapName, err)
 	}
 	if err := netlink.LinkSetUp(tap); err != nil {
-		return fmt.Errorf("bring %s up: %w", tapName, err)
+		return nil, fmt.Errorf("bring %s up: %w", tapName, err)
 	}
-	for _, p := range [][2]netlink.Link{{iface, tap}, {tap, iface}} {
-		from, to := p[0].Attrs(), p[1].Attrs()
-		q := &netlink.Ingress{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: from.Index, Parent: netlink.HANDLE_INGRESS, Handle: netlink.MakeHandle(0xffff, 0)}}
-		if err := netlink.QdiscAdd(q); err != nil {
-			return fmt.Errorf("ingress queue on %s: %w", from.Name, err)
+	// The guest's card answers GuestSide with the CNI interface's MAC;
+	// neither side asks (ARP would be redirected away).
+	if err := netlink.NeighSet(&netlink.Neigh{LinkIndex: tap.Attrs().Index, State: netlink.NUD_PERMANENT,
+		IP: net.IP(GuestSide.Addr().AsSlice()), HardwareAddr: iface.MAC}); err != nil {
+		return nil, fmt.Errorf("side door neighbour on %s: %w", tapName, err)
+	}
+	for _, q := range []netlink.Link{eth, tap} {
+		if err := netlink.QdiscAdd(&netlink.Ingress{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: q.Attrs().Index, Parent: netlink.HANDLE_INGRESS, Handle: netlink.MakeHandle(0xffff, 0)}}); err != nil {
+			return nil, fmt.Errorf("ingress queue on %s: %w", q.Attrs().Name, err)
 		}
+	}
+	// Frames from the guest to the side door stay here: the first filter
+	// to match decides, and one with a class and no action lets the frame
+	// pass (no "gact" action module needed: not every kernel has it).
+	hostSide := binary.BigEndian.Uint32(HostSide.Addr().AsSlice())
+	stay := &netlink.U32{
+		FilterAttrs: netlink.FilterAttrs{LinkIndex: tap.Attrs().Index, Parent: netlink.MakeHandle(0xffff, 0), Priority: 1, Protocol: unix.ETH_P_IP},
+		ClassId:     netlink.MakeHandle(1, 1),
+		Sel: &netlink.TcU32Sel{Flags: nl.TC_U32_TERMINAL, Nkeys: 1,
+			Keys: []netlink.TcU32Key{{Mask: 0xffffffff, Val: hostSide, Off: 16}}}, // IPv4 destination
+	}
+	if err := netlink.FilterAdd(stay); err != nil {
+		return nil, fmt.Errorf("side door filter on %s: %w", tapName, err)
+	}
+	for _, p := range [][2]netlink.Link{{eth, tap}, {tap, eth}} {
+		from, to := p[0].Attrs(), p[1].Attrs()
 		f := &netlink.U32{
-			FilterAttrs: netlink.FilterAttrs{LinkIndex: from.Index, Parent: netlink.MakeHandle(0xffff, 0), Priority: 1, Protocol: unix.ETH_P_ALL},
+			FilterAttrs: netlink.FilterAttrs{LinkIndex: from.Index, Parent: netlink.MakeHandle(0xffff, 0), Priority: 2, Protocol: unix.ETH_P_ALL},
 			Actions: []netlink.Action{&netlink.MirredAction{
 				ActionAttrs:  netlink.ActionAttrs{Action: netlink.TC_ACT_STOLEN},
 				MirredAction: netlink.TCA_EGRESS_REDIR,
@@ -265,8 +342,12 @@ func redirect(ifName, tapName string, mtu int) error {
 			}},
 		}
 		if err := netlink.FilterAdd(f); err != nil {
-			return fmt.Errorf("redirect %s to %s: %w", from.Name, to.Name, err)
+			return nil, fmt.Errorf("redirect %s to %s: %w", from.Name, to.Name, err)
 		}
 	}
-	return nil
+	return tap.Attrs().HardwareAddr, nil
+}
+
+func prefixNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: net.IP(p.Addr().AsSlice()), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }

@@ -37,6 +37,14 @@ func TestWireRedirectsBothWays(t *testing.T) {
 		t.Errorf("routes: %+v", l.Routes)
 	}
 
+	natRules := func() string {
+		out, _ := exec.Command("nsenter", "--net="+podNS, "iptables", "-w", "-t", "nat", "-S").CombinedOutput()
+		return string(out)
+	}
+	if r := natRules(); !strings.Contains(r, "--to-destination "+GuestSide.Addr().String()) || !strings.Contains(r, "--to-source "+HostSide.Addr().String()) {
+		t.Errorf("no side door rules: %s", r)
+	}
+
 	// The node asks who has 10.99.0.2 (a UDP datagram sent there makes
 	// it resolve the address).
 	go exec.Command("ip", "netns", "exec", node, "bash", "-c", "for i in 1 2 3; do echo x >/dev/udp/10.99.0.2/9; sleep 1; done").Run()
@@ -70,8 +78,30 @@ func TestWireRedirectsBothWays(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 
+	// The side door: a datagram from the guest to HostSide stays in the
+	// namespace (is not redirected to eth0).
+	var conn *net.UDPConn
+	if err := inNetNS(podNS, func() (err error) {
+		conn, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.IP(HostSide.Addr().AsSlice()), Port: 7777})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := l.Tap.Write(udpFrame(l.TapMAC, l.Iface.MAC, GuestSide.Addr(), HostSide.Addr(), 7777, []byte("knock"))); err != nil {
+		t.Fatal(err)
+	}
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 64)
+	if n, from, err := conn.ReadFromUDP(buf); err != nil || string(buf[:n]) != "knock" {
+		t.Errorf("side door: %q from %v, %v", buf[:n], from, err)
+	}
+
 	if err := l.Unwire(); err != nil {
 		t.Fatal(err)
+	}
+	if r := natRules(); strings.Contains(r, GuestSide.Addr().String()) {
+		t.Errorf("side door rules left: %s", r)
 	}
 	out, _ := exec.Command("tc", "-n", strings.TrimPrefix(podNS, "/var/run/netns/"), "qdisc", "show", "dev", "eth0").CombinedOutput()
 	if strings.Contains(string(out), "ingress") {
@@ -136,4 +166,31 @@ func TestWireBadNamespace(t *testing.T) {
 	if _, err := Wire("/var/run/netns/no-such-ns-lv"); err == nil || !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("missing namespace: %v", err)
 	}
+}
+
+// udpFrame is an Ethernet frame holding an IPv4 UDP datagram.
+func udpFrame(dstMAC, srcMAC net.HardwareAddr, src, dst netip.Addr, port uint16, payload []byte) []byte {
+	f := make([]byte, 14+20+8+len(payload))
+	copy(f[0:], dstMAC)
+	copy(f[6:], srcMAC)
+	binary.BigEndian.PutUint16(f[12:], 0x0800)
+	ip := f[14:34]
+	ip[0], ip[8], ip[9] = 0x45, 64, 17 // version 4, 20 bytes; TTL; UDP
+	binary.BigEndian.PutUint16(ip[2:], uint16(20+8+len(payload)))
+	copy(ip[12:], src.AsSlice())
+	copy(ip[16:], dst.AsSlice())
+	var sum uint32
+	for i := 0; i < 20; i += 2 {
+		sum += uint32(binary.BigEndian.Uint16(ip[i:]))
+	}
+	for sum > 0xffff {
+		sum = sum&0xffff + sum>>16
+	}
+	binary.BigEndian.PutUint16(ip[10:], ^uint16(sum))
+	udp := f[34:]
+	binary.BigEndian.PutUint16(udp[0:], 40000)
+	binary.BigEndian.PutUint16(udp[2:], port)
+	binary.BigEndian.PutUint16(udp[4:], uint16(8+len(payload))) // checksum 0: none
+	copy(udp[8:], payload)
+	return f
 }

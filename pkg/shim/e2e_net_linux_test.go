@@ -99,6 +99,12 @@ func TestCtrPodNetworkContainerd2(t *testing.T) {
 	if !strings.HasSuffix(string(got), "\r\n\r\nhello from the pod\n") {
 		e.fail("from the node: %q, %v", got, err)
 	}
+	// CRI's port forwarding dials localhost in the pod's namespace on the
+	// host: the side door takes it to the guest.
+	got, err = exec.Command("nsenter", "--net="+podNS, "bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/8080 && printf 'GET /pod.txt HTTP/1.0\\r\\n\\r\\n' >&3 && timeout 5 cat <&3").CombinedOutput()
+	if !strings.HasSuffix(string(got), "\r\n\r\nhello from the pod\n") {
+		e.fail("localhost:8080 in the pod's namespace on the host (port forwarding): %q, %v", got, err)
+	}
 	for _, args := range [][]string{{"tasks", "kill", "-s", "SIGKILL", "lv-srv"}} {
 		if out, err := e.d.Ctr(ctx, args...); err != nil {
 			e.fail("%v: %v %s", args, err, out)

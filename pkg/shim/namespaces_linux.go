@@ -146,6 +146,9 @@ func (s *Service) attachPodNetwork(ctx context.Context, sb *sandboxVM, link *pod
 	for _, a := range link.Iface.Addrs {
 		args.Interfaces[0].Addrs = append(args.Interfaces[0].Addrs, a.String())
 	}
+	// The side door CRI's port forwarding comes in by (podnet).
+	args.Interfaces[0].Addrs = append(args.Interfaces[0].Addrs, podnet.GuestSide.String())
+	args.Neighbors = []agent.NetNeighbor{{IP: podnet.HostSide.Addr().String(), MAC: link.TapMAC.String()}}
 	for _, r := range link.Routes {
 		nr := agent.NetRoute{}
 		if r.Dst.IsValid() {

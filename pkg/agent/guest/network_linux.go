@@ -30,6 +30,7 @@ func configureNetwork(ctx context.Context, a agent.NetworkArgs) error {
 	if err := netlink.LinkSetUp(lo); err != nil {
 		return fmt.Errorf("bring loopback up: %w", err)
 	}
+	var cards []netlink.Link
 	for _, in := range a.Interfaces {
 		mac, err := net.ParseMAC(in.MAC)
 		if err != nil || len(mac) != 6 {
@@ -50,6 +51,7 @@ func configureNetwork(ctx context.Context, a agent.NetworkArgs) error {
 		if err != nil {
 			return err
 		}
+		cards = append(cards, link)
 		if in.MTU != 0 {
 			if err := netlink.LinkSetMTU(link, in.MTU); err != nil {
 				return fmt.Errorf("card %s: set MTU %d: %w", in.MAC, in.MTU, err)
@@ -62,6 +64,15 @@ func configureNetwork(ctx context.Context, a agent.NetworkArgs) error {
 		}
 		if err := netlink.LinkSetUp(link); err != nil {
 			return fmt.Errorf("card %s: bring up: %w", in.MAC, err)
+		}
+	}
+	for _, n := range a.Neighbors {
+		ip, mac := net.ParseIP(n.IP), mac48(n.MAC)
+		if ip == nil || mac == nil || len(cards) != 1 {
+			return invalid("neighbour %q at %q: want an address and an Ethernet address, with one card", n.IP, n.MAC)
+		}
+		if err := netlink.NeighSet(&netlink.Neigh{LinkIndex: cards[0].Attrs().Index, State: netlink.NUD_PERMANENT, IP: ip, HardwareAddr: mac}); err != nil {
+			return fmt.Errorf("neighbour %s: %w", n.IP, err)
 		}
 	}
 	for _, r := range a.Routes {
@@ -86,6 +97,14 @@ func configureNetwork(ctx context.Context, a agent.NetworkArgs) error {
 		}
 	}
 	return nil
+}
+
+func mac48(s string) net.HardwareAddr {
+	mac, err := net.ParseMAC(s)
+	if err != nil || len(mac) != 6 {
+		return nil
+	}
+	return mac
 }
 
 // waitCard finds the card with the MAC, waiting for it to appear.
