@@ -46,8 +46,8 @@ func TestCimCLI(t *testing.T) {
 		t.Errorf("ls -r --json: %+v %v", ls, err)
 	}
 	var st struct {
-		FileID  uint32 `json:"file_id"`
-		SD      string `json:"security_descriptor"`
+		FileID  uint32 `json:"fileID"`
+		SD      string `json:"securityDescriptor"`
 		Links   []cimfs.Link
 		Streams []struct{ Name string }
 	}

@@ -188,7 +188,7 @@ func TestCLICrashRecovery(t *testing.T) {
 
 func TestCLIUsageErrors(t *testing.T) {
 	c := newCLI(t)
-	c.fail("--image is required", "container", "create", "x")
+	c.fail(`required flag(s) "image" not set`, "container", "create", "x") // cobra's wording
 	c.fail("invalid container name", "container", "create", "../x", "--image", "y")
 	c.fail("not found", "container", "create", "x", "--image", "nope")
 	c.fail("invalid size", "container", "create", "x", "--image", "nope", "--scratch-size", "lots")

@@ -37,10 +37,13 @@ func parseSize(s string) (int64, error) {
 	return v * mult, nil
 }
 
-func init() {
-	cCmd := &cobra.Command{Use: "container", Short: "Create, mount, unmount and remove containers' storage"}
+func newContainerCmd() *cobra.Command {
+	return &cobra.Command{Use: "container", Short: "Create, mount, unmount and remove containers' storage"}
+}
+
+func newContainerCreateCmd(o *options) *cobra.Command {
 	var image, scratchSize, scratchFormat, shareWith string
-	createCmd := &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "create NAME --image REF",
 		Short: "Create a container: record its layers and clone its scratch",
 		Long: `Create records a container of an imported image and gives it a writable scratch
@@ -54,9 +57,6 @@ which utility VMs attach directly; the host path needs the raw default.`,
   layervisor container create side --image demo:latest --share-scratch-with web`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if image == "" {
-				return fmt.Errorf("--image is required")
-			}
 			opts := store.ContainerOptions{ShareScratchWith: shareWith, ScratchFormat: scratch.Format(scratchFormat)}
 			if scratchSize != "" {
 				n, err := parseSize(scratchSize)
@@ -65,7 +65,7 @@ which utility VMs attach directly; the host path needs the raw default.`,
 				}
 				opts.ScratchSize = n
 			}
-			s, err := openStore()
+			s, err := o.openStore()
 			if err != nil {
 				return err
 			}
@@ -73,24 +73,35 @@ which utility VMs attach directly; the host path needs the raw default.`,
 			if err != nil {
 				return err
 			}
-			if g.json {
+			if o.json {
 				return printJSON(c)
 			}
 			fmt.Println(c.Name)
 			return nil
 		},
 	}
-	createCmd.Flags().StringVar(&image, "image", "", "image to use (required)")
-	createCmd.Flags().StringVar(&scratchSize, "scratch-size", "", "scratch virtual size, e.g. 20G (default 20G)")
-	createCmd.Flags().StringVar(&shareWith, "share-scratch-with", "", "use this container's scratch instead of a new one")
-	createCmd.Flags().StringVar(&scratchFormat, "scratch-format", "raw", "scratch disk format: raw (host and VM) or vhdx (VM only)")
+	f := cmd.Flags()
+	f.StringVar(&image, "image", "", "image to use (required)")
+	f.StringVar(&scratchSize, "scratch-size", "", "scratch virtual size, e.g. 20G (default 20G)")
+	f.StringVar(&shareWith, "share-scratch-with", "", "use this container's scratch instead of a new one")
+	f.StringVar(&scratchFormat, "scratch-format", "raw", "scratch disk format: raw (host and VM) or vhdx (VM only)")
+	cmd.MarkFlagRequired("image")
+	return cmd
+}
 
-	mountCmd := &cobra.Command{
+// containerMount is what container mount prints with --json.
+type containerMount struct {
+	Name   string `json:"name"`
+	Rootfs string `json:"rootfs"`
+}
+
+func newContainerMountCmd(o *options) *cobra.Command {
+	return &cobra.Command{
 		Use:   "mount NAME",
 		Short: "Mount the container's root file system on the host; prints its path",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := openStore()
+			s, err := o.openStore()
 			if err != nil {
 				return err
 			}
@@ -98,31 +109,37 @@ which utility VMs attach directly; the host path needs the raw default.`,
 			if err != nil {
 				return err
 			}
-			if g.json {
-				return printJSON(map[string]string{"name": args[0], "rootfs": p})
+			if o.json {
+				return printJSON(containerMount{Name: args[0], Rootfs: p})
 			}
 			fmt.Println(p)
 			return nil
 		},
 	}
-	unmountCmd := &cobra.Command{
+}
+
+func newContainerUnmountCmd(o *options) *cobra.Command {
+	return &cobra.Command{
 		Use:   "unmount NAME",
 		Short: "Unmount the container's root file system",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := openStore()
+			s, err := o.openStore()
 			if err != nil {
 				return err
 			}
 			return s.Unmount(cmd.Context(), args[0])
 		},
 	}
-	rmCmd := &cobra.Command{
+}
+
+func newContainerRmCmd(o *options) *cobra.Command {
+	return &cobra.Command{
 		Use:   "rm NAME...",
 		Short: "Remove containers (unmounting first) and their scratch",
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := openStore()
+			s, err := o.openStore()
 			if err != nil {
 				return err
 			}
@@ -134,7 +151,10 @@ which utility VMs attach directly; the host path needs the raw default.`,
 			return nil
 		},
 	}
-	lsCmd := listCommand("List containers", (*store.Store).Containers, "NAME\tIMAGE\tLAYERS\tSCRATCH\tMOUNTED",
+}
+
+func newContainerLsCmd(o *options) *cobra.Command {
+	return listCommand(o, "List containers", (*store.Store).Containers, "NAME\tIMAGE\tLAYERS\tSCRATCH\tMOUNTED",
 		func(c store.ContainerStatus) string {
 			scr := humanBytes(c.ScratchSize)
 			if c.SharesScratchOf != "" {
@@ -146,9 +166,17 @@ which utility VMs attach directly; the host path needs the raw default.`,
 			}
 			return fmt.Sprintf("%s\t%s\t%d\t%s\t%s", c.Name, c.Image, len(c.ChainIDs), scr, m)
 		})
-	cCmd.AddCommand(createCmd, mountCmd, unmountCmd, rmCmd, lsCmd)
+}
 
-	gcCmd := &cobra.Command{
+// gcResult is what gc prints with --json.
+type gcResult struct {
+	Store    store.GCReport `json:"store"`
+	UVMs     uvm.GCReport   `json:"uvms"`
+	DeadRuns []string       `json:"deadRuns"` // containers of runs that died before their teardown
+}
+
+func newGCCmd(o *options) *cobra.Command {
+	return &cobra.Command{
 		Use:   "gc",
 		Short: "Reconcile after crashes and remove what nothing uses",
 		Long: `gc rolls back incomplete mounts (complete ones stay usable), releases stray mounts
@@ -159,7 +187,7 @@ virtiofsd processes that no live UVM accounts for, removes stale UVM templates,
 and removes the containers of runs that died before their teardown.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := openStore()
+			s, err := o.openStore()
 			if err != nil {
 				return err
 			}
@@ -169,16 +197,15 @@ and removes the containers of runs that died before their teardown.`,
 			// Then the containers of dead runs (incomplete mounts are rolled back by now).
 			runs, runErr := reapDeadRuns(cmd.Context(), s)
 			gcErr = errors.Join(gcErr, runErr)
-			if g.json {
-				if err := printJSON(map[string]any{"store": rep, "uvms": vrep, "deadRuns": runs}); err != nil {
+			if o.json {
+				if err := printJSON(gcResult{Store: rep, UVMs: vrep, DeadRuns: runs}); err != nil {
 					return err
 				}
-			} else if !g.quiet {
+			} else if !o.quiet {
 				fmt.Printf("removed %d layers, %d temp entries; rolled back %d mounts, unmounted %d, detached %d loop devices, kept %d mounted containers; reaped %d dead UVMs and %d dead runs' containers, killed %d orphan QEMU/virtiofsd processes; removed %d stale UVM templates\n",
 					len(rep.RemovedLayers), len(rep.RemovedTemp), len(rep.Mounts.RolledBack), len(rep.Mounts.Unmounted), len(rep.Mounts.Detached), len(rep.Mounts.Kept), len(vrep.Reaped), len(runs), len(vrep.Killed), len(vrep.Templates))
 			}
 			return errors.Join(vmErr, gcErr)
 		},
 	}
-	rootCmd.AddCommand(cCmd, gcCmd)
 }

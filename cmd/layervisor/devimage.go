@@ -8,8 +8,11 @@ import (
 	"github.com/layervisor/layervisor/pkg/imagebuild"
 )
 
-func init() {
-	devCmd := &cobra.Command{Use: "dev", Short: "Developer tools: build test and demo images"}
+func newDevCmd() *cobra.Command {
+	return &cobra.Command{Use: "dev", Short: "Developer tools: build test and demo images"}
+}
+
+func newDevBuildImageCmd() *cobra.Command {
 	var kind, format, name, comp string
 	var layers int
 	var sizeMB int64
@@ -54,6 +57,5 @@ func init() {
 	f.IntVar(&layers, "layers", 10, "bench: number of layers")
 	f.Int64Var(&sizeMB, "size-mb", 300, "bench: total size in MiB")
 	f.StringVar(&comp, "compression", "gzip", "bench: gzip, zstd or none")
-	devCmd.AddCommand(build)
-	rootCmd.AddCommand(devCmd)
+	return build
 }

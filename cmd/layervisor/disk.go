@@ -16,19 +16,21 @@ import (
 // errCheckFailed makes `disk check` exit 2 on corruption after printing.
 var errCheckFailed = exitError{code: 2}
 
-func init() {
-	diskCmd := &cobra.Command{Use: "disk", Short: "Create, convert, inspect and check VHDX, VHD and raw disk images",
+func newDiskCmd() *cobra.Command {
+	return &cobra.Command{Use: "disk", Short: "Create, convert, inspect and check VHDX, VHD and raw disk images",
 		Long: `Disk images in pure Go, on any OS: VHDX (dynamic, fixed, differencing; MS-VHDX),
 VHD (fixed, as on layer images, and dynamic) and raw.
 
 The format of an output comes from --format, else from the file name
 (.vhdx, .vhd, .img/.raw); the format of an input is read from its signatures.`}
+}
 
+func newDiskCreateCmd(o *options) *cobra.Command {
 	var cr struct {
 		format, typ, parent string
 		blockSize, sector   string
 	}
-	createCmd := &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "create FILE [SIZE]",
 		Short: "Create an empty disk (SIZE like 20G; a differencing VHDX takes its parent's size)",
 		Example: `  layervisor disk create sandbox.vhdx 20G
@@ -36,7 +38,15 @@ The format of an output comes from --format, else from the file name
   layervisor disk create child.vhdx --parent base.vhdx
   layervisor disk create layer.vhd 64M
   layervisor disk create scratch.vhd 20G --type dynamic`,
-		Args: cobra.RangeArgs(1, 2),
+		Args: func(cmd *cobra.Command, args []string) error {
+			if err := cobra.RangeArgs(1, 2)(cmd, args); err != nil {
+				return err
+			}
+			if len(args) == 1 && cr.parent == "" {
+				return errors.New("SIZE is required unless --parent is given")
+			}
+			return nil
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			fm, err := outputFormat(cr.format, args[0])
 			if err != nil {
@@ -47,38 +57,45 @@ The format of an output comes from --format, else from the file name
 				if size, err = parseSize(args[1]); err != nil {
 					return err
 				}
-			} else if cr.parent == "" {
-				return errors.New("SIZE is required unless --parent is given")
 			}
-			o := diskimage.CreateOptions{Format: fm, Type: vhdx.Type(cr.typ), Parent: cr.parent}
+			opts := diskimage.CreateOptions{Format: fm, Type: vhdx.Type(cr.typ), Parent: cr.parent}
 			if cr.typ == "" && fm == diskimage.VHD {
-				o.Type = vhdx.Fixed
+				opts.Type = vhdx.Fixed
 			}
 			if cr.blockSize != "" {
-				if o.BlockSize, err = parseSize(cr.blockSize); err != nil {
+				if opts.BlockSize, err = parseSize(cr.blockSize); err != nil {
 					return fmt.Errorf("--block-size: %w", err)
 				}
 			}
 			if cr.sector != "" {
-				if o.LogicalSectorSize, err = parseSize(cr.sector); err != nil {
+				if opts.LogicalSectorSize, err = parseSize(cr.sector); err != nil {
 					return fmt.Errorf("--logical-sector-size: %w", err)
 				}
 			}
-			if err := diskimage.Create(args[0], size, o); err != nil {
+			if err := diskimage.Create(args[0], size, opts); err != nil {
 				return err
 			}
-			return printDiskInfo(args[0])
+			return printDiskInfo(o, args[0])
 		},
 	}
-	f := createCmd.Flags()
+	f := cmd.Flags()
 	f.StringVar(&cr.format, "format", "", "vhdx, vhd or raw (default: from the file name)")
 	f.StringVar(&cr.typ, "type", "", "dynamic or fixed (default: dynamic for VHDX, fixed for VHD)")
 	f.StringVar(&cr.blockSize, "block-size", "", "block size, a power of two: VHDX 1M to 256M (default 1M), dynamic VHD 512K to 256M (default 2M)")
 	f.StringVar(&cr.sector, "logical-sector-size", "", "VHDX logical sector size, 512 (default) or 4096")
 	f.StringVar(&cr.parent, "parent", "", "make a differencing VHDX on this parent VHDX")
+	return cmd
+}
 
+// diskConvertResult is what disk convert prints with --json.
+type diskConvertResult struct {
+	*diskimage.ConvertResult
+	Seconds float64 `json:"seconds"`
+}
+
+func newDiskConvertCmd(o *options) *cobra.Command {
 	var cv struct{ format, typ, blockSize string }
-	convertCmd := &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "convert IN OUT",
 		Short: "Convert a disk to another format without writing zero blocks",
 		Long: `Reads IN (raw, fixed or dynamic VHD, VHDX including a differencing chain) and
@@ -93,15 +110,15 @@ writes OUT as a new file: zero chunks stay holes (raw) or unallocated blocks
 			if err != nil {
 				return err
 			}
-			o := diskimage.ConvertOptions{Format: fm, Type: vhdx.Type(cv.typ)}
+			opts := diskimage.ConvertOptions{Format: fm, Type: vhdx.Type(cv.typ)}
 			if cv.blockSize != "" {
-				if o.BlockSize, err = parseSize(cv.blockSize); err != nil {
+				if opts.BlockSize, err = parseSize(cv.blockSize); err != nil {
 					return fmt.Errorf("--block-size: %w", err)
 				}
 			}
-			if !g.quiet && !g.json && term.IsTerminal(int(os.Stderr.Fd())) {
+			if o.human() && term.IsTerminal(int(os.Stderr.Fd())) {
 				var last time.Time
-				o.Progress = func(done, total int64) {
+				opts.Progress = func(done, total int64) {
 					if time.Since(last) > 100*time.Millisecond || done == total {
 						last = time.Now()
 						fmt.Fprintf(os.Stderr, "\r%s / %s of data examined ", humanBytes(done), humanBytes(total))
@@ -110,37 +127,39 @@ writes OUT as a new file: zero chunks stay holes (raw) or unallocated blocks
 				defer fmt.Fprint(os.Stderr, "\r\033[K")
 			}
 			start := time.Now()
-			res, err := diskimage.Convert(cmd.Context(), args[0], args[1], o)
+			res, err := diskimage.Convert(cmd.Context(), args[0], args[1], opts)
 			if err != nil {
 				return err
 			}
-			if g.json {
-				return printJSON(struct {
-					*diskimage.ConvertResult
-					Seconds float64 `json:"seconds"`
-				}{res, time.Since(start).Seconds()})
+			if o.json {
+				return printJSON(diskConvertResult{res, time.Since(start).Seconds()})
 			}
-			if !g.quiet {
+			if !o.quiet {
 				fmt.Printf("%s: %s virtual, %s of data examined, %s written in %s\n", args[1], humanBytes(res.Size),
 					humanBytes(res.DataBytes), humanBytes(res.WrittenBytes), time.Since(start).Round(time.Millisecond))
 			}
 			return nil
 		},
 	}
-	f = convertCmd.Flags()
+	f := cmd.Flags()
 	f.StringVar(&cv.format, "format", "", "output format: vhdx, vhd or raw (default: from OUT's name)")
 	f.StringVar(&cv.typ, "type", "", "dynamic or fixed (default: dynamic for VHDX, fixed for VHD)")
 	f.StringVar(&cv.blockSize, "block-size", "", "output block size: VHDX (default 1M) or dynamic VHD (default 2M)")
+	return cmd
+}
 
-	infoCmd := &cobra.Command{
+func newDiskInfoCmd(o *options) *cobra.Command {
+	return &cobra.Command{
 		Use:   "info FILE",
 		Short: "Show a disk's format, type, sizes and allocation",
 		Args:  cobra.ExactArgs(1),
-		RunE:  func(cmd *cobra.Command, args []string) error { return printDiskInfo(args[0]) },
+		RunE:  func(cmd *cobra.Command, args []string) error { return printDiskInfo(o, args[0]) },
 	}
+}
 
+func newDiskCheckCmd(o *options) *cobra.Command {
 	var repair bool
-	checkCmd := &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "check FILE",
 		Short: "Validate a disk's structures; exit 2 on corruption",
 		Long: `Checks a VHDX (signatures, CRC-32C of headers and region tables, metadata,
@@ -155,7 +174,7 @@ VHDX for writing so that a pending log is replayed.`,
 			if err != nil {
 				return err
 			}
-			if g.json {
+			if o.json {
 				if err := printJSON(rep); err != nil {
 					return err
 				}
@@ -166,7 +185,7 @@ VHDX for writing so that a pending log is replayed.`,
 				for _, p := range rep.Problems {
 					fmt.Printf("%s: %s\n", args[0], p)
 				}
-				if rep.OK() && !g.quiet {
+				if rep.OK() && !o.quiet {
 					fmt.Printf("%s: no problems found\n", args[0])
 				}
 			}
@@ -176,10 +195,8 @@ VHDX for writing so that a pending log is replayed.`,
 			return nil
 		},
 	}
-	checkCmd.Flags().BoolVar(&repair, "repair", false, "replay a pending VHDX log (writes the file)")
-
-	diskCmd.AddCommand(createCmd, convertCmd, infoCmd, checkCmd)
-	rootCmd.AddCommand(diskCmd)
+	cmd.Flags().BoolVar(&repair, "repair", false, "replay a pending VHDX log (writes the file)")
+	return cmd
 }
 
 func outputFormat(flag, name string) (diskimage.Format, error) {
@@ -192,15 +209,15 @@ func outputFormat(flag, name string) (diskimage.Format, error) {
 	return "", fmt.Errorf("cannot tell the format of %s from its name: give --format vhdx, vhd or raw", name)
 }
 
-func printDiskInfo(path string) error {
+func printDiskInfo(o *options, path string) error {
 	in, err := diskimage.Inspect(path)
 	if err != nil {
 		return err
 	}
-	if g.json {
+	if o.json {
 		return printJSON(in)
 	}
-	if g.quiet {
+	if o.quiet {
 		return nil
 	}
 	fmt.Printf("%s: %s %s, virtual size %s (%d bytes), file %s\n", path, in.Type, in.Format,

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"strings"
-	"time"
 
 	"github.com/spf13/cobra"
 
@@ -14,8 +13,8 @@ import (
 	"github.com/layervisor/layervisor/pkg/regf/regtext"
 )
 
-func init() {
-	hiveCmd := &cobra.Command{Use: "hive", Short: "Read, edit, merge and diff Windows registry hive files",
+func newHiveCmd() *cobra.Command {
+	return &cobra.Command{Use: "hive", Short: "Read, edit, merge and diff Windows registry hive files",
 		Long: `Registry hives (regf files such as SYSTEM, SOFTWARE or a layer's
 Hives/*_DELTA) are read and written in pure Go. Key paths are written with
 backslashes below the hive's root (quote them in the shell), e.g.
@@ -25,10 +24,11 @@ Every command that changes a hive writes a whole new file atomically (temp
 file, fsync, rename): on any error the original is left as it was. A dirty
 hive's transaction logs (HIVE.LOG1/.LOG2, or HIVE.LOG) are replayed in
 memory when it is read; an edit then writes the recovered, clean hive.`}
+}
 
-	var rootName string
-	var layered bool
-	createCmd := &cobra.Command{
+func newHiveCreateCmd() *cobra.Command {
+	var co regf.CreateOptions
+	cmd := &cobra.Command{
 		Use:   "create HIVE",
 		Short: "Create an empty hive",
 		Long: `Create an empty hive (version 1.5, or 1.6 with --layered for a delta hive)
@@ -36,27 +36,15 @@ whose root key carries a default security descriptor. An existing file is
 not overwritten.`,
 		Example: "  layervisor hive create SOFTWARE",
 		Args:    cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if _, err := os.Lstat(args[0]); err == nil {
-				return fmt.Errorf("%s already exists", args[0])
-			}
-			h := regf.New()
-			h.Layered = layered
-			if rootName != "" {
-				k, err := regf.NewKey(rootName)
-				if err != nil {
-					return err
-				}
-				k.Security, k.Flags = h.Root.Security, h.Root.Flags
-				h.Root = k
-			}
-			return h.WriteFile(args[0])
-		},
+		RunE:    func(cmd *cobra.Command, args []string) error { return regf.CreateFile(args[0], co) },
 	}
-	createCmd.Flags().StringVar(&rootName, "root-name", "", `name of the root key (default "ROOT")`)
-	createCmd.Flags().BoolVar(&layered, "layered", false, "create a delta (layered-keys) hive")
+	cmd.Flags().StringVar(&co.RootName, "root-name", "", `name of the root key (default "ROOT")`)
+	cmd.Flags().BoolVar(&co.Layered, "layered", false, "create a delta (layered-keys) hive")
+	return cmd
+}
 
-	dumpCmd := &cobra.Command{
+func newHiveDumpCmd(o *options) *cobra.Command {
+	return &cobra.Command{
 		Use:   "dump HIVE [KEYPATH]",
 		Short: "Print a hive (or a subtree) as a tree of keys and values",
 		Long: `Print the keys below KEYPATH (default: the root) as an indented tree with
@@ -65,11 +53,11 @@ decoded data where the type has an obvious decoding, and raw hex).`,
 		Example: "  layervisor hive dump SYSTEM 'ControlSet001\\Control'\n  layervisor --json hive dump SYSTEM",
 		Args:    cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			h, k, err := openKey(args[0], optArg(args, 1))
+			h, k, err := regf.ReadFileKey(args[0], optArg(args, 1))
 			if err != nil {
 				return err
 			}
-			if g.json {
+			if o.json {
 				return printJSON(h.KeyJSON(k, true))
 			}
 			w := bufio.NewWriter(os.Stdout)
@@ -85,8 +73,10 @@ decoded data where the type has an obvious decoding, and raw hex).`,
 			return w.Flush()
 		},
 	}
+}
 
-	getCmd := &cobra.Command{
+func newHiveGetCmd(o *options) *cobra.Command {
+	return &cobra.Command{
 		Use:   "get HIVE KEYPATH [VALUE]",
 		Short: "Print a key's values and subkeys, or one value",
 		Long: `Without VALUE, list the key's values and subkeys. With VALUE ("@" or "" for
@@ -95,12 +85,12 @@ multi-strings one per line, anything else as hex.`,
 		Example: "  layervisor hive get SYSTEM 'Setup' BootPathOverride",
 		Args:    cobra.RangeArgs(2, 3),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			h, k, err := openKey(args[0], args[1])
+			h, k, err := regf.ReadFileKey(args[0], args[1])
 			if err != nil {
 				return err
 			}
 			if len(args) == 2 {
-				if g.json {
+				if o.json {
 					return printJSON(h.KeyJSON(k, false))
 				}
 				w := bufio.NewWriter(os.Stdout)
@@ -117,17 +107,19 @@ multi-strings one per line, anything else as hex.`,
 			if v == nil {
 				return fmt.Errorf("%s: key %q has no value %s: %w", args[0], args[1], regf.DisplayName(name), regf.ErrNotFound)
 			}
-			if g.json {
+			if o.json {
 				return printJSON(v.JSON())
 			}
 			fmt.Println(v.PlainText())
 			return nil
 		},
 	}
+}
 
+func newHiveSetCmd() *cobra.Command {
 	var typeName string
 	var hexData bool
-	setCmd := &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "set HIVE KEYPATH [NAME [DATA...]]",
 		Short: "Create a key, or set a value (creating its key)",
 		Long: `Set value NAME ("@" or "" for the default value) of KEYPATH, creating missing
@@ -148,32 +140,28 @@ keys; with only KEYPATH, just create the key. --type picks the value type
 			if err != nil {
 				return fmt.Errorf("--type: %w", err)
 			}
-			return regf.EditFile(args[0], func(h *regf.Hive) error {
-				k, err := h.CreateKey(args[1])
-				if err != nil {
-					return err
-				}
-				if len(args) == 2 {
-					return nil
-				}
-				var data []byte
-				if hexData {
-					data, err = regf.ParseHexData(strings.Join(args[3:], ""))
-				} else {
-					data, err = regf.ParseValueData(typ, args[3:])
-				}
-				if err != nil {
-					return err
-				}
-				k.Modified = time.Now().UTC()
-				return k.SetValue(valueName(args[2]), typ, data)
-			})
+			if len(args) == 2 {
+				return regf.CreateFileKey(args[0], args[1])
+			}
+			var data []byte
+			if hexData {
+				data, err = regf.ParseHexData(strings.Join(args[3:], ""))
+			} else {
+				data, err = regf.ParseValueData(typ, args[3:])
+			}
+			if err != nil {
+				return fmt.Errorf("%s: %w", args[0], err)
+			}
+			return regf.SetFileValue(args[0], args[1], valueName(args[2]), typ, data)
 		},
 	}
-	setCmd.Flags().StringVarP(&typeName, "type", "t", "REG_SZ", "value type: REG_SZ, REG_DWORD, REG_BINARY, ... or a number")
-	setCmd.Flags().BoolVar(&hexData, "hex", false, "DATA is raw hex bytes, whatever the type")
+	cmd.Flags().StringVarP(&typeName, "type", "t", "REG_SZ", "value type: REG_SZ, REG_DWORD, REG_BINARY, ... or a number")
+	cmd.Flags().BoolVar(&hexData, "hex", false, "DATA is raw hex bytes, whatever the type")
+	return cmd
+}
 
-	deleteCmd := &cobra.Command{
+func newHiveDeleteCmd() *cobra.Command {
+	return &cobra.Command{
 		Use:   "delete HIVE KEYPATH [NAME]",
 		Short: "Delete a key and its subtree, or one value",
 		Long: `With NAME ("@" or "" for the default value), delete that value of KEYPATH;
@@ -182,25 +170,17 @@ does not exist is an error.`,
 		Example: "  layervisor hive delete SOFTWARE 'Vendor\\Old'",
 		Args:    cobra.RangeArgs(2, 3),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return regf.EditFile(args[0], func(h *regf.Hive) error {
-				if len(args) == 2 {
-					return h.DeleteKey(args[1])
-				}
-				k, err := h.OpenKey(args[1])
-				if err != nil {
-					return err
-				}
-				name := valueName(args[2])
-				if !k.DeleteValue(name) {
-					return fmt.Errorf("key %q has no value %s: %w", args[1], regf.DisplayName(name), regf.ErrNotFound)
-				}
-				return nil
-			})
+			if len(args) == 2 {
+				return regf.DeleteFileKey(args[0], args[1])
+			}
+			return regf.DeleteFileValue(args[0], args[1], valueName(args[2]))
 		},
 	}
+}
 
-	var prefix string
-	importCmd := &cobra.Command{
+func newHiveImportCmd() *cobra.Command {
+	var opt regtext.Options
+	cmd := &cobra.Command{
 		Use:   "import HIVE FILE.reg",
 		Short: "Apply a Windows .reg file to a hive",
 		Long: `Apply a .reg file (regedit version 5 or REGEDIT4, UTF-8 or UTF-16 with a BOM):
@@ -213,24 +193,15 @@ Key paths are below the hive root; --prefix strips a leading part such as
 written unless the whole file applies.`,
 		Example: "  layervisor hive import SOFTWARE changes.reg --prefix 'HKEY_LOCAL_MACHINE\\SOFTWARE'",
 		Args:    cobra.ExactArgs(2),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			f, err := os.Open(args[1])
-			if err != nil {
-				return err
-			}
-			defer f.Close()
-			return regf.EditFile(args[0], func(h *regf.Hive) error {
-				if err := regtext.Apply(h, f, regtext.Options{Prefix: prefix}); err != nil {
-					return fmt.Errorf("%s: %w", args[1], err)
-				}
-				return nil
-			})
-		},
+		RunE:    func(cmd *cobra.Command, args []string) error { return regtext.ApplyFile(args[0], args[1], opt) },
 	}
-	importCmd.Flags().StringVar(&prefix, "prefix", "", `key path prefix to strip, e.g. 'HKEY_LOCAL_MACHINE\SOFTWARE'`)
+	cmd.Flags().StringVar(&opt.Prefix, "prefix", "", `key path prefix to strip, e.g. 'HKEY_LOCAL_MACHINE\SOFTWARE'`)
+	return cmd
+}
 
-	var exportPrefix string
-	exportCmd := &cobra.Command{
+func newHiveExportCmd() *cobra.Command {
+	var prefix string
+	cmd := &cobra.Command{
 		Use:   "export HIVE [KEYPATH]",
 		Short: "Print a hive (or a subtree) as .reg text",
 		Long: `Print KEYPATH (default: the root) and everything below it as .reg text on
@@ -240,16 +211,19 @@ output imports back with 'hive import' or 'hivexregedit --merge'.`,
 		Example: "  layervisor hive export SOFTWARE 'Microsoft' --prefix 'HKEY_LOCAL_MACHINE\\SOFTWARE' > sw.reg",
 		Args:    cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			_, k, err := openKey(args[0], optArg(args, 1))
+			_, k, err := regf.ReadFileKey(args[0], optArg(args, 1))
 			if err != nil {
 				return err
 			}
-			return regtext.Export(os.Stdout, k, exportPrefix)
+			return regtext.Export(os.Stdout, k, prefix)
 		},
 	}
-	exportCmd.Flags().StringVar(&exportPrefix, "prefix", "", "text printed before every key path")
+	cmd.Flags().StringVar(&prefix, "prefix", "", "text printed before every key path")
+	return cmd
+}
 
-	mergeCmd := &cobra.Command{
+func newHiveMergeCmd(o *options) *cobra.Command {
+	return &cobra.Command{
 		Use:   "merge BASE DELTA OUT",
 		Short: "Apply a delta (layered) hive to a base hive",
 		Long: `Write OUT = BASE with DELTA applied, as Windows stacks container layer hives:
@@ -260,16 +234,18 @@ inherit-class keeps the base class; the newer key time wins.`,
 		Example: "  layervisor hive merge parent/Hives/System_Base layer/Hives/System_Delta layer/Hives/System_Base",
 		Args:    cobra.ExactArgs(3),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return combineHives(args, func(base, delta *regf.Hive) (*regf.Hive, error) {
-				if !delta.Layered && !g.quiet {
+			return regf.CombineFiles(args[0], args[1], args[2], func(base, delta *regf.Hive) (*regf.Hive, error) {
+				if !delta.Layered && !o.quiet {
 					fmt.Fprintf(os.Stderr, "warning: %s is not a layered (delta) hive; merging it as one\n", args[1])
 				}
 				return regf.Merge(base, delta)
 			})
 		},
 	}
+}
 
-	diffCmd := &cobra.Command{
+func newHiveDiffCmd() *cobra.Command {
+	return &cobra.Command{
 		Use:   "diff BASE TARGET OUT",
 		Short: "Write the delta hive that turns BASE into TARGET",
 		Long: `Write OUT, a delta hive (version 1.6, layered keys), such that
@@ -278,11 +254,13 @@ security descriptors. Unchanged keys are left out.`,
 		Example: "  layervisor hive diff SYSTEM.orig SYSTEM System_Delta",
 		Args:    cobra.ExactArgs(3),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return combineHives(args, regf.Diff)
+			return regf.CombineFiles(args[0], args[1], args[2], regf.Diff)
 		},
 	}
+}
 
-	cimbootCmd := &cobra.Command{
+func newHiveCimbootCmd() *cobra.Command {
+	return &cobra.Command{
 		Use:   "cimboot SYSTEM",
 		Short: "Enable CIM boot in a utility VM's SYSTEM hive",
 		Long: `Set the values a utility VM needs to boot from a CIM: BootContainerGuid under
@@ -294,47 +272,6 @@ documented and are not written.)`,
 			return regf.EditFile(args[0], cimboot.EnableSystemHive)
 		},
 	}
-
-	hiveCmd.AddCommand(createCmd, dumpCmd, getCmd, setCmd, deleteCmd, importCmd, exportCmd, mergeCmd, diffCmd, cimbootCmd)
-	rootCmd.AddCommand(hiveCmd)
-}
-
-func optArg(args []string, i int) string {
-	if i < len(args) {
-		return args[i]
-	}
-	return ""
-}
-
-// openKey reads a hive and finds a key in it ("" is the root).
-func openKey(path, keyPath string) (*regf.Hive, *regf.Key, error) {
-	h, err := regf.ReadFile(path)
-	if err != nil {
-		return nil, nil, err
-	}
-	k, err := h.OpenKey(keyPath)
-	if err != nil {
-		return nil, nil, fmt.Errorf("%s: %w", path, err)
-	}
-	return h, k, nil
-}
-
-// combineHives reads the hives args[0] and args[1], combines them with op
-// (Merge, Diff) and writes the result atomically to args[2].
-func combineHives(args []string, op func(a, b *regf.Hive) (*regf.Hive, error)) error {
-	a, err := regf.ReadFile(args[0])
-	if err != nil {
-		return err
-	}
-	b, err := regf.ReadFile(args[1])
-	if err != nil {
-		return err
-	}
-	out, err := op(a, b)
-	if err != nil {
-		return fmt.Errorf("%s, %s: %w", args[0], args[1], err)
-	}
-	return out.WriteFile(args[2])
 }
 
 // valueName maps the command line's "@" to the default value's name.

@@ -14,12 +14,13 @@ import (
 	"github.com/layervisor/layervisor/pkg/store"
 )
 
-func openStore() (*store.Store, error) { return store.Open(g.root) }
+func newImageCmd() *cobra.Command {
+	return &cobra.Command{Use: "image", Short: "Import, list and remove images"}
+}
 
-func init() {
-	imageCmd := &cobra.Command{Use: "image", Short: "Import, list and remove images"}
+func newImageImportCmd(o *options) *cobra.Command {
 	var imp store.ImportOptions
-	importCmd := &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "import PATH",
 		Short: "Import an OCI layout directory, OCI layout tar or docker-save tar",
 		Long: `Import reads an image, verifies every blob digest and layer diffID, and converts
@@ -31,12 +32,12 @@ present are reused. Compressed layers may be gzip, zstd or uncompressed.`,
   layervisor image import --platform linux/arm64 multi-arch.tar`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := openStore()
+			s, err := o.openStore()
 			if err != nil {
 				return err
 			}
 			var bar *progressBar
-			if !g.quiet && !g.json && term.IsTerminal(int(os.Stderr.Fd())) {
+			if o.human() && term.IsTerminal(int(os.Stderr.Fd())) {
 				bar = newProgressBar()
 				imp.Progress = bar.update
 			}
@@ -48,7 +49,7 @@ present are reused. Compressed layers may be gzip, zstd or uncompressed.`,
 			if err != nil {
 				return err
 			}
-			if g.json {
+			if o.json {
 				return printJSON(res)
 			}
 			fmt.Printf("imported %s (%d layers: %d converted, %d reused) in %s\n",
@@ -56,21 +57,28 @@ present are reused. Compressed layers may be gzip, zstd or uncompressed.`,
 			return nil
 		},
 	}
-	importCmd.Flags().StringVar(&imp.Name, "name", "", "name to record the image under (default: the name in the archive)")
-	importCmd.Flags().StringVar(&imp.Platform, "platform", "", "os/arch[/variant] to pick from a multi-platform image (default linux/amd64)")
-	importCmd.Flags().BoolVar(&imp.ForceUtilityVM, "force-uvm", false, "Windows images: prepare the base layer's utility VM for CIM boot even if its build is 20348 or older")
-	importCmd.Flags().IntVar(&imp.Parallel, "parallel", 0, "layers converted at once (default: number of CPUs)")
+	f := cmd.Flags()
+	f.StringVar(&imp.Name, "name", "", "name to record the image under (default: the name in the archive)")
+	f.StringVar(&imp.Platform, "platform", "", "os/arch[/variant] to pick from a multi-platform image (default linux/amd64)")
+	f.BoolVar(&imp.ForceUtilityVM, "force-uvm", false, "Windows images: prepare the base layer's utility VM for CIM boot even if its build is 20348 or older")
+	f.IntVar(&imp.Parallel, "parallel", 0, "layers converted at once (default: number of CPUs)")
+	return cmd
+}
 
-	lsCmd := listCommand("List images", (*store.Store).Images, "NAME\tMANIFEST\tLAYERS\tSIZE",
+func newImageLsCmd(o *options) *cobra.Command {
+	return listCommand(o, "List images", (*store.Store).Images, "NAME\tMANIFEST\tLAYERS\tSIZE",
 		func(im store.Image) string {
 			return fmt.Sprintf("%s\t%s\t%d\t%s", im.Name, short(im.ManifestDigest.String()), len(im.ChainIDs), humanBytes(im.Size))
 		})
-	rmCmd := &cobra.Command{
+}
+
+func newImageRmCmd(o *options) *cobra.Command {
+	return &cobra.Command{
 		Use:   "rm NAME...",
 		Short: "Remove images (refused while a container uses one); gc removes unused layers",
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := openStore()
+			s, err := o.openStore()
 			if err != nil {
 				return err
 			}
@@ -78,33 +86,35 @@ present are reused. Compressed layers may be gzip, zstd or uncompressed.`,
 				if err := s.RemoveImage(cmd.Context(), n); err != nil {
 					return err
 				}
-				if !g.quiet && !g.json {
+				if o.human() {
 					fmt.Println(n)
 				}
 			}
 			return nil
 		},
 	}
-	imageCmd.AddCommand(importCmd, lsCmd, rmCmd)
+}
 
-	layerCmd := &cobra.Command{Use: "layer", Short: "Inspect stored layers"}
-	layerLs := listCommand("List stored layers and what uses them", (*store.Store).Layers, "CHAIN ID\tSIZE\tENTRIES\tIMAGES\tCONTAINERS",
+func newLayerCmd() *cobra.Command {
+	return &cobra.Command{Use: "layer", Short: "Inspect stored layers"}
+}
+
+func newLayerLsCmd(o *options) *cobra.Command {
+	return listCommand(o, "List stored layers and what uses them", (*store.Store).Layers, "CHAIN ID\tSIZE\tENTRIES\tIMAGES\tCONTAINERS",
 		func(l store.LayerInfo) string {
 			return fmt.Sprintf("%s\t%s\t%d\t%s\t%s", short(l.ChainID.String()), humanBytes(l.Size), l.Entries,
 				strings.Join(l.Images, ","), strings.Join(l.Container, ","))
 		})
-	layerCmd.AddCommand(layerLs)
-	rootCmd.AddCommand(imageCmd, layerCmd)
 }
 
 // listCommand makes an "ls" command: a table for people, JSON for scripts.
-func listCommand[T any](short string, list func(*store.Store) ([]T, error), header string, row func(T) string) *cobra.Command {
+func listCommand[T any](o *options, short string, list func(*store.Store) ([]T, error), header string, row func(T) string) *cobra.Command {
 	return &cobra.Command{
 		Use:   "ls",
 		Short: short,
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := openStore()
+			s, err := o.openStore()
 			if err != nil {
 				return err
 			}
@@ -112,7 +122,7 @@ func listCommand[T any](short string, list func(*store.Store) ([]T, error), head
 			if err != nil {
 				return err
 			}
-			if g.json {
+			if o.json {
 				if items == nil {
 					items = []T{}
 				}

@@ -89,10 +89,11 @@ type runOptions struct {
 	interactive bool
 	stopTimeout time.Duration
 	confine     runspec.Confinement
+	openStore   func() (*store.Store, error)
 }
 
-func init() {
-	var o runOptions
+func newRunCmd(global *options) *cobra.Command {
+	o := runOptions{openStore: global.openStore}
 	cmd := &cobra.Command{
 		Use:   "run [flags] IMAGE [-- CMD [ARGS...]]",
 		Short: "Run a container of an image with an OCI runtime, then tear it down",
@@ -198,7 +199,7 @@ hostname, root.readonly and linux.resources.`,
 	f.StringSliceVar(&o.confine.CapDrop, "cap-drop", nil, "drop capabilities (e.g. NET_RAW, or ALL)")
 	f.StringArrayVar(&o.confine.SecurityOpts, "security-opt", nil, "seccomp=unconfined, seccomp=PROFILE.json (OCI format), no-new-privileges[=false]")
 	f.DurationVar(&o.stopTimeout, "stop-timeout", 10*time.Second, "after Ctrl-C or SIGTERM, how long the container may take to exit before it is killed")
-	rootCmd.AddCommand(cmd)
+	return cmd
 }
 
 // resolveImage returns the name of an imported image, importing ref first
@@ -240,7 +241,7 @@ func runContainer(ctx context.Context, o runOptions, image string, cmdArgs []str
 	if format == scratch.VHDX && o.isolation != "vm" {
 		return 0, fmt.Errorf("--scratch-format vhdx needs --isolation vm: %w", layers.ErrVHDXScratchOnHost)
 	}
-	s, err := openStore()
+	s, err := o.openStore()
 	if err != nil {
 		return 0, err
 	}

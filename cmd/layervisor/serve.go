@@ -26,7 +26,7 @@ import (
 	"github.com/layervisor/layervisor/pkg/snapshotter"
 )
 
-func init() {
+func newServeCmd(o *options) *cobra.Command {
 	var socket, content string
 	var noScratch bool
 	var pool int
@@ -56,7 +56,7 @@ socket is left alone and makes serve fail. Stop it with SIGTERM.
 			if pool < 0 {
 				return fmt.Errorf("--scratch-pool %d: want 0 or more", pool)
 			}
-			return serve(cmd.Context(), socket, content, noScratch, pool)
+			return serve(cmd.Context(), o, socket, content, noScratch, pool)
 		},
 	}
 	cmd.Flags().StringVar(&socket, "socket", "/run/layervisor/snapshotter.sock", "unix socket to serve on")
@@ -66,15 +66,15 @@ socket is left alone and makes serve fail. Stop it with SIGTERM.
 		"containers' writable layers as plain directories, not scratch disks (no size bound)")
 	cmd.Flags().IntVar(&pool, "scratch-pool", snapshotter.DefaultScratchPool,
 		"scratch disks kept cloned and mounted ahead of containers' Prepare (0: make each when asked)")
-	rootCmd.AddCommand(cmd)
+	return cmd
 }
 
-func serve(ctx context.Context, socket, content string, noScratch bool, pool int) error {
+func serve(ctx context.Context, o *options, socket, content string, noScratch bool, pool int) error {
 	// A wrong --socket fails before the store is reconciled.
 	if err := clearSocketPath(socket); err != nil {
 		return err
 	}
-	st, err := openStore()
+	st, err := o.openStore()
 	if err != nil {
 		return err
 	}
@@ -108,7 +108,7 @@ func serve(ctx context.Context, socket, content string, noScratch bool, pool int
 		}
 	}()
 	slog.Info("serving", "socket", socket, "root", st.Root())
-	if !g.quiet {
+	if !o.quiet {
 		fmt.Fprintf(os.Stderr, "layervisor: serving containerd snapshotter and differ on %s\n", socket)
 	}
 	err = rpc.Serve(l)

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -13,23 +12,17 @@ import (
 	"github.com/layervisor/layervisor/pkg/uvm"
 )
 
-func absRoot() string {
-	r, err := filepath.Abs(g.root)
-	if err != nil {
-		return g.root
-	}
-	return r
-}
-
-func init() {
-	uvmCmd := &cobra.Command{Use: "uvm", Short: "Create, start, use and remove utility VMs",
+func newUVMCmd() *cobra.Command {
+	return &cobra.Command{Use: "uvm", Short: "Create, start, use and remove utility VMs",
 		Long: `A utility VM (UVM) is QEMU booting Debian's cloud kernel with layervisor's guest
 agent as init. Containers' layers, scratch and mounts are hot-plugged into it
 (VPMEM, SCSI, virtiofs). KVM is used when /dev/kvm is usable, TCG otherwise.`}
+}
 
+func newUVMCreateCmd(o *options) *cobra.Command {
 	var cfg uvm.Config
 	var memory, windowsImage string
-	createCmd := &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "create ID",
 		Short: "Create a long-lived UVM's state directory and scratch (an existing ID is refused)",
 		Long: `create makes a UVM's state directory (debug/, crash/) and its writable disk.
@@ -46,7 +39,7 @@ needs Hyper-V. uvm rm removes the directory.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c := cfg
-			c.ID, c.Root, c.LongLived = args[0], absRoot(), true
+			c.ID, c.Root, c.LongLived = args[0], o.absRoot(), true
 			if memory != "" {
 				n, err := parseSize(memory)
 				if err != nil {
@@ -55,10 +48,7 @@ needs Hyper-V. uvm rm removes the directory.`,
 				c.MemoryMB = int(n >> 20)
 			}
 			if windowsImage != "" {
-				if c.WindowsTemplate != "" {
-					return errors.New("give --windows-image or --template, not both")
-				}
-				s, err := openStore()
+				s, err := o.openStore()
 				if err != nil {
 					return err
 				}
@@ -77,19 +67,23 @@ needs Hyper-V. uvm rm removes the directory.`,
 			if err != nil {
 				return err
 			}
-			return report(u.State())
+			return reportUVM(o, u.State())
 		},
 	}
-	f := createCmd.Flags()
+	f := cmd.Flags()
 	f.StringVar(&memory, "memory", "", "guest RAM (default 512M)")
 	f.IntVar(&cfg.CPUs, "cpus", 0, "virtual CPUs (default 2)")
 	f.IntVar(&cfg.SCSIControllers, "scsi-controllers", 0, "virtio-scsi controllers, 64 LUNs each (default 1, at most 4)")
 	f.IntVar(&cfg.VPMemSlots, "vpmem-slots", 0, "persistent-memory slots for layers (default 16)")
 	f.StringVar(&windowsImage, "windows-image", "", "make a Windows utility VM whose sandbox derives from this imported Windows image's SystemTemplate.vhdx")
 	f.StringVar(&cfg.WindowsTemplate, "template", "", "make a Windows utility VM whose sandbox derives from this SystemTemplate.vhdx")
+	cmd.MarkFlagsMutuallyExclusive("windows-image", "template")
+	return cmd
+}
 
+func newUVMStartCmd(o *options) *cobra.Command {
 	var cold bool
-	startCmd := &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "start ID",
 		Short: "Boot a created UVM and wait for its agent; the VM keeps running after this command",
 		Long: `start restores the UVM from a template of its shape when there is one (about a
@@ -97,7 +91,7 @@ second), else boots its kernel and saves the template for the next UVMs (see
 layervisor uvm template). --cold always boots the kernel.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			u, err := uvm.Acquire(absRoot(), args[0])
+			u, err := uvm.Acquire(o.absRoot(), args[0])
 			if err != nil {
 				return err
 			}
@@ -107,23 +101,32 @@ layervisor uvm template). --cold always boots the kernel.`,
 			if err := u.Start(cmd.Context()); err != nil {
 				return err
 			}
-			if !g.json && !g.quiet {
+			if o.human() {
 				fmt.Fprintf(os.Stderr, "uvm %s running (%s, agent ready in %s)\n", u.ID(), u.State().Accel, time.Since(t0).Round(time.Millisecond))
 			}
-			return report(u.State())
+			return reportUVM(o, u.State())
 		},
 	}
-	startCmd.Flags().BoolVar(&cold, "cold", false, "boot the kernel instead of restoring a template")
-	execCmd := &cobra.Command{
+	cmd.Flags().BoolVar(&cold, "cold", false, "boot the kernel instead of restoring a template")
+	return cmd
+}
+
+func newUVMExecCmd(o *options) *cobra.Command {
+	return &cobra.Command{
 		Use:     "exec ID -- CMD [ARGS...]",
 		Short:   "Run a command in a running UVM (outside any container) and exit with its code",
 		Example: "  layervisor uvm exec vm1 -- /init --version",
-		Args:    cobra.MinimumNArgs(2),
-		RunE: func(cmd *cobra.Command, args []string) error {
+		Args: func(cmd *cobra.Command, args []string) error {
+			if err := cobra.MinimumNArgs(2)(cmd, args); err != nil {
+				return err
+			}
 			if cmd.ArgsLenAtDash() != 1 {
 				return fmt.Errorf("usage: layervisor uvm exec ID -- CMD [ARGS...]")
 			}
-			u, err := uvm.Open(cmd.Context(), absRoot(), args[0])
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			u, err := uvm.Open(cmd.Context(), o.absRoot(), args[0])
 			if err != nil {
 				return err
 			}
@@ -142,36 +145,45 @@ layervisor uvm template). --cold always boots the kernel.`,
 			return nil
 		},
 	}
-	lsCmd := &cobra.Command{
+}
+
+func newUVMLsCmd(o *options) *cobra.Command {
+	return &cobra.Command{
 		Use:   "ls",
 		Short: "List UVMs",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			sts, err := uvm.List(absRoot())
+			sts, err := uvm.List(o.absRoot())
 			if err != nil {
 				return err
 			}
-			return printUVMs(cmd.Context(), sts)
+			return printUVMs(cmd.Context(), o, sts)
 		},
 	}
-	stopCmd := &cobra.Command{
+}
+
+func newUVMStopCmd(o *options) *cobra.Command {
+	return &cobra.Command{
 		Use:   "stop ID",
 		Short: "Shut a UVM down (agent, then QEMU quit, then kill)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			u, err := uvm.Open(cmd.Context(), absRoot(), args[0])
+			u, err := uvm.Open(cmd.Context(), o.absRoot(), args[0])
 			if u == nil {
 				return err
 			}
 			return u.Stop(cmd.Context())
 		},
 	}
-	rmCmd := &cobra.Command{
+}
+
+func newUVMRmCmd(o *options) *cobra.Command {
+	return &cobra.Command{
 		Use:   "rm ID",
 		Short: "Stop (if running) and remove a UVM's state",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			u, err := uvm.Open(cmd.Context(), absRoot(), args[0])
+			u, err := uvm.Open(cmd.Context(), o.absRoot(), args[0])
 			if u == nil {
 				return err
 			}
@@ -181,9 +193,15 @@ layervisor uvm template). --cold always boots the kernel.`,
 			return u.Remove(cmd.Context())
 		},
 	}
+}
+
+func newUVMImageCmd() *cobra.Command {
+	return &cobra.Command{Use: "image", Short: "Boot files of the utility VM"}
+}
+
+func newUVMImageBuildCmd(o *options) *cobra.Command {
 	var img uvm.InitramfsOptions
-	imageCmd := &cobra.Command{Use: "image", Short: "Boot files of the utility VM"}
-	buildCmd := &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "build",
 		Short: "Build the UVM initramfs: the guest agent as /init plus the kernel modules it loads",
 		Args:  cobra.NoArgs,
@@ -195,31 +213,31 @@ layervisor uvm template). --cold always boots the kernel.`,
 				img.BootDir = "/var/cache/layervisor/boot"
 			}
 			if img.Out == "" {
-				img.Out = filepath.Join(absRoot(), "boot", uvm.InitrdName)
+				img.Out = filepath.Join(o.absRoot(), "boot", uvm.InitrdName)
 			}
 			if err := uvm.BuildInitramfs(cmd.Context(), img); err != nil {
 				return err
 			}
-			if g.json {
+			if o.json {
 				return printJSON(img)
 			}
 			fmt.Println(img.Out)
 			return nil
 		},
 	}
-	buildCmd.Flags().StringVar(&img.BootDir, "kernel-dir", "", "boot dir with vmlinuz and lib/modules (default $LAYERVISOR_BOOT_DIR or /var/cache/layervisor/boot)")
-	buildCmd.Flags().StringVar(&img.Agent, "agent", "", "guest agent binary (default: next to layervisor, or built from source)")
-	buildCmd.Flags().StringVar(&img.Out, "out", "", "initramfs to write (default <root>/boot/"+uvm.InitrdName+")")
-	imageCmd.AddCommand(buildCmd)
-	uvmCmd.AddCommand(createCmd, startCmd, execCmd, lsCmd, stopCmd, rmCmd, imageCmd, uvmTemplateCmd())
-	rootCmd.AddCommand(uvmCmd)
+	f := cmd.Flags()
+	f.StringVar(&img.BootDir, "kernel-dir", "", "boot dir with vmlinuz and lib/modules (default $LAYERVISOR_BOOT_DIR or /var/cache/layervisor/boot)")
+	f.StringVar(&img.Agent, "agent", "", "guest agent binary (default: next to layervisor, or built from source)")
+	f.StringVar(&img.Out, "out", "", "initramfs to write (default <root>/boot/"+uvm.InitrdName+")")
+	return cmd
 }
 
-func report(st uvm.State) error {
-	if g.json {
+// reportUVM prints a UVM's state (--json), or its ID.
+func reportUVM(o *options, st uvm.State) error {
+	if o.json {
 		return printJSON(st)
 	}
-	if !g.quiet {
+	if !o.quiet {
 		fmt.Println(st.Config.ID)
 	}
 	return nil

@@ -11,25 +11,27 @@ import (
 	"github.com/layervisor/layervisor/pkg/uvm"
 )
 
-// uvmTemplateCmd is `layervisor uvm template ls|rm`.
-func uvmTemplateCmd() *cobra.Command {
-	tplCmd := &cobra.Command{Use: "template", Short: "Saved utility VM templates (UVMs start from them in about a second)",
+func newUVMTemplateCmd() *cobra.Command {
+	return &cobra.Command{Use: "template", Short: "Saved utility VM templates (UVMs start from them in about a second)",
 		Long: `The first utility VM of a shape (kernel, initramfs and agent, QEMU version,
 memory, CPUs, controllers, accelerator) boots its kernel and saves itself, right
 after its agent answered, as a template in <root>/templates/<key>/: QEMU's device
 state and the guest RAM file. Later UVMs of that shape restore it instead of
 booting. A template that no longer matches its inputs is not used (the next UVM
 boots and saves it again); gc removes stale ones.`}
-	lsCmd := &cobra.Command{
+}
+
+func newUVMTemplateLsCmd(o *options) *cobra.Command {
+	return &cobra.Command{
 		Use:   "ls",
 		Short: "List templates, with their shape, size on disk and whether they are stale",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ts, err := uvm.ListTemplates(absRoot())
+			ts, err := uvm.ListTemplates(o.absRoot())
 			if err != nil {
 				return err
 			}
-			if g.json {
+			if o.json {
 				if ts == nil {
 					ts = []uvm.TemplateInfo{}
 				}
@@ -50,16 +52,22 @@ boots and saves it again); gc removes stale ones.`}
 			return nil
 		},
 	}
+}
+
+func newUVMTemplateRmCmd(o *options) *cobra.Command {
 	var all bool
-	rmCmd := &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "rm KEY... | --all",
 		Short: "Remove templates (running UVMs restored from them are not affected)",
-		RunE: func(cmd *cobra.Command, args []string) error {
+		Args: func(cmd *cobra.Command, args []string) error {
 			if all == (len(args) > 0) {
 				return errors.New("give template keys (layervisor uvm template ls) or --all")
 			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
 			if all {
-				ts, err := uvm.ListTemplates(absRoot())
+				ts, err := uvm.ListTemplates(o.absRoot())
 				if err != nil {
 					return err
 				}
@@ -69,18 +77,17 @@ boots and saves it again); gc removes stale ones.`}
 			}
 			var errs []error
 			for _, k := range args {
-				if err := uvm.RemoveTemplate(absRoot(), k); err != nil {
+				if err := uvm.RemoveTemplate(o.absRoot(), k); err != nil {
 					errs = append(errs, err)
-				} else if !g.quiet && !g.json {
+				} else if o.human() {
 					fmt.Println(k)
 				}
 			}
 			return errors.Join(errs...)
 		},
 	}
-	rmCmd.Flags().BoolVar(&all, "all", false, "remove every template")
-	tplCmd.AddCommand(lsCmd, rmCmd)
-	return tplCmd
+	cmd.Flags().BoolVar(&all, "all", false, "remove every template")
+	return cmd
 }
 
 // uvmRow is a line of uvm ls: the recorded state, the memory measured
@@ -90,17 +97,17 @@ type uvmRow struct {
 	Memory *uvm.Memory `json:"memory,omitempty"`
 }
 
-func printUVMs(ctx context.Context, sts []uvm.State) error {
+func printUVMs(ctx context.Context, o *options, sts []uvm.State) error {
 	rows := []uvmRow{}
 	for _, s := range sts {
 		r := uvmRow{State: s}
 		if s.Status == "running" {
-			m := uvm.MemoryUse(ctx, absRoot(), s.Config.ID)
+			m := uvm.MemoryUse(ctx, o.absRoot(), s.Config.ID)
 			r.Memory = &m
 		}
 		rows = append(rows, r)
 	}
-	if g.json {
+	if o.json {
 		return printJSON(rows)
 	}
 	mib := func(n int64) string {

@@ -46,19 +46,21 @@ func openInput(p string) (io.ReadCloser, error) {
 	return os.Open(p)
 }
 
-func init() {
-	wcCmd := &cobra.Command{Use: "wclayer", Short: "Import and export Windows container layers as CimFS layers",
+func newWclayerCmd() *cobra.Command {
+	return &cobra.Command{Use: "wclayer", Short: "Import and export Windows container layers as CimFS layers",
 		Long: `A Windows layer is a layer folder plus a CimFS image. The folder keeps the
 "std files" (config hives, Hives/*_Delta and *_BASE, the utility VM's hives and
 boot files, layout); the CIM holds the layer's whole merged view (a fork of its
 parent's CIM) under Files\, Hives\ and UtilityVM\Files\. As hcsshim does, a
 layer's CIM lives at LAYERDIR/../cim-layers/<name of LAYERDIR>.cim unless --cim
 says otherwise; a fork must sit in the same directory as its parent's CIM.`}
+}
 
+func newWclayerImportCmd(o *options) *cobra.Command {
 	var parents []string
 	var cimPath, parentCIM string
 	var forceUVM bool
-	importCmd := &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "import TAR LAYERDIR",
 		Short: "Import a Windows layer tar (- for stdin) into LAYERDIR and its CIM",
 		Long: `Import reads a Windows layer tar (go-winio backuptar format), writes the std
@@ -85,7 +87,7 @@ nothing is left: no folder, no .cim, no region or objectid file.`,
 				cp = cimlayer.CIMPath(args[1])
 			}
 			opts := wclayer.ImportOptions{CIM: cp, ParentCIM: parentCIM, ForceUtilityVM: forceUVM}
-			tty := !g.quiet && !g.json && term.IsTerminal(int(os.Stderr.Fd()))
+			tty := o.human() && term.IsTerminal(int(os.Stderr.Fd()))
 			if tty {
 				opts.Progress = func(p cimlayer.Progress) {
 					fmt.Fprintf(os.Stderr, "\r\033[Kimporting %s: %d entries, %s", filepath.Base(args[1]), p.Entries, humanBytes(p.Bytes))
@@ -107,10 +109,10 @@ nothing is left: no folder, no .cim, no region or objectid file.`,
 			if u := ir.UtilityVM; u != nil {
 				res.UtilityVM = &wclayerUVM{Build: u.Build, DiskID: u.DiskID.String(), PartitionID: u.PartitionID.String(), Files: u.Changed}
 			}
-			if g.json {
+			if o.json {
 				return printJSON(res)
 			}
-			if !g.quiet {
+			if !o.quiet {
 				kind := "layer"
 				if st.Base {
 					kind = "base layer"
@@ -124,14 +126,17 @@ nothing is left: no folder, no .cim, no region or objectid file.`,
 			return nil
 		},
 	}
-	f := importCmd.Flags()
+	f := cmd.Flags()
 	f.StringArrayVar(&parents, "parent", nil, "parent layer folder, top-most first (repeat)")
 	f.StringVar(&cimPath, "cim", "", "CIM to write (default LAYERDIR/../cim-layers/<name>.cim)")
 	f.StringVar(&parentCIM, "parent-cim", "", "the immediate parent's CIM (default from the first --parent)")
 	f.BoolVar(&forceUVM, "force-uvm", false, "base layers: prepare the utility VM for CIM boot even if its build is 20348 or older")
+	return cmd
+}
 
+func newWclayerExportCmd(o *options) *cobra.Command {
 	var exParent, exCIM, exParentCIM string
-	exportCmd := &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "export LAYERDIR OUT",
 		Short: "Write a layer's tar (- for stdout) from its CIM",
 		Long: `Export writes the layer tar of LAYERDIR's CIM: the whole tree of a base layer,
@@ -169,28 +174,38 @@ CIM. OUT must not exist; it appears only when complete.`,
 			if exParent != "" {
 				res.Parents = []string{exParent}
 			}
-			if g.json && args[1] != "-" {
+			if o.json && args[1] != "-" {
 				return printJSON(res)
 			}
-			if !g.quiet && args[1] != "-" {
+			if !o.quiet && args[1] != "-" {
 				fmt.Printf("exported %s to %s: %d entries, %d files, %s\n", args[0], args[1], st.Entries, st.Files, humanBytes(st.Bytes))
 			}
 			return nil
 		},
 	}
-	ef := exportCmd.Flags()
-	ef.StringVar(&exParent, "parent", "", "the immediate parent layer folder (omit for a base layer)")
-	ef.StringVar(&exCIM, "cim", "", "the layer's CIM (default LAYERDIR/../cim-layers/<name>.cim)")
-	ef.StringVar(&exParentCIM, "parent-cim", "", "the parent's CIM (default from --parent)")
-	wcCmd.AddCommand(importCmd, exportCmd)
-	rootCmd.AddCommand(wcCmd)
+	f := cmd.Flags()
+	f.StringVar(&exParent, "parent", "", "the immediate parent layer folder (omit for a base layer)")
+	f.StringVar(&exCIM, "cim", "", "the layer's CIM (default LAYERDIR/../cim-layers/<name>.cim)")
+	f.StringVar(&exParentCIM, "parent-cim", "", "the parent's CIM (default from --parent)")
+	return cmd
+}
 
-	// dev build-wclayer: synthetic Windows layer tars for demos and tests.
+// synthResult is what dev build-wclayer prints with --json.
+type synthResult struct {
+	Tar     string `json:"tar"`
+	Entries int    `json:"entries"`
+	Files   int    `json:"files"`
+	Bytes   int64  `json:"bytes"`
+}
+
+// newDevBuildWclayerCmd is dev build-wclayer: synthetic Windows layer tars
+// for demos and tests.
+func newDevBuildWclayerCmd(o *options) *cobra.Command {
 	var seed, childSeed uint64
 	var files int
 	var sizeMB int64
 	var uvm bool
-	genCmd := &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "build-wclayer OUT",
 		Short: "Write a synthetic Windows layer tar (base, or a child with --child SEED)",
 		Long: `build-wclayer writes a deterministic Windows layer tar (pkg/wclayer/synth):
@@ -202,38 +217,34 @@ with rewritten and deleted files, a deleted directory and delta hives.`,
   layervisor dev build-wclayer --files 2000 --size-mb 50 --child 1 child1.tar`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			o := synth.Options{Seed: seed, Files: files, Bytes: sizeMB << 20, UtilityVM: uvm}
+			so := synth.Options{Seed: seed, Files: files, Bytes: sizeMB << 20, UtilityVM: uvm}
 			var st synth.Stats
 			err := atomicfile.Create(args[0], 0o644, func(f *os.File) error {
 				var err error
 				if childSeed != 0 {
-					st, err = synth.Child(f, o, childSeed)
+					st, err = synth.Child(f, so, childSeed)
 				} else {
-					st, err = synth.Base(f, o)
+					st, err = synth.Base(f, so)
 				}
 				return err
 			})
 			if err != nil {
 				return err
 			}
-			if g.json {
-				return printJSON(map[string]any{"tar": args[0], "entries": st.Entries, "files": st.Files, "bytes": st.Bytes})
+			if o.json {
+				return printJSON(synthResult{Tar: args[0], Entries: st.Entries, Files: st.Files, Bytes: st.Bytes})
 			}
-			if !g.quiet {
+			if !o.quiet {
 				fmt.Printf("wrote %s: %d entries, %d files, %s\n", args[0], st.Entries, st.Files, humanBytes(st.Bytes))
 			}
 			return nil
 		},
 	}
-	gf := genCmd.Flags()
-	gf.Uint64Var(&seed, "seed", 1, "seed of the base layer")
-	gf.Uint64Var(&childSeed, "child", 0, "write a child layer with this seed (non-zero) on top of the base")
-	gf.IntVar(&files, "files", 200, "generated files of the base layer")
-	gf.Int64Var(&sizeMB, "size-mb", 4, "their total size in MiB, about")
-	gf.BoolVar(&uvm, "uvm", false, "add UtilityVM/Files (BCD, boot files, hives)")
-	for _, c := range rootCmd.Commands() {
-		if c.Name() == "dev" {
-			c.AddCommand(genCmd)
-		}
-	}
+	f := cmd.Flags()
+	f.Uint64Var(&seed, "seed", 1, "seed of the base layer")
+	f.Uint64Var(&childSeed, "child", 0, "write a child layer with this seed (non-zero) on top of the base")
+	f.IntVar(&files, "files", 200, "generated files of the base layer")
+	f.Int64Var(&sizeMB, "size-mb", 4, "their total size in MiB, about")
+	f.BoolVar(&uvm, "uvm", false, "add UtilityVM/Files (BCD, boot files, hives)")
+	return cmd
 }

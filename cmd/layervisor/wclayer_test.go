@@ -31,7 +31,7 @@ func TestWclayerCLI(t *testing.T) {
 		Parents  []string
 		Base     bool
 		Entries  int
-		StdFiles int `json:"std_files"`
+		StdFiles int `json:"stdFiles"`
 	}
 	out := c.ok("--json", "wclayer", "import", p("child.tar"), p("s/child"), "--parent", p("s/base"))
 	if err := json.Unmarshal([]byte(out), &res); err != nil || res.Base || res.Entries == 0 || res.StdFiles != 5 ||

@@ -176,8 +176,8 @@ func TestJSONFieldNames(t *testing.T) {
 	Create(p("child.vhdx"), 0, CreateOptions{Format: VHDX, Parent: p("base.vhdx")})
 	Create(p("dyn.vhd"), 8<<20, CreateOptions{Format: VHD, Type: vhdx.Dynamic})
 	Create(p("raw.img"), 8<<20, CreateOptions{Format: Raw})
-	footer := "Checksum CreatorApp CreatorHostOS CreatorVersion CurrentSize DataOffset DiskType Features FormatVersion " +
-		"Geometry Geometry.Cylinders Geometry.Heads Geometry.SectorsPerTrack OriginalSize SavedState Timestamp UniqueID"
+	footer := "checksum creatorApp creatorHostOS creatorVersion currentSize dataOffset diskType features formatVersion " +
+		"geometry geometry.cylinders geometry.heads geometry.sectorsPerTrack originalSize savedState timestamp uniqueID"
 	vhdxInfo := "blockSize blocks blocksPresent creator dataWriteGUID diskID fileSize fileWriteGUID logicalSectorSize " +
 		"parentLinkage parentLocator physicalSectorSize type virtualSize"
 	prefixed := func(prefix, names string) string {

@@ -69,11 +69,11 @@ type KeyJSON struct {
 	Modified time.Time `json:"modified"`
 	// Layer and InheritClass are set in layered hives only.
 	Layer        string      `json:"layer,omitempty"`
-	InheritClass bool        `json:"inherit_class,omitempty"`
+	InheritClass bool        `json:"inheritClass,omitempty"`
 	Values       []ValueJSON `json:"values"`
 	// Subkeys is the whole subtree (deep), SubkeyNames only the names.
 	Subkeys     []*KeyJSON `json:"subkeys,omitempty"`
-	SubkeyNames []string   `json:"subkey_names,omitempty"`
+	SubkeyNames []string   `json:"subkeyNames,omitempty"`
 	// Hive describes the hive; it comes with the top key only.
 	Hive *HiveJSON `json:"hive,omitempty"`
 }
@@ -83,7 +83,7 @@ type HiveJSON struct {
 	Version  string `json:"version"` // "1.5"
 	Layered  bool   `json:"layered"`
 	Dirty    bool   `json:"dirty"`
-	Replayed int    `json:"replayed_log_entries,omitempty"`
+	Replayed int    `json:"replayedLogEntries,omitempty"`
 }
 
 // ValueJSON is the JSON shape of a value: Data is the decoded data (a

@@ -123,10 +123,10 @@ func TestKeyJSON(t *testing.T) {
 			`{"name":"Software","path":"Software",` + ts + `,"values":[],"subkeys":[` +
 			`{"name":"Vendor","path":"Software\\Vendor","class":"cls",` + ts + `,` + vendor + `]}]}],` +
 			`"hive":{"version":"1.5","layered":false,"dirty":false}}`},
-		{false, false, "Software", `{"name":"Software","path":"Software",` + ts + `,"values":[],"subkey_names":["Vendor"],` +
+		{false, false, "Software", `{"name":"Software","path":"Software",` + ts + `,"values":[],"subkeyNames":["Vendor"],` +
 			`"hive":{"version":"1.5","layered":false,"dirty":false}}`},
 		{true, false, `Software\Vendor`, `{"name":"Vendor","path":"Software\\Vendor","class":"cls",` + ts +
-			`,"layer":"supersede-local","inherit_class":true,` + vendor +
+			`,"layer":"supersede-local","inheritClass":true,` + vendor +
 			`,{"name":"old","type":"REG_NONE","data":"","hex":"","tombstone":true}],` +
 			`"hive":{"version":"1.6","layered":true,"dirty":false}}`},
 		{true, true, `Software\Gone`, `{"name":"Gone","path":"Software\\Gone",` + ts + `,"layer":"tombstone","values":[],` +
@@ -158,7 +158,7 @@ func TestKeyJSON(t *testing.T) {
 		`{"name":"e","type":"REG_MULTI_SZ","data":[],"hex":"0000"}]`; string(b) != want {
 		t.Errorf("multi-string values: %s, want %s", b, want)
 	}
-	if b, _ := json.Marshal(j.Hive); string(b) != `{"version":"1.5","layered":false,"dirty":true,"replayed_log_entries":3}` {
+	if b, _ := json.Marshal(j.Hive); string(b) != `{"version":"1.5","layered":false,"dirty":true,"replayedLogEntries":3}` {
 		t.Errorf("dirty hive header: %s", b)
 	}
 }

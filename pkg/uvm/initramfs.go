@@ -21,15 +21,15 @@ import (
 // InitramfsOptions say what goes into the UVM's initramfs.
 type InitramfsOptions struct {
 	// BootDir holds vmlinuz and lib/modules/<version>/ (depmod run).
-	BootDir string
+	BootDir string `json:"bootDir"`
 	// Agent is the guest agent binary; empty finds or builds one (FindAgent).
-	Agent string
+	Agent string `json:"agent"`
 	// Runtime is the OCI runtime the agent runs containers with, packed
 	// as GuestRuntimePath with the libraries it needs; empty finds one
 	// (FindGuestRuntime).
-	Runtime string
+	Runtime string `json:"runtime"`
 	// Out is the initramfs to write.
-	Out string
+	Out string `json:"out"`
 }
 
 // InitrdName is the initramfs's file name under <root>/boot. Its number

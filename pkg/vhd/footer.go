@@ -36,9 +36,9 @@ var ErrNoFooter = errors.New("no VHD footer (missing \"conectix\" cookie)")
 
 // Geometry is the CHS geometry recorded in the footer.
 type Geometry struct {
-	Cylinders       uint16
-	Heads           uint8
-	SectorsPerTrack uint8
+	Cylinders       uint16 `json:"cylinders"`
+	Heads           uint8  `json:"heads"`
+	SectorsPerTrack uint8  `json:"sectorsPerTrack"`
 }
 
 // Sectors is the number of sectors the geometry addresses.
@@ -48,20 +48,20 @@ func (g Geometry) Sectors() int64 {
 
 // Footer is the decoded VHD footer.
 type Footer struct {
-	Features       uint32
-	FormatVersion  uint32
-	DataOffset     uint64
-	Timestamp      time.Time
-	CreatorApp     [4]byte
-	CreatorVersion uint32
-	CreatorHostOS  [4]byte
-	OriginalSize   uint64
-	CurrentSize    uint64
-	Geometry       Geometry
-	DiskType       uint32
-	Checksum       uint32
-	UniqueID       [16]byte
-	SavedState     uint8
+	Features       uint32    `json:"features"`
+	FormatVersion  uint32    `json:"formatVersion"`
+	DataOffset     uint64    `json:"dataOffset"`
+	Timestamp      time.Time `json:"timestamp"`
+	CreatorApp     [4]byte   `json:"creatorApp"`
+	CreatorVersion uint32    `json:"creatorVersion"`
+	CreatorHostOS  [4]byte   `json:"creatorHostOS"`
+	OriginalSize   uint64    `json:"originalSize"`
+	CurrentSize    uint64    `json:"currentSize"`
+	Geometry       Geometry  `json:"geometry"`
+	DiskType       uint32    `json:"diskType"`
+	Checksum       uint32    `json:"checksum"`
+	UniqueID       [16]byte  `json:"uniqueID"`
+	SavedState     uint8     `json:"savedState"`
 }
 
 // GeometryFor computes the CHS geometry for a disk of size bytes with the

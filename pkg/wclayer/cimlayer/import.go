@@ -68,10 +68,10 @@ type Progress struct {
 // Stats say what an import or export did.
 type Stats struct {
 	Base     bool  `json:"base"`
-	Entries  int   `json:"entries"`   // tar entries
-	Files    int   `json:"files"`     // regular files
-	Bytes    int64 `json:"bytes"`     // data of files and streams
-	StdFiles int   `json:"std_files"` // files also kept in the layer folder
+	Entries  int   `json:"entries"`  // tar entries
+	Files    int   `json:"files"`    // regular files
+	Bytes    int64 `json:"bytes"`    // data of files and streams
+	StdFiles int   `json:"stdFiles"` // files also kept in the layer folder
 }
 
 // CIMPath is where hcsshim keeps a layer folder's CIM:
