@@ -292,7 +292,7 @@ func (s *Service) Create(ctx context.Context, r *taskv2.CreateTaskRequest) (_ *t
 
 	s.vmMu.Lock()
 	defer s.vmMu.Unlock()
-	sb, err := s.ensureVM(ctx, uvmID)
+	sb, err := s.ensureVM(ctx, uvmID, spec.Annotations)
 	if err != nil {
 		return nil, err
 	}
@@ -346,12 +346,13 @@ func (s *Service) Create(ctx context.Context, r *taskv2.CreateTaskRequest) (_ *t
 
 // ensureVM returns the group's UVM, making and starting it if there is
 // none. The caller holds vmMu.
-func (s *Service) ensureVM(ctx context.Context, id string) (_ *sandboxVM, err error) {
+func (s *Service) ensureVM(ctx context.Context, id string, annotations map[string]string) (_ *sandboxVM, err error) {
 	if s.vm != nil {
 		return s.vm, nil
 	}
 	cfg := s.UVMConfig
 	cfg.ID, cfg.Root = id, s.root
+	sizeForPod(&cfg, annotations)
 	u, err := uvm.Create(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("create utility VM: %w", err)

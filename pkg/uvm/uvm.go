@@ -38,6 +38,12 @@ var (
 // KeepOnFailureEnv keeps a failed UVM's state directory for inspection.
 const KeepOnFailureEnv = "LAYERVISOR_KEEP_UVM_ON_FAILURE"
 
+// The size of a UVM whose Config leaves it unset.
+const (
+	DefaultMemoryMB = 512
+	DefaultCPUs     = 2
+)
+
 // Config describes a UVM.
 type Config struct {
 	ID   string `json:"id"`
@@ -86,10 +92,10 @@ func (c *Config) defaults() {
 		c.QEMU = "qemu-system-x86_64"
 	}
 	if c.MemoryMB == 0 {
-		c.MemoryMB = 512
+		c.MemoryMB = DefaultMemoryMB
 	}
 	if c.CPUs == 0 {
-		c.CPUs = 2
+		c.CPUs = DefaultCPUs
 	}
 	if c.SCSIControllers == 0 {
 		c.SCSIControllers = 1
