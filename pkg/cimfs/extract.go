@@ -86,7 +86,7 @@ func (img *Image) Extract(dest, sub string, o ExtractOptions) (n int, err error)
 	}
 	var dirs []dirTime
 	err = img.WalkTree(sub, func(p, rel string, f *File) error {
-		if f.Name != "" && (strings.ContainsAny(f.Name, `/\:`+"\x00") || f.Name == "." || f.Name == "..") {
+		if p != "" && badName(f.Name) {
 			return fmt.Errorf("extract %s: unsafe name %q at %q", img.Path(), f.Name, p)
 		}
 		target := filepath.Join(tmp, filepath.FromSlash(rel))

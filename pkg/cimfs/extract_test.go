@@ -11,33 +11,19 @@ import (
 
 func extractFixture(t *testing.T) *Image {
 	t.Helper()
-	dir := t.TempDir()
-	w, err := Create(dir, "x.cim", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
 	ts := time.Date(2020, 1, 2, 3, 4, 5, 0, time.UTC)
 	link := []byte{0x0c, 0, 0, 0xa0, 0, 0, 0, 0} // IO_REPARSE_TAG_SYMLINK, no data
-	for _, err := range []error{
-		w.Add("Files", FileInfo{Attributes: AttrDirectory, LastWriteTime: ts}, nil),
-		w.Add("Files/Sub", FileInfo{Attributes: AttrDirectory, LastWriteTime: ts}, nil),
-		w.Add("Files/Sub/a.txt", FileInfo{Attributes: AttrArchive, LastWriteTime: ts}, strings.NewReader("alpha")),
-		w.AddAlternateStream("Files/Sub/a.txt", "zone", strings.NewReader("z")),
-		w.AddLink("Files/Sub/a.txt", "Files/b.txt"),
-		w.Add("Files/link", FileInfo{Attributes: AttrArchive | AttrReparsePoint, ReparseData: link}, nil),
-		w.Add("Hives", FileInfo{Attributes: AttrDirectory}, nil),
-		w.Commit(),
-	} {
-		if err != nil {
-			t.Fatal(err)
+	return writeImage(t, func(w *Writer) []error {
+		return []error{
+			w.Add("Files", FileInfo{Attributes: AttrDirectory, LastWriteTime: ts}, nil),
+			w.Add("Files/Sub", FileInfo{Attributes: AttrDirectory, LastWriteTime: ts}, nil),
+			w.Add("Files/Sub/a.txt", FileInfo{Attributes: AttrArchive, LastWriteTime: ts}, strings.NewReader("alpha")),
+			w.AddAlternateStream("Files/Sub/a.txt", "zone", strings.NewReader("z")),
+			w.AddLink("Files/Sub/a.txt", "Files/b.txt"),
+			w.Add("Files/link", FileInfo{Attributes: AttrArchive | AttrReparsePoint, ReparseData: link}, nil),
+			w.Add("Hives", FileInfo{Attributes: AttrDirectory}, nil),
 		}
-	}
-	img, err := Open(filepath.Join(dir, "x.cim"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { img.Close() })
-	return img
+	})
 }
 
 // WalkTree visits a subtree whatever the case of its name, and gives the

@@ -2,6 +2,7 @@ package cimfs
 
 import (
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -81,6 +82,23 @@ func FuzzOpen(f *testing.F) {
 				io.Copy(io.Discard, io.LimitReader(r, 64<<10))
 			}
 			img.Stat(p)
+			return nil
+		})
+		// The same through io/fs, which must not loop either.
+		cfs, m := img.FS(), 0
+		fs.WalkDir(cfs, ".", func(p string, d fs.DirEntry, err error) error {
+			if m++; m > 200 {
+				return fs.SkipAll
+			}
+			if err != nil {
+				return err
+			}
+			cfs.Lstat(p)
+			cfs.ReadLink(p)
+			if f, err := cfs.Open(p); err == nil {
+				io.Copy(io.Discard, io.LimitReader(f, 64<<10))
+				f.Close()
+			}
 			return nil
 		})
 	})

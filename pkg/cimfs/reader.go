@@ -57,6 +57,8 @@ type Image struct {
 	upOnce sync.Once
 	up     []uint16
 	upErr  error
+
+	links dirLinks // where FS has listed each directory
 }
 
 type regionFile struct {

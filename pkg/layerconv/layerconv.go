@@ -5,31 +5,29 @@
 // footer (layer.vhd). The image root also holds lost+found, which e2fsck
 // wants; mounting code uses LowerDir so the container never sees it.
 //
-// The tar is checked entry by entry: names and hard links must stay inside
-// the layer, relative symlinks may not climb above it, overlayfs xattrs in
-// the tar are dropped (only this package decides what is opaque), and
-// device nodes are kept except a character device 0:0, which overlayfs
-// would read as a whiteout. The tree a layer makes the converter hold is
-// bounded (see MaxTreeNodes and the limits beside it): a hostile layer is
-// refused before it reaches tar2ext4.
+// [Convert] is the entry point: it reads the tar through an [Opener] (called
+// a second time for a layer that replaces its own entries) and writes the
+// image to an empty file; on failure, including a digest mismatch found at
+// the end of the stream, that file holds garbage for the caller to remove.
+// Every image it writes passes `e2fsck -n -f`.
+//
+// The tar is untrusted and checked entry by entry: names and hard links must
+// stay inside the layer, relative symlinks may not climb above it, overlayfs
+// xattrs in the tar are dropped (only this package decides what is opaque),
+// and device nodes are kept except a character device 0:0, which overlayfs
+// would read as a whiteout. What a layer can make the converter hold is
+// bounded ([MaxTreeNodes] and the limits beside it; memory grows with the
+// names, never with file sizes): a layer over a limit is refused with a
+// [*LimitError], and every refused layer with an error that is
+// [ErrInvalidLayer].
 //
 // Whiteouts follow the OCI image spec: they apply only to lower layers,
 // whatever their position in the tar, while the layer's own entries behave as
 // an archive extracted in order (a directory over a directory merges,
-// anything else replaces). The converter keeps the layer's final tree
-// (memory grows with the names, never with file sizes, and is bounded by
-// the limits) and feeds hcsshim's tar2ext4. A layer that names each entry
-// once (nearly all) is converted in one pass: files, symlinks, devices and
-// hard links go to tar2ext4 as they are read, directories (with their final metadata and opacity) and
-// whiteouts at the end. A layer that replaces one of its own entries is
-// read again and converted in two passes: pass 1 builds the tree while
-// spooling the tar to an unlinked file next to the output, pass 2 writes
-// the tree, reading file content from the spool. The source is decompressed
-// in a goroutine of its own and tar2ext4 runs in another, so the work
-// spreads over two CPUs. Digests are checked at the end of the stream, so a
-// layer failing them has been partly written: the caller discards the
-// output. tar2ext4's inode bitmaps lack the padding e2fsck expects, which is
-// fixed afterwards so that every image passes `e2fsck -n -f`.
+// anything else replaces).
+//
+// How the conversion is pipelined (one or two passes, the spool, the
+// goroutines, the fix-up after tar2ext4) is in README.md.
 package layerconv
 
 import (

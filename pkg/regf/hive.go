@@ -2,10 +2,17 @@
 // "regf" format), including delta hives with layered keys, and merges and
 // diffs hives the way Windows container layers stack them.
 //
-// A Hive is a tree of Keys; each Key has Values. Parse reads a whole hive
-// into memory (ReadFile also replays the transaction logs of a dirty hive,
-// see Recover), Marshal writes a fresh, compact hive file. Merge and Diff
-// combine a base hive with a delta hive.
+// A [Hive] is a tree of keys ([Key]), each with values ([Value]). [Parse] reads a whole
+// hive into memory ([ReadFile] also replays the transaction logs of a dirty
+// hive, see [Recover]), [Hive.Marshal] writes a fresh, compact hive file and
+// [Hive.WriteFile] writes one atomically. [Merge] and [Diff] combine a base
+// hive with a delta hive. [EditFile], [SetFileValue] and the functions beside
+// them edit a hive file, leaving it as it was on any error. Names
+// of keys and values compare case-insensitively, as Windows compares them
+// ([EqualNames]).
+//
+// Subpackages: regtext (.reg files), bcd (boot configuration stores),
+// cimboot (the registry edits of a CIM-booted utility VM).
 package regf
 
 import (

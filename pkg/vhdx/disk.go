@@ -1,30 +1,24 @@
 // Package vhdx reads, writes and creates VHDX virtual disks (MS-VHDX) in pure
 // Go: dynamic, fixed and differencing disks of any legal block size with 512
-// or 4096-byte logical sectors. An open Disk is an io.ReaderAt and
-// io.WriterAt of its virtual size; reads of absent blocks return zeros or
-// fall through to the parent chain.
+// or 4096-byte logical sectors. [Create] makes a disk and [Open] (or
+// [OpenFile]) opens one; an open [Disk] is an io.ReaderAt and io.WriterAt of
+// its virtual size, whose reads of absent blocks return zeros or fall through
+// to the parent chain. [Check] validates a file, [Disk.Resize] grows one,
+// [Reidentify] gives a copy new identities.
 //
-// Consistency: layervisor never writes the VHDX log; it orders its writes so
-// that the file on disk is a valid VHDX at every instant, whether the
-// process dies or the machine loses power:
-//   - headers are updated through the non-current copy first (the sequence
-//     number picks the newest valid one), then the other copy;
-//   - a block is allocated past the end of the used space, in a file region
-//     whose length was made durable (truncate + fsync) before any BAT entry
-//     can point into it, so no BAT entry ever points past the end;
-//   - dynamic and fixed disks write a block's data before the 8-byte BAT
-//     entry that makes it visible; if a power loss keeps the entry but not
-//     the data, the block reads as zeros, which is what it read before;
-//   - differencing disks keep new sector-bitmap bits and BAT entries in
-//     memory (reads see them) and write them in batches, at Sync, Close or
-//     every 4096 updates: flush data, write bitmaps and new bitmap blocks'
-//     entries, flush, write the payload entries. A sector therefore never
-//     reads as present without its data, and a power loss loses at most the
-//     writes since the last batch, never the parent's content.
+// Consistency: the file on disk is a valid VHDX at every instant, whether the
+// process dies or the machine loses power, without the VHDX log (layervisor
+// never writes it; it orders its writes instead, see README.md). A power
+// loss can lose writes not yet made durable, never turn them into garbage: a
+// sector never reads as present without its data, a block that lost its data
+// reads as it did before, and a differencing disk never loses its parent's
+// content. [Disk.Sync] makes everything written so far durable; a
+// differencing disk also makes its allocations durable in batches, at Sync,
+// Close or every 4096 updates.
 //
-// Sync makes everything written so far durable. A file with a non-empty log
-// (left by Hyper-V or QEMU stopped mid-update) is replayed when opened for
-// writing and refused, with a clear error, when opened read-only.
+// A file with a non-empty log (left by Hyper-V or QEMU stopped mid-update) is
+// replayed when opened for writing and refused, with a clear error
+// ([ErrLogNeedsReplay]), when opened read-only.
 package vhdx
 
 import (

@@ -1,27 +1,26 @@
 // Package bcd reads and edits a Boot Configuration Data store, which is a
 // registry hive: Objects\{guid}\Description holds the object type and
 // Objects\{guid}\Elements\<type as 8 hex digits> holds each element's value
-// in "Element".
+// in "Element". [Open] reads a store from a [regf.Hive], [New] starts one.
 //
 // Strings, booleans, integers, object references and lists use the public
 // encodings. Device elements are a 16-byte additional-options object GUID
 // followed by a boot-library device descriptor (type, flags, size, then a
-// type-specific payload); EncodeDevice writes the kinds the utility VM's CIM
-// boot needs, from bcdedit-style specs:
+// type-specific payload); [EncodeDevice] writes the kinds the utility VM's
+// CIM boot needs, from bcdedit-style specs. Not all of them are public
+// (README.md has the sources):
 //
-//   - gpt_partition={disk};{partition}: type 6, the layout DiscUtils documents
-//     and real Windows stores show (see the tests on a Windows-made BCD).
-//   - vmbus={interface}: type 7 with the interface GUID as payload. The
-//     layout is our inference from an API-level header (phnt ntbcd.h); no
-//     public source shows its raw form. UNVERIFIED.
+//   - gpt_partition={disk};{partition}: type 6, public, and what real Windows
+//     stores show.
+//   - vmbus={interface}: type 7 with the interface GUID as payload, a layout
+//     inferred from an API-level header. UNVERIFIED.
 //   - composite=0,{options} and cimfs={volume},{options}: types 0xA and 0xB,
 //     and the element types primarydevice, secondarydevice, cimfsparentdevice
-//     and cimfsrootdirectory, come from a third-party source only (the
-//     DiscUtils fork mcleishk/DiscUtils-CompositeCimFs), not from Microsoft.
-//     UNVERIFIED against Windows' boot manager. The meaning of the "0" in
-//     composite=0 is not public; only 0 is accepted, and it is not stored.
+//     and cimfsrootdirectory, from a third-party source only. UNVERIFIED
+//     against Windows' boot manager. Only 0 is accepted in composite=0 (its
+//     meaning is not public), and it is not stored.
 //
-// ConfigureCIMBoot applies the effect of the eleven bcdedit commands
+// [Store.ConfigureCIMBoot] applies the effect of the eleven bcdedit commands
 // hcsshim ran to boot a utility VM from a CIM.
 package bcd
 
