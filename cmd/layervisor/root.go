@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/layervisor/layervisor/pkg/snapshotter"
 	"github.com/layervisor/layervisor/pkg/store"
 )
 
@@ -103,7 +104,17 @@ func (o *options) setUpLogging() error {
 // and confirmations (neither --quiet nor --json).
 func (o *options) human() bool { return !o.quiet && !o.json }
 
-func (o *options) openStore() (*store.Store, error) { return store.Open(o.root) }
+// openStore opens the store with what every command needs registered on
+// it: the layers the containerd snapshotter's snapshots use (`layervisor
+// serve`, maybe running beside this command) are kept by gc.
+func (o *options) openStore() (*store.Store, error) {
+	st, err := store.Open(o.root)
+	if err != nil {
+		return nil, err
+	}
+	snapshotter.RegisterPinner(st)
+	return st, nil
+}
 
 // absRoot is --root made absolute (UVMs record it).
 func (o *options) absRoot() string {

@@ -103,7 +103,8 @@ func (d *daemon) logText() string {
 	return string(b)
 }
 
-// layerMounts lists the layer mounts of the snapshotter under root.
+// layerMounts lists the host's shared layer mounts under root (the
+// snapshotter's, as no container of the store is mounted here).
 func layerMounts(t *testing.T, root string) []string {
 	t.Helper()
 	ms, err := mountinfo.Read()
@@ -111,7 +112,7 @@ func layerMounts(t *testing.T, root string) []string {
 		t.Fatal(err)
 	}
 	var out []string
-	prefix := filepath.Join(root, "snapshots", "l") + "/"
+	prefix := filepath.Join(root, "mounts", "shared") + "/"
 	for _, m := range ms {
 		if strings.HasPrefix(m.Mountpoint, prefix) {
 			out = append(out, m.Mountpoint)
@@ -189,7 +190,7 @@ func testServe(t *testing.T, opts containerdtest.Options, viaDiffer bool) {
 	}
 	layersBefore := layerMounts(t, c.root)
 	if len(layersBefore) < 2 {
-		t.Fatalf("want the image's layers mounted under snapshots/l, got %v", layersBefore)
+		t.Fatalf("want the image's layers mounted under mounts/shared, got %v", layersBefore)
 	}
 	if got := strings.Contains(srv.logText(), "differ: layer converted"); got != viaDiffer {
 		t.Errorf("layers converted by the differ: %v, want %v\n%s", got, viaDiffer, srv.logText())

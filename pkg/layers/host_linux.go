@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -25,18 +26,27 @@ import (
 	"github.com/layervisor/layervisor/pkg/vhd"
 )
 
-// Host mounts containers' layers on this machine: each layer image is
-// loop-mounted read-only once and shared; each scratch is loop-mounted once
-// and shared by the containers whose scratch links to it; overlayfs
-// combines them per container.
+// Host is the one owner of host mounts of layer images: each image is
+// loop-mounted read-only once, wherever it is used from — containers
+// mounted here (Mount), and other holders such as the containerd
+// snapshotter's snapshots (Hold, SetHeld) — and unmounted when its last
+// user goes. Each scratch is loop-mounted once and shared by the
+// containers whose scratch links to it; overlayfs combines them per
+// container.
 //
 // The only state is one small JSON file listing the containers mounted (or
-// being mounted) and the shared mounts each uses. Reference counts are
-// derived from it — a shared mount's users are the containers that list it —
-// so they are exact by construction, and the kernel's mount table says what
-// is really mounted. Every change happens under one file lock, so several
-// processes (and a process restarted after a crash) agree. Reconcile
-// repairs what a crash left.
+// being mounted), the images each holder holds, and where each image in use
+// is mounted. Reference counts are derived from it — a shared mount's users
+// are the containers and holders that list its image — so they are exact
+// by construction, and the kernel's mount table says what is really
+// mounted. Every change happens under one file lock, so several processes
+// (the CLI and `layervisor serve` sharing a root, and a process restarted
+// after a crash) agree. Reconcile repairs what a crash left.
+//
+// Shared mounts live in StateDir/shared, named after the first 16 hex of
+// the SHA-256 of the image's path, or all 64 when another image holds the
+// short name: a client of the snapshotter can craft a layer whose name
+// collides, and overlay options must fit in a page (see shortMountpoint).
 type Host struct {
 	StateDir string
 }
@@ -44,6 +54,14 @@ type Host struct {
 // hostState is the persistent state of a Host.
 type hostState struct {
 	Containers map[string]*containerRec `json:"containers"`
+	// Holders are the users of layer images other than containers (see
+	// Hold): holder name → the resolved layer images it holds, sorted.
+	Holders map[string][]string `json:"holders,omitempty"`
+	// Mounts says where each image in use is (being) mounted: resolved
+	// image path → mount point. An entry lives exactly as long as its image
+	// has a user. A state written before Mounts existed gets them from the
+	// names that version used (load).
+	Mounts map[string]string `json:"mounts,omitempty"`
 }
 
 // containerRec is the record of one mounted (or mounting) container.
@@ -52,6 +70,11 @@ type containerRec struct {
 	Layers  []sharedRef `json:"layers"`
 	Scratch sharedRef   `json:"scratch"`
 	Rootfs  string      `json:"rootfs"`
+}
+
+// uses reports whether the container uses the image src.
+func (c *containerRec) uses(src string) bool {
+	return c.Scratch.Source == src || slices.ContainsFunc(c.Layers, func(l sharedRef) bool { return l.Source == src })
 }
 
 // sharedRef names a shared loop mount by the resolved path of its image.
@@ -74,9 +97,29 @@ func (h *Host) lock() (*flock.Lock, error) {
 	return flock.Acquire(filepath.Join(h.StateDir, "lock"))
 }
 
+// open takes the lock and reads the state; the caller releases the lock.
+// With rebuildCorrupt, an unreadable state is made again from the kernel's
+// mount table (rebuild) instead of failing.
+func (h *Host) open(rebuildCorrupt bool) (*flock.Lock, *hostState, error) {
+	lk, err := h.lock()
+	if err != nil {
+		return nil, nil, err
+	}
+	st, err := h.load()
+	if err != nil && rebuildCorrupt {
+		st, err = h.rebuild(err)
+	}
+	if err != nil {
+		lk.Release()
+		return nil, nil, err
+	}
+	return lk, st, nil
+}
+
 // load reads the state; the lock is held.
 func (h *Host) load() (*hostState, error) {
-	st := &hostState{Containers: map[string]*containerRec{}}
+	st := &hostState{}
+	st.init()
 	b, err := os.ReadFile(h.statePath())
 	if errors.Is(err, os.ErrNotExist) {
 		return st, nil
@@ -87,10 +130,29 @@ func (h *Host) load() (*hostState, error) {
 	if err := json.Unmarshal(b, st); err != nil {
 		return nil, fmt.Errorf("host layer state %s is corrupt (%w): run `layervisor gc`, which rebuilds it from the kernel's mount table", h.statePath(), err)
 	}
+	st.init()
+	// A state an older version wrote has no mount entries: its shared
+	// mounts are where that version put every image, at the short name.
+	for _, c := range st.Containers {
+		for _, r := range append([]sharedRef{c.Scratch}, c.Layers...) {
+			if _, ok := st.Mounts[r.Source]; !ok && r.Source != "" {
+				st.Mounts[r.Source] = h.shortMountpoint(r.Source)
+			}
+		}
+	}
+	return st, nil
+}
+
+func (st *hostState) init() {
 	if st.Containers == nil {
 		st.Containers = map[string]*containerRec{}
 	}
-	return st, nil
+	if st.Holders == nil {
+		st.Holders = map[string][]string{}
+	}
+	if st.Mounts == nil {
+		st.Mounts = map[string]string{}
+	}
 }
 
 // save writes the state through a fixed temp name (the lock is held, so
@@ -143,9 +205,53 @@ func syncDir(dir string) error {
 	return d.Sync()
 }
 
-func (h *Host) sharedMountpoint(r sharedRef) string {
-	sum := sha256.Sum256([]byte(r.Source))
+// shortMountpoint is where an image is mounted unless another image holds
+// the name: shared/<first 16 hex of the SHA-256 of its path>.
+//
+// The name cannot always be the full hash: an overlay's options must fit
+// in one page (4096 bytes; containerd's mount code refuses longer ones),
+// and containerd shortens a long lowerdir of a snapshot only to paths
+// relative to their common directory, shared/. An image of 128 layers then
+// needs 128 × len("<name>/content:") - 1 bytes: 3199 with 16 hex, 9343 with
+// 64, more than two pages before upperdir and workdir are even counted. So
+// the short name stays, and it is never trusted as an identity: which
+// image a mount holds is recorded in the state and checked against the
+// kernel (the loop device's backing file, MountedImage); a second image
+// whose short name is taken gets the full name (fullMountpoint), which
+// cannot collide; and a mount point in use is never mounted over
+// (MountImage).
+func (h *Host) shortMountpoint(src string) string {
+	sum := sha256.Sum256([]byte(src))
 	return filepath.Join(h.StateDir, "shared", hex.EncodeToString(sum[:8]))
+}
+
+func (h *Host) fullMountpoint(src string) string {
+	sum := sha256.Sum256([]byte(src))
+	return filepath.Join(h.StateDir, "shared", hex.EncodeToString(sum[:]))
+}
+
+// place returns where src is mounted, giving it a mount point (recorded in
+// st) if it has none: the short name, or the full one when another image
+// holds the short name.
+func (h *Host) place(st *hostState, src string) string {
+	if mp, ok := st.Mounts[src]; ok {
+		return mp
+	}
+	mp := h.shortMountpoint(src)
+	for other, at := range st.Mounts {
+		if at == mp && other != src {
+			slog.Warn("host layer mounts: two images share a mount name prefix; the second gets the full name", "image", src, "holder", other)
+			mp = h.fullMountpoint(src)
+			break
+		}
+	}
+	st.Mounts[src] = mp
+	return mp
+}
+
+// isPlaceOf reports whether mp is a name Host gives src's mount.
+func (h *Host) isPlaceOf(src, mp string) bool {
+	return mp == h.shortMountpoint(src) || mp == h.fullMountpoint(src)
 }
 
 func (h *Host) containerDir(id string) string {
@@ -155,19 +261,109 @@ func (h *Host) containerDir(id string) string {
 // RootfsPath is where a container's root file system is mounted.
 func (h *Host) RootfsPath(id string) string { return filepath.Join(h.containerDir(id), "rootfs") }
 
-// users returns the containers whose records name r, except skip.
-func (st *hostState) users(r sharedRef, skip string) []string {
-	var out []string
+// holderPrefix marks holders among the users Refs returns (container
+// ids cannot hold a '/').
+const holderPrefix = "holder/"
+
+// users returns who uses the image src, except container skip: container
+// ids, then holders as "holder/<name>", each sorted.
+func (st *hostState) users(src, skip string) []string {
+	var out, held []string
 	for id, c := range st.Containers {
-		if id == skip {
-			continue
-		}
-		if c.Scratch.Source == r.Source || slices.ContainsFunc(c.Layers, func(l sharedRef) bool { return l.Source == r.Source }) {
+		if id != skip && c.uses(src) {
 			out = append(out, id)
 		}
 	}
+	for name, imgs := range st.Holders {
+		if slices.Contains(imgs, src) {
+			held = append(held, holderPrefix+name)
+		}
+	}
 	slices.Sort(out)
-	return out
+	slices.Sort(held)
+	return append(out, held...)
+}
+
+// checkAccess refuses r when another user (except container skip) uses its
+// image the other way: as a read-only layer where r is a scratch, or as a
+// scratch where r is a layer.
+func (st *hostState) checkAccess(r sharedRef, skip string) error {
+	for _, id := range slices.Sorted(maps.Keys(st.Containers)) {
+		c := st.Containers[id]
+		if id == skip || !c.uses(r.Source) {
+			continue
+		}
+		if (c.Scratch.Source == r.Source) == r.ReadOnly {
+			return fmt.Errorf("%s is used as a layer by one container and as a scratch by another (%s)", r.Source, id)
+		}
+	}
+	if !r.ReadOnly {
+		for name, imgs := range st.Holders {
+			if slices.Contains(imgs, r.Source) {
+				return fmt.Errorf("%s is held as a layer by %s and cannot be a scratch", r.Source, name)
+			}
+		}
+	}
+	return nil
+}
+
+// prune drops the mount entries of images nobody uses and returns them
+// (image → mount point): the caller unmounts them once the state is saved.
+func (st *hostState) prune() map[string]string {
+	dropped := map[string]string{}
+	for src, mp := range st.Mounts {
+		if len(st.users(src, "")) == 0 {
+			dropped[src] = mp
+			delete(st.Mounts, src)
+		}
+	}
+	return dropped
+}
+
+// unmountDropped unmounts and removes the mount points prune dropped,
+// keeping going past failures.
+func unmountDropped(dropped map[string]string) error {
+	srcs := make([]string, 0, len(dropped))
+	for src := range dropped {
+		srcs = append(srcs, src)
+	}
+	slices.Sort(srcs)
+	var errs []error
+	for _, src := range srcs {
+		if err := UnmountAndRemove(dropped[src]); err != nil {
+			errs = append(errs, fmt.Errorf("release %s: %w", src, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// UnmountAndRemove unmounts mp (every mount stacked there) and removes the
+// empty mount point; a missing one counts as done.
+func UnmountAndRemove(mp string) error {
+	if err := unmount(mp); err != nil {
+		return err
+	}
+	if err := os.Remove(mp); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// ensureMounted mounts r's image at mp unless the kernel says mp holds it
+// already. A mount point holding anything else is never mounted over: a
+// mount there is reused only if it is r's image, whatever its name says.
+func ensureMounted(r sharedRef, mp string) error {
+	img, isMount, err := MountedImage(mp)
+	if err != nil {
+		return err
+	}
+	switch {
+	case !isMount:
+		return mountImage(r.Source, mp, r.ReadOnly)
+	case img != r.Source:
+		return fmt.Errorf("shared mount point %s for %s: %w (it holds %q)", mp, r.Source, ErrMountpointInUse, img)
+	}
+	return nil
 }
 
 // Mount mounts the container's layers and returns the root file system path.
@@ -185,40 +381,33 @@ func (h *Host) Mount(ctx context.Context, id string, l Layers) (rootfs string, e
 		rec.Layers = append(rec.Layers, sharedRef{Source: p, ReadOnly: true})
 	}
 	rec.Scratch = sharedRef{Source: plan.Scratch}
-	// Where each image will be mounted is known up front, so an overlay
-	// that cannot be mounted (too many layers) fails before any work.
+
+	lk, st, err := h.open(false)
+	if err != nil {
+		return "", err
+	}
+	defer lk.Release()
+	if _, ok := st.Containers[id]; ok {
+		return "", fmt.Errorf("container %s: layers are already mounted", id)
+	}
+	for _, r := range append(slices.Clone(rec.Layers), rec.Scratch) {
+		if err := st.checkAccess(r, id); err != nil {
+			return "", err
+		}
+	}
+	// Where each image is (or will be) mounted is known before any work,
+	// so an overlay that cannot be mounted (too many layers) fails first.
 	layerMounts := make([]string, len(rec.Layers))
 	for i, r := range rec.Layers {
-		layerMounts[i] = h.sharedMountpoint(r)
+		layerMounts[i] = h.place(st, r.Source)
 	}
-	ov, err := plan.Overlay(layerMounts, h.sharedMountpoint(rec.Scratch))
+	ov, err := plan.Overlay(layerMounts, h.place(st, rec.Scratch.Source))
 	if err != nil {
 		return "", err
 	}
 	opts, err := ov.Options()
 	if err != nil {
 		return "", err
-	}
-
-	lk, err := h.lock()
-	if err != nil {
-		return "", err
-	}
-	defer lk.Release()
-	st, err := h.load()
-	if err != nil {
-		return "", err
-	}
-	if _, ok := st.Containers[id]; ok {
-		return "", fmt.Errorf("container %s: layers are already mounted", id)
-	}
-	for _, r := range append(slices.Clone(rec.Layers), rec.Scratch) {
-		for _, u := range st.users(r, id) {
-			o := st.Containers[u]
-			if (o.Scratch.Source == r.Source) != (r == rec.Scratch) {
-				return "", fmt.Errorf("%s is used as a layer by one container and as a scratch by another (%s)", r.Source, u)
-			}
-		}
 	}
 	var u undo.Stack
 	defer u.RunUnlessCommitted(ctx, &err)
@@ -230,41 +419,30 @@ func (h *Host) Mount(ctx context.Context, id string, l Layers) (rootfs string, e
 	}
 	u.Push("remove container record", func(context.Context) error {
 		delete(st.Containers, id)
+		st.prune() // the releases below unmounted what only this container used
 		return h.save(st)
 	})
 	crashpoint.Hit("mount.intent-written")
 
-	// ensure mounts r unless already mounted; the undo unmounts it if no
-	// other container uses it. A mount already there is reused only if the
-	// kernel says it is r's image: the mount point's name is a hash prefix
-	// of r's path, never proof of what is mounted.
-	ensure := func(r sharedRef) (string, error) {
-		mp := h.sharedMountpoint(r)
-		img, isMount, err := MountedImage(mp)
-		if err != nil {
-			return "", err
-		}
-		switch {
-		case !isMount:
-			if err := mountImage(r.Source, mp, r.ReadOnly); err != nil {
-				return "", err
-			}
-		case img != r.Source:
-			return "", fmt.Errorf("shared mount point %s for %s: %w (it holds %q)", mp, r.Source, ErrMountpointInUse, img)
+	// ensure mounts r unless already mounted; the undo unmounts it if
+	// nobody else uses it.
+	ensure := func(r sharedRef) error {
+		if err := ensureMounted(r, st.Mounts[r.Source]); err != nil {
+			return err
 		}
 		u.Push("release "+r.Source, func(context.Context) error { return h.releaseShared(st, r, id) })
-		return mp, nil
+		return nil
 	}
 	for i, r := range rec.Layers {
 		if err := ctx.Err(); err != nil {
 			return "", err
 		}
-		if _, err := ensure(r); err != nil {
+		if err := ensure(r); err != nil {
 			return "", fmt.Errorf("layer folder %s: %w", l.ReadOnly[i], err)
 		}
 		crashpoint.Hit("mount.layer-mounted")
 	}
-	if _, err := ensure(rec.Scratch); err != nil {
+	if err := ensure(rec.Scratch); err != nil {
 		return "", fmt.Errorf("scratch folder %s: %w", l.Scratch, err)
 	}
 	for _, d := range []string{ov.Upper, ov.Work} {
@@ -303,15 +481,11 @@ func (h *Host) Unmount(ctx context.Context, id string, op UnmountOp) error {
 	if err := validID(id); err != nil {
 		return err
 	}
-	lk, err := h.lock()
+	lk, st, err := h.open(false)
 	if err != nil {
 		return err
 	}
 	defer lk.Release()
-	st, err := h.load()
-	if err != nil {
-		return err
-	}
 	if _, ok := st.Containers[id]; !ok {
 		return fmt.Errorf("container %s: %w", id, ErrNotMounted)
 	}
@@ -333,15 +507,21 @@ func (h *Host) teardown(st *hostState, id string) error {
 		errs = append(errs, err)
 	}
 	delete(st.Containers, id)
+	dropped := st.prune()
 	if err := h.save(st); err != nil {
 		return errors.Join(append(errs, err)...)
 	}
+	// Unmounted once the state no longer lists them: a crash in between
+	// leaves mounts nobody uses, which Reconcile removes.
 	for _, r := range append([]sharedRef{rec.Scratch}, reversed(rec.Layers)...) {
-		if err := h.releaseShared(st, r, id); err != nil {
-			errs = append(errs, err)
+		if mp, ok := dropped[r.Source]; ok {
+			delete(dropped, r.Source)
+			if err := UnmountAndRemove(mp); err != nil {
+				errs = append(errs, fmt.Errorf("release %s: %w", r.Source, err))
+			}
 		}
 	}
-	return errors.Join(errs...)
+	return errors.Join(append(errs, unmountDropped(dropped))...)
 }
 
 func reversed(rs []sharedRef) []sharedRef {
@@ -350,35 +530,32 @@ func reversed(rs []sharedRef) []sharedRef {
 	return out
 }
 
-// releaseShared unmounts r unless a container other than id uses it.
+// releaseShared unmounts r (the undo of a mount that failed part way)
+// unless a user other than container id uses it; the entry goes with the
+// container's record.
 func (h *Host) releaseShared(st *hostState, r sharedRef, id string) error {
-	if len(st.users(r, id)) > 0 {
+	if len(st.users(r.Source, id)) > 0 {
 		return nil
 	}
-	mp := h.sharedMountpoint(r)
-	if err := unmount(mp); err != nil {
+	if err := UnmountAndRemove(st.Mounts[r.Source]); err != nil {
 		return fmt.Errorf("release %s: %w", r.Source, err)
 	}
-	return removeIfExists(mp)
+	return nil
 }
 
-// Refs returns the containers using the shared mount of an image, for
-// tests and status output.
+// Refs returns who uses the shared mount of an image — container ids, then
+// holders (Hold) as "holder/<name>" — for tests and status output.
 func (h *Host) Refs(imagePath string) ([]string, error) {
 	src, err := filepath.EvalSymlinks(imagePath)
 	if err != nil {
 		return nil, err
 	}
-	lk, err := h.lock()
+	lk, st, err := h.open(false)
 	if err != nil {
 		return nil, err
 	}
 	defer lk.Release()
-	st, err := h.load()
-	if err != nil {
-		return nil, err
-	}
-	return st.users(sharedRef{Source: src}, ""), nil
+	return st.users(src, ""), nil
 }
 
 // IsMounted reports whether the container's layers are completely mounted.
@@ -515,8 +692,14 @@ func removeIfExists(p string) error {
 // identified by the image behind its loop device (and checked against its
 // name). Whatever cannot be explained that way is left out, so the sweep
 // unmounts it. The unreadable file is kept as state.json.corrupt.
+//
+// Holders (Hold) leave no trace in the mount table, so their holds are
+// lost, and the sweep unmounts their mounts unless a container uses them:
+// a holder takes them again when it next starts (`layervisor serve`
+// reconciles with SetHeld).
 func (h *Host) rebuild(why error) (*hostState, error) {
-	st := &hostState{Containers: map[string]*containerRec{}}
+	st := &hostState{}
+	st.init()
 	ms, err := mountinfo.Read()
 	if err != nil {
 		return nil, fmt.Errorf("rebuild host layer state %s: %w", h.statePath(), err)
@@ -530,8 +713,9 @@ func (h *Host) rebuild(why error) (*hostState, error) {
 		if validID(id) != nil || m.Mountpoint != h.RootfsPath(id) {
 			continue
 		}
-		if rec, ok := h.recordFromOverlay(id, m); ok {
+		if rec, mounts, ok := h.recordFromOverlay(id, m); ok {
 			st.Containers[id] = rec
+			maps.Copy(st.Mounts, mounts)
 		} else {
 			skipped = append(skipped, id)
 		}
@@ -551,8 +735,9 @@ func (h *Host) rebuild(why error) (*hostState, error) {
 	return st, nil
 }
 
-// recordFromOverlay rebuilds container id's record from its overlay mount.
-func (h *Host) recordFromOverlay(id string, m mountinfo.Mount) (*containerRec, bool) {
+// recordFromOverlay rebuilds container id's record from its overlay mount,
+// with where its images are mounted.
+func (h *Host) recordFromOverlay(id string, m mountinfo.Mount) (*containerRec, map[string]string, bool) {
 	var lower, upper string
 	for _, o := range strings.Split(m.Options, ",") {
 		if v, ok := strings.CutPrefix(o, "lowerdir="); ok {
@@ -562,23 +747,24 @@ func (h *Host) recordFromOverlay(id string, m mountinfo.Mount) (*containerRec, b
 		}
 	}
 	if lower == "" || upper == "" {
-		return nil, false
+		return nil, nil, false
 	}
+	mounts := map[string]string{}
 	// shared identifies the shared mount at mp, which must be named after
 	// the image the kernel says it holds.
 	shared := func(mp string, readOnly bool) (sharedRef, bool) {
 		img, isMount, err := MountedImage(mp)
-		if err != nil || !isMount || img == "" {
+		if err != nil || !isMount || img == "" || !h.isPlaceOf(img, mp) {
 			return sharedRef{}, false
 		}
-		r := sharedRef{Source: img, ReadOnly: readOnly}
-		return r, h.sharedMountpoint(r) == mp
+		mounts[img] = mp
+		return sharedRef{Source: img, ReadOnly: readOnly}, true
 	}
 	rec := &containerRec{State: stateMounted, Rootfs: m.Mountpoint}
 	for _, l := range strings.Split(lower, ":") {
 		r, ok := shared(filepath.Dir(l), true)
 		if !ok {
-			return nil, false
+			return nil, nil, false
 		}
 		rec.Layers = append(rec.Layers, r)
 	}
@@ -586,12 +772,12 @@ func (h *Host) recordFromOverlay(id string, m mountinfo.Mount) (*containerRec, b
 	suffix := want.Upper // /scratch/<id>/upper
 	smp, ok := strings.CutSuffix(upper, suffix)
 	if !ok {
-		return nil, false
+		return nil, nil, false
 	}
 	if rec.Scratch, ok = shared(smp, false); !ok {
-		return nil, false
+		return nil, nil, false
 	}
-	return rec, true
+	return rec, mounts, true
 }
 
 // ReconcileReport says what Reconcile repaired.
@@ -604,28 +790,23 @@ type ReconcileReport struct {
 
 // Reconcile repairs the state a crash can leave: a container whose mount
 // did not complete (or whose overlay is gone) is rolled back; mount points
-// under StateDir that no remaining container uses are unmounted; loop devices
-// backed by files under storeRoot that nothing mounts are detached.
-// Completely mounted containers stay mounted and usable.
+// under StateDir that no remaining container or holder uses are unmounted;
+// loop devices backed by files under storeRoot that nothing mounts are
+// detached. Completely mounted containers stay mounted and usable, and
+// holds stay as they are: a holder's own start (SetHeld) says what it
+// holds, and mounts what a crash or a reboot took away.
 func (h *Host) Reconcile(ctx context.Context, storeRoot string) (ReconcileReport, error) {
 	var rep ReconcileReport
-	lk, err := h.lock()
+	// An unreadable state file (a crash of an older version, a bad disk)
+	// must not block mount, unmount and gc for ever: the kernel's mount
+	// table says which containers are mounted and on what, so the state is
+	// made again from it; the sweep below removes the rest.
+	lk, st, err := h.open(true)
 	if err != nil {
 		return rep, err
 	}
 	defer lk.Release()
 	var errs []error
-	st, err := h.load()
-	if err != nil {
-		// An unreadable state file (a crash of an older version, a bad
-		// disk) must not block mount, unmount and gc for ever: the kernel's
-		// mount table says which containers are mounted and on what, so the
-		// state is made again from it; the sweep below removes the rest.
-		st, err = h.rebuild(err)
-		if err != nil {
-			return rep, err
-		}
-	}
 	mounted, err := mountinfo.Mountpoints()
 	if err != nil {
 		return rep, err
@@ -646,18 +827,21 @@ func (h *Host) Reconcile(ctx context.Context, storeRoot string) (ReconcileReport
 		}
 		rep.RolledBack = append(rep.RolledBack, id)
 	}
+	dropped := st.prune()
 	if err := h.save(st); err != nil {
 		errs = append(errs, err)
 	}
+	if err := unmountDropped(dropped); err != nil {
+		errs = append(errs, err)
+	}
 
-	// Mount points under StateDir that no remaining container uses.
+	// Mount points under StateDir that no remaining container or holder uses.
 	known := map[string]bool{}
-	for id, rec := range st.Containers {
+	for id := range st.Containers {
 		known[h.RootfsPath(id)] = true
-		known[h.sharedMountpoint(rec.Scratch)] = true
-		for _, l := range rec.Layers {
-			known[h.sharedMountpoint(l)] = true
-		}
+	}
+	for _, mp := range st.Mounts {
+		known[mp] = true
 	}
 	ms, err := mountinfo.Read()
 	if err != nil {

@@ -341,7 +341,9 @@ func TestHostBadInput(t *testing.T) {
 	}
 }
 
-// Parallel mounts and unmounts of containers sharing layers keep exact counts.
+// Parallel mounts and unmounts of containers sharing layers, and holders
+// (Hold) taking and dropping the same layers, keep exact counts: nothing is
+// mounted twice, nothing stays mounted.
 func TestHostConcurrent(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
@@ -352,9 +354,27 @@ func TestHostConcurrent(t *testing.T) {
 	}
 	for round := 0; round < 3; round++ {
 		var wg sync.WaitGroup
-		errs := make(chan error, 2*n)
+		errs := make(chan error, 5*n)
 		for i := 0; i < n; i++ {
-			wg.Add(1)
+			wg.Add(2)
+			go func(i int) {
+				defer wg.Done()
+				holder := fmt.Sprintf("h%d", i)
+				mp, err := f.host.Hold(ctx, holder, layerImage(f.base))
+				if err != nil {
+					errs <- err
+					return
+				}
+				if _, err := os.Stat(filepath.Join(mp, "content", "keep")); err != nil {
+					errs <- err
+				}
+				if n := attached(t, f.base, 1); n != 1 {
+					errs <- fmt.Errorf("base attached %d times while held", n)
+				}
+				if err := f.host.Release(ctx, holder, layerImage(f.base)); err != nil {
+					errs <- err
+				}
+			}(i)
 			go func(i int) {
 				defer wg.Done()
 				id := fmt.Sprintf("c%d", i)
@@ -383,6 +403,9 @@ func TestHostConcurrent(t *testing.T) {
 		for _, l := range []string{f.base, f.top} {
 			if refs, _ := f.host.Refs(filepath.Join(l, LayerFile)); len(refs) != 0 {
 				t.Fatalf("round %d: %s refs %v after all unmounted", round, l, refs)
+			}
+			if n := attached(t, l, 0); n != 0 {
+				t.Fatalf("round %d: %s attached %d times after all unmounted", round, l, n)
 			}
 		}
 	}

@@ -30,6 +30,11 @@ func (h *Host) Mount(context.Context, string, Layers) (string, error) { return "
 func (h *Host) Unmount(context.Context, string, UnmountOp) error      { return errHostUnsupported }
 func (h *Host) IsMounted(string) bool                                 { return false }
 func (h *Host) Refs(string) ([]string, error)                         { return nil, errHostUnsupported }
+func (h *Host) Hold(context.Context, string, string) (string, error)  { return "", errHostUnsupported }
+func (h *Host) Release(context.Context, string, string) error         { return errHostUnsupported }
+func (h *Host) SetHeld(context.Context, string, []string, string) ([]string, error) {
+	return nil, errHostUnsupported
+}
 func (h *Host) Reconcile(context.Context, string) (ReconcileReport, error) {
 	return ReconcileReport{}, nil
 }

@@ -110,7 +110,7 @@ func TestMountpointInUse(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	shared := f.host.sharedMountpoint(sharedRef{Source: top, ReadOnly: true})
+	shared := f.host.shortMountpoint(top)
 	if err := MountImage(layerImage(f.base), shared, true); err != nil {
 		t.Fatal(err)
 	}

@@ -17,8 +17,10 @@
 // snapshot (key "extract-…") becomes a layer image at Commit, unless the
 // Differ already wrote the layer. Views are read-only. Mounts returns one
 // plain overlay (or a bind for a single layer) that runc understands, over
-// read-only host mounts of the layer images shared by every snapshot of a
-// layer.
+// read-only host mounts of the layer images that the store's host mounts
+// (layers.Host) own: one per image, shared by every snapshot of a layer and
+// by the store's containers. [RegisterPinner] keeps the snapshots' layers
+// from the store's gc, in any process.
 //
 // [New] reconciles what a crash left (snapshot directories without metadata,
 // layer mounts nothing refers to or missing) and runs the store's gc.

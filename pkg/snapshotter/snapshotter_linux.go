@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -38,10 +39,15 @@ type Snapshotter struct {
 	root  string // <store>/snapshots
 	ms    *storage.MetaStore
 
+	// host owns the layer mounts, shared with the store's containers:
+	// the snapshotter holds (layers.Host.Hold) each layer some committed
+	// snapshot uses, as one holder, counting its snapshots itself.
+	host *layers.Host
+
 	mu         sync.Mutex
 	refs       map[digest.Digest]int    // layer -> committed snapshots using its mount
 	mountAt    map[digest.Digest]string // layer -> its mount point, while refs > 0
-	holder     map[string]digest.Digest // mount point -> the layer mounted there
+	holding    bool                     // reconcile took over the holds: Close releases them
 	scratches  map[string]bool          // snapshot IDs whose scratch is mounted
 	chains     map[string]digest.Digest // snapshot ID -> chain ID, as its reference file says
 	teardowns  sync.WaitGroup           // discard's
@@ -68,10 +74,12 @@ func WithScratchPool(n int) Option { return func(s *Snapshotter) { s.poolSize = 
 
 // New opens the snapshotter of the store, reconciling what a crash left.
 func New(ctx context.Context, st *store.Store, opts ...Option) (*Snapshotter, error) {
-	root := filepath.Join(st.Root(), store.SnapshotsDir)
-	if err := os.MkdirAll(filepath.Join(root, "l"), 0o700); err != nil {
+	root := filepath.Join(st.Root(), snapshotsDir)
+	if err := os.MkdirAll(root, 0o700); err != nil {
 		return nil, fmt.Errorf("snapshotter root %s: %w", root, err)
 	}
+	// Before anything can run gc: the snapshots' layers are in use.
+	RegisterPinner(st)
 	// A second daemon on the same root must fail, not wait for the lock.
 	ms, err := storage.NewMetaStore(filepath.Join(root, "metadata.db"), func(o *bolt.Options) error {
 		o.Timeout = 2 * time.Second
@@ -80,7 +88,7 @@ func New(ctx context.Context, st *store.Store, opts ...Option) (*Snapshotter, er
 	if err != nil {
 		return nil, fmt.Errorf("snapshot metadata in %s: %w", root, err)
 	}
-	s := &Snapshotter{store: st, root: root, ms: ms, refs: map[digest.Digest]int{}, mountAt: map[digest.Digest]string{}, holder: map[string]digest.Digest{}, scratches: map[string]bool{}, chains: map[string]digest.Digest{}, poolSize: DefaultScratchPool}
+	s := &Snapshotter{store: st, root: root, ms: ms, host: st.Host(), refs: map[digest.Digest]int{}, mountAt: map[digest.Digest]string{}, scratches: map[string]bool{}, chains: map[string]digest.Digest{}, poolSize: DefaultScratchPool}
 	for _, o := range opts {
 		o(s)
 	}
@@ -102,65 +110,35 @@ func New(ctx context.Context, st *store.Store, opts ...Option) (*Snapshotter, er
 
 func (s *Snapshotter) dir(id string) string { return filepath.Join(s.root, id) }
 
-// layerMount is where a layer is mounted: l/<first 16 hex of its chain
-// ID>, or l/<full chain ID> when another layer holds the short name.
-//
-// The name cannot always be the full chain ID: an overlay's options must
-// fit in one page (4096 bytes; containerd's mount code refuses longer
-// ones), and containerd shortens a long lowerdir only to paths relative to
-// their common directory, snapshots/l. An image of 128 layers then needs
-// 128 × len("<name>/content:") - 1 bytes: 3199 with 16 hex, 9343 with 64,
-// more than two pages before upperdir and workdir are even counted. So the
-// short name stays, and it is never trusted as an identity: which layer a
-// mount holds is kept in holder and, after a restart, read back from the
-// kernel (the loop device's backing file, layers.MountedImage); a second
-// layer whose prefix is taken gets the full name, which cannot collide;
-// and a mount point already in use is never mounted over (MountImage).
-func (s *Snapshotter) layerMount(chain digest.Digest) string {
+// holderName is the snapshotter's name among the users of layer mounts
+// (layers.Host): one per store, as one snapshotter serves a root.
+const holderName = "snapshotter"
+
+// legacyMounts, under the snapshotter's root, is where versions before
+// layers.Host owned every layer mount mounted the snapshots' layers; the
+// reconcile at start adopts what is still mounted there and in use.
+const legacyMounts = "l"
+
+// layerMount is where a layer some committed snapshot uses is mounted (by
+// layers.Host, shared with the store's containers, in one directory with
+// short names so that containerd can fit 128 lowers in an overlay's
+// options).
+func (s *Snapshotter) layerMount(chain digest.Digest) (string, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.layerMountLocked(chain)
-}
-
-func (s *Snapshotter) layerMountLocked(chain digest.Digest) string {
-	if mp, ok := s.mountAt[chain]; ok {
-		return mp
+	mp, ok := s.mountAt[chain]
+	if !ok {
+		return "", fmt.Errorf("layer %s is not mounted", chain)
 	}
-	return s.shortMount(chain)
+	return mp, nil
 }
 
-func (s *Snapshotter) shortMount(chain digest.Digest) string {
-	return filepath.Join(s.root, "l", chain.Encoded()[:16])
-}
-
-func (s *Snapshotter) fullMount(chain digest.Digest) string {
-	return filepath.Join(s.root, "l", chain.Encoded())
-}
-
-// placeLocked picks a free mount point for a layer not mounted yet.
-func (s *Snapshotter) placeLocked(chain digest.Digest) string {
-	if h, ok := s.holder[s.shortMount(chain)]; ok && h != chain {
-		slog.Warn("snapshotter: two layers share a mount name prefix; the second gets its full chain ID", "layer", chain, "holder", h)
-		return s.fullMount(chain)
+func (s *Snapshotter) lowerDir(chain digest.Digest) (string, error) {
+	mp, err := s.layerMount(chain)
+	if err != nil {
+		return "", err
 	}
-	return s.shortMount(chain)
-}
-
-func (s *Snapshotter) setMountLocked(chain digest.Digest, mp string) {
-	s.mountAt[chain], s.holder[mp] = mp, chain
-}
-
-func (s *Snapshotter) dropMountLocked(chain digest.Digest) string {
-	mp := s.layerMountLocked(chain)
-	delete(s.mountAt, chain)
-	if s.holder[mp] == chain {
-		delete(s.holder, mp)
-	}
-	return mp
-}
-
-func (s *Snapshotter) lowerDir(chain digest.Digest) string {
-	return layerconv.LowerDir(s.layerMount(chain))
+	return layerconv.LowerDir(mp), nil
 }
 
 // chainOf is the chain ID of committed snapshot id, read from its
@@ -172,7 +150,7 @@ func (s *Snapshotter) chainOf(id string) (digest.Digest, error) {
 	if ok {
 		return d, nil
 	}
-	b, err := os.ReadFile(filepath.Join(s.dir(id), store.SnapshotRefFile))
+	b, err := os.ReadFile(filepath.Join(s.dir(id), refFile))
 	if err != nil {
 		return "", fmt.Errorf("snapshot %s has no layer: %w", id, err)
 	}
@@ -191,14 +169,14 @@ func (s *Snapshotter) removeRef(id string) error {
 	s.mu.Lock()
 	delete(s.chains, id)
 	s.mu.Unlock()
-	if err := os.Remove(filepath.Join(s.dir(id), store.SnapshotRefFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := os.Remove(filepath.Join(s.dir(id), refFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("remove snapshot %s's layer reference: %w", id, err)
 	}
 	return nil
 }
 
 func (s *Snapshotter) writeRef(id string, chain digest.Digest) error {
-	p, ref := filepath.Join(s.dir(id), store.SnapshotRefFile), chain.String()+"\n"
+	p, ref := filepath.Join(s.dir(id), refFile), chain.String()+"\n"
 	// The differ writes the reference before converting, and again with
 	// the applied marker, and Commit once more: the file only ever appears
 	// durably (fsync, rename, directory fsync), so an equal one is kept as
@@ -212,23 +190,26 @@ func (s *Snapshotter) writeRef(id string, chain digest.Digest) error {
 	return atomicfile.Write(p, []byte(ref), 0o600, true)
 }
 
-// acquire takes a reference on the layer's shared mount, mounting it first.
-func (s *Snapshotter) acquire(chain digest.Digest) error {
+// acquire takes a reference on the layer's shared mount: the first one
+// holds it in the host's layer mounts, which mount it unless a container
+// (or a snapshot before a restart) has it mounted already.
+func (s *Snapshotter) acquire(ctx context.Context, chain digest.Digest) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.refs[chain] == 0 {
-		mp := s.placeLocked(chain)
-		if err := mountLayer(s.store.LayerImage(chain), mp); err != nil {
-			return err
+		mp, err := s.host.Hold(ctx, holderName, s.store.LayerImage(chain))
+		if err != nil {
+			return fmt.Errorf("layer %s: %w", chain, err)
 		}
-		s.setMountLocked(chain, mp)
+		s.mountAt[chain] = mp
 	}
 	s.refs[chain]++
 	return nil
 }
 
-// release drops a reference; the last one unmounts the layer.
-func (s *Snapshotter) release(chain digest.Digest) error {
+// release drops a reference; the last one releases the hold, which
+// unmounts the layer unless a container uses it.
+func (s *Snapshotter) release(ctx context.Context, chain digest.Digest) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.refs[chain] == 0 {
@@ -239,7 +220,8 @@ func (s *Snapshotter) release(chain digest.Digest) error {
 		return nil
 	}
 	delete(s.refs, chain)
-	return unmountLayer(s.dropMountLocked(chain))
+	delete(s.mountAt, chain)
+	return s.host.Release(ctx, holderName, s.store.LayerImage(chain))
 }
 
 // Stat returns the info of a snapshot.
@@ -395,8 +377,12 @@ func (s *Snapshotter) create(ctx context.Context, kind snapshots.Kind, key, pare
 			if err != nil {
 				return err
 			}
+			lower, err := s.lowerDir(chain)
+			if err != nil {
+				return fmt.Errorf("parent layer: %w", err)
+			}
 			var st unix.Stat_t
-			if err := unix.Stat(s.lowerDir(chain), &st); err != nil {
+			if err := unix.Stat(lower, &st); err != nil {
 				return fmt.Errorf("parent layer %s: %w", chain, err)
 			}
 			if err := os.Lchown(upper, int(st.Uid), int(st.Gid)); err != nil {
@@ -462,14 +448,14 @@ func (s *Snapshotter) unmountScratch(id string) error {
 	s.mu.Lock()
 	delete(s.scratches, id)
 	s.mu.Unlock()
-	return unmountLayer(filepath.Join(s.dir(id), scratchMount))
+	return layers.UnmountAndRemove(filepath.Join(s.dir(id), scratchMount))
 }
 
 // removeSnapshotDir unmounts the scratch a snapshot directory may hold (a
 // no-op when none is mounted) and deletes the directory: a removed
 // snapshot's, a pool's, one a crash left.
 func removeSnapshotDir(dir string) error {
-	if err := unmountLayer(filepath.Join(dir, scratchMount)); err != nil {
+	if err := layers.UnmountAndRemove(filepath.Join(dir, scratchMount)); err != nil {
 		return err
 	}
 	return os.RemoveAll(dir)
@@ -533,12 +519,12 @@ func (s *Snapshotter) adopt(ctx context.Context, key, parent string, chain diges
 			os.RemoveAll(s.dir(sn.ID))
 			return err
 		}
-		if err := s.acquire(chain); err != nil {
+		if err := s.acquire(ctx, chain); err != nil {
 			os.RemoveAll(s.dir(sn.ID))
 			return err
 		}
 		if _, err := storage.CommitActive(ctx, tmpKey, key, layerUsage(s.store.LayerImage(chain)), opts...); err != nil {
-			s.release(chain)
+			s.release(ctx, chain)
 			os.RemoveAll(s.dir(sn.ID))
 			return err
 		}
@@ -562,7 +548,9 @@ func (s *Snapshotter) mounts(sn storage.Snapshot) ([]mount.Mount, error) {
 		if err != nil {
 			return nil, err
 		}
-		lowers[i] = s.lowerDir(chain)
+		if lowers[i], err = s.lowerDir(chain); err != nil {
+			return nil, err
+		}
 	}
 	if sn.Kind == snapshots.KindView {
 		if len(lowers) == 1 {
@@ -613,7 +601,11 @@ func (s *Snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 		if i == 0 {
 			parentChain = chain
 		}
-		lowers = append(lowers, s.lowerDir(chain))
+		lower, err := s.lowerDir(chain)
+		if err != nil {
+			return fmt.Errorf("commit %q: %w", key, err)
+		}
+		lowers = append(lowers, lower)
 	}
 	upper, _ := s.upperWork(sn.ID)
 	open := func() (io.ReadCloser, error) { return tarUpper(ctx, upper, lowers), nil }
@@ -622,7 +614,7 @@ func (s *Snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 	if err != nil {
 		return fmt.Errorf("commit %q: %w", key, err)
 	}
-	if err := s.acquire(chain); err != nil {
+	if err := s.acquire(ctx, chain); err != nil {
 		s.removeRef(sn.ID)
 		return fmt.Errorf("commit %q: %w", key, err)
 	}
@@ -631,7 +623,7 @@ func (s *Snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 		return err
 	})
 	if err != nil {
-		s.release(chain)
+		s.release(ctx, chain)
 		s.removeRef(sn.ID)
 		return err
 	}
@@ -777,7 +769,7 @@ func (s *Snapshotter) Remove(ctx context.Context, key string) error {
 	if kind == snapshots.KindCommitted {
 		if chain, err := s.chainOf(id); err != nil {
 			errs = append(errs, err)
-		} else if err := s.release(chain); err != nil {
+		} else if err := s.release(ctx, chain); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -794,8 +786,9 @@ func (s *Snapshotter) Walk(ctx context.Context, fn snapshots.WalkFunc, fs ...str
 	})
 }
 
-// Close unmounts the layers and closes the metadata. Overlays in use keep
-// their own references to the layers, so running containers are unaffected.
+// Close releases the layers (unmounted unless a container of the store uses
+// them) and closes the metadata. Overlays in use keep their own references
+// to the layers, so running containers are unaffected.
 func (s *Snapshotter) Close() error {
 	s.mu.Lock()
 	if s.closed {
@@ -812,17 +805,21 @@ func (s *Snapshotter) Close() error {
 		errs = append(errs, s.pool.close())
 	}
 	for id := range s.scratches {
-		if err := unmountLayer(filepath.Join(s.dir(id), scratchMount)); err != nil {
+		if err := layers.UnmountAndRemove(filepath.Join(s.dir(id), scratchMount)); err != nil {
 			errs = append(errs, err)
 		}
 		delete(s.scratches, id)
 	}
-	for chain := range s.refs {
-		if err := unmountLayer(s.dropMountLocked(chain)); err != nil {
+	// Only once reconcile took the holds over: a snapshotter that failed
+	// to start beside a running one must not release that one's holds.
+	if s.holding {
+		if _, err := s.host.SetHeld(context.Background(), holderName, nil, ""); err != nil {
 			errs = append(errs, err)
 		}
-		delete(s.refs, chain)
+		s.holding = false
 	}
+	clear(s.refs)
+	clear(s.mountAt)
 	if err := s.ms.Close(); err != nil {
 		errs = append(errs, err)
 	}
@@ -880,7 +877,7 @@ func (s *Snapshotter) reconcile(ctx context.Context) error {
 	}
 	for _, e := range ents {
 		n := e.Name()
-		if !e.IsDir() || n == "l" {
+		if !e.IsDir() || n == legacyMounts {
 			continue
 		}
 		key, known := ids[n]
@@ -904,7 +901,7 @@ func (s *Snapshotter) reconcile(ctx context.Context) error {
 		// A committed snapshot's scratch whose unmount failed, or that a
 		// crash left mounted after the commit.
 		if s.hasScratch(n) {
-			if err := unmountLayer(filepath.Join(s.dir(n), scratchMount)); err != nil {
+			if err := layers.UnmountAndRemove(filepath.Join(s.dir(n), scratchMount)); err != nil {
 				errs = append(errs, err)
 			} else {
 				os.Remove(filepath.Join(s.dir(n), scratchFile))
@@ -942,7 +939,7 @@ func (s *Snapshotter) reconcile(ctx context.Context) error {
 			delete(want, chain)
 		}
 	}
-	if err := s.reconcileLayerMounts(want); err != nil {
+	if err := s.reconcileLayerMounts(ctx, want); err != nil {
 		errs = append(errs, err)
 	}
 	if _, err := s.store.GC(ctx); err != nil {
@@ -951,79 +948,41 @@ func (s *Snapshotter) reconcile(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// reconcileLayerMounts mounts each wanted layer once under l/, keeping the
-// mounts a previous run left when they hold the right image, and unmounts
-// everything else there; want counts the committed snapshots of each layer.
-func (s *Snapshotter) reconcileLayerMounts(want map[digest.Digest]int) error {
-	// Which layer a mount under l/ holds is read from the kernel (the
-	// image behind its loop device), never inferred from its name: a
-	// mount is kept only for a wanted layer whose image it really is.
-	byImage := map[string]digest.Digest{}
-	for chain := range want {
-		byImage[s.store.LayerImage(chain)] = chain
+// reconcileLayerMounts holds exactly the wanted layers in the host's
+// layer mounts, each once, whatever a previous run held: want counts the
+// committed snapshots of each layer. What is mounted already (by a previous
+// run, a container) stays; a layer still mounted in l/ by a version before
+// layers.Host owned every layer mount is adopted there rather than mounted
+// a second time, and the rest of l/ is unmounted.
+func (s *Snapshotter) reconcileLayerMounts(ctx context.Context, want map[digest.Digest]int) error {
+	// In a fixed order, so that which of two images sharing a name prefix
+	// gets the short name does not depend on map order.
+	wanted := slices.Sorted(maps.Keys(want))
+	images := make([]string, len(wanted))
+	for i, chain := range wanted {
+		images[i] = s.store.LayerImage(chain)
 	}
-	ls, _ := os.ReadDir(filepath.Join(s.root, "l"))
-	var errs []error
+	legacy := filepath.Join(s.root, legacyMounts)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, e := range ls {
-		mp := filepath.Join(s.root, "l", e.Name())
-		img, isMount, err := layers.MountedImage(mp)
-		if err != nil {
-			errs = append(errs, err)
-			continue
+	s.holding = true
+	mps, err := s.host.SetHeld(ctx, holderName, images, legacy)
+	for i, chain := range wanted {
+		if i >= len(mps) || mps[i] == "" {
+			continue // in err
 		}
-		if chain, ok := byImage[img]; ok && isMount && s.mountAt[chain] == "" && (mp == s.shortMount(chain) || mp == s.fullMount(chain)) {
-			s.setMountLocked(chain, mp)
-			continue
-		}
-		if isMount {
-			slog.Info("snapshotter: unmounting a layer mount nothing uses", "mount", mp, "image", img)
-		}
-		if err := unmountLayer(mp); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	// In a fixed order: which of two layers sharing a prefix gets the
-	// short name must not depend on map order.
-	wanted := make([]digest.Digest, 0, len(want))
-	for chain := range want {
-		wanted = append(wanted, chain)
-	}
-	slices.Sort(wanted)
-	for _, chain := range wanted {
-		if _, ok := s.mountAt[chain]; !ok {
-			mp := s.placeLocked(chain)
-			if err := mountLayer(s.store.LayerImage(chain), mp); err != nil {
-				errs = append(errs, err)
-				continue
-			}
-			s.setMountLocked(chain, mp)
-		}
+		s.mountAt[chain] = mps[i]
 		s.refs[chain] = want[chain]
 	}
-	return errors.Join(errs...)
+	os.Remove(legacy) // once nothing is mounted there
+	return err
 }
-
-// mountLayer loop-attaches a layer image read-only and mounts it at mp.
-func mountLayer(image, mp string) error { return mountImage(image, mp, true) }
 
 // mountImage loop-attaches an ext4 image and mounts it at mp, as the host
 // path does.
 func mountImage(image, mp string, readOnly bool) error {
 	if err := layers.MountImage(image, mp, readOnly); err != nil {
 		return fmt.Errorf("mount %s at %s: %w", image, mp, err)
-	}
-	return nil
-}
-
-// unmountLayer unmounts mp (every stacked mount) and removes it.
-func unmountLayer(mp string) error {
-	if err := layers.Unmount(mp); err != nil {
-		return err
-	}
-	if err := os.Remove(mp); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
 	}
 	return nil
 }

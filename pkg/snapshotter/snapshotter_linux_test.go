@@ -24,6 +24,7 @@ import (
 
 	"github.com/layervisor/layervisor/internal/mountinfo"
 	"github.com/layervisor/layervisor/internal/testutil"
+	"github.com/layervisor/layervisor/pkg/layers"
 	"github.com/layervisor/layervisor/pkg/loop"
 	"github.com/layervisor/layervisor/pkg/store"
 )
@@ -97,14 +98,19 @@ func commitFiles(t *testing.T, sn *Snapshotter, name, parent string, files map[s
 	}
 }
 
+// layerMountsUnder lists the read-only layer mounts under the store root:
+// the host's shared mounts and what an older version left in snapshots/l.
 func layerMountsUnder(root string) []string {
 	ms, _ := mountinfo.Read()
 	var out []string
 	for _, m := range ms {
-		if strings.HasPrefix(m.Mountpoint, filepath.Join(root, store.SnapshotsDir, "l")+"/") {
-			out = append(out, m.Mountpoint)
+		for _, dir := range []string{filepath.Join(root, "mounts", "shared"), filepath.Join(root, snapshotsDir, legacyMounts)} {
+			if strings.HasPrefix(m.Mountpoint, dir+"/") {
+				out = append(out, m.Mountpoint)
+			}
 		}
 	}
+	slices.Sort(out)
 	return out
 }
 
@@ -129,26 +135,27 @@ func TestReconcileAfterCrash(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	stray := filepath.Join(sn.root, "l", "ffffffffffffffff")
-	if err := mountLayer(st.LayerImage(chain), stray); err != nil {
-		t.Fatal(err)
+	// (where the host mounts layers, and where an older version did).
+	for _, stray := range []string{filepath.Join(st.Root(), "mounts", "shared", "ffffffffffffffff"), filepath.Join(sn.root, legacyMounts, "ffffffffffffffff")} {
+		if err := layers.MountImage(st.LayerImage(chain), stray, true); err != nil {
+			t.Fatal(err)
+		}
 	}
 	// Scratches the pool had ready, mounted.
 	pooled := waitPool(t, sn)
 	// The crash: metadata closed, mounts left as they are.
-	sn.pool.mu.Lock()
-	sn.pool.closed, sn.pool.ready = true, nil // it stops filling and forgets them
-	sn.pool.mu.Unlock()
-	sn.pool.done.Wait()
-	sn.ms.Close()
+	crash(sn)
 
 	sn2, err := New(ctx, st)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { sn2.Close() })
-	if got := layerMountsUnder(st.Root()); len(got) != 1 || got[0] != sn2.layerMount(chain) {
-		t.Errorf("layer mounts after restart %v, want only %s", got, sn2.layerMount(chain))
+	if got := layerMountsUnder(st.Root()); len(got) != 1 || got[0] != mustLayerMount(t, sn2, chain) {
+		t.Errorf("layer mounts after restart %v, want only %s", got, mustLayerMount(t, sn2, chain))
+	}
+	if n := testutil.LoopDevices(t, st.LayerImage(chain), 1); n != 1 {
+		t.Errorf("layer attached to %d loop devices after restart, want 1", n)
 	}
 	for _, d := range append([]string{filepath.Join(sn2.root, "new-123"), filepath.Join(sn2.root, "77")}, pooled...) {
 		if _, err := os.Stat(d); !os.IsNotExist(err) {
@@ -401,7 +408,7 @@ func TestDifferApplyCorruptGzip(t *testing.T) {
 		if st.HasLayer(diffID) {
 			t.Errorf("%s: a layer was stored from a corrupt blob", tc.name)
 		}
-		if _, err := os.Stat(filepath.Join(sn.dir(sn.snapshotOfMounts(ms)), store.SnapshotRefFile)); !os.IsNotExist(err) {
+		if _, err := os.Stat(filepath.Join(sn.dir(sn.snapshotOfMounts(ms)), refFile)); !os.IsNotExist(err) {
 			t.Errorf("%s: the failed snapshot still refers to a layer: %v", tc.name, err)
 		}
 		for _, dir := range []string{"tmp", "layers"} {
@@ -453,7 +460,10 @@ func TestCommitRedirectedDir(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	layer := sn.lowerDir(chain)
+	layer, err := sn.lowerDir(chain)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, p := range []string{"d2/sub/f", "d2/new"} {
 		if _, err := os.Stat(filepath.Join(layer, p)); err != nil {
 			t.Errorf("layer lacks %s: %v", p, err)

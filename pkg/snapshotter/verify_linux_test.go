@@ -240,11 +240,12 @@ func TestDifferPassesOverPrivateParent(t *testing.T) {
 	}
 }
 
-// TestLayerMountIdentity: mount names are a 16-hex prefix of the chain ID,
-// never trusted alone. A second layer with the same prefix gets a mount of
-// its own under its full chain ID instead of a mount on top of the first
-// one's, and a restart tells the two apart by the images the kernel says
-// they hold.
+// TestLayerMountIdentity: a layer's mount is the host's shared mount of
+// its image (layers.Host, short names in one directory; which image holds
+// a name when two collide is layers' TestHoldShortNameTaken), identified by
+// the image the kernel says it holds. Two layers get mounts of their own; a
+// crash, then a restart, keeps each at its place, and a mount point in use
+// is never mounted over.
 func TestLayerMountIdentity(t *testing.T) {
 	sn, st := newTest(t)
 	ctx := context.Background()
@@ -253,27 +254,20 @@ func TestLayerMountIdentity(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// A layer whose chain ID shares a's first 16 hex: a copy of a's files
-	// with other content, under a made-up chain ID.
-	b := digest.NewDigestFromEncoded(digest.SHA256, a.Encoded()[:16]+digest.FromString("b").Encoded()[16:])
 	commitFiles(t, sn, "other", "", map[string]string{"b": "B"})
-	other, err := sn.chainOf("2")
+	b, err := sn.chainOf("2")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.MkdirAll(st.LayerDir(b), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	copyFile(t, st.LayerImage(other), st.LayerImage(b))
-	if err := sn.adopt(ctx, "b-snap", "", b, nil); err != nil {
-		t.Fatal(err)
-	}
-	ma, mb := sn.layerMount(a), sn.layerMount(b)
+	ma, mb := mustLayerMount(t, sn, a), mustLayerMount(t, sn, b)
 	if ma == mb {
 		t.Fatalf("layers %s and %s share mount point %s", a, b, ma)
 	}
-	if mb != filepath.Join(sn.root, "l", b.Encoded()) {
-		t.Errorf("second layer of the prefix mounted at %s, want its full chain ID", mb)
+	shared := filepath.Join(st.Root(), "mounts", "shared")
+	for _, mp := range []string{ma, mb} {
+		if filepath.Dir(mp) != shared || len(filepath.Base(mp)) != 16 {
+			t.Errorf("layer mount %s: want a 16-hex name in %s", mp, shared)
+		}
 	}
 	holds := func(mp, image string) {
 		t.Helper()
@@ -285,35 +279,55 @@ func TestLayerMountIdentity(t *testing.T) {
 	holds(ma, st.LayerImage(a))
 	holds(mb, st.LayerImage(b))
 	assertView(t, sn, "base", map[string]string{"a": "A", "b": ""})
-	assertView(t, sn, "b-snap", map[string]string{"b": "B", "a": ""})
+	assertView(t, sn, "other", map[string]string{"b": "B", "a": ""})
 
 	// A crash, then a restart: each layer keeps its mount, found by identity.
-	sn.pool.mu.Lock()
-	sn.pool.closed, sn.pool.ready = true, nil
-	sn.pool.mu.Unlock()
-	sn.pool.done.Wait()
-	sn.ms.Close()
+	crash(sn)
 	sn2, err := New(ctx, st, WithScratchPool(0))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { sn2.Close() })
-	if got := sn2.layerMount(a); got != ma {
+	if got := mustLayerMount(t, sn2, a); got != ma {
 		t.Errorf("after restart layer a is at %s, want %s", got, ma)
 	}
-	if got := sn2.layerMount(b); got != mb {
+	if got := mustLayerMount(t, sn2, b); got != mb {
 		t.Errorf("after restart layer b is at %s, want %s", got, mb)
 	}
 	holds(ma, st.LayerImage(a))
 	holds(mb, st.LayerImage(b))
-	assertView(t, sn2, "b-snap", map[string]string{"b": "B", "a": ""})
+	assertView(t, sn2, "other", map[string]string{"b": "B", "a": ""})
 
 	// A mount point with something else mounted there is never mounted
 	// over.
-	if err := mountLayer(st.LayerImage(a), mb); !errors.Is(err, layers.ErrMountpointInUse) {
+	if err := layers.MountImage(st.LayerImage(a), mb, true); !errors.Is(err, layers.ErrMountpointInUse) {
 		t.Errorf("mount over a layer mount: %v, want %v", err, layers.ErrMountpointInUse)
 	}
 	holds(mb, st.LayerImage(b))
+}
+
+func mustLayerMount(t *testing.T, sn *Snapshotter, chain digest.Digest) string {
+	t.Helper()
+	mp, err := sn.layerMount(chain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return mp
+}
+
+// crash leaves sn as a SIGKILLed daemon does: its pool stops filling and
+// forgets its scratches, its metadata is closed, every mount and hold stays.
+func crash(sn *Snapshotter) {
+	if sn.pool != nil {
+		sn.pool.mu.Lock()
+		sn.pool.closed, sn.pool.ready = true, nil
+		sn.pool.mu.Unlock()
+		sn.pool.done.Wait()
+	}
+	sn.ms.Close()
+	sn.mu.Lock()
+	sn.holding = false // the next start takes the holds over
+	sn.mu.Unlock()
 }
 
 func copyFile(t *testing.T, from, to string) {
@@ -364,11 +378,7 @@ func TestUnverifiedLayerOfOlderVersion(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A restart of the daemon (the layer stays mounted, as after an upgrade).
-	sn.pool.mu.Lock()
-	sn.pool.closed, sn.pool.ready = true, nil
-	sn.pool.mu.Unlock()
-	sn.pool.done.Wait()
-	sn.ms.Close()
+	crash(sn)
 	sn2, err := New(ctx, st, WithScratchPool(0))
 	if err != nil {
 		t.Fatal(err)

@@ -57,7 +57,12 @@ func (s *Store) containerRecPath(name string) string {
 	return filepath.Join(s.containerDir(name), "container.json")
 }
 
-func (s *Store) host() *layers.Host { return &layers.Host{StateDir: filepath.Join(s.root, "mounts")} }
+// Host is the one owner of the store's host mounts (package layers):
+// containers' root file systems, and every layer image mounted on the host,
+// whoever uses it — containers mounted here and the containerd
+// snapshotter's snapshots alike — with its state and recovery under
+// mounts/.
+func (s *Store) Host() *layers.Host { return &layers.Host{StateDir: filepath.Join(s.root, "mounts")} }
 
 // CreateContainer records a container of the image and gives it a scratch
 // cloned from the template of its size.
@@ -165,9 +170,9 @@ func (s *Store) Container(name string) (*ContainerStatus, error) {
 
 func (s *Store) status(c *Container) *ContainerStatus {
 	st := &ContainerStatus{Container: *c}
-	if s.host().IsMounted(c.Name) {
+	if s.Host().IsMounted(c.Name) {
 		st.Mounted = true
-		st.Rootfs = s.host().RootfsPath(c.Name)
+		st.Rootfs = s.Host().RootfsPath(c.Name)
 	}
 	return st
 }
@@ -233,7 +238,7 @@ func (s *Store) Mount(ctx context.Context, name string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	return s.host().Mount(ctx, name, l)
+	return s.Host().Mount(ctx, name, l)
 }
 
 // Unmount unmounts the container's root file system on the host.
@@ -241,7 +246,7 @@ func (s *Store) Unmount(ctx context.Context, name string) error {
 	if _, err := s.container(name); err != nil {
 		return err
 	}
-	return s.host().Unmount(ctx, name, layers.UnmountAll)
+	return s.Host().Unmount(ctx, name, layers.UnmountAll)
 }
 
 // RemoveContainer unmounts (if mounted) and deletes a container and its
@@ -267,8 +272,8 @@ func (s *Store) RemoveContainer(ctx context.Context, name string) error {
 			return fmt.Errorf("container %q: its scratch is shared by container %q: %w", name, o.Name, ErrInUse)
 		}
 	}
-	if s.host().IsMounted(name) {
-		if err := s.host().Unmount(ctx, name, layers.UnmountAll); err != nil {
+	if s.Host().IsMounted(name) {
+		if err := s.Host().Unmount(ctx, name, layers.UnmountAll); err != nil {
 			return fmt.Errorf("remove container %q: %w", name, err)
 		}
 	}

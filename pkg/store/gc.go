@@ -27,12 +27,13 @@ type GCReport struct {
 // GC reconciles the store after crashes and removes what nothing uses:
 // incomplete host mounts are rolled back (complete ones are kept), stray
 // mounts and loop devices are released, temp files and half-written layers
-// or containers are deleted, and layers no image or container refers to are
-// removed. It keeps going past failures and returns them joined.
+// or containers are deleted, and layers no image, container or registered
+// LayerPinner refers to are removed. It keeps going past failures and
+// returns them joined; when a pinner fails, no layer is removed.
 func (s *Store) GC(ctx context.Context) (GCReport, error) {
 	var rep GCReport
 	var errs []error
-	mrep, err := s.host().Reconcile(ctx, s.root)
+	mrep, err := s.Host().Reconcile(ctx, s.root)
 	rep.Mounts = mrep
 	if err != nil {
 		errs = append(errs, fmt.Errorf("reconcile mounts: %w", err))
@@ -118,8 +119,12 @@ func (s *Store) GC(ctx context.Context) (GCReport, error) {
 			inContainer[id] = true
 		}
 	}
-	// Layers of containerd snapshots may be mounted too.
-	for id := range s.snapshotLayers() {
+	// Layers of containerd snapshots (pinned) may be mounted too.
+	pinned, err := s.pinnedLayers()
+	if err != nil {
+		return rep, errors.Join(append(errs, err)...)
+	}
+	for id := range pinned {
 		inContainer[id] = true
 	}
 	ents, _ = os.ReadDir(filepath.Join(s.root, "layers"))

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -250,8 +251,8 @@ func (s *Store) ensureLayer(ctx context.Context, img *ociimage.Image, i int, pro
 	return made, nil
 }
 
-// rollbackLayers removes layers an import created if no image or container
-// refers to them.
+// rollbackLayers removes layers an import created if no image, container
+// or pinner refers to them.
 func (s *Store) rollbackLayers(created []digest.Digest) {
 	if len(created) == 0 {
 		return
@@ -267,6 +268,13 @@ func (s *Store) rollbackLayers(created []digest.Digest) {
 		slog.Warn("rollback: cannot read references", "err", err)
 		return
 	}
+	// A snapshot may have taken a layer as soon as it was published.
+	pinned, err := s.pinnedLayers()
+	if err != nil {
+		slog.Warn("rollback: cannot read references", "err", err)
+		return
+	}
+	maps.Copy(used, pinned)
 	for _, c := range created {
 		if !used[c] {
 			if err := os.RemoveAll(s.LayerDir(c)); err != nil {

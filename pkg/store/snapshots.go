@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
@@ -23,16 +22,6 @@ import (
 	"github.com/layervisor/layervisor/pkg/layerconv"
 	"github.com/layervisor/layervisor/pkg/layers"
 )
-
-// SnapshotsDir is the directory under the root that belongs to the
-// containerd snapshotter (package snapshotter). Every snapshot directory in
-// it that holds a SnapshotRefFile keeps the layer named there alive: GC
-// treats those layers as mounted.
-const SnapshotsDir = "snapshots"
-
-// SnapshotRefFile, inside snapshots/<id>/, holds the chain ID of the layer a
-// committed snapshot is (or is being committed to).
-const SnapshotRefFile = "layer"
 
 // HasLayer reports whether the layer is stored verified (see PutLayer) in
 // the current format: only such a layer may be shared by chain ID.
@@ -350,23 +339,6 @@ func (r *verifyReader) Read(p []byte) (int, error) {
 }
 
 func (r *verifyReader) Close() error { return r.rc.Close() }
-
-// snapshotLayers returns the chain IDs that snapshots of the containerd
-// snapshotter refer to.
-func (s *Store) snapshotLayers() map[digest.Digest]bool {
-	used := map[digest.Digest]bool{}
-	ents, _ := os.ReadDir(filepath.Join(s.root, SnapshotsDir))
-	for _, e := range ents {
-		b, err := os.ReadFile(filepath.Join(s.root, SnapshotsDir, e.Name(), SnapshotRefFile))
-		if err != nil {
-			continue
-		}
-		if d, err := digest.Parse(strings.TrimSpace(string(b))); err == nil {
-			used[d] = true
-		}
-	}
-	return used
-}
 
 // currentLayer reads a layer's record and says whether it is in the format
 // this version writes.

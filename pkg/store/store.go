@@ -12,7 +12,8 @@
 //	containers/<name>/sandbox.img     scratch (or a symlink to a shared one;
 //	                                  sandbox.vhdx for a VHDX scratch)
 //	scratch/templates/                formatted scratch templates
-//	mounts/                           host mount state (package layers)
+//	mounts/                           host mounts of layers and scratches, and their state (package layers, Store.Host)
+//	snapshots/                        the containerd snapshotter's (package snapshotter; its layers are pinned through a LayerPinner)
 //	tmp/                              work in progress; gc removes leftovers
 //
 // Everything appears atomically (temp + rename). Metadata changes happen
@@ -26,6 +27,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"time"
 
 	digest "github.com/opencontainers/go-digest"
@@ -47,6 +49,9 @@ var (
 // by goroutines and by several processes.
 type Store struct {
 	root string
+
+	mu      sync.Mutex
+	pinners map[string]LayerPinner // SetPinner
 }
 
 // Open opens (creating if needed) the state directory root and checks that
