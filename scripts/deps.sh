@@ -17,6 +17,7 @@ APT_PACKAGES=(
   libvhdi-utils python3-libvhdi python3    # VHDX differencing validators
   bzip2 xz-utils            # tests decompress the Windows-made test files fast
   ntfs-3g gdisk             # mkntfs formats the UVM template disk; sgdisk/ntfsinfo validate it
+  iproute2 iptables         # CRI tests (internal/cristack): ip netns for the stack's network namespace; the CNI portmap plugin writes iptables rules (inside that namespace)
 )
 
 missing=()
@@ -79,4 +80,56 @@ if [[ ! -x "$CONTAINERD2_DIR/containerd" || ! -x "$CONTAINERD2_DIR/ctr" || ! -x 
   rm -rf "$CONTAINERD2_DIR"
   mv "$CONTAINERD2_DIR.new" "$CONTAINERD2_DIR"
   echo "deps: containerd $CONTAINERD2_VERSION in $CONTAINERD2_DIR" >&2
+fi
+
+# Kubernetes CRI test tools (internal/cristack): crictl and critest
+# (cri-tools v1.37.0; critest is the test binary of its cmd/critest, built
+# from a copy of the module because the module cache is read-only) and the
+# CNI plugins v1.10.0, built once into cache dirs, never installed
+# system-wide. cri-tools' go.mod wants Go 1.26.6 (GOTOOLCHAIN=auto above).
+CRI_TOOLS_VERSION=v1.37.0
+CRI_TOOLS_DIR=${LAYERVISOR_CRI_TOOLS_DIR:-/var/cache/layervisor/cri-tools-$CRI_TOOLS_VERSION}
+if [[ ! -x "$CRI_TOOLS_DIR/crictl" || ! -x "$CRI_TOOLS_DIR/critest" ]]; then
+  rm -rf "$CRI_TOOLS_DIR.new"
+  mkdir -p "$CRI_TOOLS_DIR.new"
+  (cd /tmp && GOBIN="$CRI_TOOLS_DIR.new" GOFLAGS=-mod=mod go install "sigs.k8s.io/cri-tools/cmd/crictl@$CRI_TOOLS_VERSION")
+  src=$(cd /tmp && GOFLAGS=-mod=mod go mod download -json "sigs.k8s.io/cri-tools@$CRI_TOOLS_VERSION" | awk -F'"' '/"Dir":/{print $4}')
+  work=$(mktemp -d)
+  cp -r "$src" "$work/cri-tools"
+  chmod -R u+w "$work/cri-tools"
+  (cd "$work/cri-tools" && GOFLAGS=-mod=mod go test -c -o "$CRI_TOOLS_DIR.new/critest" ./cmd/critest)
+  rm -rf "$work"
+  rm -rf "$CRI_TOOLS_DIR"
+  mv "$CRI_TOOLS_DIR.new" "$CRI_TOOLS_DIR"
+  echo "deps: crictl and critest $CRI_TOOLS_VERSION in $CRI_TOOLS_DIR" >&2
+fi
+# Debian's dynamically linked busybox (package busybox, which conflicts with
+# busybox-static, so extracted, never installed): the CRI test images are
+# built from it and the host's libc. busybox-static runs its applets
+# without exec (a shell's `ls` never reaches /bin/ls), so a container's
+# masked /bin/ls would go unnoticed.
+BUSYBOX_DEB_DIR=${LAYERVISOR_BUSYBOX_DIR:-/var/cache/layervisor/busybox-deb}
+if [[ ! -x "$BUSYBOX_DEB_DIR/busybox" ]]; then
+  work=$(mktemp -d)
+  (cd "$work" && { apt-get download -qq busybox >/dev/null 2>&1 || { apt-get update -qq; apt-get download -qq busybox >/dev/null; }; })
+  dpkg-deb -x "$work"/busybox_*.deb "$work/x"
+  mkdir -p "$BUSYBOX_DEB_DIR.new"
+  cp "$work/x/bin/busybox" "$BUSYBOX_DEB_DIR.new/busybox"
+  rm -rf "$work" "$BUSYBOX_DEB_DIR"
+  mv "$BUSYBOX_DEB_DIR.new" "$BUSYBOX_DEB_DIR"
+  echo "deps: Debian's dynamic busybox in $BUSYBOX_DEB_DIR" >&2
+fi
+CNI_VERSION=v1.10.0
+CNI_DIR=${LAYERVISOR_CNI_DIR:-/var/cache/layervisor/cni-plugins-$CNI_VERSION}
+if [[ ! -x "$CNI_DIR/bridge" || ! -x "$CNI_DIR/host-local" || ! -x "$CNI_DIR/loopback" || ! -x "$CNI_DIR/portmap" ]]; then
+  rm -rf "$CNI_DIR.new"
+  mkdir -p "$CNI_DIR.new"
+  (cd /tmp && GOBIN="$CNI_DIR.new" GOFLAGS=-mod=mod go install \
+    "github.com/containernetworking/plugins/plugins/main/bridge@$CNI_VERSION" \
+    "github.com/containernetworking/plugins/plugins/ipam/host-local@$CNI_VERSION" \
+    "github.com/containernetworking/plugins/plugins/main/loopback@$CNI_VERSION" \
+    "github.com/containernetworking/plugins/plugins/meta/portmap@$CNI_VERSION")
+  rm -rf "$CNI_DIR"
+  mv "$CNI_DIR.new" "$CNI_DIR"
+  echo "deps: CNI plugins $CNI_VERSION in $CNI_DIR" >&2
 fi
