@@ -10,7 +10,11 @@ package main
 import (
 	"os"
 
+	"github.com/layervisor/layervisor/cmd/internal/envconfig"
 	"github.com/layervisor/layervisor/pkg/shim"
 )
 
-func main() { os.Exit(shim.Main(os.Args[1:])) }
+func main() {
+	envconfig.ArmCrashPoint()
+	os.Exit(shim.Main(os.Args[1:], envconfig.UVM()))
+}

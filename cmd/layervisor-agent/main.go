@@ -22,6 +22,7 @@ import (
 
 	"github.com/layervisor/layervisor/pkg/agent"
 	"github.com/layervisor/layervisor/pkg/agent/guest"
+	"github.com/layervisor/layervisor/pkg/guestpath"
 )
 
 func main() {
@@ -90,7 +91,7 @@ func boot() error {
 	if _, err := os.Stat("/dev/ptmx"); err != nil {
 		os.Symlink("pts/ptmx", "/dev/ptmx")
 	}
-	for _, d := range guest.DefaultRoots {
+	for _, d := range guestpath.AllowedRoots() {
 		os.MkdirAll(d, 0o755)
 	}
 	return loadModules()

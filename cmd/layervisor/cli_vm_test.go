@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/layervisor/layervisor/internal/testutil"
+	"github.com/layervisor/layervisor/pkg/uvm"
 )
 
 // The CLI's VM path needs the guest agent next to the binary.
@@ -17,12 +18,10 @@ func vmCLI(t *testing.T) *cli {
 	t.Helper()
 	testutil.NeedTool(t, "qemu-system-x86_64")
 	c := newCLI(t)
-	agentBin := filepath.Join(filepath.Dir(c.bin), "layervisor-agent")
+	agentBin := filepath.Join(filepath.Dir(c.bin), uvm.AgentName)
 	if _, err := os.Stat(agentBin); err != nil {
-		cmd := exec.Command("go", "build", "-o", agentBin, "../layervisor-agent")
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("build agent: %v %s", err, out)
+		if err := testutil.BuildGuestAgent(agentBin); err != nil {
+			t.Fatal(err)
 		}
 	}
 	return c

@@ -8,7 +8,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/layervisor/layervisor/pkg/scratch"
+	"github.com/layervisor/layervisor/cmd/internal/envconfig"
+	"github.com/layervisor/layervisor/pkg/diskformat"
 	"github.com/layervisor/layervisor/pkg/store"
 	"github.com/layervisor/layervisor/pkg/uvm"
 )
@@ -57,7 +58,7 @@ which utility VMs attach directly; the host path needs the raw default.`,
   layervisor container create side --image demo:latest --share-scratch-with web`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			opts := store.ContainerOptions{ShareScratchWith: shareWith, ScratchFormat: scratch.Format(scratchFormat)}
+			opts := store.ContainerOptions{ShareScratchWith: shareWith, ScratchFormat: diskformat.Format(scratchFormat)}
 			if scratchSize != "" {
 				n, err := parseSize(scratchSize)
 				if err != nil {
@@ -192,7 +193,7 @@ and removes the containers of runs that died before their teardown.`,
 				return err
 			}
 			// UVMs first: a reaped VM no longer holds anything.
-			vrep, vmErr := uvm.GC(cmd.Context(), s.Root())
+			vrep, vmErr := uvm.GC(cmd.Context(), s.Root(), envconfig.UVMHost())
 			rep, gcErr := s.GC(cmd.Context())
 			// Then the containers of dead runs (incomplete mounts are rolled back by now).
 			runs, runErr := reapDeadRuns(cmd.Context(), s)

@@ -4,11 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
+	"github.com/layervisor/layervisor/pkg/diskformat"
 	"github.com/layervisor/layervisor/pkg/diskimage"
 	"github.com/layervisor/layervisor/pkg/vhdx"
 )
@@ -59,7 +61,7 @@ func newDiskCreateCmd(o *options) *cobra.Command {
 				}
 			}
 			opts := diskimage.CreateOptions{Format: fm, Type: vhdx.Type(cr.typ), Parent: cr.parent}
-			if cr.typ == "" && fm == diskimage.VHD {
+			if cr.typ == "" && fm == diskformat.VHD {
 				opts.Type = vhdx.Fixed
 			}
 			if cr.blockSize != "" {
@@ -199,11 +201,11 @@ VHDX for writing so that a pending log is replayed.`,
 	return cmd
 }
 
-func outputFormat(flag, name string) (diskimage.Format, error) {
+func outputFormat(flag, name string) (diskformat.Format, error) {
 	if flag != "" {
-		return diskimage.ParseFormat(flag)
+		return diskformat.Parse(strings.ToLower(flag), diskimage.Formats()...)
 	}
-	if fm, ok := diskimage.FormatFromName(name); ok {
+	if fm, ok := diskformat.FromName(name); ok {
 		return fm, nil
 	}
 	return "", fmt.Errorf("cannot tell the format of %s from its name: give --format vhdx, vhd or raw", name)

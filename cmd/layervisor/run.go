@@ -24,6 +24,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/layervisor/layervisor/pkg/agent"
+	"github.com/layervisor/layervisor/pkg/diskformat"
 	"github.com/layervisor/layervisor/pkg/inroot"
 	"github.com/layervisor/layervisor/pkg/layers"
 	"github.com/layervisor/layervisor/pkg/ociruntime"
@@ -238,7 +239,7 @@ func runContainer(ctx context.Context, o runOptions, image string, cmdArgs []str
 	if err != nil {
 		return 0, err
 	}
-	if format == scratch.VHDX && o.isolation != "vm" {
+	if format == diskformat.VHDX && o.isolation != "vm" {
 		return 0, fmt.Errorf("--scratch-format vhdx needs --isolation vm: %w", layers.ErrVHDXScratchOnHost)
 	}
 	s, err := o.openStore()

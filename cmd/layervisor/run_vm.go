@@ -12,7 +12,9 @@ import (
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/layervisor/layervisor/cmd/internal/envconfig"
 	"github.com/layervisor/layervisor/pkg/agent"
+	"github.com/layervisor/layervisor/pkg/guestpath"
 	"github.com/layervisor/layervisor/pkg/layers"
 	"github.com/layervisor/layervisor/pkg/resources"
 	"github.com/layervisor/layervisor/pkg/runspec"
@@ -30,7 +32,9 @@ func runInUVM(ctx context.Context, s *store.Store, o runOptions, cname string, s
 		return 0, errors.New("--uvm: running in a UVM started by another process is not supported yet; omit --uvm to start one for this run")
 	}
 	teardown := context.WithoutCancel(ctx)
-	u, err := uvm.Create(ctx, uvm.Config{ID: cname, Root: s.Root(), Cold: o.cold})
+	cfg := envconfig.UVM()
+	cfg.ID, cfg.Root, cfg.Cold = cname, s.Root(), cfg.Cold || o.cold
+	u, err := uvm.Create(ctx, cfg)
 	if err != nil {
 		return 0, err
 	}
@@ -68,7 +72,7 @@ func runInUVM(ctx context.Context, s *store.Store, o runOptions, cname string, s
 	mounter.Device = o.device
 	spec.Root.Path = "" // Setup mounts the layers and sets it (hcsshim's rule)
 	res, err := resources.Setup(ctx, vm, mounter, resources.Container{
-		ID: cname, Spec: spec, LayerFolders: folders, GuestRoot: vmcontainer.GuestRoot(cname),
+		ID: cname, Spec: spec, LayerFolders: folders, GuestRoot: guestpath.ContainerRoot(cname),
 	})
 	if err != nil {
 		return 0, err

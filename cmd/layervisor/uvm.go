@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/layervisor/layervisor/cmd/internal/envconfig"
 	"github.com/layervisor/layervisor/pkg/agent"
 	"github.com/layervisor/layervisor/pkg/uvm"
 )
@@ -40,6 +41,8 @@ needs Hyper-V. uvm rm removes the directory.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c := cfg
 			c.ID, c.Root, c.LongLived = args[0], o.absRoot(), true
+			env := envconfig.UVM()
+			c.BootDir, c.Host = env.BootDir, env.Host
 			if memory != "" {
 				n, err := parseSize(memory)
 				if err != nil {
@@ -96,7 +99,8 @@ layervisor uvm template). --cold always boots the kernel.`,
 				return err
 			}
 			defer u.Close()
-			u.SetCold(cold)
+			u.SetCold(cold || envconfig.TemplatesOff())
+			u.SetHostOptions(envconfig.UVMHost())
 			t0 := time.Now()
 			if err := u.Start(cmd.Context()); err != nil {
 				return err
@@ -190,6 +194,7 @@ func newUVMRmCmd(o *options) *cobra.Command {
 			if err := u.Stop(cmd.Context()); err != nil {
 				return err
 			}
+			u.SetHostOptions(envconfig.UVMHost())
 			return u.Remove(cmd.Context())
 		},
 	}
@@ -206,11 +211,15 @@ func newUVMImageBuildCmd(o *options) *cobra.Command {
 		Short: "Build the UVM initramfs: the guest agent as /init plus the kernel modules it loads",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			env := envconfig.UVM()
 			if img.BootDir == "" {
-				img.BootDir = os.Getenv("LAYERVISOR_BOOT_DIR")
+				img.BootDir = env.BootDir
 			}
-			if img.BootDir == "" {
-				img.BootDir = "/var/cache/layervisor/boot"
+			if img.Agent == "" {
+				img.Agent = env.Host.Agent
+			}
+			if img.Runtime == "" {
+				img.Runtime = env.Host.GuestRuntime
 			}
 			if img.Out == "" {
 				img.Out = filepath.Join(o.absRoot(), "boot", uvm.InitrdName)
@@ -226,8 +235,8 @@ func newUVMImageBuildCmd(o *options) *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&img.BootDir, "kernel-dir", "", "boot dir with vmlinuz and lib/modules (default $LAYERVISOR_BOOT_DIR or /var/cache/layervisor/boot)")
-	f.StringVar(&img.Agent, "agent", "", "guest agent binary (default: next to layervisor, or built from source)")
+	f.StringVar(&img.BootDir, "kernel-dir", "", "boot dir with vmlinuz and lib/modules (default $LAYERVISOR_BOOT_DIR or "+uvm.DefaultBootDir+")")
+	f.StringVar(&img.Agent, "agent", "", "guest agent binary (default $LAYERVISOR_AGENT, else "+uvm.AgentName+" next to layervisor, else on PATH)")
 	f.StringVar(&img.Out, "out", "", "initramfs to write (default <root>/boot/"+uvm.InitrdName+")")
 	return cmd
 }

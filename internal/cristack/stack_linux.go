@@ -412,6 +412,9 @@ func (s *Stack) containerdConfig(sock string) string {
 		fmt.Fprintf(&b, `    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.layervisor]
       runtime_type = %q
       snapshotter = "layervisor"
+      # A privileged pod gets the guest's devices, not the host's: the
+      # host's device nodes mean nothing in the VM (as Kata's set-up).
+      privileged_without_host_devices = true
 `, layervisorRuntime)
 	}
 	fmt.Fprintf(&b, `

@@ -26,14 +26,22 @@ const busyboxImage = "registry.k8s.io/e2e-test-images/busybox:1.29-2"
 // run, create and start a container in each, exec, logs, stats, reach one
 // pod from the other by IP, stop and remove; after Stop nothing of the
 // stack is left.
-func TestCrictlRunc(t *testing.T) { testCrictl(t, Options{}) }
+func TestCrictlRunc(t *testing.T) { testCrictl(t, Options{}, HandlerRunc) }
 
 // TestCrictlRuncLayervisorSnapshotter is TestCrictlRunc with images and
 // container root file systems on layervisor's snapshotter (layervisor
 // serve as containerd's proxy snapshotter and differ).
 func TestCrictlRuncLayervisorSnapshotter(t *testing.T) {
 	testutil.NeedRoot(t)
-	testCrictl(t, Options{LayervisorBin: filepath.Join(layervisorBins(t), "layervisor"), Root: storeRoot(t)})
+	testCrictl(t, Options{LayervisorBin: filepath.Join(layervisorBins(t), "layervisor"), Root: storeRoot(t)}, HandlerRunc)
+}
+
+// TestCrictlLayervisor is the same with the layervisor handler: each pod
+// is a utility VM, its network wired from CNI's namespace into the guest.
+func TestCrictlLayervisor(t *testing.T) {
+	testutil.NeedRoot(t)
+	bin := layervisorBins(t)
+	testCrictl(t, Options{LayervisorBin: filepath.Join(bin, "layervisor"), ShimDir: bin, Root: vmStoreRoot(t)}, HandlerLayervisor)
 }
 
 var (
@@ -78,7 +86,37 @@ func storeRoot(t *testing.T) string {
 	return root
 }
 
-func testCrictl(t *testing.T, o Options) {
+var (
+	vmOnce sync.Once
+	vmDir  string
+	vmErr  error
+)
+
+// vmStoreRoot is storeRoot with the initramfs (boot/) and UVM templates
+// (templates/) shared by the test binary's roots: built and saved once.
+func vmStoreRoot(t *testing.T) string {
+	t.Helper()
+	vmOnce.Do(func() {
+		vmDir, vmErr = testutil.SharedDir("lv-cristack-vm-")
+		for _, d := range []string{"boot", "templates"} {
+			if vmErr == nil {
+				vmErr = os.Mkdir(filepath.Join(vmDir, d), 0o755)
+			}
+		}
+	})
+	if vmErr != nil {
+		t.Fatal(vmErr)
+	}
+	root := storeRoot(t)
+	for _, d := range []string{"boot", "templates"} {
+		if err := os.Symlink(filepath.Join(vmDir, d), filepath.Join(root, d)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return root
+}
+
+func testCrictl(t *testing.T, o Options, handler string) {
 	s := StartTest(t, o)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -122,7 +160,7 @@ func testCrictl(t *testing.T, o Options) {
 			"log_path": "web.log",
 			"linux":    map[string]any{},
 		})
-		p.id = crictl("runp", "--runtime", HandlerRunc, podCfg)
+		p.id = crictl("runp", "--runtime", handler, podCfg)
 		p.ctr = crictl("create", p.id, ctrCfg, podCfg)
 		crictl("start", p.ctr)
 		p.ip = crictl("inspectp", "--output", "go-template", "--template", "{{.status.network.ip}}", p.id)

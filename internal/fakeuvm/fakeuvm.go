@@ -21,8 +21,8 @@ import (
 	"sync"
 
 	"github.com/layervisor/layervisor/internal/refcount"
+	"github.com/layervisor/layervisor/pkg/diskformat"
 	"github.com/layervisor/layervisor/pkg/layers"
-	"github.com/layervisor/layervisor/pkg/uvm/scsi"
 )
 
 // UVM is a ref-counting model of a UVM's controllers, with failure
@@ -33,7 +33,7 @@ type UVM struct {
 	VPMemMax    int64
 	Refs        map[string]int // "vpmem:"/"scsi:" + host path
 	ReadOnly    map[string]bool
-	Formats     map[string]scsi.Format // how each SCSI disk was opened
+	Formats     map[string]diskformat.Format // how each SCSI disk was opened
 	Combined    map[string][]string
 	Dirs        map[string]bool
 	FailVPMem   error
@@ -107,7 +107,7 @@ func (f *UVM) AttachVPMem(ctx context.Context, hostPath string) (layers.Attachme
 	return &attachment{f: f, key: key, path: "/run/layers/p-" + filepath.Base(filepath.Dir(hostPath))}, nil
 }
 
-func (f *UVM) AttachSCSI(ctx context.Context, hostPath string, format scsi.Format, ReadOnly bool) (layers.Attachment, error) {
+func (f *UVM) AttachSCSI(ctx context.Context, hostPath string, format diskformat.Format, ReadOnly bool) (layers.Attachment, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.AttachCalls++
@@ -115,14 +115,14 @@ func (f *UVM) AttachSCSI(ctx context.Context, hostPath string, format scsi.Forma
 		return nil, errors.New("injected SCSI failure")
 	}
 	key := "scsi:" + hostPath
-	if !format.Valid() {
+	if !format.Attachable() {
 		return nil, fmt.Errorf("scsi attach %s: unknown disk format %q", hostPath, format)
 	}
 	if f.Refs[key] > 0 && (f.ReadOnly[key] != ReadOnly || f.Formats[key] != format) {
 		return nil, errors.New("conflicting attach")
 	}
 	if f.Formats == nil {
-		f.Formats = map[string]scsi.Format{}
+		f.Formats = map[string]diskformat.Format{}
 	}
 	f.Formats[key] = format
 	f.Refs[key]++
@@ -184,7 +184,7 @@ func (f *UVM) AddShare(ctx context.Context, hostDir string, readOnly bool) (laye
 }
 
 // AttachDisk models a SCSI disk mounted in the guest.
-func (f *UVM) AttachDisk(ctx context.Context, hostPath string, format scsi.Format, readOnly, passThrough bool) (layers.Attachment, error) {
+func (f *UVM) AttachDisk(ctx context.Context, hostPath string, format diskformat.Format, readOnly, passThrough bool) (layers.Attachment, error) {
 	if _, err := os.Stat(hostPath); err != nil {
 		return nil, err
 	}

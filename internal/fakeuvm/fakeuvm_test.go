@@ -7,8 +7,8 @@ import (
 	"testing"
 
 	"github.com/layervisor/layervisor/internal/attachtest"
+	"github.com/layervisor/layervisor/pkg/diskformat"
 	"github.com/layervisor/layervisor/pkg/layers"
-	"github.com/layervisor/layervisor/pkg/uvm/scsi"
 )
 
 // The fake keeps the controllers' release contract for each kind of
@@ -26,7 +26,7 @@ func TestContract(t *testing.T) {
 				}
 				key := "scsi:" + p
 				attach := func(ctx context.Context) (layers.Attachment, error) {
-					return f.AttachSCSI(ctx, p, scsi.FormatVHDFixed, true)
+					return f.AttachSCSI(ctx, p, diskformat.VHDFixed, true)
 				}
 				switch kind {
 				case "vpmem":

@@ -23,10 +23,6 @@ import (
 // dependencies); the initramfs builder packs the same list.
 var GuestModules = []string{"virtio_pci", "virtio_console", "virtio_balloon", "virtio_scsi", "sd_mod", "virtio_pmem", "nd_pmem", "overlay", "virtiofs", "ext4", "virtio_net"}
 
-// GuestRuntimePath is where the initramfs holds the OCI runtime the
-// agent runs containers with.
-const GuestRuntimePath = "/usr/bin/oci-runtime"
-
 // PortName is the virtio-serial port of the agent channel.
 const PortName = "layervisor.agent"
 

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/layervisor/layervisor/internal/testutil"
+	"github.com/layervisor/layervisor/pkg/diskformat"
 	"github.com/layervisor/layervisor/pkg/vhdx"
 )
 
@@ -100,13 +101,13 @@ func syncFile(b *testing.B, path string) {
 // BenchmarkConvertToVHDX converts the 1 GiB raw images with layervisor and
 // with `qemu-img convert -O vhdx` (same 1 MiB blocks).
 func BenchmarkConvertToVHDX(b *testing.B) {
-	benchConvert(b, ConvertOptions{Format: VHDX}, filepath.Join(b.TempDir(), "out.vhdx"),
+	benchConvert(b, ConvertOptions{Format: diskformat.VHDX}, filepath.Join(b.TempDir(), "out.vhdx"),
 		"-O", "vhdx", "-o", "block_size=1M")
 }
 
 // BenchmarkConvertToVHD converts them to dynamic VHDs (2 MiB blocks, both
 // with the exact size rather than QEMU's CHS rounding).
 func BenchmarkConvertToVHD(b *testing.B) {
-	benchConvert(b, ConvertOptions{Format: VHD, Type: vhdx.Dynamic}, filepath.Join(b.TempDir(), "out.vhd"),
+	benchConvert(b, ConvertOptions{Format: diskformat.VHD, Type: vhdx.Dynamic}, filepath.Join(b.TempDir(), "out.vhd"),
 		"-O", "vpc", "-o", "subformat=dynamic,force_size=on")
 }

@@ -8,13 +8,14 @@ import (
 
 	"github.com/layervisor/layervisor/internal/atomicfile"
 	"github.com/layervisor/layervisor/internal/zero"
+	"github.com/layervisor/layervisor/pkg/diskformat"
 	"github.com/layervisor/layervisor/pkg/vhd"
 	"github.com/layervisor/layervisor/pkg/vhdx"
 )
 
 // ConvertOptions describe the output of Convert.
 type ConvertOptions struct {
-	Format Format
+	Format diskformat.Format
 	// Type is dynamic or fixed: VHDX defaults to dynamic, VHD to fixed.
 	Type vhdx.Type
 	// BlockSize of a VHDX (default 1 MiB) or dynamic VHD (default 2 MiB).
@@ -53,14 +54,14 @@ func Convert(ctx context.Context, src, dst string, o ConvertOptions) (*ConvertRe
 	res := &ConvertResult{Size: in.Size()}
 	fill := func(w io.WriterAt) error { return copyExtents(ctx, in, exts, w, res, o.Progress) }
 	switch o.Format {
-	case Raw, VHD:
-		if o.Format == VHD && o.Type != "" && o.Type != vhdx.Fixed && o.Type != vhdx.Dynamic {
+	case diskformat.Raw, diskformat.VHD:
+		if o.Format == diskformat.VHD && o.Type != "" && o.Type != vhdx.Fixed && o.Type != vhdx.Dynamic {
 			return nil, fmt.Errorf("convert to %s: unknown VHD type %q (want fixed or dynamic)", dst, o.Type)
 		}
-		if o.Format == VHD && in.Size()%512 != 0 {
+		if o.Format == diskformat.VHD && in.Size()%512 != 0 {
 			return nil, fmt.Errorf("convert %s: size %d is not a multiple of 512, as a VHD needs", src, in.Size())
 		}
-		if o.Format == VHD && o.Type == vhdx.Dynamic {
+		if o.Format == diskformat.VHD && o.Type == vhdx.Dynamic {
 			err = convertToDynamicVHD(dst, in.Size(), o, fill)
 			break
 		}
@@ -71,12 +72,12 @@ func Convert(ctx context.Context, src, dst string, o ConvertOptions) (*ConvertRe
 			if err := fill(f); err != nil {
 				return err
 			}
-			if o.Format == VHD {
+			if o.Format == diskformat.VHD {
 				return vhd.AppendFixedFooter(f)
 			}
 			return nil
 		})
-	case VHDX:
+	case diskformat.VHDX:
 		res.Size = (in.Size() + 511) / 512 * 512 // VHDX sizes are whole sectors
 		err = convertToVHDX(dst, res.Size, o, fill)
 	default:

@@ -10,24 +10,20 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"slices"
-	"strings"
 
 	"github.com/layervisor/layervisor/internal/atomicfile"
 	"github.com/layervisor/layervisor/internal/sparse"
+	"github.com/layervisor/layervisor/pkg/diskformat"
 	"github.com/layervisor/layervisor/pkg/vhd"
 	"github.com/layervisor/layervisor/pkg/vhdx"
 )
 
-// Format is a disk file format.
-type Format string
-
-const (
-	Raw  Format = "raw"
-	VHD  Format = "vhd"
-	VHDX Format = "vhdx"
-)
+// Formats are the file formats this package reads and writes (a new slice
+// each call).
+func Formats() []diskformat.Format {
+	return []diskformat.Format{diskformat.Raw, diskformat.VHD, diskformat.VHDX}
+}
 
 // Extent is a range of a virtual disk.
 type Extent = sparse.Extent
@@ -44,7 +40,7 @@ type Image interface {
 
 // Detect reads the file's signatures: "vhdxfile" at 0 is VHDX, a valid
 // "conectix" footer at the end (or its copy at 0) is VHD, anything else raw.
-func Detect(path string) (Format, error) {
+func Detect(path string) (diskformat.Format, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return "", err
@@ -57,54 +53,32 @@ func Detect(path string) (Format, error) {
 	head := make([]byte, vhd.FooterSize)
 	n, _ := f.ReadAt(head, 0)
 	if bytes.HasPrefix(head[:n], []byte("vhdxfile")) {
-		return VHDX, nil
+		return diskformat.VHDX, nil
 	}
 	// A "conectix" cookie at the end is a VHD even when its footer is
 	// damaged, so that the damage is reported rather than read as raw data.
 	tail := make([]byte, 8)
 	if st.Size() >= vhd.FooterSize {
 		if _, err := f.ReadAt(tail, st.Size()-vhd.FooterSize); err == nil && string(tail) == "conectix" {
-			return VHD, nil
+			return diskformat.VHD, nil
 		}
 	}
 	if n == vhd.FooterSize {
 		if ft, err := vhd.ParseFooter(head); err == nil && ft.DiskType != vhd.DiskTypeFixed {
-			return VHD, nil
+			return diskformat.VHD, nil
 		}
 	}
-	return Raw, nil
-}
-
-// FormatFromName guesses a format from a file name's extension.
-func FormatFromName(path string) (Format, bool) {
-	switch strings.ToLower(filepath.Ext(path)) {
-	case ".vhdx", ".avhdx":
-		return VHDX, true
-	case ".vhd":
-		return VHD, true
-	case ".img", ".raw", ".bin":
-		return Raw, true
-	}
-	return "", false
-}
-
-// ParseFormat checks a user-given format name.
-func ParseFormat(s string) (Format, error) {
-	switch f := Format(strings.ToLower(s)); f {
-	case Raw, VHD, VHDX:
-		return f, nil
-	}
-	return "", fmt.Errorf("unknown disk format %q (want raw, vhd or vhdx)", s)
+	return diskformat.Raw, nil
 }
 
 // Open opens any supported disk file for reading (differencing VHDX disks
 // with their parent chain).
-func Open(path string) (Image, Format, error) {
+func Open(path string) (Image, diskformat.Format, error) {
 	fm, err := Detect(path)
 	if err != nil {
 		return nil, "", err
 	}
-	if fm == VHDX {
+	if fm == diskformat.VHDX {
 		d, err := vhdx.Open(path, vhdx.OpenOptions{ReadOnly: true})
 		if err != nil {
 			return nil, fm, err
@@ -122,7 +96,7 @@ func Open(path string) (Image, Format, error) {
 		return nil, fm, err
 	}
 	size := st.Size()
-	if fm == VHD {
+	if fm == diskformat.VHD {
 		ft, err := vhd.ReadFooter(f, size)
 		if err != nil || ft.DiskType != vhd.DiskTypeFixed {
 			f.Close()
@@ -190,7 +164,7 @@ func (v dynImage) Extents() ([]Extent, error) {
 
 // CreateOptions describe a new disk file.
 type CreateOptions struct {
-	Format Format
+	Format diskformat.Format
 	// Type is dynamic or fixed: VHDX defaults to dynamic, VHD to fixed.
 	Type vhdx.Type
 	// BlockSize of a VHDX (default 1 MiB) or dynamic VHD (default 2 MiB).
@@ -206,18 +180,18 @@ var ErrUnsupported = errors.New("not supported")
 // Create makes an empty disk of size bytes at path (which must not exist).
 func Create(path string, size int64, o CreateOptions) error {
 	switch o.Format {
-	case VHDX:
+	case diskformat.VHDX:
 		d, err := vhdx.Create(path, vhdx.CreateOptions{Size: size, Type: o.Type, BlockSize: o.BlockSize,
 			LogicalSectorSize: o.LogicalSectorSize, Parent: o.Parent})
 		if err != nil {
 			return err
 		}
 		return d.Close()
-	case Raw, VHD:
+	case diskformat.Raw, diskformat.VHD:
 		if o.Parent != "" {
 			return fmt.Errorf("create %s: differencing disks must be vhdx: %w", path, ErrUnsupported)
 		}
-		if o.Format == VHD && o.Type == vhdx.Dynamic {
+		if o.Format == diskformat.VHD && o.Type == vhdx.Dynamic {
 			d, err := vhd.CreateDynamic(path, size, vhd.DynamicOptions{BlockSize: o.BlockSize})
 			if err != nil {
 				return err
@@ -227,7 +201,7 @@ func Create(path string, size int64, o CreateOptions) error {
 		if o.Type == vhdx.Differencing {
 			return fmt.Errorf("create %s: %s disks cannot be differencing: %w", path, o.Format, ErrUnsupported)
 		}
-		if o.Format == VHD && o.Type != "" && o.Type != vhdx.Fixed {
+		if o.Format == diskformat.VHD && o.Type != "" && o.Type != vhdx.Fixed {
 			return fmt.Errorf("create %s: unknown VHD type %q (want fixed or dynamic)", path, o.Type)
 		}
 		if size <= 0 || size%512 != 0 {
@@ -237,7 +211,7 @@ func Create(path string, size int64, o CreateOptions) error {
 			if err := f.Truncate(size); err != nil {
 				return err
 			}
-			if o.Format == VHD {
+			if o.Format == diskformat.VHD {
 				return vhd.AppendFixedFooter(f)
 			}
 			return nil

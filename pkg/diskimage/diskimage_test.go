@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/layervisor/layervisor/internal/testutil"
+	"github.com/layervisor/layervisor/pkg/diskformat"
 	"github.com/layervisor/layervisor/pkg/vhd"
 	"github.com/layervisor/layervisor/pkg/vhdx"
 )
@@ -66,7 +67,7 @@ func TestConvertRoundTrip(t *testing.T) {
 	want := sparseRaw(t, src, size)
 	for _, typ := range []vhdx.Type{vhdx.Dynamic, vhdx.Fixed} {
 		x := filepath.Join(dir, string(typ)+".vhdx")
-		res, err := Convert(ctx, src, x, ConvertOptions{Format: VHDX, Type: typ})
+		res, err := Convert(ctx, src, x, ConvertOptions{Format: diskformat.VHDX, Type: typ})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -86,7 +87,7 @@ func TestConvertRoundTrip(t *testing.T) {
 			t.Errorf("dynamic conversion allocated %d blocks, want 4", in.BlocksPresent)
 		}
 		back := filepath.Join(dir, string(typ)+"-back.img")
-		if _, err := Convert(ctx, x, back, ConvertOptions{Format: Raw}); err != nil {
+		if _, err := Convert(ctx, x, back, ConvertOptions{Format: diskformat.Raw}); err != nil {
 			t.Fatal(err)
 		}
 		if got, _ := os.ReadFile(back); !bytes.Equal(got, want) {
@@ -94,7 +95,7 @@ func TestConvertRoundTrip(t *testing.T) {
 		}
 	}
 	vhdPath := filepath.Join(dir, "layer.vhd")
-	if _, err := Convert(ctx, src, vhdPath, ConvertOptions{Format: VHD}); err != nil {
+	if _, err := Convert(ctx, src, vhdPath, ConvertOptions{Format: diskformat.VHD}); err != nil {
 		t.Fatal(err)
 	}
 	opts := "driver=vpc,force_size_calc=current_size,file.filename=" + vhdPath
@@ -151,7 +152,7 @@ func TestConvertDifferencingChain(t *testing.T) {
 	c.WriteAt([]byte("child"), 100)
 	c.Close()
 	flat := filepath.Join(dir, "flat.img")
-	if _, err := Convert(context.Background(), child, flat, ConvertOptions{Format: Raw}); err != nil {
+	if _, err := Convert(context.Background(), child, flat, ConvertOptions{Format: diskformat.Raw}); err != nil {
 		t.Fatal(err)
 	}
 	got, _ := os.ReadFile(flat)
@@ -178,12 +179,12 @@ func TestConvertFailuresLeaveNothing(t *testing.T) {
 		o        ConvertOptions
 		want     string
 	}{
-		{bad, filepath.Join(dir, "out.img"), ConvertOptions{Format: Raw}, "bad.vhdx"},
-		{filepath.Join(dir, "missing.img"), filepath.Join(dir, "out.vhdx"), ConvertOptions{Format: VHDX}, "missing.img"},
-		{odd, exists, ConvertOptions{Format: VHDX}, "exists.vhdx"},
-		{odd, filepath.Join(dir, "out.vhd"), ConvertOptions{Format: VHD}, "multiple of 512"},
-		{odd, filepath.Join(dir, "out2.vhd"), ConvertOptions{Format: VHD, Type: vhdx.Dynamic}, "multiple of 512"},
-		{odd, filepath.Join(dir, "out3.vhd"), ConvertOptions{Format: VHD, Type: "sparse"}, "unknown VHD type"},
+		{bad, filepath.Join(dir, "out.img"), ConvertOptions{Format: diskformat.Raw}, "bad.vhdx"},
+		{filepath.Join(dir, "missing.img"), filepath.Join(dir, "out.vhdx"), ConvertOptions{Format: diskformat.VHDX}, "missing.img"},
+		{odd, exists, ConvertOptions{Format: diskformat.VHDX}, "exists.vhdx"},
+		{odd, filepath.Join(dir, "out.vhd"), ConvertOptions{Format: diskformat.VHD}, "multiple of 512"},
+		{odd, filepath.Join(dir, "out2.vhd"), ConvertOptions{Format: diskformat.VHD, Type: vhdx.Dynamic}, "multiple of 512"},
+		{odd, filepath.Join(dir, "out3.vhd"), ConvertOptions{Format: diskformat.VHD, Type: "sparse"}, "unknown VHD type"},
 	} {
 		_, err := Convert(context.Background(), tc.src, tc.dst, tc.o)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -200,7 +201,7 @@ func TestConvertFailuresLeaveNothing(t *testing.T) {
 	cancel()
 	src := filepath.Join(dir, "src.img")
 	sparseRaw(t, src, 8<<20)
-	if _, err := Convert(ctx, src, filepath.Join(dir, "c.vhdx"), ConvertOptions{Format: VHDX}); !errors.Is(err, context.Canceled) {
+	if _, err := Convert(ctx, src, filepath.Join(dir, "c.vhdx"), ConvertOptions{Format: diskformat.VHDX}); !errors.Is(err, context.Canceled) {
 		t.Errorf("cancelled conversion: %v", err)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "c.vhdx")); err == nil {
@@ -212,13 +213,13 @@ func TestDetect(t *testing.T) {
 	dir := t.TempDir()
 	for _, tc := range []struct {
 		name string
-		fm   Format
+		fm   diskformat.Format
 		o    CreateOptions
 	}{
-		{"a.vhdx", VHDX, CreateOptions{Format: VHDX}},
-		{"a.vhd", VHD, CreateOptions{Format: VHD, Type: vhdx.Fixed}},
-		{"d.vhd", VHD, CreateOptions{Format: VHD, Type: vhdx.Dynamic}},
-		{"a.img", Raw, CreateOptions{Format: Raw}},
+		{"a.vhdx", diskformat.VHDX, CreateOptions{Format: diskformat.VHDX}},
+		{"a.vhd", diskformat.VHD, CreateOptions{Format: diskformat.VHD, Type: vhdx.Fixed}},
+		{"d.vhd", diskformat.VHD, CreateOptions{Format: diskformat.VHD, Type: vhdx.Dynamic}},
+		{"a.img", diskformat.Raw, CreateOptions{Format: diskformat.Raw}},
 	} {
 		p := filepath.Join(dir, tc.name)
 		if err := Create(p, 4<<20, tc.o); err != nil {
@@ -248,7 +249,7 @@ func TestConvertToDynamicVHD(t *testing.T) {
 		src := filepath.Join(dir, fmt.Sprint("src-", tc.size, ".img"))
 		want := sparseRaw(t, src, tc.size)
 		out := filepath.Join(dir, fmt.Sprint("out-", tc.size, ".vhd"))
-		res, err := Convert(ctx, src, out, ConvertOptions{Format: VHD, Type: vhdx.Dynamic, BlockSize: tc.block})
+		res, err := Convert(ctx, src, out, ConvertOptions{Format: diskformat.VHD, Type: vhdx.Dynamic, BlockSize: tc.block})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -282,7 +283,7 @@ func TestConvertToDynamicVHD(t *testing.T) {
 			t.Errorf("%s reads differently from its source", out)
 		}
 		back := filepath.Join(dir, fmt.Sprint("back-", tc.size, ".img"))
-		if _, err := Convert(ctx, out, back, ConvertOptions{Format: Raw}); err != nil {
+		if _, err := Convert(ctx, out, back, ConvertOptions{Format: diskformat.Raw}); err != nil {
 			t.Fatal(err)
 		}
 		if got, _ := os.ReadFile(back); !bytes.Equal(got, want) {
@@ -291,7 +292,7 @@ func TestConvertToDynamicVHD(t *testing.T) {
 	}
 	// Create makes one too, which Open reads as an empty disk.
 	p := filepath.Join(dir, "new.vhd")
-	if err := Create(p, 8<<20, CreateOptions{Format: VHD, Type: vhdx.Dynamic, BlockSize: 512 << 10}); err != nil {
+	if err := Create(p, 8<<20, CreateOptions{Format: diskformat.VHD, Type: vhdx.Dynamic, BlockSize: 512 << 10}); err != nil {
 		t.Fatal(err)
 	}
 	img, fm, err := Open(p)
@@ -299,10 +300,10 @@ func TestConvertToDynamicVHD(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer img.Close()
-	if exts, _ := img.Extents(); fm != VHD || img.Size() != 8<<20 || len(exts) != 0 {
+	if exts, _ := img.Extents(); fm != diskformat.VHD || img.Size() != 8<<20 || len(exts) != 0 {
 		t.Errorf("new dynamic VHD: %s, %d bytes, extents %v", fm, img.Size(), exts)
 	}
-	if err := Create(filepath.Join(dir, "big.vhd"), vhd.MaxDynamicSize+512, CreateOptions{Format: VHD, Type: vhdx.Dynamic}); err == nil || !strings.Contains(err.Error(), "2040 GiB") {
+	if err := Create(filepath.Join(dir, "big.vhd"), vhd.MaxDynamicSize+512, CreateOptions{Format: diskformat.VHD, Type: vhdx.Dynamic}); err == nil || !strings.Contains(err.Error(), "2040 GiB") {
 		t.Errorf("a dynamic VHD over 2040 GiB: %v", err)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/layervisor/layervisor/pkg/diskformat"
 	"github.com/layervisor/layervisor/pkg/vhd"
 	"github.com/layervisor/layervisor/pkg/vhdx"
 )
@@ -11,8 +12,8 @@ import (
 // Info describes a disk file of any format. The JSON field names are what
 // `layervisor disk info --json` prints; scripts rely on them.
 type Info struct {
-	Path   string `json:"path"`
-	Format Format `json:"format"`
+	Path   string            `json:"path"`
+	Format diskformat.Format `json:"format"`
 	// Type is "dynamic", "fixed" or "differencing" (VHD, VHDX), or "raw".
 	Type        string `json:"type"`
 	VirtualSize int64  `json:"virtualSize"`
@@ -47,7 +48,7 @@ func Inspect(path string) (*Info, error) {
 	}
 	in := &Info{Path: path, Format: fm, FileSize: st.Size()}
 	switch fm {
-	case VHDX:
+	case diskformat.VHDX:
 		d, err := vhdx.Open(path, vhdx.OpenOptions{ReadOnly: true, NoParent: true})
 		if err != nil {
 			return nil, err
@@ -55,7 +56,7 @@ func Inspect(path string) (*Info, error) {
 		defer d.Close()
 		vi := d.Info()
 		in.VHDX, in.Type, in.VirtualSize = &vi, string(vi.Type), vi.VirtualSize
-	case VHD:
+	case diskformat.VHD:
 		f, err := os.Open(path)
 		if err != nil {
 			return nil, err
@@ -111,13 +112,13 @@ func Check(path string, repair bool) (*Report, error) {
 		return nil, err
 	}
 	switch fm {
-	case VHDX:
+	case diskformat.VHDX:
 		r, err := vhdx.Check(path, repair)
 		if err != nil {
 			return nil, err
 		}
 		return &Report{VHDX: r.Info, Problems: r.Problems, Warnings: r.Warnings}, nil
-	case VHD:
+	case diskformat.VHD:
 		r := &Report{}
 		if p := vhd.CheckFile(path); p != nil {
 			r.Problems = append(r.Problems, p.Error())

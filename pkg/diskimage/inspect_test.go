@@ -15,6 +15,7 @@ import (
 	"testing"
 
 	"github.com/layervisor/layervisor/internal/testutil"
+	"github.com/layervisor/layervisor/pkg/diskformat"
 	"github.com/layervisor/layervisor/pkg/vhd"
 	"github.com/layervisor/layervisor/pkg/vhdx"
 )
@@ -30,21 +31,21 @@ func TestInspectAndCheckOwnFiles(t *testing.T) {
 			t.Fatalf("create %s: %v", name, err)
 		}
 	}
-	mk("dyn.vhdx", 64<<20, CreateOptions{Format: VHDX})
-	mk("fix.vhdx", 16<<20, CreateOptions{Format: VHDX, Type: vhdx.Fixed, BlockSize: 8 << 20})
-	mk("s4k.vhdx", 16<<20, CreateOptions{Format: VHDX, LogicalSectorSize: 4096})
-	mk("child.vhdx", 0, CreateOptions{Format: VHDX, Parent: p("dyn.vhdx")})
-	mk("layer.vhd", 8<<20, CreateOptions{Format: VHD})
-	mk("dyn.vhd", 64<<20, CreateOptions{Format: VHD, Type: vhdx.Dynamic})
-	mk("plain.img", 8<<20, CreateOptions{Format: Raw})
+	mk("dyn.vhdx", 64<<20, CreateOptions{Format: diskformat.VHDX})
+	mk("fix.vhdx", 16<<20, CreateOptions{Format: diskformat.VHDX, Type: vhdx.Fixed, BlockSize: 8 << 20})
+	mk("s4k.vhdx", 16<<20, CreateOptions{Format: diskformat.VHDX, LogicalSectorSize: 4096})
+	mk("child.vhdx", 0, CreateOptions{Format: diskformat.VHDX, Parent: p("dyn.vhdx")})
+	mk("layer.vhd", 8<<20, CreateOptions{Format: diskformat.VHD})
+	mk("dyn.vhd", 64<<20, CreateOptions{Format: diskformat.VHD, Type: vhdx.Dynamic})
+	mk("plain.img", 8<<20, CreateOptions{Format: diskformat.Raw})
 	sparseRaw(t, p("data.img"), 24<<20)
-	if _, err := Convert(t.Context(), p("data.img"), p("data.vhd"), ConvertOptions{Format: VHD, Type: vhdx.Dynamic}); err != nil {
+	if _, err := Convert(t.Context(), p("data.img"), p("data.vhd"), ConvertOptions{Format: diskformat.VHD, Type: vhdx.Dynamic}); err != nil {
 		t.Fatal(err)
 	}
 
 	for _, tc := range []struct {
 		file     string
-		format   Format
+		format   diskformat.Format
 		typ      string
 		size     int64
 		block    int64 // VHDX or dynamic VHD block size
@@ -52,15 +53,15 @@ func TestInspectAndCheckOwnFiles(t *testing.T) {
 		sector   int64 // VHDX logical sector size
 		vhdBlock bool  // dynamic VHD allocation reported
 	}{
-		{"dyn.vhdx", VHDX, "dynamic", 64 << 20, 1 << 20, 0, 512, false},
-		{"fix.vhdx", VHDX, "fixed", 16 << 20, 8 << 20, 2, 512, false},
-		{"s4k.vhdx", VHDX, "dynamic", 16 << 20, 1 << 20, 0, 4096, false},
-		{"child.vhdx", VHDX, "differencing", 64 << 20, 1 << 20, 0, 512, false},
-		{"layer.vhd", VHD, "fixed", 8 << 20, 0, 0, 0, false},
-		{"dyn.vhd", VHD, "dynamic", 64 << 20, 2 << 20, 0, 0, true},
+		{"dyn.vhdx", diskformat.VHDX, "dynamic", 64 << 20, 1 << 20, 0, 512, false},
+		{"fix.vhdx", diskformat.VHDX, "fixed", 16 << 20, 8 << 20, 2, 512, false},
+		{"s4k.vhdx", diskformat.VHDX, "dynamic", 16 << 20, 1 << 20, 0, 4096, false},
+		{"child.vhdx", diskformat.VHDX, "differencing", 64 << 20, 1 << 20, 0, 512, false},
+		{"layer.vhd", diskformat.VHD, "fixed", 8 << 20, 0, 0, 0, false},
+		{"dyn.vhd", diskformat.VHD, "dynamic", 64 << 20, 2 << 20, 0, 0, true},
 		// sparseRaw's islands lie at 0, 3 MiB, 12 MiB and 24 MiB-70000: 2 MiB blocks 0, 1, 6, 11.
-		{"data.vhd", VHD, "dynamic", 24 << 20, 2 << 20, 4, 0, true},
-		{"plain.img", Raw, "raw", 8 << 20, 0, 0, 0, false},
+		{"data.vhd", diskformat.VHD, "dynamic", 24 << 20, 2 << 20, 4, 0, true},
+		{"plain.img", diskformat.Raw, "raw", 8 << 20, 0, 0, 0, false},
 	} {
 		in, err := Inspect(p(tc.file))
 		if err != nil {
@@ -71,7 +72,7 @@ func TestInspectAndCheckOwnFiles(t *testing.T) {
 		if in.Path != p(tc.file) || in.Format != tc.format || in.Type != tc.typ || in.VirtualSize != tc.size || in.FileSize != st.Size() {
 			t.Errorf("Inspect %s = %+v, want %s %s of %d bytes, file %d", tc.file, in, tc.format, tc.typ, tc.size, st.Size())
 		}
-		if (in.VHDX != nil) != (tc.format == VHDX) || (in.VHDFooter != nil) != (tc.format == VHD) || (in.VHDDynamic != nil) != tc.vhdBlock {
+		if (in.VHDX != nil) != (tc.format == diskformat.VHDX) || (in.VHDFooter != nil) != (tc.format == diskformat.VHD) || (in.VHDDynamic != nil) != tc.vhdBlock {
 			t.Errorf("Inspect %s: details vhdx %v, footer %v, dynamic %v do not fit the format", tc.file, in.VHDX != nil, in.VHDFooter != nil, in.VHDDynamic != nil)
 		}
 		if v := in.VHDX; v != nil && (v.BlockSize != tc.block || v.BlocksPresent != tc.present || v.LogicalSectorSize != tc.sector) {
@@ -83,7 +84,7 @@ func TestInspectAndCheckOwnFiles(t *testing.T) {
 		rep, err := Check(p(tc.file), false)
 		if err != nil || !rep.OK() || len(rep.Warnings) > 0 {
 			t.Errorf("Check %s = %+v, %v; want sound", tc.file, rep, err)
-		} else if (rep.VHDX != nil) != (tc.format == VHDX) {
+		} else if (rep.VHDX != nil) != (tc.format == diskformat.VHDX) {
 			t.Errorf("Check %s: VHDX info %v for a %s file", tc.file, rep.VHDX, tc.format)
 		}
 	}
@@ -100,14 +101,14 @@ func TestCheckFindsDamage(t *testing.T) {
 	dir := t.TempDir()
 	p := func(n string) string { return filepath.Join(dir, n) }
 	for _, n := range []string{"a.vhdx", "parent.vhdx"} {
-		if err := Create(p(n), 16<<20, CreateOptions{Format: VHDX}); err != nil {
+		if err := Create(p(n), 16<<20, CreateOptions{Format: diskformat.VHDX}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := Create(p("child.vhdx"), 0, CreateOptions{Format: VHDX, Parent: p("parent.vhdx")}); err != nil {
+	if err := Create(p("child.vhdx"), 0, CreateOptions{Format: diskformat.VHDX, Parent: p("parent.vhdx")}); err != nil {
 		t.Fatal(err)
 	}
-	if err := Create(p("a.vhd"), 8<<20, CreateOptions{Format: VHD}); err != nil {
+	if err := Create(p("a.vhd"), 8<<20, CreateOptions{Format: diskformat.VHD}); err != nil {
 		t.Fatal(err)
 	}
 	os.WriteFile(p("odd.img"), make([]byte, 1001), 0o644)
@@ -172,10 +173,10 @@ func TestCheckFindsDamage(t *testing.T) {
 func TestJSONFieldNames(t *testing.T) {
 	dir := t.TempDir()
 	p := func(n string) string { return filepath.Join(dir, n) }
-	Create(p("base.vhdx"), 8<<20, CreateOptions{Format: VHDX})
-	Create(p("child.vhdx"), 0, CreateOptions{Format: VHDX, Parent: p("base.vhdx")})
-	Create(p("dyn.vhd"), 8<<20, CreateOptions{Format: VHD, Type: vhdx.Dynamic})
-	Create(p("raw.img"), 8<<20, CreateOptions{Format: Raw})
+	Create(p("base.vhdx"), 8<<20, CreateOptions{Format: diskformat.VHDX})
+	Create(p("child.vhdx"), 0, CreateOptions{Format: diskformat.VHDX, Parent: p("base.vhdx")})
+	Create(p("dyn.vhd"), 8<<20, CreateOptions{Format: diskformat.VHD, Type: vhdx.Dynamic})
+	Create(p("raw.img"), 8<<20, CreateOptions{Format: diskformat.Raw})
 	footer := "checksum creatorApp creatorHostOS creatorVersion currentSize dataOffset diskType features formatVersion " +
 		"geometry geometry.cylinders geometry.heads geometry.sectorsPerTrack originalSize savedState timestamp uniqueID"
 	vhdxInfo := "blockSize blocks blocksPresent creator dataWriteGUID diskID fileSize fileWriteGUID logicalSectorSize " +
@@ -336,7 +337,7 @@ func TestInspectAndCheckWindowsFiles(t *testing.T) {
 			continue
 		}
 		v := in.VHDX
-		if in.Format != VHDX || in.Type != tc.typ || in.VirtualSize != tc.size || v == nil ||
+		if in.Format != diskformat.VHDX || in.Type != tc.typ || in.VirtualSize != tc.size || v == nil ||
 			v.BlockSize != tc.block || v.BlocksPresent != tc.present || v.Creator != tc.creator {
 			t.Errorf("Inspect %s = %+v (vhdx %+v), want %s, %d bytes, block %d, %d present, creator %q",
 				tc.file, in, v, tc.typ, tc.size, tc.block, tc.present, tc.creator)
@@ -384,14 +385,14 @@ func TestInspectAndCheckWindowsFiles(t *testing.T) {
 // dynamic VHD still describes it, and the damage is Check's to report.
 func TestInspectDynamicVHDWithDamagedFooter(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "d.vhd")
-	if err := Create(path, 8<<20, CreateOptions{Format: VHD, Type: vhdx.Dynamic}); err != nil {
+	if err := Create(path, 8<<20, CreateOptions{Format: diskformat.VHD, Type: vhdx.Dynamic}); err != nil {
 		t.Fatal(err)
 	}
 	b, _ := os.ReadFile(path)
 	b[len(b)-512+50]++
 	os.WriteFile(path, b, 0o644)
 	in, err := Inspect(path)
-	if err != nil || in.Format != VHD || in.Type != "dynamic" || in.VHDDynamic == nil || in.VHDFooter.DiskType != vhd.DiskTypeDynamic {
+	if err != nil || in.Format != diskformat.VHD || in.Type != "dynamic" || in.VHDDynamic == nil || in.VHDFooter.DiskType != vhd.DiskTypeDynamic {
 		t.Errorf("Inspect = %+v, %v; want the dynamic VHD described by its footer copy", in, err)
 	}
 	// Still usable through the copy, so a warning rather than a problem.

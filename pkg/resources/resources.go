@@ -16,10 +16,11 @@ import (
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/layervisor/layervisor/pkg/diskformat"
+	"github.com/layervisor/layervisor/pkg/diskimage"
 	"github.com/layervisor/layervisor/pkg/layers"
 	"github.com/layervisor/layervisor/pkg/runspec"
 	"github.com/layervisor/layervisor/pkg/scratch"
-	"github.com/layervisor/layervisor/pkg/uvm/scsi"
 	"github.com/layervisor/layervisor/pkg/vhd"
 )
 
@@ -36,7 +37,7 @@ type UVM interface {
 	AddShare(ctx context.Context, hostDir string, readOnly bool) (layers.Attachment, error)
 	// AttachDisk attaches a disk image in the given format (or, with
 	// passThrough, a host block device) over SCSI and mounts it in the guest.
-	AttachDisk(ctx context.Context, hostPath string, format scsi.Format, readOnly, passThrough bool) (layers.Attachment, error)
+	AttachDisk(ctx context.Context, hostPath string, format diskformat.Format, readOnly, passThrough bool) (layers.Attachment, error)
 	// BindMount binds a guest path onto a guest target (created if needed).
 	BindMount(ctx context.Context, source, target string, readOnly bool) error
 	// Unmount unmounts a guest path.
@@ -55,7 +56,7 @@ type Container struct {
 	// ScratchSize, ScratchFormat and TemplateRoot say how to create a
 	// missing scratch.
 	ScratchSize   int64
-	ScratchFormat scratch.Format
+	ScratchFormat diskformat.Format
 	TemplateRoot  string
 	// GuestRoot is the container's directory in the UVM; its rootfs is
 	// <GuestRoot>/rootfs.
@@ -163,7 +164,7 @@ func ensureScratch(ctx context.Context, folder string, c Container) error {
 		return err
 	}
 	img := filepath.Join(folder, layers.ScratchFile)
-	if c.ScratchFormat == scratch.VHDX {
+	if c.ScratchFormat == diskformat.VHDX {
 		img = filepath.Join(folder, layers.ScratchVHDX)
 	}
 	if c.TemplateRoot == "" {
@@ -240,7 +241,7 @@ func setupMount(ctx context.Context, vm UVM, c Container, res *Resources, m spec
 	case "", "bind":
 		return setupBind(ctx, vm, res, m, ro, bind)
 	case "physical-disk", "virtual-disk":
-		format := scsi.FormatRaw // a block device
+		format := diskformat.Raw // a block device
 		if m.Type == runspec.TypeVirtualDisk {
 			var err error
 			if format, err = diskFormat(m.Source, runspec.DiskFormat(m)); err != nil {
@@ -284,30 +285,29 @@ func setupBind(ctx context.Context, vm UVM, res *Resources, m specs.Mount, ro bo
 // VHD the footer's disk type picks fixed (opened raw, cut before the
 // footer) or dynamic (QEMU's vpc): the guest cannot reach a footer through
 // either, so it is not content the guest decides.
-func diskFormat(path, f string) (scsi.Format, error) {
-	switch f {
-	case "vhdx":
-		return scsi.FormatVHDX, nil
-	case "raw":
-		return scsi.FormatRaw, nil
-	case "vhd":
-		file, err := os.Open(path)
-		if err != nil {
-			return "", err
-		}
-		defer file.Close()
-		st, err := file.Stat()
-		if err != nil {
-			return "", err
-		}
-		ft, err := vhd.ReadFooter(file, st.Size())
-		if err != nil {
-			return "", fmt.Errorf("%s (format vhd): %w", path, err)
-		}
-		if ft.DiskType == vhd.DiskTypeFixed {
-			return scsi.FormatVHDFixed, nil
-		}
-		return scsi.FormatVHDDynamic, nil
+func diskFormat(path, name string) (diskformat.Format, error) {
+	f, err := diskformat.Parse(name, diskimage.Formats()...)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", path, err)
 	}
-	return "", fmt.Errorf("%s: unknown disk format %q (want raw, vhd or vhdx)", path, f)
+	if f != diskformat.VHD {
+		return f, nil
+	}
+	file, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer file.Close()
+	st, err := file.Stat()
+	if err != nil {
+		return "", err
+	}
+	ft, err := vhd.ReadFooter(file, st.Size())
+	if err != nil {
+		return "", fmt.Errorf("%s (format vhd): %w", path, err)
+	}
+	if ft.DiskType == vhd.DiskTypeFixed {
+		return diskformat.VHDFixed, nil
+	}
+	return diskformat.VHDDynamic, nil
 }

@@ -5,43 +5,47 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/layervisor/layervisor/pkg/diskformat"
 	"github.com/layervisor/layervisor/pkg/diskimage"
 )
 
-// Format is the on-disk format of a scratch.
-type Format string
+// Format is the on-disk format of a scratch: diskformat.Raw (raw ext4,
+// what the host path loop-mounts; the Linux default) or diskformat.VHDX
+// (the same ext4 in a VHDX, for consumers that take VHDX: QEMU's vhdx
+// driver in the utility VM, Windows hosts; it stays small, the template's
+// unused blocks are unallocated).
+//
+// Deprecated: the name is kept for pkg/store; use diskformat.Format.
+type Format = diskformat.Format
 
-const (
-	// Raw ext4: what the host path loop-mounts; the Linux default.
-	Raw Format = "raw"
-	// VHDX holding the same ext4, for consumers that take VHDX (QEMU's
-	// vhdx driver in the utility VM, Windows hosts). It stays small: the
-	// template's unused blocks are unallocated.
-	VHDX Format = "vhdx"
-)
+// VHDX is diskformat.VHDX.
+//
+// Deprecated: the name is kept for pkg/store; use diskformat.VHDX.
+const VHDX = diskformat.VHDX
 
-// ParseFormat checks a user-given scratch format; empty means Raw.
-func ParseFormat(s string) (Format, error) {
-	switch Format(s) {
-	case "", Raw:
-		return Raw, nil
-	case VHDX:
-		return VHDX, nil
+// ParseFormat checks a user-given scratch format; empty means raw.
+func ParseFormat(s string) (diskformat.Format, error) {
+	if s == "" {
+		return diskformat.Raw, nil
 	}
-	return "", fmt.Errorf("scratch format %q: want raw or vhdx", s)
+	f, err := diskformat.Parse(s, diskformat.Raw, diskformat.VHDX)
+	if err != nil {
+		return "", fmt.Errorf("scratch format: %w", err)
+	}
+	return f, nil
 }
 
 // EnsureTemplateFormat is EnsureTemplate for a format: the VHDX template is
 // converted once from the raw one and cached beside it.
-func EnsureTemplateFormat(ctx context.Context, root string, size int64, f Format) (string, error) {
+func EnsureTemplateFormat(ctx context.Context, root string, size int64, f diskformat.Format) (string, error) {
 	raw, err := EnsureTemplate(ctx, root, size)
-	if err != nil || f != VHDX {
+	if err != nil || f != diskformat.VHDX {
 		return raw, err
 	}
 	path := strings.TrimSuffix(raw, ".img") + ".vhdx"
 	err = cached(path, func() error {
 		// Convert creates path atomically when the copy is complete.
-		_, err := diskimage.Convert(ctx, raw, path, diskimage.ConvertOptions{Format: diskimage.VHDX})
+		_, err := diskimage.Convert(ctx, raw, path, diskimage.ConvertOptions{Format: diskformat.VHDX})
 		return err
 	})
 	if err != nil {

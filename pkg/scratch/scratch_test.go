@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/layervisor/layervisor/internal/testutil"
+	"github.com/layervisor/layervisor/pkg/diskformat"
 )
 
 func allocated(t *testing.T, p string) int64 {
@@ -107,7 +108,7 @@ func TestTemplatesPublishedDurably(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	vhdx, err := EnsureTemplateFormat(context.Background(), root, 32<<20, VHDX)
+	vhdx, err := EnsureTemplateFormat(context.Background(), root, 32<<20, diskformat.VHDX)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -94,8 +94,9 @@ func parseArgs(args []string, stderr io.Writer) (options, bool, error) {
 }
 
 // Main runs the shim binary with args (without the program name) and
-// returns its exit code.
-func Main(args []string) int {
+// returns its exit code. vm configures the utility VMs it makes and reaps
+// (its command fills it from the environment; ID and Root are set here).
+func Main(args []string, vm uvm.Config) int {
 	o, printVersion, err := parseArgs(args, os.Stderr)
 	if err != nil {
 		return 2
@@ -112,9 +113,9 @@ func Main(args []string) int {
 	case "start":
 		err = startAction(ctx, o, os.Stdin, os.Stdout)
 	case "delete":
-		err = deleteAction(ctx, o, os.Stdout)
+		err = deleteAction(ctx, o, os.Stdout, vm.Host)
 	case "serve":
-		err = serveAction(ctx, o)
+		err = serveAction(ctx, o, vm)
 	default:
 		err = fmt.Errorf("unknown action %q: want start or delete", o.action)
 	}
@@ -316,7 +317,7 @@ func lockDir(dir string) (unlock func(), err error) {
 // group's UVM is reaped (its owner killed if it lingers; QEMU, virtiofsd,
 // state directory, the containers' scratch) and its socket removed. It
 // prints the task.v2 DeleteResponse containerd expects.
-func deleteAction(ctx context.Context, o options, stdout io.Writer) error {
+func deleteAction(ctx context.Context, o options, stdout io.Writer, h uvm.HostOptions) error {
 	if o.id == "" || o.namespace == "" {
 		return errors.New("-id and -namespace are required")
 	}
@@ -334,7 +335,7 @@ func deleteAction(ctx context.Context, o options, stdout io.Writer) error {
 		}
 	} else {
 		root, id := storeRoot(), uvmID(o.namespace, group)
-		if err := reapUVM(ctx, root, id); err != nil {
+		if err := reapUVM(ctx, root, id, h); err != nil {
 			fmt.Fprintf(os.Stderr, "reap utility VM %s: %v\n", id, err)
 		}
 		os.Remove(sock)
@@ -390,7 +391,7 @@ func deleteInShim(ctx context.Context, sock, id string) (resp *taskv2.DeleteResp
 // reapUVM ends the UVM id under root whose shim is gone: its owner, if
 // still alive, is killed (its QEMU dies with it), then uvm.Reap reaps it
 // as `layervisor gc` would, leaving other UVMs and the templates alone.
-func reapUVM(ctx context.Context, root, id string) error {
+func reapUVM(ctx context.Context, root, id string, h uvm.HostOptions) error {
 	st, err := uvm.Load(root, id)
 	if errors.Is(err, uvm.ErrNotFound) {
 		if _, serr := os.Stat(uvm.Dir(root, id)); serr != nil {
@@ -405,6 +406,6 @@ func reapUVM(ctx context.Context, root, id string) error {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
-	_, err = uvm.Reap(ctx, root, id)
+	_, err = uvm.Reap(ctx, root, id, h)
 	return err
 }

@@ -15,12 +15,14 @@ import (
 	taskv2 "github.com/containerd/containerd/api/runtime/task/v2"
 	"github.com/containerd/fifo"
 	"github.com/containerd/ttrpc"
+
+	"github.com/layervisor/layervisor/pkg/uvm"
 )
 
 // serveAction is the shim daemon: it serves the task service on the
 // listener start passed (fd 3) until Shutdown or SIGTERM, then tears the
 // tasks and their UVM down and exits.
-func serveAction(ctx context.Context, o options) error {
+func serveAction(ctx context.Context, o options, vm uvm.Config) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	logw := openLog(ctx)
@@ -47,6 +49,7 @@ func serveAction(ctx context.Context, o options) error {
 	pub := newPublisher(os.Getenv("TTRPC_ADDRESS"), o.namespace)
 	defer pub.close()
 	svc := newService(ctx, o.namespace, o.id, storeRoot(), pub, cancel)
+	svc.UVMConfig = vm
 	srv, err := ttrpc.NewServer()
 	if err != nil {
 		return err

@@ -27,6 +27,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/layervisor/layervisor/pkg/agent"
+	"github.com/layervisor/layervisor/pkg/guestpath"
 	"github.com/layervisor/layervisor/pkg/layers"
 	"github.com/layervisor/layervisor/pkg/podnet"
 	"github.com/layervisor/layervisor/pkg/resources"
@@ -318,7 +319,7 @@ func (s *Service) Create(ctx context.Context, r *taskv2.CreateTaskRequest) (_ *t
 		spec.Root.Path = a.GuestPath()
 	}
 	res, err := resources.Setup(ctx, sb.vm, sb.mounter, resources.Container{
-		ID: r.ID, Spec: spec, LayerFolders: folders, GuestRoot: vmcontainer.GuestRoot(r.ID), TemplateRoot: s.root,
+		ID: r.ID, Spec: spec, LayerFolders: folders, GuestRoot: guestpath.ContainerRoot(r.ID), TemplateRoot: s.root,
 	})
 	if err != nil {
 		os.RemoveAll(t.scratch)

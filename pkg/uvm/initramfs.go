@@ -16,17 +16,18 @@ import (
 
 	"github.com/layervisor/layervisor/internal/atomicfile"
 	"github.com/layervisor/layervisor/pkg/agent"
+	"github.com/layervisor/layervisor/pkg/guestpath"
 )
 
 // InitramfsOptions say what goes into the UVM's initramfs.
 type InitramfsOptions struct {
 	// BootDir holds vmlinuz and lib/modules/<version>/ (depmod run).
 	BootDir string `json:"bootDir"`
-	// Agent is the guest agent binary; empty finds or builds one (FindAgent).
+	// Agent is the guest agent binary; empty finds one (FindAgent).
 	Agent string `json:"agent"`
 	// Runtime is the OCI runtime the agent runs containers with, packed
-	// as GuestRuntimePath with the libraries it needs; empty finds one
-	// (FindGuestRuntime).
+	// as guestpath.RuntimeBinary with the libraries it needs; empty finds
+	// one (FindGuestRuntime).
 	Runtime string `json:"runtime"`
 	// Out is the initramfs to write.
 	Out string `json:"out"`
@@ -38,29 +39,35 @@ type InitramfsOptions struct {
 // an older one is not used.
 const InitrdName = "initrd-4.img"
 
-// GuestRuntimePath is where the initramfs holds the OCI runtime.
-const GuestRuntimePath = agent.GuestRuntimePath
+// AgentName is the guest agent's file name (cmd/layervisor-agent).
+const AgentName = "layervisor-agent"
 
-// FindAgent locates the guest agent binary: $LAYERVISOR_AGENT, then
-// layervisor-agent next to the running executable, then a fresh build from
-// the module's source when the Go toolchain and the source are here.
-func FindAgent(ctx context.Context, tmpDir string) (string, error) {
-	if p := os.Getenv("LAYERVISOR_AGENT"); p != "" {
-		return p, nil
+// FindAgent locates the guest agent binary that becomes the initramfs's
+// /init: path when one is given, else layervisor-agent beside the running
+// executable, else on PATH. Nothing here builds it: scripts/demo.sh (the
+// README's set-up) builds it beside layervisor and installs it in
+// /usr/local/bin, and tests build it in test code.
+func FindAgent(path string) (string, error) {
+	if path != "" {
+		if _, err := os.Stat(path); err != nil {
+			return "", fmt.Errorf("guest agent: %w", err)
+		}
+		return path, nil
 	}
+	var beside string
 	if exe, err := os.Executable(); err == nil {
-		p := filepath.Join(filepath.Dir(exe), "layervisor-agent")
-		if _, err := os.Stat(p); err == nil {
-			return p, nil
+		beside = filepath.Join(filepath.Dir(exe), AgentName)
+		if _, err := os.Stat(beside); err == nil {
+			return beside, nil
 		}
 	}
-	out := filepath.Join(tmpDir, "layervisor-agent")
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "github.com/layervisor/layervisor/cmd/layervisor-agent")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("no guest agent: set LAYERVISOR_AGENT, put layervisor-agent next to layervisor, or run from the source tree with Go installed (go build: %v: %s)", err, b)
+	if p, err := exec.LookPath(AgentName); err == nil {
+		return p, nil
 	}
-	return out, nil
+	return "", fmt.Errorf("no guest agent: %s is neither beside this program (%s) nor on PATH; "+
+		"bash scripts/demo.sh installs it in /usr/local/bin, or build it: "+
+		"CGO_ENABLED=0 go build -o /usr/local/bin/%s ./cmd/layervisor-agent (or name one: LAYERVISOR_AGENT, uvm image build --agent)",
+		AgentName, beside, AgentName)
 }
 
 // BuildInitramfs writes a gzip cpio (newc) with the agent as /init and the
@@ -80,22 +87,13 @@ func BuildInitramfs(ctx context.Context, o InitramfsOptions) error {
 	if err != nil {
 		return err
 	}
-	agentPath := o.Agent
-	if agentPath == "" {
-		tmp, err := os.MkdirTemp("", "layervisor-agent-build")
-		if err != nil {
-			return err
-		}
-		defer os.RemoveAll(tmp)
-		if agentPath, err = FindAgent(ctx, tmp); err != nil {
-			return err
-		}
+	agentPath, err := FindAgent(o.Agent)
+	if err != nil {
+		return err
 	}
-	runtimePath := o.Runtime
-	if runtimePath == "" {
-		if runtimePath, err = FindGuestRuntime(); err != nil {
-			return err
-		}
+	runtimePath, err := FindGuestRuntime(o.Runtime)
+	if err != nil {
+		return err
 	}
 	runtimeLibs, err := elfClosure(runtimePath)
 	if err != nil {
@@ -140,7 +138,7 @@ func BuildInitramfs(ctx context.Context, o InitramfsOptions) error {
 	}
 	// The OCI runtime and its libraries, at the paths its loader looks.
 	rtDirs := map[string]bool{}
-	for _, p := range append([]string{GuestRuntimePath}, guestPaths(runtimeLibs)...) {
+	for _, p := range append([]string{guestpath.RuntimeBinary}, guestPaths(runtimeLibs)...) {
 		for d := filepath.Dir(p); d != "/"; d = filepath.Dir(d) {
 			rtDirs[d[1:]] = true
 		}
@@ -150,7 +148,7 @@ func BuildInitramfs(ctx context.Context, o InitramfsOptions) error {
 			cw.dir(d)
 		}
 	}
-	if err := cw.file(GuestRuntimePath[1:], runtimePath, 0o755); err != nil {
+	if err := cw.file(guestpath.RuntimeBinary[1:], runtimePath, 0o755); err != nil {
 		return fmt.Errorf("initramfs: OCI runtime %s: %w", runtimePath, err)
 	}
 	for _, l := range runtimeLibs {

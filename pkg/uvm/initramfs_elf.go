@@ -20,10 +20,10 @@ var libDirs = []string{"/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/l
 var GuestRuntimes = []string{"crun", "runc"}
 
 // FindGuestRuntime locates the OCI runtime packed into the initramfs:
-// $LAYERVISOR_GUEST_RUNTIME, else the first of GuestRuntimes on PATH.
-func FindGuestRuntime() (string, error) {
-	if p := os.Getenv("LAYERVISOR_GUEST_RUNTIME"); p != "" {
-		return p, nil
+// path when one is given, else the first of GuestRuntimes on PATH.
+func FindGuestRuntime(path string) (string, error) {
+	if path != "" {
+		return path, nil
 	}
 	for _, name := range GuestRuntimes {
 		if p, err := exec.LookPath(name); err == nil {

@@ -110,9 +110,9 @@ type GCReport struct {
 // free), when a long-lived UVM's QEMU died, or when a create or start died
 // half-way. Reaping kills its QEMU and virtiofsd, unmounts what is mounted
 // under its directory and removes the directory (kept, processes killed,
-// with LAYERVISOR_KEEP_UVM_ON_FAILURE=1). A UVM being created, started or
-// used by a live process is left alone.
-func GC(ctx context.Context, root string) (GCReport, error) {
+// with h.KeepOnFailure). A UVM being created, started or used by a live
+// process is left alone.
+func GC(ctx context.Context, root string, h HostOptions) (GCReport, error) {
 	var rep GCReport
 	var errs []error
 	ents, err := os.ReadDir(filepath.Join(root, "uvms"))
@@ -124,7 +124,7 @@ func GC(ctx context.Context, root string) (GCReport, error) {
 		if !e.IsDir() || ValidateID(e.Name()) != nil {
 			continue
 		}
-		reaped, isLive, err := gcOne(ctx, root, e.Name())
+		reaped, isLive, err := gcOne(ctx, root, e.Name(), h)
 		live[e.Name()] = isLive
 		if reaped {
 			rep.Reaped = append(rep.Reaped, e.Name())
@@ -150,11 +150,11 @@ func GC(ctx context.Context, root string) (GCReport, error) {
 // Reap does for one UVM what GC does for all: if id is dead (no live
 // owner), its directory, shares and stray QEMU or virtiofsd processes go.
 // Templates and other UVMs are left alone. It reports whether it reaped.
-func Reap(ctx context.Context, root, id string) (bool, error) {
+func Reap(ctx context.Context, root, id string, h HostOptions) (bool, error) {
 	if err := ValidateID(id); err != nil {
 		return false, err
 	}
-	reaped, isLive, err := gcOne(ctx, root, id)
+	reaped, isLive, err := gcOne(ctx, root, id, h)
 	if !isLive {
 		for _, p := range hostProcesses(root) {
 			if p.UVM == id {
@@ -166,7 +166,7 @@ func Reap(ctx context.Context, root, id string) (bool, error) {
 }
 
 // gcOne reaps the UVM id if it is dead; isLive says its processes belong.
-func gcOne(ctx context.Context, root, id string) (reaped, isLive bool, err error) {
+func gcOne(ctx context.Context, root, id string, h HostOptions) (reaped, isLive bool, err error) {
 	dir := Dir(root, id)
 	lk, ok, err := lockUVM(dir)
 	if errors.Is(err, os.ErrNotExist) {
@@ -178,7 +178,7 @@ func gcOne(ctx context.Context, root, id string) (reaped, isLive bool, err error
 	if !ok {
 		return false, true, nil // a live owner, or a create or start in progress
 	}
-	u := &UVM{dir: dir, lock: lk}
+	u := &UVM{dir: dir, lock: lk, cfg: Config{Host: h}}
 	defer lk.release()
 	st, err := Load(root, id)
 	var why string
@@ -203,6 +203,7 @@ func gcOne(ctx context.Context, root, id string) (reaped, isLive bool, err error
 	}
 	if st != nil {
 		u.cfg, u.state = st.Config, *st
+		u.cfg.Host = h
 	}
 	slog.Info("reaping UVM", "uvm", id, "why", why)
 	u.kill()

@@ -250,7 +250,7 @@ func TestGCReapsDeadAndHalfMadeUVMs(t *testing.T) {
 	if got := len(Processes(root)); got != 3 {
 		t.Fatalf("Processes found %d of the 3: %+v", got, Processes(root))
 	}
-	rep, err := GC(ctx, root)
+	rep, err := GC(ctx, root, HostOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -307,7 +307,7 @@ func TestOwnedUVMDiesWithOwner(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	rep, err := GC(context.Background(), root)
+	rep, err := GC(context.Background(), root, HostOptions{})
 	if err != nil || !slices.Equal(rep.Reaped, []string{"owned"}) {
 		t.Fatalf("gc: %+v %v", rep, err)
 	}
@@ -346,7 +346,7 @@ func TestReapOneUVM(t *testing.T) {
 	if err := os.MkdirAll(tpl, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	reaped, err := Reap(ctx, root, "one")
+	reaped, err := Reap(ctx, root, "one", HostOptions{})
 	if err != nil || !reaped {
 		t.Fatalf("Reap(one) = %v, %v", reaped, err)
 	}
@@ -365,7 +365,7 @@ func TestReapOneUVM(t *testing.T) {
 	if _, err := os.Stat(tpl); err != nil {
 		t.Errorf("the template was touched: %v", err)
 	}
-	if _, err := Reap(ctx, root, "../x"); !errors.Is(err, ErrInvalidID) {
+	if _, err := Reap(ctx, root, "../x", HostOptions{}); !errors.Is(err, ErrInvalidID) {
 		t.Errorf("Reap of a bad id: %v", err)
 	}
 }

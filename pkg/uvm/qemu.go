@@ -25,14 +25,15 @@ import (
 	"github.com/layervisor/layervisor/pkg/uvm/vpmem"
 )
 
-// accel picks KVM when /dev/kvm can be opened and is backed by hardware
-// virtualization (kvm_intel or kvm_amd), else TCG. LAYERVISOR_ACCEL=kvm|tcg
-// overrides. Some nested hosts offer a /dev/kvm from a paravirtual backend
-// (kvm_pvm) that only boots kernels built for it: an ordinary guest kernel
-// hangs there without printing a line, so such a /dev/kvm does not count.
-func accel() string {
-	if a := os.Getenv("LAYERVISOR_ACCEL"); a == "kvm" || a == "tcg" {
-		return a
+// accel is forced when it is "kvm" or "tcg" (HostOptions.Accel); otherwise
+// it picks KVM when /dev/kvm can be opened and is backed by hardware
+// virtualization (kvm_intel or kvm_amd), else TCG. Some nested hosts offer a
+// /dev/kvm from a paravirtual backend (kvm_pvm) that only boots kernels built
+// for it: an ordinary guest kernel hangs there without printing a line, so
+// such a /dev/kvm does not count.
+func accel(forced string) string {
+	if forced == "kvm" || forced == "tcg" {
+		return forced
 	}
 	return pickAccel(func(p string) bool { _, err := os.Stat(p); return err == nil }, func() bool {
 		f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
@@ -143,7 +144,7 @@ func (u *UVM) Start(ctx context.Context) (err error) {
 	}
 	if _, err := os.Stat(c.Initrd); err != nil {
 		slog.Info("building the UVM initramfs", "path", c.Initrd)
-		if err := BuildInitramfs(ctx, InitramfsOptions{BootDir: c.BootDir, Out: c.Initrd}); err != nil {
+		if err := BuildInitramfs(ctx, InitramfsOptions{BootDir: c.BootDir, Agent: c.Host.Agent, Runtime: c.Host.GuestRuntime, Out: c.Initrd}); err != nil {
 			return fmt.Errorf("uvm %s: initramfs %s missing and could not be built (layervisor uvm image build): %w", c.ID, c.Initrd, err)
 		}
 	}
@@ -152,8 +153,8 @@ func (u *UVM) Start(ctx context.Context) (err error) {
 			u.fail(err)
 		}
 	}()
-	acc := accel()
-	if c.Cold || templatesOff() {
+	acc := accel(c.Host.Accel)
+	if c.Cold {
 		return u.launch(ctx, qemu, acc, launchOpts{})
 	}
 	want, err := u.expectedManifest(qemu, acc)

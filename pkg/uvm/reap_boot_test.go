@@ -16,7 +16,7 @@ import (
 // the build lives; it is flushed before its rename and boot/ after it.
 func TestInitramfsBuildIsLockedAndPublished(t *testing.T) {
 	// A small dynamic program stands in for the guest's OCI runtime.
-	t.Setenv("LAYERVISOR_GUEST_RUNTIME", testutil.NeedTool(t, "true"))
+	guestRuntime := testutil.NeedTool(t, "true")
 	src := t.TempDir()
 	const kver = "0.0.0-test"
 	if err := os.MkdirAll(filepath.Join(src, "lib", "modules", kver), 0o755); err != nil {
@@ -46,7 +46,7 @@ func TestInitramfsBuildIsLockedAndPublished(t *testing.T) {
 		}
 	})
 	steps := testutil.WatchSync(t, root)
-	err := BuildInitramfs(context.Background(), InitramfsOptions{BootDir: src, Agent: filepath.Join(src, "agent"), Out: out})
+	err := BuildInitramfs(context.Background(), InitramfsOptions{BootDir: src, Agent: filepath.Join(src, "agent"), Runtime: guestRuntime, Out: out})
 	stop()
 	if err != nil {
 		t.Fatal(err)

@@ -40,9 +40,6 @@ import (
 // saves itself as the template (stop, migrate, copy RAM, cont) before its
 // first use, which costs it about a second.
 
-// TemplatesEnv set to "off" makes every UVM boot cold.
-const TemplatesEnv = "LAYERVISOR_UVM_TEMPLATES"
-
 // templateFormat changes when the template layout or the QEMU command line
 // changes in a way the other key parts do not capture.
 const templateFormat = 2 // 2: QEMU under -sandbox with spawn=deny, migrations over sockets
@@ -85,8 +82,6 @@ type Manifest struct {
 
 // TemplatesDir is where a root's templates live.
 func TemplatesDir(root string) string { return filepath.Join(root, "templates") }
-
-func templatesOff() bool { return os.Getenv(TemplatesEnv) == "off" }
 
 // fileHashes caches file hashes by path and fileIdentity within a process
 // (for the template's state file; inputCache keeps the kernel's and

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/layervisor/layervisor/internal/attachtest/vmtest"
+	"github.com/layervisor/layervisor/pkg/diskformat"
 	"github.com/layervisor/layervisor/pkg/uvm"
 	"github.com/layervisor/layervisor/pkg/uvm/scsi"
 )
@@ -48,7 +49,7 @@ func TestAttachAfterRestore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sm, err := sc.Attach(ctx, vmtest.LayerImage(t), scsi.Options{Format: scsi.FormatVHDFixed, ReadOnly: true, MountInGuest: true})
+	sm, err := sc.Attach(ctx, vmtest.LayerImage(t), scsi.Options{Format: diskformat.VHDFixed, ReadOnly: true, MountInGuest: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -37,7 +37,7 @@ func tplConfig(t *testing.T, id string) Config {
 func TestMain(m *testing.M) {
 	code := testutil.Main(m)
 	if tplRoot != "" {
-		GC(context.Background(), tplRoot)
+		GC(context.Background(), tplRoot, HostOptions{})
 		os.RemoveAll(tplRoot)
 	}
 	os.Exit(code)

@@ -35,22 +35,41 @@ var (
 	ErrNotReady  = errors.New("UVM is not running")
 )
 
-// KeepOnFailureEnv keeps a failed UVM's state directory for inspection.
-const KeepOnFailureEnv = "LAYERVISOR_KEEP_UVM_ON_FAILURE"
-
 // The size of a UVM whose Config leaves it unset.
 const (
 	DefaultMemoryMB = 512
 	DefaultCPUs     = 2
 )
 
+// DefaultBootDir is the boot directory of a Config that names none: where
+// scripts/deps.sh puts the kernel and its modules.
+const DefaultBootDir = "/var/cache/layervisor/boot"
+
+// HostOptions are how this process runs utility VMs: settings a program
+// takes from its environment or flags (cmd/layervisor and the shim's
+// command read the LAYERVISOR_* variables, docs/testing.md) and passes in;
+// this package reads no environment. They are not recorded in uvm.json:
+// a process that handles a UVM another made brings its own (SetHostOptions,
+// GC, Reap). The zero value is the default behaviour.
+type HostOptions struct {
+	// Accel is "kvm" or "tcg"; anything else picks KVM when /dev/kvm is
+	// usable and backed by hardware virtualization, else TCG.
+	Accel string
+	// Agent and GuestRuntime go into an initramfs Start builds when it is
+	// missing (InitramfsOptions.Agent and Runtime; empty finds them).
+	Agent, GuestRuntime string
+	// KeepOnFailure keeps a failed UVM's state directory at Remove (and
+	// at GC and Reap) for inspection, with a warning naming its logs; a UVM
+	// that did not fail is removed whatever it says.
+	KeepOnFailure bool
+}
+
 // Config describes a UVM.
 type Config struct {
 	ID   string `json:"id"`
 	Root string `json:"root"` // layervisor state root; the UVM lives in <Root>/uvms/<ID>
-	// BootDir has vmlinuz and lib/modules (default $LAYERVISOR_BOOT_DIR or
-	// /var/cache/layervisor/boot); Initrd defaults to <Root>/boot/<InitrdName>,
-	// built when missing.
+	// BootDir has vmlinuz and lib/modules (default DefaultBootDir); Initrd
+	// defaults to <Root>/boot/<InitrdName>, built when missing.
 	BootDir         string `json:"bootDir"`
 	Initrd          string `json:"initrd"`
 	QEMU            string `json:"qemu"`
@@ -76,14 +95,13 @@ type Config struct {
 	// Cold boots the kernel even when a template of this UVM's shape
 	// exists (see template.go), and saves none.
 	Cold bool `json:"cold,omitempty"`
+	// Host are this process's settings, not recorded (see HostOptions).
+	Host HostOptions `json:"-"`
 }
 
 func (c *Config) defaults() {
 	if c.BootDir == "" {
-		c.BootDir = os.Getenv("LAYERVISOR_BOOT_DIR")
-	}
-	if c.BootDir == "" {
-		c.BootDir = "/var/cache/layervisor/boot"
+		c.BootDir = DefaultBootDir
 	}
 	if c.Initrd == "" {
 		c.Initrd = filepath.Join(c.Root, "boot", InitrdName)
@@ -399,11 +417,12 @@ func (u *UVM) fail(err error) {
 // connection was lost).
 func (u *UVM) Failed() bool { return u.State().Status == "failed" }
 
-// keepOnFailure says whether a failed UVM's state must be kept.
-func keepOnFailure() bool { return os.Getenv(KeepOnFailureEnv) == "1" }
+// SetHostOptions gives a UVM this process did not create (Acquire, Open)
+// this process's settings.
+func (u *UVM) SetHostOptions(h HostOptions) { u.cfg.Host = h }
 
 // Remove deletes the state directory; idempotent. A failed UVM is kept
-// when LAYERVISOR_KEEP_UVM_ON_FAILURE=1, with a warning naming the paths.
+// with HostOptions.KeepOnFailure, with a warning naming the paths.
 // A UVM another process is creating, starting or owns is refused.
 func (u *UVM) Remove(ctx context.Context) error {
 	if u.State().Status == "running" {
@@ -423,7 +442,7 @@ func (u *UVM) Remove(ctx context.Context) error {
 		u.lock = lk
 	}
 	defer func() { u.lock.release(); u.lock = nil }()
-	if u.State().Status == "failed" && keepOnFailure() {
+	if u.State().Status == "failed" && u.cfg.Host.KeepOnFailure {
 		slog.Warn("keeping failed UVM state for inspection", "uvm", u.cfg.ID, "dir", u.dir,
 			"console", u.path(consoleLog), "qemu_log", u.path("debug/qemu.log"))
 		return nil

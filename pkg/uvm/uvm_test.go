@@ -28,13 +28,7 @@ func testConfig(t testing.TB, id string) Config {
 	t.Helper()
 	testutil.NeedRoot(t)
 	testutil.NeedTool(t, "qemu-system-x86_64")
-	boot := os.Getenv("LAYERVISOR_BOOT_DIR")
-	if boot == "" {
-		boot = "/var/cache/layervisor/boot"
-	}
-	if _, err := os.Stat(filepath.Join(boot, "vmlinuz")); err != nil {
-		testutil.Unavailable(t, "no UVM kernel in "+boot+": scripts/deps.sh fetches it")
-	}
+	boot, agent := testutil.NeedUVMKernel(t), testutil.GuestAgent(t)
 	initrdOnce.Do(func() {
 		dir, err := testutil.SharedDir("lv-initrd")
 		if err != nil {
@@ -42,7 +36,7 @@ func testConfig(t testing.TB, id string) Config {
 			return
 		}
 		initrdPath = filepath.Join(dir, "initrd.img")
-		initrdErr = BuildInitramfs(context.Background(), InitramfsOptions{BootDir: boot, Out: initrdPath})
+		initrdErr = BuildInitramfs(context.Background(), InitramfsOptions{BootDir: boot, Agent: agent, Out: initrdPath})
 	})
 	if initrdErr != nil {
 		t.Fatal(initrdErr)
@@ -126,7 +120,7 @@ func TestQEMUKilled(t *testing.T) {
 		t.Fatalf("call after QEMU died: %v", err)
 	}
 	// Keep-on-failure keeps the state of a failed UVM only.
-	t.Setenv(KeepOnFailureEnv, "1")
+	u.SetHostOptions(HostOptions{KeepOnFailure: true})
 	u.Stop(context.Background())
 	u.mu.Lock()
 	u.state.Status = "failed"
@@ -196,7 +190,7 @@ func TestAgentNeverAnswers(t *testing.T) {
 	}()
 	err = u.Start(ctx)
 	if err == nil || !strings.Contains(err.Error(), "did not come up") || !strings.Contains(err.Error(), "hanging init here") ||
-		!strings.Contains(err.Error(), "-accel "+accelOption(accel())) {
+		!strings.Contains(err.Error(), "-accel "+accelOption(accel(cfg.Host.Accel))) {
 		t.Fatalf("want a boot error with the console tail, got %v", err)
 	}
 	if !u.Failed() {

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/layervisor/layervisor/pkg/diskformat"
 	"github.com/layervisor/layervisor/pkg/layers"
 	"github.com/layervisor/layervisor/pkg/uvm/scsi"
 	"github.com/layervisor/layervisor/pkg/uvm/share"
@@ -29,7 +30,7 @@ func attachVPMem(ctx context.Context, c *vpmem.Controller, hostPath string) (lay
 	}
 }
 
-func attachSCSI(ctx context.Context, c *scsi.Controller, hostPath string, format scsi.Format, readOnly bool) (layers.Attachment, error) {
+func attachSCSI(ctx context.Context, c *scsi.Controller, hostPath string, format diskformat.Format, readOnly bool) (layers.Attachment, error) {
 	return c.Attach(ctx, hostPath, scsi.Options{Format: format, ReadOnly: readOnly, MountInGuest: true})
 }
 

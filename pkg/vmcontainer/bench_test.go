@@ -9,6 +9,7 @@ import (
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/layervisor/layervisor/pkg/guestpath"
 	"github.com/layervisor/layervisor/pkg/imagebuild"
 	"github.com/layervisor/layervisor/pkg/layers"
 	"github.com/layervisor/layervisor/pkg/resources"
@@ -65,7 +66,7 @@ func BenchmarkRootfsReady(b *testing.B) {
 						e.s.RemoveContainer(ctx, name)
 						continue
 					}
-					res, err := resources.Setup(ctx, vm, layers.NewInUVM(vm), resources.Container{ID: name, Spec: &specs.Spec{}, LayerFolders: folders, GuestRoot: vmcontainer.GuestRoot(name)})
+					res, err := resources.Setup(ctx, vm, layers.NewInUVM(vm), resources.Container{ID: name, Spec: &specs.Spec{}, LayerFolders: folders, GuestRoot: guestpath.ContainerRoot(name)})
 					b.StopTimer()
 					if err != nil {
 						b.Fatal(err)

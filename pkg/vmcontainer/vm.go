@@ -5,19 +5,17 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path"
 	"sync/atomic"
 
 	"github.com/layervisor/layervisor/pkg/agent"
+	"github.com/layervisor/layervisor/pkg/diskformat"
+	"github.com/layervisor/layervisor/pkg/guestpath"
 	"github.com/layervisor/layervisor/pkg/layers"
 	"github.com/layervisor/layervisor/pkg/resources"
 	"github.com/layervisor/layervisor/pkg/runspec"
 	"github.com/layervisor/layervisor/pkg/uvm"
 	"github.com/layervisor/layervisor/pkg/uvm/scsi"
 )
-
-// SandboxMountsRoot is where sandbox:// mount sources live in the guest.
-const SandboxMountsRoot = "/run/sandbox-mounts"
 
 // VM adapts a running UVM to resources.UVM (and so to layers.UVM).
 type VM struct{ U *uvm.UVM }
@@ -32,7 +30,7 @@ func (v VM) AttachVPMem(ctx context.Context, hostPath string) (layers.Attachment
 	return attachVPMem(ctx, c, hostPath)
 }
 
-func (v VM) AttachSCSI(ctx context.Context, hostPath string, format scsi.Format, readOnly bool) (layers.Attachment, error) {
+func (v VM) AttachSCSI(ctx context.Context, hostPath string, format diskformat.Format, readOnly bool) (layers.Attachment, error) {
 	c, err := v.U.SCSI()
 	if err != nil {
 		return nil, err
@@ -48,7 +46,7 @@ func (v VM) AddShare(ctx context.Context, hostPath string, readOnly bool) (layer
 	return addShare(ctx, c, hostPath, readOnly)
 }
 
-func (v VM) AttachDisk(ctx context.Context, hostPath string, format scsi.Format, readOnly, passThrough bool) (layers.Attachment, error) {
+func (v VM) AttachDisk(ctx context.Context, hostPath string, format diskformat.Format, readOnly, passThrough bool) (layers.Attachment, error) {
 	c, err := v.U.SCSI()
 	if err != nil {
 		return nil, err
@@ -72,10 +70,7 @@ func (v VM) BindMount(ctx context.Context, src, dst string, ro bool) error {
 
 func (v VM) Unmount(ctx context.Context, p string) error { return v.U.Agent().Unmount(ctx, p) }
 
-func (v VM) SandboxMountsRoot() string { return SandboxMountsRoot }
-
-// GuestRoot is a container's directory in the guest.
-func GuestRoot(id string) string { return path.Join("/run/c", id) }
+func (v VM) SandboxMountsRoot() string { return guestpath.SandboxMounts }
 
 var execSeq atomic.Uint64
 

@@ -14,6 +14,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/layervisor/layervisor/internal/testutil"
+	"github.com/layervisor/layervisor/pkg/guestpath"
 	"github.com/layervisor/layervisor/pkg/imagebuild"
 	"github.com/layervisor/layervisor/pkg/layers"
 	"github.com/layervisor/layervisor/pkg/ociruntime"
@@ -41,18 +42,12 @@ type env struct {
 	mnt *layers.InUVM
 }
 
-func bootDir() string {
-	if b := os.Getenv("LAYERVISOR_BOOT_DIR"); b != "" {
-		return b
-	}
-	return "/var/cache/layervisor/boot"
-}
-
 // newEnv imports the demo image into a fresh store and boots a UVM.
 func newEnv(t testing.TB, vpmemSlots int) *env {
 	t.Helper()
 	testutil.NeedRoot(t)
 	testutil.NeedTool(t, "qemu-system-x86_64")
+	boot, agent := testutil.NeedUVMKernel(t), testutil.GuestAgent(t)
 	ctx := context.Background()
 	initrdOnce.Do(func() {
 		d, err := testutil.SharedDir("lv-initrd")
@@ -61,7 +56,7 @@ func newEnv(t testing.TB, vpmemSlots int) *env {
 			return
 		}
 		initrd = filepath.Join(d, "initrd.img")
-		initrdErr = uvm.BuildInitramfs(ctx, uvm.InitramfsOptions{BootDir: bootDir(), Out: initrd})
+		initrdErr = uvm.BuildInitramfs(ctx, uvm.InitramfsOptions{BootDir: boot, Agent: agent, Out: initrd})
 	})
 	if initrdErr != nil {
 		t.Fatal(initrdErr)
@@ -82,7 +77,7 @@ func newEnv(t testing.TB, vpmemSlots int) *env {
 	if _, err := s.Import(ctx, arch, store.ImportOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	u, err := uvm.Create(ctx, uvm.Config{ID: "vm", Root: root, BootDir: bootDir(), Initrd: initrd, ScratchSize: 64 << 20, VPMemSlots: vpmemSlots})
+	u, err := uvm.Create(ctx, uvm.Config{ID: "vm", Root: root, BootDir: boot, Initrd: initrd, ScratchSize: 64 << 20, VPMemSlots: vpmemSlots})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -127,11 +122,11 @@ func TestSameViewBothModesAndSharedLayers(t *testing.T) {
 	ctx := context.Background()
 	f1 := e.container(t, "c1", store.ContainerOptions{})
 	f2 := e.container(t, "c2", store.ContainerOptions{})
-	res1, err := resources.Setup(ctx, e.vm, e.mnt, resources.Container{ID: "c1", Spec: &specs.Spec{}, LayerFolders: f1, GuestRoot: vmcontainer.GuestRoot("c1")})
+	res1, err := resources.Setup(ctx, e.vm, e.mnt, resources.Container{ID: "c1", Spec: &specs.Spec{}, LayerFolders: f1, GuestRoot: guestpath.ContainerRoot("c1")})
 	if err != nil {
 		t.Fatal(err)
 	}
-	res2, err := resources.Setup(ctx, e.vm, e.mnt, resources.Container{ID: "c2", Spec: &specs.Spec{}, LayerFolders: f2, GuestRoot: vmcontainer.GuestRoot("c2")})
+	res2, err := resources.Setup(ctx, e.vm, e.mnt, resources.Container{ID: "c2", Spec: &specs.Spec{}, LayerFolders: f2, GuestRoot: guestpath.ContainerRoot("c2")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -202,7 +197,7 @@ func TestVPMemFallbackMountsAndSharedScratch(t *testing.T) {
 		{Source: disk, Destination: "/disk", Type: "virtual-disk"},
 		{Source: "sandbox://cache", Destination: "/cache"},
 	}}
-	r1, err := resources.Setup(ctx, e.vm, e.mnt, resources.Container{ID: "sandbox", Spec: spec, LayerFolders: sandbox, GuestRoot: vmcontainer.GuestRoot("sandbox")})
+	r1, err := resources.Setup(ctx, e.vm, e.mnt, resources.Container{ID: "sandbox", Spec: spec, LayerFolders: sandbox, GuestRoot: guestpath.ContainerRoot("sandbox")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -211,7 +206,7 @@ func TestVPMemFallbackMountsAndSharedScratch(t *testing.T) {
 		t.Fatalf("VPMEM slots bound %d, want 1", slots)
 	}
 	scsiBefore := must(e.u.SCSI()).Attached()
-	r2, err := resources.Setup(ctx, e.vm, e.mnt, resources.Container{ID: "member", Spec: &specs.Spec{Mounts: []specs.Mount{{Source: "sandbox://cache", Destination: "/cache"}}}, LayerFolders: member, GuestRoot: vmcontainer.GuestRoot("member")})
+	r2, err := resources.Setup(ctx, e.vm, e.mnt, resources.Container{ID: "member", Spec: &specs.Spec{Mounts: []specs.Mount{{Source: "sandbox://cache", Destination: "/cache"}}}, LayerFolders: member, GuestRoot: guestpath.ContainerRoot("member")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -279,7 +274,7 @@ func TestUVMDiesMidMount(t *testing.T) {
 	vm := &killAfterFirst{VM: e.vm, kill: func() { syscallKill(e.u.State().PID) }}
 	done := make(chan error, 1)
 	go func() {
-		_, err := resources.Setup(ctx, vm, layers.NewInUVM(vm), resources.Container{ID: "c", Spec: &specs.Spec{}, LayerFolders: f, GuestRoot: vmcontainer.GuestRoot("c")})
+		_, err := resources.Setup(ctx, vm, layers.NewInUVM(vm), resources.Container{ID: "c", Spec: &specs.Spec{}, LayerFolders: f, GuestRoot: guestpath.ContainerRoot("c")})
 		done <- err
 	}()
 	select {

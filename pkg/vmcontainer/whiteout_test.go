@@ -11,11 +11,11 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/layervisor/layervisor/internal/whiteouttest"
+	"github.com/layervisor/layervisor/pkg/guestpath"
 	"github.com/layervisor/layervisor/pkg/imagebuild"
 	"github.com/layervisor/layervisor/pkg/resources"
 	"github.com/layervisor/layervisor/pkg/runspec"
 	"github.com/layervisor/layervisor/pkg/store"
-	"github.com/layervisor/layervisor/pkg/vmcontainer"
 )
 
 // TestWhiteoutCasesInVM boots one VM and checks the whiteout table's image
@@ -51,7 +51,7 @@ func TestWhiteoutCasesInVM(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := resources.Setup(ctx, e.vm, e.mnt, resources.Container{ID: "wt-vm", Spec: &specs.Spec{}, LayerFolders: folders, GuestRoot: vmcontainer.GuestRoot("wt-vm")})
+	res, err := resources.Setup(ctx, e.vm, e.mnt, resources.Container{ID: "wt-vm", Spec: &specs.Spec{}, LayerFolders: folders, GuestRoot: guestpath.ContainerRoot("wt-vm")})
 	if err != nil {
 		t.Fatal(err)
 	}

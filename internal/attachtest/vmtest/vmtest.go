@@ -39,17 +39,15 @@ func Boot(t *testing.T, vpmemSlots int) *uvm.UVM {
 	t.Helper()
 	testutil.NeedRoot(t)
 	testutil.NeedTool(t, "qemu-system-x86_64")
-	boot := os.Getenv("LAYERVISOR_BOOT_DIR")
-	if boot == "" {
-		boot = "/var/cache/layervisor/boot"
-	}
-	if _, err := os.Stat(filepath.Join(boot, "vmlinuz")); err != nil {
-		testutil.Unavailable(t, "no UVM kernel in "+boot+": scripts/deps.sh fetches it")
-	}
+	boot := testutil.NeedUVMKernel(t)
 	ctx := context.Background()
 	root := t.TempDir()
 	initrd := filepath.Join(root, "initrd.img")
-	if err := uvm.BuildInitramfs(ctx, uvm.InitramfsOptions{BootDir: boot, Out: initrd}); err != nil {
+	agent := filepath.Join(root, uvm.AgentName)
+	if err := testutil.BuildGuestAgent(agent); err != nil {
+		t.Fatal(err)
+	}
+	if err := uvm.BuildInitramfs(ctx, uvm.InitramfsOptions{BootDir: boot, Agent: agent, Out: initrd}); err != nil {
 		t.Fatal(err)
 	}
 	u, err := uvm.Create(ctx, uvm.Config{ID: "contract", Root: root, BootDir: boot, Initrd: initrd,

@@ -14,9 +14,6 @@ import (
 	"github.com/layervisor/layervisor/pkg/agent"
 )
 
-// DefaultRoots are the guest directories requests may name.
-var DefaultRoots = []string{"/run/mounts", "/run/layers", "/run/c", "/run/sandbox-mounts", "/run/test"}
-
 func errOutside(p string) error {
 	return &agent.Error{Code: agent.CodeOutsideRoots, Message: fmt.Sprintf("path %q is outside the allowed roots", p)}
 }

@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
-	"path"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -26,6 +25,7 @@ import (
 	"github.com/containerd/console"
 
 	"github.com/layervisor/layervisor/pkg/agent"
+	"github.com/layervisor/layervisor/pkg/guestpath"
 	"github.com/layervisor/layervisor/pkg/inroot"
 	"github.com/layervisor/layervisor/pkg/layers/overlay"
 	"github.com/layervisor/layervisor/pkg/ociruntime"
@@ -33,6 +33,9 @@ import (
 
 // Server serves one host channel.
 type Server struct {
+	// Roots are the directories requests may name; nil is
+	// guestpath.AllowedRoots, what the shipped agent allows. Tests give
+	// their own.
 	Roots []string
 	// Poweroff is called after a shutdown request is answered.
 	Poweroff func()
@@ -65,10 +68,10 @@ func (s *Server) Serve(ctx context.Context, rw io.ReadWriter) error {
 	s.stdins = map[uint64]*stdinFeed{}
 	s.containers = map[uint64]*runningContainer{}
 	if s.Roots == nil {
-		s.Roots = DefaultRoots
+		s.Roots = guestpath.AllowedRoots()
 	}
 	if s.Runtime == nil {
-		s.Runtime = &ociruntime.Runtime{Binary: agent.GuestRuntimePath, StateDir: "/run/oci", NoPivot: true}
+		s.Runtime = &ociruntime.Runtime{Binary: guestpath.RuntimeBinary, StateDir: guestpath.RuntimeState, NoPivot: true}
 	}
 	r := bufio.NewReaderSize(rw, 64<<10)
 	for {
@@ -666,7 +669,7 @@ func (s *Server) runContainer(ctx context.Context, id uint64, a agent.ExecArgs, 
 		}
 		return nil, &agent.Error{Code: code, Message: err.Error()}
 	}
-	bundle := path.Join("/run/bundles", a.Container)
+	bundle := guestpath.Bundle(a.Container)
 	defer os.RemoveAll(bundle)
 	p, err := s.Runtime.Start(ctx, ociruntime.Container{ID: a.Container, Bundle: bundle, Spec: spec,
 		Stdin: stdin, Stdout: stdout, Stderr: stderr})

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/layervisor/layervisor/pkg/agent"
+	"github.com/layervisor/layervisor/pkg/guestpath"
 )
 
 // The guest server runs on the host here, over an in-memory pipe, with a
@@ -20,12 +21,35 @@ func serve(t *testing.T) (*agent.Client, net.Conn, string) {
 	t.Helper()
 	root := filepath.Join(t.TempDir(), "run")
 	os.MkdirAll(root, 0o755)
+	c, conn := serveWith(t, &Server{Roots: []string{root}})
+	return c, conn, root
+}
+
+func serveWith(t *testing.T, s *Server) (*agent.Client, net.Conn) {
+	t.Helper()
 	hostEnd, guestEnd := net.Pipe()
-	s := &Server{Roots: []string{root}}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(func() { cancel(); hostEnd.Close(); guestEnd.Close() })
 	go s.Serve(ctx, guestEnd)
-	return agent.NewClient(hostEnd), hostEnd, root
+	return agent.NewClient(hostEnd), hostEnd
+}
+
+// The shipped agent's Server (no Roots) allows guestpath.AllowedRoots
+// only: no test root, none of the agent's own state.
+func TestServerDefaultRoots(t *testing.T) {
+	c, _ := serveWith(t, &Server{})
+	ctx := context.Background()
+	for _, p := range []string{"/run/test/x", "/run/layers/x", guestpath.Bundle("x"), guestpath.RuntimeState + "/x", "/etc"} {
+		if _, err := c.Stat(ctx, p); !agent.IsCode(err, agent.CodeOutsideRoots) {
+			t.Errorf("stat %s: %v, want %s", p, err, agent.CodeOutsideRoots)
+		}
+	}
+	for _, r := range guestpath.AllowedRoots() {
+		p := r + "/no-such-entry-of-this-test"
+		if _, err := c.Stat(ctx, p); err == nil || agent.IsCode(err, agent.CodeOutsideRoots) {
+			t.Errorf("stat %s: %v, want not found", p, err)
+		}
+	}
 }
 
 func TestServerOps(t *testing.T) {

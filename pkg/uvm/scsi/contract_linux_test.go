@@ -7,6 +7,7 @@ import (
 	"github.com/layervisor/layervisor/internal/attachtest"
 	"github.com/layervisor/layervisor/internal/attachtest/vmtest"
 	"github.com/layervisor/layervisor/pkg/agent"
+	"github.com/layervisor/layervisor/pkg/diskformat"
 	"github.com/layervisor/layervisor/pkg/uvm/hotplug"
 	"github.com/layervisor/layervisor/pkg/uvm/scsi"
 )
@@ -58,7 +59,7 @@ func TestContractQEMU(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	opts := scsi.Options{Format: scsi.FormatVHDFixed, ReadOnly: true, MountInGuest: true}
+	opts := scsi.Options{Format: diskformat.VHDFixed, ReadOnly: true, MountInGuest: true}
 	attachtest.Contract(t, func(t *testing.T) attachtest.Subject {
 		p := vmtest.LayerImage(t)
 		return attachtest.Subject{

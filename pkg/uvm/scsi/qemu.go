@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/layervisor/layervisor/pkg/diskformat"
 	"github.com/layervisor/layervisor/pkg/uvm/hotplug"
 	"github.com/layervisor/layervisor/pkg/vhd"
 )
@@ -24,7 +25,7 @@ func nodeName(s Slot) string { return fmt.Sprintf("scsi%d-lun%d", s.Controller, 
 func deviceID(s Slot) string { return fmt.Sprintf("scsidisk%d-%d", s.Controller, s.LUN) }
 
 // AddDisk implements Host.
-func (h *QEMUHost) AddDisk(ctx context.Context, slot Slot, hostPath string, format Format, readOnly bool) error {
+func (h *QEMUHost) AddDisk(ctx context.Context, slot Slot, hostPath string, format diskformat.Format, readOnly bool) error {
 	node := nodeName(slot)
 	blockdev, err := BlockdevArgs(node, hostPath, format, readOnly)
 	if err != nil {
@@ -70,7 +71,7 @@ func (h *QEMUHost) RemoveDisk(ctx context.Context, slot Slot) error {
 // which is smaller than the data (2 MiB reads as 2088960 bytes) and would
 // cut the file system short; its force_size_calc option is not accepted by
 // blockdev-add in QEMU 7.2.
-func BlockdevArgs(node, hostPath string, format Format, readOnly bool) (map[string]any, error) {
+func BlockdevArgs(node, hostPath string, format diskformat.Format, readOnly bool) (map[string]any, error) {
 	fi, err := os.Stat(hostPath)
 	if err != nil {
 		return nil, err
@@ -84,18 +85,18 @@ func BlockdevArgs(node, hostPath string, format Format, readOnly bool) (map[stri
 		"file": map[string]any{"driver": protocol, "filename": hostPath, "read-only": readOnly},
 	}
 	switch format {
-	case FormatRaw:
+	case diskformat.Raw:
 		args["driver"] = "raw"
-	case FormatVHDFixed:
+	case diskformat.VHDFixed:
 		if !fi.Mode().IsRegular() || fi.Size() <= vhd.FooterSize {
 			return nil, fmt.Errorf("%s: not a fixed VHD (a regular file larger than its %d-byte footer)", hostPath, vhd.FooterSize)
 		}
 		args["driver"], args["size"] = "raw", fi.Size()-vhd.FooterSize
-	case FormatVHDDynamic:
+	case diskformat.VHDDynamic:
 		args["driver"] = "vpc"
-	case FormatVHDX:
+	case diskformat.VHDX:
 		args["driver"] = "vhdx"
-	case FormatQCOW2:
+	case diskformat.QCOW2:
 		args["driver"] = "qcow2"
 	default:
 		return nil, fmt.Errorf("%s: unknown disk format %q", hostPath, format)

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/layervisor/layervisor/pkg/diskformat"
 	"github.com/layervisor/layervisor/pkg/uvm/hotplug/hotplugtest"
 	"github.com/layervisor/layervisor/pkg/vhd"
 )
@@ -57,10 +58,10 @@ func TestQEMUHostAddRemove(t *testing.T) {
 	}
 	f.Close()
 
-	if err := h.AddDisk(ctx, Slot{0, 0}, raw, FormatRaw, false); err != nil {
+	if err := h.AddDisk(ctx, Slot{0, 0}, raw, diskformat.Raw, false); err != nil {
 		t.Fatal(err)
 	}
-	if err := h.AddDisk(ctx, Slot{0, 1}, layer, FormatVHDFixed, true); err != nil {
+	if err := h.AddDisk(ctx, Slot{0, 1}, layer, diskformat.VHDFixed, true); err != nil {
 		t.Fatal(err)
 	}
 	ns := nodes(t, q)
@@ -71,7 +72,7 @@ func TestQEMUHostAddRemove(t *testing.T) {
 		t.Fatalf("VHD layer node (want raw, read-only, data size without the footer): %+v", n)
 	}
 	// A bus that does not exist: device_add fails and the blockdev is undone.
-	err = h.AddDisk(ctx, Slot{1, 0}, raw, FormatRaw, true)
+	err = h.AddDisk(ctx, Slot{1, 0}, raw, diskformat.Raw, true)
 	if err == nil || !strings.Contains(err.Error(), "scsi1.0") {
 		t.Fatalf("attach on a missing controller: %v", err)
 	}
@@ -87,7 +88,7 @@ func TestQEMUHostAddRemove(t *testing.T) {
 		t.Fatalf("block nodes left: %v", ns)
 	}
 	// The same slot is usable again.
-	if err := h.AddDisk(ctx, Slot{0, 0}, layer, FormatVHDFixed, true); err != nil {
+	if err := h.AddDisk(ctx, Slot{0, 0}, layer, diskformat.VHDFixed, true); err != nil {
 		t.Fatal(err)
 	}
 	// QEMU dies: the next operation fails clearly instead of hanging.

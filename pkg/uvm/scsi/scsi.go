@@ -13,7 +13,7 @@
 //     reference; different Options for a path already attached is ErrConflict.
 //   - The disk's Format is given, never probed: the guest can write a VHD
 //     footer or a VHDX header into a writable disk.
-//   - Guest mount paths come from a counter: /run/mounts/scsi/m<N>.
+//   - Guest mount paths come from a counter: guestpath.SCSIMount(N).
 //   - A failed guest mount detaches the disk again. The last Release
 //     unmounts in the guest, then hot-removes the disk; when a step fails the
 //     reference is kept and a later Release retries from that step (a disk
@@ -29,14 +29,13 @@ import (
 
 	"github.com/layervisor/layervisor/internal/hostpath"
 	"github.com/layervisor/layervisor/internal/refcount"
+	"github.com/layervisor/layervisor/pkg/diskformat"
+	"github.com/layervisor/layervisor/pkg/guestpath"
 	"github.com/layervisor/layervisor/pkg/undo"
 )
 
 // LUNsPerController is how many disks one virtio-scsi controller takes here.
 const LUNsPerController = 64
-
-// GuestMountRoot is the guest directory under which disks are mounted.
-const GuestMountRoot = "/run/mounts/scsi"
 
 var (
 	// ErrNoFreeSlot means every controller×LUN slot is taken.
@@ -55,40 +54,28 @@ type Slot struct {
 
 func (s Slot) String() string { return fmt.Sprintf("%d:%d", s.Controller, s.LUN) }
 
-// Format is how the host opens a disk file. It is recorded when the disk is
-// created or registered and passed explicitly: the host never decides it
-// from the disk's content, which the guest may have written.
-type Format string
+// Format is how the host opens a disk file (diskformat.Format). It is
+// recorded when the disk is created or registered and passed explicitly:
+// the host never decides it from the disk's content, which the guest may
+// have written.
+//
+// Deprecated: the name is kept for pkg/layers; use diskformat.Format.
+type Format = diskformat.Format
 
-// The formats a disk can be attached as.
+// The formats pkg/layers names.
+//
+// Deprecated: use diskformat.Raw, VHDFixed and VHDX.
 const (
-	// FormatRaw is a raw image or a host block device.
-	FormatRaw Format = "raw"
-	// FormatVHDFixed is raw data followed by a 512-byte fixed-VHD footer
-	// (layer.vhd): QEMU opens it raw, limited to the data.
-	FormatVHDFixed Format = "vhd-fixed"
-	// FormatVHDDynamic is a dynamic or differencing VHD (QEMU's vpc).
-	FormatVHDDynamic Format = "vhd-dynamic"
-	// FormatVHDX is a VHDX disk.
-	FormatVHDX Format = "vhdx"
-	// FormatQCOW2 is a qcow2 image.
-	FormatQCOW2 Format = "qcow2"
+	FormatRaw      = diskformat.Raw
+	FormatVHDFixed = diskformat.VHDFixed
+	FormatVHDX     = diskformat.VHDX
 )
-
-// Valid reports whether f is one of the formats above.
-func (f Format) Valid() bool {
-	switch f {
-	case FormatRaw, FormatVHDFixed, FormatVHDDynamic, FormatVHDX, FormatQCOW2:
-		return true
-	}
-	return false
-}
 
 // Options says how a disk is attached. Two attaches of one path share the
 // disk only when their Options are equal.
 type Options struct {
 	// Format of the disk file; required.
-	Format   Format
+	Format   diskformat.Format
 	ReadOnly bool
 	// Partition to mount, 1-based; 0 mounts the whole disk.
 	Partition int
@@ -103,7 +90,7 @@ type Options struct {
 type Host interface {
 	// AddDisk hot-adds hostPath, opened as format, at slot. On failure it
 	// leaves nothing added.
-	AddDisk(ctx context.Context, slot Slot, hostPath string, format Format, readOnly bool) error
+	AddDisk(ctx context.Context, slot Slot, hostPath string, format diskformat.Format, readOnly bool) error
 	// RemoveDisk hot-removes the disk at slot and returns once it is gone.
 	RemoveDisk(ctx context.Context, slot Slot) error
 }
@@ -177,7 +164,7 @@ func (c *Controller) Attach(ctx context.Context, hostPath string, opts Options) 
 	if opts.Partition < 0 {
 		return nil, fmt.Errorf("scsi attach %s: invalid partition %d", hostPath, opts.Partition)
 	}
-	if !opts.Format.Valid() {
+	if !opts.Format.Attachable() {
 		return nil, fmt.Errorf("scsi attach %s: unknown disk format %q", hostPath, opts.Format)
 	}
 	resolved, err := resolve(hostPath)
@@ -202,7 +189,7 @@ func (c *Controller) attach(ctx context.Context, hostPath string, opts Options) 
 	c.slots[slot.Controller][slot.LUN] = true
 	d := disk{hostPath: hostPath, opts: opts, slot: slot}
 	if opts.MountInGuest {
-		d.guestPath = fmt.Sprintf("%s/m%d", GuestMountRoot, c.nextMount)
+		d.guestPath = guestpath.SCSIMount(c.nextMount)
 		c.nextMount++
 	}
 	c.mu.Unlock()

@@ -13,7 +13,9 @@ import (
 	"time"
 
 	"github.com/layervisor/layervisor/internal/attachtest"
+	"github.com/layervisor/layervisor/pkg/diskformat"
 	"github.com/layervisor/layervisor/pkg/diskimage"
+	"github.com/layervisor/layervisor/pkg/guestpath"
 	"github.com/layervisor/layervisor/pkg/vhdx"
 )
 
@@ -25,7 +27,7 @@ type fakeHost struct {
 	*attachtest.Table[Slot, string]
 }
 
-func (h fakeHost) AddDisk(ctx context.Context, s Slot, p string, f Format, ro bool) error {
+func (h fakeHost) AddDisk(ctx context.Context, s Slot, p string, f diskformat.Format, ro bool) error {
 	return h.Add(s, p)
 }
 func (h fakeHost) RemoveDisk(ctx context.Context, s Slot) error { return h.Remove(s) }
@@ -66,7 +68,7 @@ func files(t *testing.T, n int) []string {
 	return out
 }
 
-var mounted = Options{Format: FormatRaw, MountInGuest: true}
+var mounted = Options{Format: diskformat.Raw, MountInGuest: true}
 
 func TestAttachDedupesAndRefCounts(t *testing.T) {
 	ctx := context.Background()
@@ -88,7 +90,7 @@ func TestAttachDedupesAndRefCounts(t *testing.T) {
 	if m1.Slot() != m2.Slot() || m1.GuestPath() != m2.GuestPath() {
 		t.Fatalf("second attach got %s %s, first %s %s", m2.Slot(), m2.GuestPath(), m1.Slot(), m1.GuestPath())
 	}
-	if m1.GuestPath() != GuestMountRoot+"/m0" {
+	if m1.GuestPath() != guestpath.SCSIMount(0) {
 		t.Fatalf("guest path %q", m1.GuestPath())
 	}
 	if n := c.RefCount(p); n != 2 {
@@ -117,7 +119,7 @@ func TestAttachDedupesAndRefCounts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if m3.GuestPath() != GuestMountRoot+"/m1" || m3.Slot() != (Slot{0, 0}) {
+	if m3.GuestPath() != guestpath.SCSIMount(1) || m3.Slot() != (Slot{0, 0}) {
 		t.Fatalf("re-attach: %s %s", m3.GuestPath(), m3.Slot())
 	}
 	if err := m3.Release(ctx); err != nil {
@@ -131,7 +133,7 @@ func TestSlotsLowestFirstAndExhaustion(t *testing.T) {
 	ps := files(t, 2*LUNsPerController+1)
 	ms := make([]*Mount, 0, len(ps))
 	for i, p := range ps[:2*LUNsPerController] {
-		m, err := c.Attach(ctx, p, Options{Format: FormatRaw, ReadOnly: true})
+		m, err := c.Attach(ctx, p, Options{Format: diskformat.Raw, ReadOnly: true})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -145,13 +147,13 @@ func TestSlotsLowestFirstAndExhaustion(t *testing.T) {
 		ms = append(ms, m)
 	}
 	last := ps[len(ps)-1]
-	if _, err := c.Attach(ctx, last, Options{Format: FormatRaw}); !errors.Is(err, ErrNoFreeSlot) {
+	if _, err := c.Attach(ctx, last, Options{Format: diskformat.Raw}); !errors.Is(err, ErrNoFreeSlot) {
 		t.Fatalf("attach with all slots taken: %v", err)
 	}
 	if err := ms[5].Release(ctx); err != nil {
 		t.Fatal(err)
 	}
-	m, err := c.Attach(ctx, last, Options{Format: FormatRaw})
+	m, err := c.Attach(ctx, last, Options{Format: diskformat.Raw})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -185,7 +187,7 @@ func TestBadInput(t *testing.T) {
 	if _, err := c.Attach(ctx, p, Options{Partition: -1}); err == nil {
 		t.Fatal("negative partition accepted")
 	}
-	for _, f := range []Format{"", "VHD"} {
+	for _, f := range []diskformat.Format{"", "VHD", diskformat.VHD} {
 		if _, err := c.Attach(ctx, p, Options{Format: f, MountInGuest: true}); err == nil || !strings.Contains(err.Error(), p) {
 			t.Fatalf("format %q: %v", f, err)
 		}
@@ -197,7 +199,7 @@ func TestBadInput(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.Attach(ctx, p, Options{Format: FormatRaw, MountInGuest: true, ReadOnly: true}); !errors.Is(err, ErrConflict) {
+	if _, err := c.Attach(ctx, p, Options{Format: diskformat.Raw, MountInGuest: true, ReadOnly: true}); !errors.Is(err, ErrConflict) {
 		t.Fatalf("conflicting attach: %v", err)
 	}
 	if c.RefCount(p) != 1 {
@@ -457,7 +459,7 @@ func TestAttachWaitsForDetach(t *testing.T) {
 	// The path is being detached: even other options must wait, not conflict.
 	got := make(chan *Mount)
 	go func() {
-		m2, err := c.Attach(ctx, p, Options{Format: FormatRaw, MountInGuest: true, ReadOnly: true})
+		m2, err := c.Attach(ctx, p, Options{Format: diskformat.Raw, MountInGuest: true, ReadOnly: true})
 		if err != nil {
 			t.Error(err)
 		}
@@ -492,11 +494,11 @@ func TestAttachWaitsForDetach(t *testing.T) {
 func TestBlockdevFormatGivenNotProbed(t *testing.T) {
 	dir := t.TempDir()
 	vhdxFile := filepath.Join(dir, "disk.vhdx")
-	if err := diskimage.Create(vhdxFile, 4<<20, diskimage.CreateOptions{Format: diskimage.VHDX}); err != nil {
+	if err := diskimage.Create(vhdxFile, 4<<20, diskimage.CreateOptions{Format: diskformat.VHDX}); err != nil {
 		t.Fatal(err)
 	}
 	fixed := filepath.Join(dir, "layer.vhd")
-	if err := diskimage.Create(fixed, 4<<20, diskimage.CreateOptions{Format: diskimage.VHD, Type: vhdx.Fixed}); err != nil {
+	if err := diskimage.Create(fixed, 4<<20, diskimage.CreateOptions{Format: diskformat.VHD, Type: vhdx.Fixed}); err != nil {
 		t.Fatal(err)
 	}
 	tiny := filepath.Join(dir, "tiny")
@@ -505,16 +507,16 @@ func TestBlockdevFormatGivenNotProbed(t *testing.T) {
 	}
 	for _, tc := range []struct {
 		path   string
-		format Format
+		format diskformat.Format
 		driver string
 		size   any
 	}{
-		{vhdxFile, FormatRaw, "raw", nil}, // VHDX content, recorded raw
-		{fixed, FormatRaw, "raw", nil},    // VHD footer, recorded raw: the whole file
-		{vhdxFile, FormatVHDX, "vhdx", nil},
-		{fixed, FormatVHDFixed, "raw", int64(4 << 20)},
-		{fixed, FormatVHDDynamic, "vpc", nil},
-		{tiny, FormatQCOW2, "qcow2", nil},
+		{vhdxFile, diskformat.Raw, "raw", nil}, // VHDX content, recorded raw
+		{fixed, diskformat.Raw, "raw", nil},    // VHD footer, recorded raw: the whole file
+		{vhdxFile, diskformat.VHDX, "vhdx", nil},
+		{fixed, diskformat.VHDFixed, "raw", int64(4 << 20)},
+		{fixed, diskformat.VHDDynamic, "vpc", nil},
+		{tiny, diskformat.QCOW2, "qcow2", nil},
 	} {
 		args, err := BlockdevArgs("n", tc.path, tc.format, true)
 		if err != nil {
@@ -524,12 +526,12 @@ func TestBlockdevFormatGivenNotProbed(t *testing.T) {
 			t.Errorf("%s as %s: driver %v size %v, want %s %v", tc.path, tc.format, args["driver"], args["size"], tc.driver, tc.size)
 		}
 	}
-	for _, f := range []Format{"", "VHDX", "vpc"} {
+	for _, f := range []diskformat.Format{"", "VHDX", "vpc", diskformat.VHD} {
 		if _, err := BlockdevArgs("n", fixed, f, true); err == nil || !strings.Contains(err.Error(), fixed) {
 			t.Errorf("format %q: %v", f, err)
 		}
 	}
-	if _, err := BlockdevArgs("n", tiny, FormatVHDFixed, true); err == nil || !strings.Contains(err.Error(), tiny) {
+	if _, err := BlockdevArgs("n", tiny, diskformat.VHDFixed, true); err == nil || !strings.Contains(err.Error(), tiny) {
 		t.Errorf("a file no larger than a footer as a fixed VHD: %v", err)
 	}
 }

@@ -39,11 +39,9 @@ import (
 
 	"github.com/layervisor/layervisor/internal/hostpath"
 	"github.com/layervisor/layervisor/internal/refcount"
+	"github.com/layervisor/layervisor/pkg/guestpath"
 	"github.com/layervisor/layervisor/pkg/undo"
 )
-
-// GuestMountRoot is the guest directory under which shares are mounted.
-const GuestMountRoot = "/run/mounts/share"
 
 // ErrAlreadyReleased means Release was called again after it succeeded.
 var ErrAlreadyReleased = refcount.ErrAlreadyReleased
@@ -154,7 +152,7 @@ func (c *Controller) attach(ctx context.Context, k key, _ struct{}) (_ *share, e
 	n := c.next
 	c.next++
 	c.mu.Unlock()
-	s := &share{tag: fmt.Sprintf("s%d", n), guestDir: fmt.Sprintf("%s/s%d", GuestMountRoot, n), hostDir: k.path}
+	s := &share{tag: fmt.Sprintf("s%d", n), guestDir: guestpath.ShareMount(n), hostDir: k.path}
 
 	var u undo.Stack
 	defer u.RunUnlessCommitted(ctx, &err)

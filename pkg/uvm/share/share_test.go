@@ -12,6 +12,7 @@ import (
 
 	"github.com/layervisor/layervisor/internal/attachtest"
 	"github.com/layervisor/layervisor/internal/testutil"
+	"github.com/layervisor/layervisor/pkg/guestpath"
 )
 
 var errInjected = errors.New("injected failure")
@@ -85,7 +86,7 @@ func TestDirectoryRefCountByPathAndReadOnly(t *testing.T) {
 	if a.Tag() != b.Tag() || a.Tag() == rw.Tag() || a.GuestPath() == rw.GuestPath() {
 		t.Fatalf("tags %s %s %s", a.Tag(), b.Tag(), rw.Tag())
 	}
-	if a.GuestPath() != GuestMountRoot+"/s0" || !a.ReadOnly() || rw.ReadOnly() {
+	if a.GuestPath() != guestpath.ShareMount(0) || !a.ReadOnly() || rw.ReadOnly() {
 		t.Fatalf("guest path %s ro %v/%v", a.GuestPath(), a.ReadOnly(), rw.ReadOnly())
 	}
 	if c.RefCount(dir, true) != 2 || c.RefCount(dir, false) != 1 {

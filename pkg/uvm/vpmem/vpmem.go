@@ -29,6 +29,7 @@ import (
 
 	"github.com/layervisor/layervisor/internal/hostpath"
 	"github.com/layervisor/layervisor/internal/refcount"
+	"github.com/layervisor/layervisor/pkg/guestpath"
 	"github.com/layervisor/layervisor/pkg/vhd"
 )
 
@@ -38,9 +39,6 @@ const (
 	DefaultMaxSize = 4 << 30
 	DefaultAlign   = 4096
 )
-
-// GuestMountRoot is the guest directory under which devices are mounted.
-const GuestMountRoot = "/run/mounts/pmem"
 
 var (
 	// ErrNoFreeSlot means every VPMEM slot is bound, or the memory left
@@ -221,7 +219,7 @@ func (c *Controller) plug(ctx context.Context, hostPath string) (Device, error) 
 // the device bound and idle: it cannot be unplugged.
 func (c *Controller) remount(ctx context.Context, hostPath string, m mapping) (mapping, error) {
 	c.mu.Lock()
-	m.guestPath = fmt.Sprintf("%s/m%d", GuestMountRoot, c.nextMount)
+	m.guestPath = guestpath.PmemMount(c.nextMount)
 	c.nextMount++
 	c.mu.Unlock()
 	if err := c.guest.MountPmem(ctx, m.dev, m.guestPath); err != nil {

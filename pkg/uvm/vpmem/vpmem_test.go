@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/layervisor/layervisor/internal/attachtest"
+	"github.com/layervisor/layervisor/pkg/guestpath"
 	"github.com/layervisor/layervisor/pkg/vhd"
 )
 
@@ -86,7 +87,7 @@ func TestRefCountAndIdleReuse(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if m1.GuestPath() != GuestMountRoot+"/m0" || m2.GuestPath() != m1.GuestPath() {
+	if m1.GuestPath() != guestpath.PmemMount(0) || m2.GuestPath() != m1.GuestPath() {
 		t.Fatalf("guest paths %q %q", m1.GuestPath(), m2.GuestPath())
 	}
 	if m1.Device().Size != 8192 {
@@ -117,7 +118,7 @@ func TestRefCountAndIdleReuse(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, adds, _ := h.Counts(); adds != 1 || m3.Device().Slot != 0 || m3.GuestPath() != GuestMountRoot+"/m1" {
+	if _, adds, _ := h.Counts(); adds != 1 || m3.Device().Slot != 0 || m3.GuestPath() != guestpath.PmemMount(1) {
 		t.Fatalf("re-attach: adds %d slot %d path %s", adds, m3.Device().Slot, m3.GuestPath())
 	}
 	if err := m3.Release(ctx); err != nil {
