@@ -189,6 +189,9 @@ type (
 		Interfaces []NetInterface
 		Routes     []NetRoute
 		Neighbors  []NetNeighbor // permanent entries
+		// Sysctls are the pod's network sysctls ("net.ipv4.ip_forward"):
+		// only net.* keys, set in the guest's network namespace.
+		Sysctls map[string]string
 	}
 	NetNeighbor  struct{ IP, MAC string }
 	NetInterface struct {

@@ -41,6 +41,9 @@ func (s *Service) guestNamespaces(ctx context.Context, sb *sandboxVM, spec *spec
 		pid, file, isProc := procNamespace(ns.Path)
 		switch {
 		case isProc && pid == sb.pid && ns.Type == specs.NetworkNamespace:
+			if err := s.setNetSysctls(ctx, sb, takeNetSysctls(spec)); err != nil {
+				return err
+			}
 			continue
 		case isProc && pid == sb.pid:
 			init, err := s.sandboxInit(ctx)
@@ -49,11 +52,14 @@ func (s *Service) guestNamespaces(ctx context.Context, sb *sandboxVM, spec *spec
 			}
 			ns.Path = fmt.Sprintf("/proc/%d/ns/%s", init, file)
 		case ns.Type == specs.NetworkNamespace && link != nil && link.NetNS == ns.Path:
-			if err := s.attachPodNetwork(ctx, sb, link); err != nil {
+			if err := s.attachPodNetwork(ctx, sb, link, takeNetSysctls(spec)); err != nil {
 				return err
 			}
 			continue
 		case ns.Type == specs.NetworkNamespace && sb.podNet != nil && sb.podNet.NetNS == ns.Path:
+			if err := s.setNetSysctls(ctx, sb, takeNetSysctls(spec)); err != nil {
+				return err
+			}
 			continue
 		default:
 			slog.Warn("a host namespace cannot be joined in a utility VM: the container gets one of its own in the guest", "type", ns.Type, "path", ns.Path)
@@ -129,7 +135,7 @@ func (s *Service) podNetwork(spec *specs.Spec) (*podnet.Link, error) {
 // attachPodNetwork plugs a wired pod network into the VM: a network card
 // with the CNI interface's MAC, given its addresses and routes in the
 // guest. A VM has one pod network; it is unwired when the VM ends.
-func (s *Service) attachPodNetwork(ctx context.Context, sb *sandboxVM, link *podnet.Link) error {
+func (s *Service) attachPodNetwork(ctx context.Context, sb *sandboxVM, link *podnet.Link, sysctls map[string]string) error {
 	if sb.podNet != nil {
 		if sb.podNet.NetNS == link.NetNS {
 			return nil
@@ -149,6 +155,7 @@ func (s *Service) attachPodNetwork(ctx context.Context, sb *sandboxVM, link *pod
 	// The side door CRI's port forwarding comes in by (podnet).
 	args.Interfaces[0].Addrs = append(args.Interfaces[0].Addrs, podnet.GuestSide.String())
 	args.Neighbors = []agent.NetNeighbor{{IP: podnet.HostSide.Addr().String(), MAC: link.TapMAC.String()}}
+	args.Sysctls = sysctls
 	for _, r := range link.Routes {
 		nr := agent.NetRoute{}
 		if r.Dst.IsValid() {
@@ -166,5 +173,36 @@ func (s *Service) attachPodNetwork(ctx context.Context, sb *sandboxVM, link *pod
 	}
 	sb.podNet = link
 	slog.Info("pod network wired into the utility VM", "netns", link.NetNS, "mac", link.Iface.MAC.String(), "addrs", args.Interfaces[0].Addrs)
+	return nil
+}
+
+// takeNetSysctls removes the spec's network sysctls: a container on the
+// pod's network has no network namespace of its own in the guest (the
+// runtime would refuse them), so the guest sets them in its own, the
+// pod's.
+func takeNetSysctls(spec *specs.Spec) map[string]string {
+	var out map[string]string
+	for k, v := range spec.Linux.Sysctl {
+		if strings.HasPrefix(k, "net.") {
+			if out == nil {
+				out = map[string]string{}
+			}
+			out[k] = v
+			delete(spec.Linux.Sysctl, k)
+		}
+	}
+	return out
+}
+
+// setNetSysctls sets a pod container's network sysctls in the guest.
+func (s *Service) setNetSysctls(ctx context.Context, sb *sandboxVM, kv map[string]string) error {
+	if len(kv) == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, agentTimeout)
+	defer cancel()
+	if err := sb.u.Agent().ConfigureNetwork(ctx, agent.NetworkArgs{Sysctls: kv}); err != nil {
+		return fmt.Errorf("network sysctls %v: %w", kv, err)
+	}
 	return nil
 }

@@ -37,7 +37,7 @@ type InitramfsOptions struct {
 // changes when what the agent needs from it does (2: the OCI runtime; 3:
 // the shim's exec, stats and pause operations), so
 // an older one is not used.
-const InitrdName = "initrd-4.img"
+const InitrdName = "initrd-5.img"
 
 // AgentName is the guest agent's file name (cmd/layervisor-agent).
 const AgentName = "layervisor-agent"

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"strings"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -75,6 +77,9 @@ func configureNetwork(ctx context.Context, a agent.NetworkArgs) error {
 			return fmt.Errorf("neighbour %s: %w", n.IP, err)
 		}
 	}
+	if err := setNetSysctls(a.Sysctls); err != nil {
+		return err
+	}
 	for _, r := range a.Routes {
 		rt := &netlink.Route{}
 		if r.Dst != "" {
@@ -130,4 +135,19 @@ func waitCard(ctx context.Context, mac net.HardwareAddr) (netlink.Link, error) {
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+}
+
+// setNetSysctls writes network sysctls: the guest's network namespace is
+// the pod's. Keys outside net.* (the kernel's, not the pod's) are refused.
+func setNetSysctls(kv map[string]string) error {
+	for k, v := range kv {
+		if !strings.HasPrefix(k, "net.") || strings.Contains(k, "/") || strings.Contains(k, "..") || strings.ContainsAny(v, "\n") {
+			return &agent.Error{Code: agent.CodeInvalid, Message: fmt.Sprintf("sysctl %q=%q: only net.* keys are set for a pod", k, v)}
+		}
+		p := "/proc/sys/" + strings.ReplaceAll(k, ".", "/")
+		if err := os.WriteFile(p, []byte(v), 0o644); err != nil {
+			return fmt.Errorf("sysctl %s=%s: %w", k, v, err)
+		}
+	}
+	return nil
 }
