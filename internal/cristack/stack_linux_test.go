@@ -53,7 +53,7 @@ var (
 // layervisorBins builds layervisor, its shim and the guest agent (the
 // shim builds the utility VM's initramfs from it) into one directory,
 // once per test binary.
-func layervisorBins(t *testing.T) string {
+func layervisorBins(t testing.TB) string {
 	t.Helper()
 	lvOnce.Do(func() {
 		if lvDir, lvErr = testutil.SharedDir("lv-cristack-bin-"); lvErr != nil {
@@ -76,7 +76,7 @@ func layervisorBins(t *testing.T) string {
 
 // storeRoot is a layervisor store root for one test, removed after the
 // stack (cleanups run last-registered first).
-func storeRoot(t *testing.T) string {
+func storeRoot(t testing.TB) string {
 	t.Helper()
 	root, err := os.MkdirTemp("/var/tmp", "lvcri-root-")
 	if err != nil {
@@ -94,7 +94,7 @@ var (
 
 // vmStoreRoot is storeRoot with the initramfs (boot/) and UVM templates
 // (templates/) shared by the test binary's roots: built and saved once.
-func vmStoreRoot(t *testing.T) string {
+func vmStoreRoot(t testing.TB) string {
 	t.Helper()
 	vmOnce.Do(func() {
 		vmDir, vmErr = testutil.SharedDir("lv-cristack-vm-")
@@ -329,7 +329,7 @@ func TestStopAfterContainerdDied(t *testing.T) {
 	}
 }
 
-func writeJSON(t *testing.T, s *Stack, name string, v any) string {
+func writeJSON(t testing.TB, s *Stack, name string, v any) string {
 	t.Helper()
 	b, err := json.Marshal(v)
 	if err != nil {
@@ -380,6 +380,28 @@ func TestCritestRunc(t *testing.T) {
 	}
 	if decided := r.Passed + r.Failed; decided < 80 || r.Passed < decided*9/10 {
 		t.Errorf("critest runc: %s; want at least 80 specs passed or failed, 90%% of them passed", r)
+	}
+}
+
+// TestCritestLayervisor runs the CRI validation suite against the
+// layervisor handler: every pod a utility VM.
+func TestCritestLayervisor(t *testing.T) {
+	testutil.NeedRoot(t)
+	bin := layervisorBins(t)
+	s := StartTest(t, Options{LayervisorBin: filepath.Join(bin, "layervisor"), ShimDir: bin, Root: vmStoreRoot(t)})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Minute)
+	defer cancel()
+	r, err := s.Critest(ctx, "-runtime-handler="+HandlerLayervisor)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("critest layervisor: %s", r)
+	keepCritest(t, r)
+	if f := r.Failures(); f != "" {
+		t.Logf("failed specs:\n%s", f)
+	}
+	for name, why := range r.SkippedSpecs {
+		t.Logf("skipped: %s: %s", name, why)
 	}
 }
 

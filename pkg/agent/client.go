@@ -452,6 +452,7 @@ type Container struct {
 	sent chan struct{}
 	done chan struct{}
 	code int
+	oom  bool
 	err  error
 }
 
@@ -492,7 +493,7 @@ func (c *Client) startProcess(ctx context.Context, op string, args any, stdin io
 			close(ct.sent)
 			c.feedStdin(id, stdin)
 		})
-		ct.code = res.ExitCode
+		ct.code, ct.oom = res.ExitCode, res.OOMKilled
 	}()
 	return ct
 }
@@ -545,6 +546,13 @@ func (c *Client) ResumeContainer(ctx context.Context, id string) error {
 
 // Done is closed when the container has exited (or the call failed).
 func (ct *Container) Done() <-chan struct{} { return ct.done }
+
+// OOMKilled tells, once Done, whether the OOM killer killed a process of
+// the container while it ran.
+func (ct *Container) OOMKilled() bool {
+	<-ct.done
+	return ct.oom
+}
 
 // Wait returns the container's exit status.
 func (ct *Container) Wait() (int, error) {

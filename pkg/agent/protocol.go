@@ -21,7 +21,7 @@ import (
 
 // GuestModules are the kernel modules the agent loads at boot (with their
 // dependencies); the initramfs builder packs the same list.
-var GuestModules = []string{"virtio_pci", "virtio_console", "virtio_balloon", "virtio_scsi", "sd_mod", "virtio_pmem", "nd_pmem", "overlay", "virtiofs", "ext4", "virtio_net"}
+var GuestModules = []string{"virtio_pci", "virtio_console", "virtio_balloon", "virtio_scsi", "sd_mod", "virtio_pmem", "nd_pmem", "overlay", "virtiofs", "ext4", "virtio_net", "bridge"}
 
 // PortName is the virtio-serial port of the agent channel.
 const PortName = "layervisor.agent"
@@ -205,7 +205,12 @@ type (
 	// files the kernel lacks are absent.
 	CgroupStatsResult struct{ Files map[string]string }
 
-	ExecResult struct{ ExitCode int }
+	ExecResult struct {
+		ExitCode int
+		// OOMKilled: the kernel's OOM killer killed a process of the
+		// container (its cgroup's oom_kill count rose) while it ran.
+		OOMKilled bool `json:",omitempty"`
+	}
 	StatResult struct {
 		Mode  uint32
 		Size  int64

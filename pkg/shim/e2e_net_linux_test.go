@@ -2,6 +2,7 @@ package shim_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -148,4 +149,30 @@ func assertUnwired(t *testing.T, ns string) {
 	if out, _ := exec.Command("tc", "-n", ns, "qdisc", "show", "dev", "eth0").CombinedOutput(); strings.Contains(string(out), "ingress") {
 		t.Errorf("ingress redirect left on eth0 in %s: %s", ns, out)
 	}
+}
+
+// A container the guest's OOM killer ends exits 137, and the shim
+// publishes TaskOOM before its exit (CRI's "OOMKilled" reason comes from
+// it).
+func TestCtrOOMContainerd2(t *testing.T) {
+	e := setupCtr(t, containerd2(t))
+	ctx := context.Background()
+	stop := e.events()
+	out, err := e.d.Ctr(ctx, "run", "--rm", "--runtime", shim.RuntimeName, "--snapshotter", "layervisor", "--memory-limit", "33554432", e.ref, "lv-oom",
+		"sh", "-c", "x=0123456789; while true; do x=$x$x; done")
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 137 {
+		e.fail("a memory hog under 32 MiB: want exit status 137, got %v %q", err, out)
+	}
+	events := stop()
+	oom := regexp.MustCompile(`/tasks/oom .*lv-oom`).FindStringIndex(events)
+	exit := regexp.MustCompile(`/tasks/exit .*lv-oom`).FindStringIndex(events)
+	if oom == nil || exit == nil || oom[0] > exit[0] {
+		t.Errorf("want /tasks/oom before /tasks/exit for lv-oom in:\n%s", events)
+	}
+	// A container that exits on its own is not reported as OOM-killed.
+	if out, err := e.d.Ctr(ctx, "run", "--rm", "--runtime", shim.RuntimeName, "--snapshotter", "layervisor", e.ref, "lv-fine", "true"); err != nil {
+		e.fail("ctr run: %v %q", err, out)
+	}
+	waitNoShim(t, e.root)
 }

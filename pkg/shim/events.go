@@ -28,6 +28,7 @@ const (
 	TopicTaskExecStarted = "/tasks/exec-started"
 	TopicTaskPaused      = "/tasks/paused"
 	TopicTaskResumed     = "/tasks/resumed"
+	TopicTaskOOM         = "/tasks/oom"
 )
 
 // publisher forwards task events to containerd's ttrpc events service

@@ -516,6 +516,11 @@ func (s *Service) waitExit(t *task, p *process) {
 		fmt.Fprintf(p.err, "%s: %v\n", BinaryName, err)
 		slog.Error("process ended with an error", "id", t.id, "exec", p.execID, "err", err)
 	}
+	if p.execID == "" && p.ct.OOMKilled() {
+		// Before the exit: CRI reports the reason (OOMKilled) from it.
+		s.pub.publish(TopicTaskOOM, &eventstypes.TaskOOM{ContainerID: t.id})
+		slog.Info("container OOM-killed", "id", t.id)
+	}
 	p.finish(uint32(code))
 	id := t.id
 	if p.execID != "" {

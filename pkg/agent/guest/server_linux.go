@@ -680,8 +680,9 @@ func (s *Server) runContainer(ctx context.Context, id uint64, a agent.ExecArgs, 
 		rc.root, rc.p = root, p
 		close(rc.started)
 	}
+	oom := s.watchOOM(ctx, a.Container)
 	code, err := p.Wait()
-	return agent.ExecResult{ExitCode: code}, err
+	return agent.ExecResult{ExitCode: code, OOMKilled: oom()}, err
 }
 
 // withContainer runs f on the container started by exec request id,
