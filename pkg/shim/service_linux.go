@@ -728,6 +728,14 @@ func (s *Service) Kill(ctx context.Context, r *taskv2.KillRequest) (*emptypb.Emp
 		return &emptypb.Empty{}, nil
 	}
 	if err := signalRetry(ctx, ct, syscall.Signal(r.Signal), p.exited); err != nil {
+		select {
+		case <-p.exited:
+			// It ended meanwhile (and its VM may be gone with it, which
+			// failed the call): the signal's work is done.
+			slog.Debug("signal raced the process's exit", "id", t.id, "exec", p.execID, "err", err)
+			return &emptypb.Empty{}, nil
+		default:
+		}
 		return nil, grpcErr(fmt.Errorf("signal %d to %s: %w", r.Signal, t.name(p), err))
 	}
 	return &emptypb.Empty{}, nil
