@@ -339,12 +339,13 @@ func ParseMount(v string) (specs.Mount, error) {
 	return m, nil
 }
 
-// ReadOnly reports whether a mount's options ask for read-only.
+// ReadOnly reports whether a mount's options ask for read-only ("rro",
+// recursive read-only, included).
 func ReadOnly(m specs.Mount) bool {
 	ro := false
 	for _, o := range m.Options {
 		switch strings.ToLower(o) {
-		case "ro":
+		case "ro", "rro":
 			ro = true
 		case "rw":
 			ro = false

@@ -238,3 +238,19 @@ func TestBuildConfinementFlags(t *testing.T) {
 		t.Errorf("defaults: network namespace %v, %d capabilities", hasNet, len(s.Process.Capabilities.Effective))
 	}
 }
+
+// "rro" (CRI's recursive read-only) is read-only: a share made for it must
+// be read-only on the host.
+func TestReadOnlyOptions(t *testing.T) {
+	for _, c := range []struct {
+		opts []string
+		ro   bool
+	}{
+		{nil, false}, {[]string{"rbind"}, false}, {[]string{"rbind", "ro"}, true}, {[]string{"rbind", "rro"}, true},
+		{[]string{"ro", "rw"}, false}, {[]string{"RO"}, true},
+	} {
+		if got := ReadOnly(specs.Mount{Options: c.opts}); got != c.ro {
+			t.Errorf("%v: read-only %v, want %v", c.opts, got, c.ro)
+		}
+	}
+}

@@ -37,6 +37,7 @@ import (
 	taskv2 "github.com/containerd/containerd/api/runtime/task/v2"
 	apitypes "github.com/containerd/containerd/api/types"
 	"github.com/containerd/ttrpc"
+	"github.com/containerd/typeurl/v2"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -133,7 +134,11 @@ func printInfo(args []string, stdout io.Writer) error {
 		_, err := fmt.Fprintf(stdout, "%s:\n  Version: %s\n  Runtime: %s\n", BinaryName, Version, RuntimeName)
 		return err
 	}
-	b, err := proto.Marshal(&apitypes.RuntimeInfo{Name: RuntimeName, Version: &apitypes.RuntimeVersion{Version: Version}})
+	feat, err := typeurl.MarshalAnyToProto(guestFeatures())
+	if err != nil {
+		return fmt.Errorf("runtime features: %w", err)
+	}
+	b, err := proto.Marshal(&apitypes.RuntimeInfo{Name: RuntimeName, Version: &apitypes.RuntimeVersion{Version: Version}, Features: feat})
 	if err != nil {
 		return err
 	}

@@ -9,7 +9,11 @@ import (
 	bootapi "github.com/containerd/containerd/api/runtime/bootstrap/v1"
 	"google.golang.org/protobuf/proto"
 
+	apitypes "github.com/containerd/containerd/api/types"
+	"github.com/containerd/typeurl/v2"
 	"github.com/layervisor/layervisor/pkg/uvm"
+	"github.com/opencontainers/runtime-spec/specs-go/features"
+	"slices"
 )
 
 // TestArgs parses what containerd 1.6 and 2.4 pass (2.x adds -debug and,
@@ -60,5 +64,27 @@ func TestNames(t *testing.T) {
 	}
 	if p := socketPath("/run/containerd/containerd.sock", "k8s.io", long); len(p) >= 108 {
 		t.Errorf("socket path %q too long", p)
+	}
+}
+
+// -info answers containerd 2.x's runtime introspection with the features
+// a VM can honour: recursive read-only binds (the host enforces them), no
+// user namespaces.
+func TestInfoFeatures(t *testing.T) {
+	var out bytes.Buffer
+	if err := printInfo([]string{"-info"}, &out); err != nil {
+		t.Fatal(err)
+	}
+	var info apitypes.RuntimeInfo
+	if err := proto.Unmarshal(out.Bytes(), &info); err != nil {
+		t.Fatal(err)
+	}
+	v, err := typeurl.UnmarshalAny(info.Features)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, ok := v.(*features.Features)
+	if !ok || info.Name != RuntimeName || !slices.Contains(f.MountOptions, "rro") || f.Linux == nil || slices.Contains(f.Linux.Namespaces, "user") {
+		t.Errorf("runtime info %v, features %+v", info.Name, v)
 	}
 }
