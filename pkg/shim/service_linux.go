@@ -27,14 +27,12 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/layervisor/layervisor/pkg/agent"
-	"github.com/layervisor/layervisor/pkg/guestpath"
 	"github.com/layervisor/layervisor/pkg/layers"
 	"github.com/layervisor/layervisor/pkg/podnet"
-	"github.com/layervisor/layervisor/pkg/resources"
 	"github.com/layervisor/layervisor/pkg/runspec"
 	"github.com/layervisor/layervisor/pkg/undo"
 	"github.com/layervisor/layervisor/pkg/uvm"
-	"github.com/layervisor/layervisor/pkg/vmcontainer"
+	"github.com/layervisor/layervisor/pkg/vmrun"
 )
 
 // stdioTimeout bounds opening a task's stdio FIFOs (the client opened its
@@ -64,22 +62,19 @@ type Service struct {
 	vm   *sandboxVM // nil without containers
 }
 
-// sandboxVM is the group's utility VM and the layers attached to it for
-// its containers (ref-counted by layers.InUVM and the share and disk
-// controllers).
+// sandboxVM is the group's utility VM and its containers (package vmrun),
+// and the pod network wired to it.
 type sandboxVM struct {
-	u       *uvm.UVM
-	vm      vmcontainer.VM
-	mounter *layers.InUVM
-	pid     uint32 // QEMU's: every task's process on the host
-	users   int    // containers set up in it
-	podNet  *podnet.Link
+	run    *vmrun.Sandbox
+	u      *uvm.UVM
+	pid    uint32 // QEMU's: every task's process on the host
+	podNet *podnet.Link
 }
 
-// end stops (or kills) the VM and removes it, then unwires the pod
-// network from the CNI interface.
-func (sb *sandboxVM) end(ctx context.Context, stop func(context.Context) error) error {
-	errs := []error{stop(ctx), sb.u.Remove(ctx)}
+// end ends the VM (vmrun decides how) and removes it, then unwires the
+// pod network from the CNI interface.
+func (sb *sandboxVM) end(ctx context.Context) error {
+	errs := []error{sb.run.End(ctx)}
 	if sb.podNet != nil {
 		errs = append(errs, sb.podNet.Unwire())
 	}
@@ -114,18 +109,15 @@ type process struct {
 
 type task struct {
 	id, bundle string
-	spec       *specs.Spec
 	created    bool // Create finished: visible to the other calls
 
-	u       *uvm.UVM
-	res     *resources.Resources
-	scratch string // the container's scratch folder on the host
+	u   *uvm.UVM
+	ctr *vmrun.Container // set up in the group's VM
 	// hostRootfs is where a plain (not layervisor) snapshot is mounted on
 	// the host, shared read-write into the guest as rootShare; "" for
 	// layer images attached to the VM.
 	hostRootfs string
 	rootShare  layers.Attachment
-	disposable bool
 	pid        uint32 // QEMU's: the task's process on the host
 
 	process // the container's init; its mu also guards execs and torn
@@ -226,7 +218,6 @@ func (s *Service) Create(ctx context.Context, r *taskv2.CreateTaskRequest) (_ *t
 	if err != nil {
 		return nil, err
 	}
-	t.spec = spec
 	if g := grouping(r.ID, spec); g != s.id && g != r.ID {
 		return nil, fmt.Errorf("task %s of group %s in the shim of group %s: %w", r.ID, g, s.id, errdefs.ErrInvalidArgument)
 	}
@@ -249,8 +240,8 @@ func (s *Service) Create(ctx context.Context, r *taskv2.CreateTaskRequest) (_ *t
 	// The container's scratch lives in the UVM's directory: removed with
 	// it, and reaped with it by gc when the shim dies.
 	uvmID := uvmID(s.ns, s.id)
-	t.scratch = filepath.Join(uvm.Dir(s.root, uvmID), "containers", r.ID)
-	folders, err := layerFolders(r.Rootfs, t.scratch)
+	scratch := filepath.Join(uvm.Dir(s.root, uvmID), "containers", r.ID)
+	folders, err := layerFolders(r.Rootfs, scratch)
 	if err != nil {
 		if !errors.Is(err, errNotLayerImages) || !plainRootfs(r.Rootfs) {
 			return nil, fmt.Errorf("task %s: %w: %w", r.ID, err, errdefs.ErrInvalidArgument)
@@ -260,7 +251,7 @@ func (s *Service) Create(ctx context.Context, r *taskv2.CreateTaskRequest) (_ *t
 		// read-write through virtiofs. Setup then mounts no layers (the
 		// root is set); it still wants layer folders and makes the scratch.
 		t.hostRootfs = filepath.Join(r.Bundle, "rootfs")
-		folders = []string{t.scratch, t.scratch}
+		folders = []string{scratch, scratch}
 	}
 
 	// The pod's network next: a namespace CNI did not set up fails here.
@@ -308,30 +299,22 @@ func (s *Service) Create(ctx context.Context, r *taskv2.CreateTaskRequest) (_ *t
 	if err := s.guestNamespaces(ctx, sb, spec, link); err != nil {
 		return nil, fmt.Errorf("task %s: %w", r.ID, err)
 	}
-	spec.Root = &specs.Root{Readonly: spec.Root != nil && spec.Root.Readonly}
+	var root string
 	if t.hostRootfs != "" {
-		a, err := sb.vm.AddShare(ctx, t.hostRootfs, false)
+		a, err := sb.run.VM().AddShare(ctx, t.hostRootfs, false)
 		if err != nil {
 			return nil, fmt.Errorf("share the rootfs %s into the utility VM: %w", t.hostRootfs, err)
 		}
 		t.rootShare = a
 		un.Push("release the rootfs share", a.Release)
-		spec.Root.Path = a.GuestPath()
+		root = a.GuestPath()
 	}
-	res, err := resources.Setup(ctx, sb.vm, sb.mounter, resources.Container{
-		ID: r.ID, Spec: spec, LayerFolders: folders, GuestRoot: guestpath.ContainerRoot(r.ID), TemplateRoot: s.root,
-	})
-	if err != nil {
-		os.RemoveAll(t.scratch)
-		return nil, fmt.Errorf("set up the container in the utility VM: %w", err)
-	}
-	t.res = res
 	// As `layervisor run`: when all the container may write dies with the
 	// VM, teardown just ends QEMU.
-	t.disposable = !res.WritesOutside && t.hostRootfs == ""
-	spec.Root.Path = res.Rootfs
-	spec.Mounts = slices.DeleteFunc(spec.Mounts, func(m specs.Mount) bool { return !runspec.RuntimeProvided(m) })
-	sb.users++
+	t.ctr, err = sb.run.Add(ctx, vmrun.ContainerConfig{ID: r.ID, Spec: spec, LayerFolders: folders, TemplateRoot: s.root, Root: root})
+	if err != nil {
+		return nil, fmt.Errorf("set up the container in the utility VM: %w", err)
+	}
 	un.Commit()
 	s.mu.Lock()
 	t.created = true
@@ -341,7 +324,7 @@ func (s *Service) Create(ctx context.Context, r *taskv2.CreateTaskRequest) (_ *t
 		ContainerID: r.ID, Bundle: r.Bundle, Rootfs: r.Rootfs, Pid: t.pid, Checkpoint: r.Checkpoint,
 		IO: &eventstypes.TaskIO{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal},
 	})
-	slog.Info("task created", "id", r.ID, "uvm", uvmID, "pid", t.pid, "layers", len(folders)-1, "containers", sb.users, "template", sb.u.State().Template)
+	slog.Info("task created", "id", r.ID, "uvm", uvmID, "pid", t.pid, "layers", len(folders)-1, "containers", sb.run.Containers(), "template", sb.u.State().Template)
 	return &taskv2.CreateTaskResponse{Pid: t.pid}, nil
 }
 
@@ -354,18 +337,13 @@ func (s *Service) ensureVM(ctx context.Context, id string, annotations map[strin
 	cfg := s.UVMConfig
 	cfg.ID, cfg.Root = id, s.root
 	sizeForPod(&cfg, annotations)
-	u, err := uvm.Create(ctx, cfg)
+	// SCSI attaches layers fastest (see README).
+	run, err := vmrun.Start(ctx, cfg, vmrun.Options{Device: layers.LayerDeviceSCSI})
 	if err != nil {
-		return nil, fmt.Errorf("create utility VM: %w", err)
+		return nil, err
 	}
-	if err := u.Start(ctx); err != nil {
-		tctx := context.WithoutCancel(ctx)
-		return nil, errors.Join(fmt.Errorf("start utility VM: %w", err), u.Kill(tctx), u.Remove(tctx))
-	}
-	vm := vmcontainer.VM{U: u}
-	mounter := layers.NewInUVM(vm)
-	mounter.Device = layers.LayerDeviceSCSI // attaches fastest (see README)
-	s.vm = &sandboxVM{u: u, vm: vm, mounter: mounter, pid: uint32(u.State().PID)}
+	u := run.UVM()
+	s.vm = &sandboxVM{run: run, u: u, pid: uint32(u.State().PID)}
 	slog.Info("utility VM started", "uvm", id, "pid", s.vm.pid)
 	return s.vm, nil
 }
@@ -373,12 +351,12 @@ func (s *Service) ensureVM(ctx context.Context, id string, annotations map[strin
 // dropVMIfUnused ends the UVM when no container is set up in it. The
 // caller holds vmMu.
 func (s *Service) dropVMIfUnused(ctx context.Context) error {
-	if s.vm == nil || s.vm.users > 0 {
+	if s.vm == nil || s.vm.run.Containers() > 0 {
 		return nil
 	}
 	sb := s.vm
 	s.vm = nil
-	return sb.end(ctx, sb.u.Kill)
+	return sb.end(ctx)
 }
 
 func readSpec(bundle string) (*specs.Spec, error) {
@@ -487,7 +465,7 @@ func (s *Service) Start(ctx context.Context, r *taskv2.StartRequest) (*taskv2.St
 	// The request runs as long as the process: it belongs to the daemon,
 	// not to this call.
 	if p.execID == "" {
-		p.ct = t.u.Agent().StartContainer(s.ctx, agent.ContainerRequest{ID: t.id, Spec: t.spec, Stdin: stdin, Stdout: p.out, Stderr: p.err})
+		p.ct = t.ctr.Start(s.ctx, vmrun.Stdio{Stdin: stdin, Stdout: p.out, Stderr: p.err})
 	} else {
 		p.ct = t.u.Agent().ExecInContainer(s.ctx, agent.ExecInContainerRequest{Container: t.id, Process: p.spec, Stdin: stdin, Stdout: p.out, Stderr: p.err})
 	}
@@ -568,35 +546,27 @@ func (s *Service) teardownTask(ctx context.Context, t *task) error {
 	s.vmMu.Lock()
 	defer s.vmMu.Unlock()
 	sb := s.vm
-	if sb == nil || t.res == nil {
+	if sb == nil || t.ctr == nil {
 		return nil
 	}
-	sb.users--
-	var errs []error
-	if sb.users > 0 || !t.disposable {
+	// vmrun releases the container (and removes its scratch) unless it is
+	// the last and disposable; a plain snapshot's root never is.
+	last, err := sb.run.Remove(ctx, t.ctr)
+	errs := []error{err}
+	if t.rootShare != nil {
 		rctx, cancel := context.WithTimeout(ctx, releaseTimeout)
-		errs = append(errs, t.res.Release(rctx))
-		if t.rootShare != nil {
-			errs = append(errs, t.rootShare.Release(rctx))
-		}
+		errs = append(errs, t.rootShare.Release(rctx))
 		cancel()
-		if t.hostRootfs != "" && errors.Join(errs...) == nil {
+		if errors.Join(errs...) == nil {
 			errs = append(errs, unmountHostRootfs(t.hostRootfs))
 		}
 	}
-	if sb.users > 0 {
-		if errors.Join(errs...) == nil {
-			errs = append(errs, os.RemoveAll(t.scratch))
-		}
-		slog.Info("container released from the utility VM", "id", t.id, "containers left", sb.users)
+	if !last {
+		slog.Info("container released from the utility VM", "id", t.id, "containers left", sb.run.Containers())
 		return errors.Join(errs...)
 	}
 	s.vm = nil
-	stop := sb.u.Kill
-	if !t.disposable {
-		stop = sb.u.Stop
-	}
-	errs = append(errs, sb.end(ctx, stop))
+	errs = append(errs, sb.end(ctx))
 	if t.hostRootfs != "" {
 		errs = append(errs, unmountHostRootfs(t.hostRootfs)) // again, if the release failed: the VM is gone now
 	}
@@ -650,9 +620,9 @@ func (s *Service) teardown(ctx context.Context) {
 	// only when nothing left needs a clean release.
 	slices.SortFunc(ts, func(a, b *task) int {
 		switch {
-		case a.disposable == b.disposable:
+		case a.ctr.Disposable == b.ctr.Disposable:
 			return 0
-		case a.disposable:
+		case a.ctr.Disposable:
 			return 1
 		}
 		return -1
@@ -664,9 +634,9 @@ func (s *Service) teardown(ctx context.Context) {
 	}
 	s.vmMu.Lock()
 	defer s.vmMu.Unlock()
-	if s.vm != nil { // a Create that failed half-way
-		s.vm.users = 0
-		if err := s.dropVMIfUnused(ctx); err != nil {
+	if sb := s.vm; sb != nil { // a Create that failed half-way
+		s.vm = nil
+		if err := sb.end(ctx); err != nil {
 			slog.Error("end utility VM at shim exit", "err", err)
 		}
 	}
