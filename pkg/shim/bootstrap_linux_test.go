@@ -68,8 +68,7 @@ func TestNames(t *testing.T) {
 }
 
 // -info answers containerd 2.x's runtime introspection with the features
-// a VM can honour: recursive read-only binds (the host enforces them), no
-// user namespaces.
+// a VM can honour: no "rro" (see guestFeatures), no user namespaces.
 func TestInfoFeatures(t *testing.T) {
 	var out bytes.Buffer
 	if err := printInfo([]string{"-info"}, &out); err != nil {
@@ -84,7 +83,7 @@ func TestInfoFeatures(t *testing.T) {
 		t.Fatal(err)
 	}
 	f, ok := v.(*features.Features)
-	if !ok || info.Name != RuntimeName || !slices.Contains(f.MountOptions, "rro") || f.Linux == nil || slices.Contains(f.Linux.Namespaces, "user") {
+	if !ok || info.Name != RuntimeName || slices.Contains(f.MountOptions, "rro") || !slices.Contains(f.MountOptions, "ro") || f.Linux == nil || slices.Contains(f.Linux.Namespaces, "user") {
 		t.Errorf("runtime info %v, features %+v", info.Name, v)
 	}
 }

@@ -21,16 +21,19 @@ func init() {
 // guestFeatures is what a container in a utility VM can be given, in the
 // OCI runtime's features format (`runc features`), which containerd 2.x
 // asks a shim for (-info) to learn what a runtime handler supports.
-// Mount options are the bind options the host honours: read-only is
-// enforced by the host's virtiofs share for everything under it, so it
-// is recursive ("rro" and "ro" alike). No user namespaces, no host
-// namespaces (the guest has its own).
+// Mount options are the bind options the host honours. Read-only is
+// enforced by the host's share for everything under it, so it is
+// recursive, but "rro" is not claimed: the share's read-only view is a
+// mount in the host's namespace, which keeps the host from removing the
+// source's submount points while the pod runs (critest's rro spec does
+// that, and runc allows it). No user namespaces, no host namespaces (the
+// guest has its own).
 func guestFeatures() *features.Features {
 	return &features.Features{
 		OCIVersionMin: "1.0.0",
 		OCIVersionMax: runspec.SpecVersion,
 		MountOptions: []string{
-			"bind", "rbind", "ro", "rw", "rro",
+			"bind", "rbind", "ro", "rw",
 			"nosuid", "suid", "nodev", "dev", "noexec", "exec",
 			"private", "rprivate", "slave", "rslave",
 		},
