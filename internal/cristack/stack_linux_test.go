@@ -1,14 +1,14 @@
 package cristack
 
 import (
-	"regexp"
-	"slices"
 	"context"
 	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
