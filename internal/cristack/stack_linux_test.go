@@ -17,6 +17,7 @@ import (
 
 	"github.com/layervisor/layervisor/internal/testutil"
 	"github.com/layervisor/layervisor/pkg/imagebuild"
+	"github.com/layervisor/layervisor/pkg/uvm"
 )
 
 func TestMain(m *testing.M) { os.Exit(testutil.Main(m)) }
@@ -219,6 +220,9 @@ func testCrictl(t *testing.T, o Options, handler string) {
 	}
 	if out := crictl("pods", "--quiet"); out != "" {
 		t.Errorf("pods left: %q", out)
+	}
+	if o.Root != "" {
+		assertPodsGone(t, o.Root)
 	}
 	if err := s.Stop(); err != nil {
 		t.Fatalf("stop: %v", err)
@@ -436,5 +440,42 @@ func keepCritest(t *testing.T, r *Result) {
 		if err != nil {
 			t.Logf("keep %s: %v", f, err)
 		}
+	}
+}
+
+// assertPodsGone checks that nothing of the store's pods outlives rmp,
+// before the stack stops: no QEMU or virtiofsd, no loop device on a file
+// of the store, no mount under it, no shim, no tap (in the pods' network
+// namespaces, gone with them: checked by the stack's Leaks).
+func assertPodsGone(t *testing.T, root string) {
+	t.Helper()
+	var left []string
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		left = left[:0]
+		for _, p := range uvm.Processes(root) {
+			left = append(left, fmt.Sprintf("%s %d (%s)", p.Kind, p.PID, p.UVM))
+		}
+		for _, pid := range pidsNamed(layervisorShim) {
+			left = append(left, fmt.Sprintf("shim %d", pid))
+		}
+		backing, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+		for _, f := range backing {
+			if b, err := os.ReadFile(f); err == nil && strings.HasPrefix(string(b), root+"/uvms/") {
+				left = append(left, "loop device on "+strings.TrimSpace(string(b)))
+			}
+		}
+		if mounts, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
+			for _, l := range strings.Split(string(mounts), "\n") {
+				if f := strings.Fields(l); len(f) > 4 && strings.HasPrefix(f[4], root+"/uvms/") {
+					left = append(left, "mount "+f[4])
+				}
+			}
+		}
+		if len(left) == 0 || time.Now().After(deadline) {
+			break
+		}
+	}
+	if len(left) > 0 {
+		t.Errorf("left after rmp: %s", strings.Join(left, "; "))
 	}
 }
