@@ -19,8 +19,13 @@ const (
 // kernel, the agent, the runtime): a pod's memory limit is added to it.
 const guestBaseMB = 256
 
-// maxPodCPUs bounds the vCPUs a pod's CPU limit asks for.
-const maxPodCPUs = 16
+// maxPodCPUs bounds the vCPUs a pod's CPU limit asks for, maxPodMemoryMB
+// its RAM: the annotations come from whoever can reach containerd, and a
+// VM larger than the host is refused by nothing else before QEMU starts.
+const (
+	maxPodCPUs     = 16
+	maxPodMemoryMB = 64 << 10
+)
 
 // sizeForPod grows the VM to the pod's limits, when CRI gives them: RAM to
 // the guest's base plus the pod's memory limit (rounded up to 64 MiB), vCPUs
@@ -35,8 +40,12 @@ func sizeForPod(cfg *uvm.Config, ann map[string]string) {
 		cfg.CPUs = uvm.DefaultCPUs
 	}
 	if b, err := strconv.ParseInt(ann[annotationSandboxMemory], 10, 64); err == nil && b > 0 {
-		mb := int((b+(1<<20)-1)>>20) + guestBaseMB
-		mb = (mb + 63) / 64 * 64
+		mib := b >> 20 // rounded up without overflowing
+		if b&(1<<20-1) != 0 {
+			mib++
+		}
+		mb := int(min(mib, maxPodMemoryMB)) + guestBaseMB
+		mb = min((mb+63)/64*64, maxPodMemoryMB)
 		if mb > cfg.MemoryMB {
 			slog.Info("utility VM sized for the pod's memory limit", "memoryMB", mb, "limit", b)
 			cfg.MemoryMB = mb

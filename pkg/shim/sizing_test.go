@@ -20,6 +20,8 @@ func TestSizeForPod(t *testing.T) {
 		{map[string]string{annotationSandboxCPUQuota: "-1", annotationSandboxCPUPeriod: "100000"}, 512, 2},     // unlimited
 		{map[string]string{annotationSandboxCPUQuota: "9999999999", annotationSandboxCPUPeriod: "1"}, 512, maxPodCPUs},
 		{map[string]string{annotationSandboxMemory: "lots"}, 512, 2},
+		{map[string]string{annotationSandboxMemory: "9223372036854775807"}, maxPodMemoryMB, 2}, // hostile: capped, no overflow
+		{map[string]string{annotationSandboxMemory: "1000000000000000"}, maxPodMemoryMB, 2},    // 1 PB: capped
 	} {
 		cfg := uvm.Config{} // the defaults: 512 MiB, 2 CPUs
 		sizeForPod(&cfg, c.ann)
