@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -47,35 +46,8 @@ func TestCrictlLayervisor(t *testing.T) {
 	testCrictl(t, Options{LayervisorBin: filepath.Join(bin, "layervisor"), ShimDir: bin, Root: vmStoreRoot(t)}, HandlerLayervisor)
 }
 
-var (
-	lvOnce sync.Once
-	lvDir  string
-	lvErr  error
-)
-
-// layervisorBins builds layervisor, its shim and the guest agent (the
-// shim builds the utility VM's initramfs from it) into one directory,
-// once per test binary.
-func layervisorBins(t testing.TB) string {
-	t.Helper()
-	lvOnce.Do(func() {
-		if lvDir, lvErr = testutil.SharedDir("lv-cristack-bin-"); lvErr != nil {
-			return
-		}
-		for name, pkg := range map[string]string{"layervisor": "../../cmd/layervisor", layervisorShim: "../../cmd/" + layervisorShim, "layervisor-agent": "../../cmd/layervisor-agent"} {
-			cmd := exec.Command("go", "build", "-o", filepath.Join(lvDir, name), pkg)
-			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-			if out, err := cmd.CombinedOutput(); err != nil {
-				lvErr = fmt.Errorf("build %s: %v\n%s", name, err, out)
-				return
-			}
-		}
-	})
-	if lvErr != nil {
-		t.Fatal(lvErr)
-	}
-	return lvDir
-}
+// layervisorBins holds layervisor, its shim and the guest agent.
+func layervisorBins(t testing.TB) string { return testutil.Programs(t) }
 
 // storeRoot is a layervisor store root for one test, removed after the
 // stack (cleanups run last-registered first).

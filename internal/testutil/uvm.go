@@ -65,3 +65,37 @@ func GuestAgent(t testing.TB) string {
 	}
 	return agent.path
 }
+
+var (
+	programsOnce sync.Once
+	programsDir  string
+	programsErr  error
+)
+
+// Programs builds layervisor, the containerd shim and the guest agent into
+// one directory, once per test binary: the shim finds the agent beside
+// it, and containerd finds the shim when the directory is on its PATH.
+func Programs(t testing.TB) string {
+	t.Helper()
+	programsOnce.Do(func() {
+		if programsDir, programsErr = SharedDir("lv-programs-"); programsErr != nil {
+			return
+		}
+		for name, pkg := range map[string]string{
+			"layervisor":                    "github.com/layervisor/layervisor/cmd/layervisor",
+			"containerd-shim-layervisor-v1": "github.com/layervisor/layervisor/cmd/containerd-shim-layervisor-v1",
+		} {
+			cmd := exec.Command("go", "build", "-o", filepath.Join(programsDir, name), pkg)
+			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+			if out, err := cmd.CombinedOutput(); err != nil {
+				programsErr = fmt.Errorf("build %s: %v\n%s", name, err, out)
+				return
+			}
+		}
+		programsErr = BuildGuestAgent(filepath.Join(programsDir, "layervisor-agent"))
+	})
+	if programsErr != nil {
+		t.Fatal(programsErr)
+	}
+	return programsDir
+}

@@ -29,36 +29,8 @@ import (
 
 func TestMain(m *testing.M) { os.Exit(testutil.Main(m)) }
 
-var (
-	binOnce sync.Once
-	binDir  string
-	binErr  error
-)
-
-// bins builds the shim and layervisor into one directory (put on
-// containerd's PATH), once per test binary.
-func bins(t *testing.T) string {
-	t.Helper()
-	binOnce.Do(func() {
-		binDir, binErr = testutil.SharedDir("lv-shim-bin-")
-		if binErr != nil {
-			return
-		}
-		// The guest agent next to the shim: the initramfs is built from it.
-		for name, pkg := range map[string]string{shim.BinaryName: "../../cmd/containerd-shim-layervisor-v1", "layervisor": "../../cmd/layervisor", "layervisor-agent": "../../cmd/layervisor-agent"} {
-			cmd := exec.Command("go", "build", "-o", filepath.Join(binDir, name), pkg)
-			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-			if out, err := cmd.CombinedOutput(); err != nil {
-				binErr = fmt.Errorf("build %s: %v\n%s", name, err, out)
-				return
-			}
-		}
-	})
-	if binErr != nil {
-		t.Fatal(binErr)
-	}
-	return binDir
-}
+// bins holds the shim, layervisor and the agent (put on containerd's PATH).
+func bins(t *testing.T) string { return testutil.Programs(t) }
 
 var (
 	sharedOnce sync.Once
