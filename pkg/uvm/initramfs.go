@@ -36,8 +36,9 @@ type InitramfsOptions struct {
 // InitrdName is the initramfs's file name under <root>/boot. Its number
 // changes when what the agent needs from it does (2: the OCI runtime; 3:
 // the shim's exec, stats and pause operations; 4-6: pod networking, net
-// sysctls, OOM reports, the bridge module), so an older one is not used.
-const InitrdName = "initrd-6.img"
+// sysctls, OOM reports, the bridge module; 7: a cgroup of the agent's
+// around each container), so an older one is not used.
+const InitrdName = "initrd-7.img"
 
 // AgentName is the guest agent's file name (cmd/layervisor-agent).
 const AgentName = "layervisor-agent"

@@ -3,65 +3,82 @@ package guest
 import (
 	"bufio"
 	"bytes"
-	"context"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
-	"sync/atomic"
+	"strings"
 
-	"golang.org/x/sys/unix"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
-// watchOOM follows the oom_kill count in the memory.events of a running
-// container's cgroup: the kernel notifies inotify watchers of every change
-// to it. The runtime removes the cgroup as soon as the container ends, so
-// the count is read as it rises, not at the end. killed tells, after the
-// container exited, whether it rose; it also ends the watch.
-func (s *Server) watchOOM(ctx context.Context, name string) (killed func() bool) {
-	var oom atomic.Bool
-	dir, err := s.containerCgroup(ctx, name)
-	if err != nil {
-		slog.Debug("no cgroup to watch for OOM kills", "container", name, "err", err)
-		return oom.Load
+// containersCgroup holds a cgroup per container the agent runs, the
+// runtime's own cgroup for the container inside it.
+//
+// The runtime removes its cgroup the moment the container ends, so an OOM
+// kill counted there can be gone before anyone reads it (a watch on it
+// raced the removal and lost under load). The agent's cgroup outlives the
+// container and memory.events counts are hierarchical: its oom_kill, read
+// after the exit, tells whether the kernel killed a process of the
+// container. The host's cgroupsPath means nothing in the guest (it may be
+// a systemd slice) and is replaced.
+const containersCgroup = "layervisor"
+
+// placeCgroup sets the spec's cgroupsPath inside a cgroup of the agent's
+// for container name. oomKilled, called once the container exited, tells
+// whether an OOM kill happened in it since, and removes the cgroup.
+func placeCgroup(spec *specs.Spec, name string) (oomKilled func() bool, err error) {
+	dir := filepath.Join(cgroupRoot, containersCgroup, name)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("cgroup of container %s: %w", name, err)
+	}
+	// Controllers pass down only where each ancestor enables them.
+	for _, d := range []string{cgroupRoot, filepath.Dir(dir), dir} {
+		enableControllers(d)
 	}
 	events := filepath.Join(dir, "memory.events")
-	check := func() {
-		if b, err := os.ReadFile(events); err == nil && oomKills(b) > 0 {
-			oom.Store(true)
-		}
+	before := oomKills(events)
+	if spec.Linux == nil {
+		spec.Linux = &specs.Linux{}
 	}
-	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
-	if err != nil {
-		return oom.Load
-	}
-	f := os.NewFile(uintptr(fd), "inotify")
-	if _, err := unix.InotifyAddWatch(fd, events, unix.IN_MODIFY); err != nil {
-		f.Close()
-		return oom.Load
-	}
-	check() // one before the watch was set up
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		buf := make([]byte, 4096)
-		for {
-			if _, err := f.Read(buf); err != nil {
-				return
-			}
-			check()
-		}
-	}()
+	spec.Linux.CgroupsPath = "/" + containersCgroup + "/" + name + "/container"
 	return func() bool {
-		check()
-		f.Close()
-		<-done
-		return oom.Load()
+		killed := oomKills(events) > before
+		// The runtime removed its cgroup unless it died first; a
+		// cgroup still holding processes stays (gc's to kill).
+		os.Remove(filepath.Join(dir, "container"))
+		if err := os.Remove(dir); err != nil {
+			slog.Debug("container cgroup left", "container", name, "err", err)
+		}
+		return killed
+	}, nil
+}
+
+// enableControllers enables for dir's children every controller dir has,
+// one at a time: one the kernel refuses does not keep the others off.
+func enableControllers(dir string) {
+	b, err := os.ReadFile(filepath.Join(dir, "cgroup.controllers"))
+	if err != nil {
+		return
+	}
+	for _, c := range strings.Fields(string(b)) {
+		os.WriteFile(filepath.Join(dir, "cgroup.subtree_control"), []byte("+"+c), 0)
 	}
 }
 
-// oomKills reads the oom_kill count of a memory.events file.
-func oomKills(events []byte) int {
+// oomKills reads the oom_kill count of a memory.events file (0 when it
+// cannot be read).
+func oomKills(file string) int {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return 0
+	}
+	return parseOOMKills(b)
+}
+
+// parseOOMKills reads the oom_kill count of memory.events content.
+func parseOOMKills(events []byte) int {
 	sc := bufio.NewScanner(bytes.NewReader(events))
 	for sc.Scan() {
 		if v, ok := bytes.CutPrefix(sc.Bytes(), []byte("oom_kill ")); ok {

@@ -669,20 +669,24 @@ func (s *Server) runContainer(ctx context.Context, id uint64, a agent.ExecArgs, 
 		}
 		return nil, &agent.Error{Code: code, Message: err.Error()}
 	}
+	oomKilled, err := placeCgroup(spec, a.Container)
+	if err != nil {
+		return nil, err
+	}
 	bundle := guestpath.Bundle(a.Container)
 	defer os.RemoveAll(bundle)
 	p, err := s.Runtime.Start(ctx, ociruntime.Container{ID: a.Container, Bundle: bundle, Spec: spec,
 		Stdin: stdin, Stdout: stdout, Stderr: stderr})
 	if err != nil {
+		oomKilled()
 		return nil, err
 	}
 	if rc != nil {
 		rc.root, rc.p = root, p
 		close(rc.started)
 	}
-	oom := s.watchOOM(ctx, a.Container)
 	code, err := p.Wait()
-	return agent.ExecResult{ExitCode: code, OOMKilled: oom()}, err
+	return agent.ExecResult{ExitCode: code, OOMKilled: oomKilled()}, err
 }
 
 // withContainer runs f on the container started by exec request id,
