@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/layervisor/layervisor/internal/logctx"
 	"github.com/layervisor/layervisor/pkg/snapshotter"
 	"github.com/layervisor/layervisor/pkg/store"
 )
@@ -96,7 +97,9 @@ func (o *options) setUpLogging() error {
 	if err := lvl.UnmarshalText([]byte(o.logLevel)); err != nil {
 		return fmt.Errorf("--log-level %q: %w", o.logLevel, err)
 	}
-	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl})))
+	// Records logged with a request's context carry its identity (serve:
+	// the namespace, the snapshot key).
+	slog.SetDefault(slog.New(logctx.NewHandler(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))))
 	return nil
 }
 

@@ -17,12 +17,14 @@ import (
 	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
 	"github.com/containerd/containerd/v2/contrib/diffservice"
 	"github.com/containerd/containerd/v2/contrib/snapshotservice"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/layervisor/layervisor/internal/logctx"
 	"github.com/layervisor/layervisor/pkg/snapshotter"
 )
 
@@ -88,7 +90,7 @@ func serve(ctx context.Context, o *options, socket, content string, noScratch bo
 	}
 	defer func() {
 		if err := sn.Close(); err != nil {
-			slog.Error("close snapshotter", "err", err)
+			slog.ErrorContext(ctx, "close snapshotter", "err", err)
 		}
 	}()
 	l, removeSocket, err := listenUnix(socket, socketMode)
@@ -107,7 +109,7 @@ func serve(ctx context.Context, o *options, socket, content string, noScratch bo
 		case <-stopped:
 		}
 	}()
-	slog.Info("serving", "socket", socket, "root", st.Root())
+	slog.InfoContext(ctx, "serving", "socket", socket, "root", st.Root())
 	if !o.quiet {
 		fmt.Fprintf(os.Stderr, "layervisor: serving containerd snapshotter and differ on %s\n", socket)
 	}
@@ -133,11 +135,14 @@ func newRPCServer() *grpc.Server {
 	)
 }
 
-// recoverUnary turns a panic in a unary handler into codes.Internal.
+// recoverUnary turns a panic in a unary handler into codes.Internal. It
+// is the first interceptor: the call's context gets the caller's
+// containerd namespace for the log here.
 func recoverUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
+	ctx = callContext(ctx)
 	defer func() {
 		if r := recover(); r != nil {
-			resp, err = nil, panicked(info.FullMethod, r)
+			resp, err = nil, panicked(ctx, info.FullMethod, r)
 		}
 	}()
 	return handler(ctx, req)
@@ -147,14 +152,23 @@ func recoverUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, hand
 func recoverStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			err = panicked(info.FullMethod, r)
+			err = panicked(callContext(ss.Context()), info.FullMethod, r)
 		}
 	}()
 	return handler(srv, ss)
 }
 
-func panicked(method string, r any) error {
-	slog.Error("panic serving a call; the call fails, the daemon goes on", "method", method, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+// callContext is ctx with the caller's containerd namespace, when the call
+// carries one, for the log (package logctx).
+func callContext(ctx context.Context) context.Context {
+	if ns, ok := namespaces.Namespace(ctx); ok {
+		return logctx.With(ctx, slog.String("namespace", ns))
+	}
+	return ctx
+}
+
+func panicked(ctx context.Context, method string, r any) error {
+	slog.ErrorContext(ctx, "panic serving a call; the call fails, the daemon goes on", "method", method, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
 	return status.Errorf(codes.Internal, "layervisor: internal error in %s (logged)", method)
 }
 
@@ -162,7 +176,7 @@ func panicked(method string, r any) error {
 func logCall(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	t0 := time.Now()
 	resp, err := handler(ctx, req)
-	slog.Debug("call", "method", info.FullMethod, "took", time.Since(t0), "err", err)
+	slog.DebugContext(ctx, "call", "method", info.FullMethod, "took", time.Since(t0), "err", err)
 	return resp, err
 }
 

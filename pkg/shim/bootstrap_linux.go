@@ -231,7 +231,7 @@ func startAction(ctx context.Context, o options, stdin io.Reader, stdout io.Writ
 	defer unlock()
 	if c, err := net.DialTimeout("unix", sock, time.Second); err == nil {
 		c.Close()
-		slog.Debug("joining the shim of the group", "id", o.id, "group", group, "socket", sock)
+		slog.DebugContext(ctx, "joining the shim of the group", "id", o.id, "group", group, "socket", sock)
 		return reply(stdout, address, bootstrap)
 	}
 	os.Remove(sock) // a dead shim's
@@ -405,7 +405,7 @@ func reapUVM(ctx context.Context, root, id string, h uvm.HostOptions) error {
 	} else if err != nil {
 		return err
 	} else if st.Owner != nil && st.Owner.Alive() && st.Owner.PID != os.Getpid() {
-		slog.Info("killing the shim that owns the UVM", "uvm", id, "pid", st.Owner.PID)
+		slog.InfoContext(ctx, "killing the shim that owns the UVM", "uvm", id, "pid", st.Owner.PID)
 		syscall.Kill(st.Owner.PID, syscall.SIGKILL)
 		for deadline := time.Now().Add(5 * time.Second); st.Owner.Alive() && time.Now().Before(deadline); {
 			time.Sleep(20 * time.Millisecond)

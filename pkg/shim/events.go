@@ -38,7 +38,7 @@ const (
 // tries is logged and dropped.
 type publisher struct {
 	addr, ns string
-	q        chan *types.Envelope
+	q        chan queued
 	done     chan struct{}
 
 	mu     sync.Mutex
@@ -47,14 +47,22 @@ type publisher struct {
 
 const publishTries = 5
 
+// queued is an event and the context of the request that published it,
+// whose attributes its log records carry (package logctx).
+type queued struct {
+	ctx context.Context
+	env *types.Envelope
+}
+
 func newPublisher(addr, ns string) *publisher {
-	p := &publisher{addr: strings.TrimPrefix(addr, "unix://"), ns: ns, q: make(chan *types.Envelope, 256), done: make(chan struct{})}
+	p := &publisher{addr: strings.TrimPrefix(addr, "unix://"), ns: ns, q: make(chan queued, 256), done: make(chan struct{})}
 	go p.run()
 	return p
 }
 
-// publish queues an event; it never blocks the task service for long.
-func (p *publisher) publish(topic string, ev proto.Message) {
+// publish queues an event; it never blocks the task service for long. ctx
+// is only for the log: the event outlives the request.
+func (p *publisher) publish(ctx context.Context, topic string, ev proto.Message) {
 	// The type URL is the message's full name without a prefix, as
 	// containerd's typeurl writes it: containerd 1.6 (gogo typeurl) finds
 	// no type for "type.googleapis.com/…", so its clients (ctr events, CRI)
@@ -62,20 +70,20 @@ func (p *publisher) publish(topic string, ev proto.Message) {
 	b, err := proto.Marshal(ev)
 	a := &anypb.Any{TypeUrl: string(ev.ProtoReflect().Descriptor().FullName()), Value: b}
 	if err != nil {
-		slog.Error("marshal event", "topic", topic, "err", err)
+		slog.ErrorContext(ctx, "marshal event", "topic", topic, "err", err)
 		return
 	}
 	env := &types.Envelope{Timestamp: timestamppb.Now(), Namespace: p.ns, Topic: topic, Event: a}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
-		slog.Warn("shim closing: event not published", "topic", topic)
+		slog.WarnContext(ctx, "shim closing: event not published", "topic", topic)
 		return
 	}
 	select {
-	case p.q <- env:
+	case p.q <- queued{ctx: context.WithoutCancel(ctx), env: env}:
 	case <-time.After(5 * time.Second):
-		slog.Error("event queue full: event dropped", "topic", topic)
+		slog.ErrorContext(ctx, "event queue full: event dropped", "topic", topic)
 	}
 }
 
@@ -87,9 +95,10 @@ func (p *publisher) run() {
 			c.Close()
 		}
 	}()
-	for env := range p.q {
+	for qe := range p.q {
+		env := qe.env
 		if p.addr == "" {
-			slog.Warn("no TTRPC_ADDRESS: event not published", "topic", env.Topic)
+			slog.WarnContext(qe.ctx, "no TTRPC_ADDRESS: event not published", "topic", env.Topic)
 			continue
 		}
 		for try := 1; ; try++ {
@@ -106,7 +115,7 @@ func (p *publisher) run() {
 				cancel()
 			}
 			if err == nil {
-				slog.Debug("event published", "topic", env.Topic)
+				slog.DebugContext(qe.ctx, "event published", "topic", env.Topic)
 				break
 			}
 			if c != nil {
@@ -114,7 +123,7 @@ func (p *publisher) run() {
 				c = nil
 			}
 			if try == publishTries {
-				slog.Error("publish event", "topic", env.Topic, "err", err)
+				slog.ErrorContext(qe.ctx, "publish event", "topic", env.Topic, "err", err)
 				break
 			}
 			time.Sleep(time.Duration(try) * 200 * time.Millisecond)

@@ -62,7 +62,7 @@ func (s *Service) guestNamespaces(ctx context.Context, sb *sandboxVM, spec *spec
 			}
 			continue
 		default:
-			slog.Warn("a host namespace cannot be joined in a utility VM: the container gets one of its own in the guest", "type", ns.Type, "path", ns.Path)
+			slog.WarnContext(ctx, "a host namespace cannot be joined in a utility VM: the container gets one of its own in the guest", "type", ns.Type, "path", ns.Path)
 			ns.Path = ""
 		}
 		keep = append(keep, ns)
@@ -172,7 +172,7 @@ func (s *Service) attachPodNetwork(ctx context.Context, sb *sandboxVM, link *pod
 		return fmt.Errorf("configure the pod network in the guest: %w", err)
 	}
 	sb.podNet = link
-	slog.Info("pod network wired into the utility VM", "netns", link.NetNS, "mac", link.Iface.MAC.String(), "addrs", args.Interfaces[0].Addrs)
+	slog.InfoContext(ctx, "pod network wired into the utility VM", "netns", link.NetNS, "mac", link.Iface.MAC.String(), "addrs", args.Interfaces[0].Addrs)
 	return nil
 }
 

@@ -16,6 +16,7 @@ import (
 	"github.com/containerd/fifo"
 	"github.com/containerd/ttrpc"
 
+	"github.com/layervisor/layervisor/internal/logctx"
 	"github.com/layervisor/layervisor/pkg/uvm"
 )
 
@@ -31,7 +32,8 @@ func serveAction(ctx context.Context, o options, vm uvm.Config) error {
 	if o.debug {
 		level = slog.LevelDebug
 	}
-	slog.SetDefault(slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: level})).With("shim", BinaryName, "id", o.id, "namespace", o.namespace))
+	slog.SetDefault(newLogger(logw, level, o.namespace, o.id))
+	ctx = logctx.With(ctx, slog.String("namespace", o.namespace), slog.String("sandbox", o.id))
 
 	lf := os.NewFile(3, "listener")
 	l, err := net.FileListener(lf)
@@ -57,7 +59,7 @@ func serveAction(ctx context.Context, o options, vm uvm.Config) error {
 	taskv2.RegisterTTRPCTaskService(srv, svc)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ctx, l) }()
-	slog.Debug("shim serving", "socket", o.socket, "pid", os.Getpid())
+	slog.DebugContext(ctx, "shim serving", "socket", o.socket, "pid", os.Getpid())
 
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
@@ -65,19 +67,29 @@ func serveAction(ctx context.Context, o options, vm uvm.Config) error {
 	select {
 	case <-ctx.Done():
 	case s := <-sigs:
-		slog.Info("shim stopping on signal", "signal", s)
+		slog.InfoContext(ctx, "shim stopping on signal", "signal", s)
 	case err := <-served:
 		if err != nil && !errors.Is(err, ttrpc.ErrServerClosed) {
-			slog.Error("ttrpc server", "err", err)
+			slog.ErrorContext(ctx, "ttrpc server", "err", err)
 		}
 	}
 	// Let the Shutdown reply go out before the connection closes.
 	sctx, scancel := context.WithTimeout(context.Background(), 2*time.Second)
 	srv.Shutdown(sctx)
 	scancel()
-	svc.teardown(context.Background())
+	svc.teardown(context.WithoutCancel(ctx))
 	srv.Close()
 	return nil
+}
+
+// newLogger is the daemon's logger, writing to w: what all its records
+// share (the shim's namespace and sandbox, the group its socket and VM are
+// for) on every record, code in other packages logging without a context
+// included, and the attributes of a request's context (package logctx) on
+// those logged with it.
+func newLogger(w io.Writer, level slog.Level, ns, sandbox string) *slog.Logger {
+	h := logctx.NewHandler(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
+	return slog.New(h).With("shim", BinaryName, "namespace", ns, "sandbox", sandbox)
 }
 
 // openLog opens the bundle's "log" FIFO, whose reader containerd copies

@@ -26,6 +26,7 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/layervisor/layervisor/internal/logctx"
 	"github.com/layervisor/layervisor/pkg/agent"
 	"github.com/layervisor/layervisor/pkg/layers"
 	"github.com/layervisor/layervisor/pkg/podnet"
@@ -132,6 +133,17 @@ func (p *process) state() (tasktypes.Status, uint32, time.Time) {
 	return p.status, p.exitStatus, p.exitedAt
 }
 
+// logCtx is ctx with what identifies a task request in the log (package
+// logctx): the shim's namespace and sandbox (the group its VM is for), the
+// container and the exec, if any.
+func (s *Service) logCtx(ctx context.Context, id, execID string) context.Context {
+	attrs := []slog.Attr{slog.String("namespace", s.ns), slog.String("sandbox", s.id), slog.String("container", id)}
+	if execID != "" {
+		attrs = append(attrs, slog.String("exec", execID))
+	}
+	return logctx.With(ctx, attrs...)
+}
+
 // grpcErr maps errors to what containerd understands over ttrpc.
 func grpcErr(err error) error {
 	if err == nil {
@@ -185,6 +197,7 @@ const releaseTimeout = 2 * time.Minute
 // scratch, combines them in the guest and sets up the spec's mounts
 // there. The container itself starts at Start.
 func (s *Service) Create(ctx context.Context, r *taskv2.CreateTaskRequest) (_ *taskv2.CreateTaskResponse, err error) {
+	ctx = s.logCtx(ctx, r.ID, "")
 	t := &task{id: r.ID, bundle: r.Bundle, execs: map[string]*process{}, process: process{
 		stdin: r.Stdin, stdout: r.Stdout, stderr: r.Stderr, terminal: r.Terminal,
 		status: tasktypes.Status_CREATED, exited: make(chan struct{}),
@@ -196,7 +209,7 @@ func (s *Service) Create(ctx context.Context, r *taskv2.CreateTaskRequest) (_ *t
 	}
 	s.tasks[r.ID] = t // reserve: a second Create is refused while this one runs
 	s.mu.Unlock()
-	slog.Info("create task", "id", r.ID, "group", s.id, "bundle", r.Bundle, "rootfs", len(r.Rootfs), "terminal", r.Terminal)
+	slog.InfoContext(ctx, "create task", "bundle", r.Bundle, "rootfs", len(r.Rootfs), "terminal", r.Terminal)
 	var un undo.Stack
 	defer func() {
 		if err != nil {
@@ -204,7 +217,7 @@ func (s *Service) Create(ctx context.Context, r *taskv2.CreateTaskRequest) (_ *t
 			s.mu.Lock()
 			delete(s.tasks, r.ID)
 			s.mu.Unlock()
-			slog.Error("create task failed", "id", r.ID, "err", err)
+			slog.ErrorContext(ctx, "create task failed", "err", err)
 			err = grpcErr(err)
 		}
 	}()
@@ -212,7 +225,7 @@ func (s *Service) Create(ctx context.Context, r *taskv2.CreateTaskRequest) (_ *t
 		return nil, fmt.Errorf("task id %q: %w", r.ID, errdefs.ErrInvalidArgument)
 	}
 	if len(r.Checkpoint) > 0 || r.Options != nil && len(r.Options.GetValue()) > 0 {
-		slog.Warn("create task: checkpoint and runtime options are ignored", "id", r.ID)
+		slog.WarnContext(ctx, "create task: checkpoint and runtime options are ignored")
 	}
 	spec, err := readSpec(r.Bundle)
 	if err != nil {
@@ -229,12 +242,12 @@ func (s *Service) Create(ctx context.Context, r *taskv2.CreateTaskRequest) (_ *t
 	// 1.3.0: a 1.x spec is handed over as the version layervisor's own
 	// specs carry (the fields crun knows are read as they are).
 	if strings.HasPrefix(spec.Version, "1.") && spec.Version != runspec.SpecVersion {
-		slog.Debug("spec version lowered for the guest runtime", "from", spec.Version, "to", runspec.SpecVersion)
+		slog.DebugContext(ctx, "spec version lowered for the guest runtime", "from", spec.Version, "to", runspec.SpecVersion)
 		spec.Version = runspec.SpecVersion
 	}
 	if spec.Hooks != nil {
 		// Hooks name host programs; the container is in the guest.
-		slog.Warn("OCI hooks are not run in a utility VM", "id", r.ID)
+		slog.WarnContext(ctx, "OCI hooks are not run in a utility VM")
 		spec.Hooks = nil
 	}
 	// The container's scratch lives in the UVM's directory: removed with
@@ -320,11 +333,11 @@ func (s *Service) Create(ctx context.Context, r *taskv2.CreateTaskRequest) (_ *t
 	t.created = true
 	s.mu.Unlock()
 
-	s.pub.publish(TopicTaskCreate, &eventstypes.TaskCreate{
+	s.pub.publish(ctx, TopicTaskCreate, &eventstypes.TaskCreate{
 		ContainerID: r.ID, Bundle: r.Bundle, Rootfs: r.Rootfs, Pid: t.pid, Checkpoint: r.Checkpoint,
 		IO: &eventstypes.TaskIO{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal},
 	})
-	slog.Info("task created", "id", r.ID, "uvm", uvmID, "pid", t.pid, "layers", len(folders)-1, "containers", sb.run.Containers(), "template", sb.u.State().Template)
+	slog.InfoContext(ctx, "task created", "uvm", uvmID, "pid", t.pid, "layers", len(folders)-1, "containers", sb.run.Containers(), "template", sb.u.State().Template)
 	return &taskv2.CreateTaskResponse{Pid: t.pid}, nil
 }
 
@@ -336,7 +349,7 @@ func (s *Service) ensureVM(ctx context.Context, id string, annotations map[strin
 	}
 	cfg := s.UVMConfig
 	cfg.ID, cfg.Root = id, s.root
-	sizeForPod(&cfg, annotations)
+	sizeForPod(ctx, &cfg, annotations)
 	// SCSI attaches layers fastest (see README).
 	run, err := vmrun.Start(ctx, cfg, vmrun.Options{Device: layers.LayerDeviceSCSI})
 	if err != nil {
@@ -344,7 +357,7 @@ func (s *Service) ensureVM(ctx context.Context, id string, annotations map[strin
 	}
 	u := run.UVM()
 	s.vm = &sandboxVM{run: run, u: u, pid: uint32(u.State().PID)}
-	slog.Info("utility VM started", "uvm", id, "pid", s.vm.pid)
+	slog.InfoContext(ctx, "utility VM started", "uvm", id, "pid", s.vm.pid)
 	return s.vm, nil
 }
 
@@ -443,6 +456,7 @@ func (t *process) closeIO() {
 
 // Start starts the container in the guest, or an exec in it.
 func (s *Service) Start(ctx context.Context, r *taskv2.StartRequest) (*taskv2.StartResponse, error) {
+	ctx = s.logCtx(ctx, r.ID, r.ExecID)
 	t, p, err := s.process(r.ID, r.ExecID)
 	if err != nil {
 		return nil, grpcErr(err)
@@ -471,18 +485,19 @@ func (s *Service) Start(ctx context.Context, r *taskv2.StartRequest) (*taskv2.St
 	}
 	p.status = tasktypes.Status_RUNNING
 	p.mu.Unlock()
-	go s.waitExit(t, p)
+	go s.waitExit(context.WithoutCancel(ctx), t, p)
 	if p.execID == "" {
-		s.pub.publish(TopicTaskStart, &eventstypes.TaskStart{ContainerID: t.id, Pid: t.pid})
+		s.pub.publish(ctx, TopicTaskStart, &eventstypes.TaskStart{ContainerID: t.id, Pid: t.pid})
 	} else {
-		s.pub.publish(TopicTaskExecStarted, &eventstypes.TaskExecStarted{ContainerID: t.id, ExecID: p.execID, Pid: t.pid})
+		s.pub.publish(ctx, TopicTaskExecStarted, &eventstypes.TaskExecStarted{ContainerID: t.id, ExecID: p.execID, Pid: t.pid})
 	}
-	slog.Info("process started", "id", t.id, "exec", p.execID)
+	slog.InfoContext(ctx, "process started")
 	return &taskv2.StartResponse{Pid: t.pid}, nil
 }
 
-// waitExit records a process's exit and publishes it.
-func (s *Service) waitExit(t *task, p *process) {
+// waitExit records a process's exit and publishes it. ctx is only for the
+// log (its Start's, without cancellation).
+func (s *Service) waitExit(ctx context.Context, t *task, p *process) {
 	code, err := p.ct.Wait()
 	if err != nil {
 		switch {
@@ -492,21 +507,21 @@ func (s *Service) waitExit(t *task, p *process) {
 			code = 255
 		}
 		fmt.Fprintf(p.err, "%s: %v\n", BinaryName, err)
-		slog.Error("process ended with an error", "id", t.id, "exec", p.execID, "err", err)
+		slog.ErrorContext(ctx, "process ended with an error", "err", err)
 	}
 	if p.execID == "" && p.ct.OOMKilled() {
 		// Before the exit: CRI reports the reason (OOMKilled) from it.
-		s.pub.publish(TopicTaskOOM, &eventstypes.TaskOOM{ContainerID: t.id})
-		slog.Info("container OOM-killed", "id", t.id)
+		s.pub.publish(ctx, TopicTaskOOM, &eventstypes.TaskOOM{ContainerID: t.id})
+		slog.InfoContext(ctx, "container OOM-killed")
 	}
 	p.finish(uint32(code))
 	id := t.id
 	if p.execID != "" {
 		id = p.execID
 	}
-	s.pub.publish(TopicTaskExit, &eventstypes.TaskExit{ContainerID: t.id, ID: id, Pid: t.pid,
+	s.pub.publish(ctx, TopicTaskExit, &eventstypes.TaskExit{ContainerID: t.id, ID: id, Pid: t.pid,
 		ExitStatus: uint32(code), ExitedAt: timestamppb.New(p.exitedAt)})
-	slog.Info("process exited", "id", t.id, "exec", p.execID, "status", code)
+	slog.InfoContext(ctx, "process exited", "status", code)
 }
 
 // finish records the exit status (once) and ends the output streams, so
@@ -562,7 +577,7 @@ func (s *Service) teardownTask(ctx context.Context, t *task) error {
 		}
 	}
 	if !last {
-		slog.Info("container released from the utility VM", "id", t.id, "containers left", sb.run.Containers())
+		slog.InfoContext(ctx, "container released from the utility VM", "containers left", sb.run.Containers())
 		return errors.Join(errs...)
 	}
 	s.vm = nil
@@ -570,13 +585,14 @@ func (s *Service) teardownTask(ctx context.Context, t *task) error {
 	if t.hostRootfs != "" {
 		errs = append(errs, unmountHostRootfs(t.hostRootfs)) // again, if the release failed: the VM is gone now
 	}
-	slog.Info("utility VM ended with its last container", "id", t.id)
+	slog.InfoContext(ctx, "utility VM ended with its last container")
 	return errors.Join(errs...)
 }
 
 // Delete tears a stopped (or never started) task down, or forgets an
 // exec.
 func (s *Service) Delete(ctx context.Context, r *taskv2.DeleteRequest) (*taskv2.DeleteResponse, error) {
+	ctx = s.logCtx(ctx, r.ID, r.ExecID)
 	t, p, err := s.process(r.ID, r.ExecID)
 	if err != nil {
 		return nil, grpcErr(err)
@@ -590,7 +606,7 @@ func (s *Service) Delete(ctx context.Context, r *taskv2.DeleteRequest) (*taskv2.
 		t.mu.Lock()
 		delete(t.execs, p.execID)
 		t.mu.Unlock()
-		slog.Info("exec deleted", "id", t.id, "exec", p.execID)
+		slog.InfoContext(ctx, "exec deleted")
 		return &taskv2.DeleteResponse{Pid: t.pid, ExitStatus: code, ExitedAt: timestamppb.New(at)}, nil
 	}
 	terr := s.teardownTask(context.WithoutCancel(ctx), t)
@@ -598,10 +614,10 @@ func (s *Service) Delete(ctx context.Context, r *taskv2.DeleteRequest) (*taskv2.
 	delete(s.tasks, t.id)
 	s.mu.Unlock()
 	if terr != nil {
-		slog.Error("tear down task", "id", t.id, "err", terr)
+		slog.ErrorContext(ctx, "tear down task", "err", terr)
 	}
-	s.pub.publish(TopicTaskDelete, &eventstypes.TaskDelete{ContainerID: t.id, ID: t.id, Pid: t.pid, ExitStatus: code, ExitedAt: timestamppb.New(at)})
-	slog.Info("task deleted", "id", t.id)
+	s.pub.publish(ctx, TopicTaskDelete, &eventstypes.TaskDelete{ContainerID: t.id, ID: t.id, Pid: t.pid, ExitStatus: code, ExitedAt: timestamppb.New(at)})
+	slog.InfoContext(ctx, "task deleted")
 	return &taskv2.DeleteResponse{Pid: t.pid, ExitStatus: code, ExitedAt: timestamppb.New(at)}, nil
 }
 
@@ -628,8 +644,9 @@ func (s *Service) teardown(ctx context.Context) {
 		return -1
 	})
 	for _, t := range ts {
-		if err := s.teardownTask(ctx, t); err != nil {
-			slog.Error("tear down task at shim exit", "id", t.id, "err", err)
+		tctx := s.logCtx(ctx, t.id, "")
+		if err := s.teardownTask(tctx, t); err != nil {
+			slog.ErrorContext(tctx, "tear down task at shim exit", "err", err)
 		}
 	}
 	s.vmMu.Lock()
@@ -637,7 +654,7 @@ func (s *Service) teardown(ctx context.Context) {
 	if sb := s.vm; sb != nil { // a Create that failed half-way
 		s.vm = nil
 		if err := sb.end(ctx); err != nil {
-			slog.Error("end utility VM at shim exit", "err", err)
+			slog.ErrorContext(ctx, "end utility VM at shim exit", "err", err)
 		}
 	}
 }
@@ -659,6 +676,7 @@ func (s *Service) State(ctx context.Context, r *taskv2.StateRequest) (*taskv2.St
 
 // Wait waits for the task (or an exec) to exit.
 func (s *Service) Wait(ctx context.Context, r *taskv2.WaitRequest) (*taskv2.WaitResponse, error) {
+	ctx = s.logCtx(ctx, r.ID, r.ExecID)
 	_, p, err := s.process(r.ID, r.ExecID)
 	if err != nil {
 		return nil, grpcErr(err)
@@ -676,6 +694,7 @@ func (s *Service) Wait(ctx context.Context, r *taskv2.WaitRequest) (*taskv2.Wait
 // it still signals the init only: in the container's PID namespace,
 // SIGKILL to it ends every process.
 func (s *Service) Kill(ctx context.Context, r *taskv2.KillRequest) (*emptypb.Empty, error) {
+	ctx = s.logCtx(ctx, r.ID, r.ExecID)
 	t, p, err := s.process(r.ID, r.ExecID)
 	if err != nil {
 		return nil, grpcErr(err)
@@ -692,7 +711,7 @@ func (s *Service) Kill(ctx context.Context, r *taskv2.KillRequest) (*emptypb.Emp
 			if p.execID != "" {
 				id = p.execID
 			}
-			s.pub.publish(TopicTaskExit, &eventstypes.TaskExit{ContainerID: t.id, ID: id, Pid: t.pid,
+			s.pub.publish(ctx, TopicTaskExit, &eventstypes.TaskExit{ContainerID: t.id, ID: id, Pid: t.pid,
 				ExitStatus: 128 + r.Signal, ExitedAt: timestamppb.New(time.Now())})
 		}
 		return &emptypb.Empty{}, nil
@@ -702,7 +721,7 @@ func (s *Service) Kill(ctx context.Context, r *taskv2.KillRequest) (*emptypb.Emp
 		case <-p.exited:
 			// It ended meanwhile (and its VM may be gone with it, which
 			// failed the call): the signal's work is done.
-			slog.Debug("signal raced the process's exit", "id", t.id, "exec", p.execID, "err", err)
+			slog.DebugContext(ctx, "signal raced the process's exit", "err", err)
 			return &emptypb.Empty{}, nil
 		default:
 		}
@@ -726,7 +745,7 @@ func signalRetry(ctx context.Context, ct *agent.Container, sig syscall.Signal, e
 		if err == nil || !agent.IsCode(err, agent.CodeInternal) || time.Now().After(deadline) {
 			return err
 		}
-		slog.Debug("signal not delivered yet: retrying", "signal", sig, "err", err)
+		slog.DebugContext(ctx, "signal not delivered yet: retrying", "signal", sig, "err", err)
 		select {
 		case <-exited:
 			return nil
@@ -759,6 +778,7 @@ func (s *Service) running(id string) (*task, tasktypes.Status, error) {
 // (the host sees only the QEMU running them); a container not running
 // has none.
 func (s *Service) Pids(ctx context.Context, r *taskv2.PidsRequest) (*taskv2.PidsResponse, error) {
+	ctx = s.logCtx(ctx, r.ID, "")
 	t, _, err := s.running(r.ID)
 	if errors.Is(err, errdefs.ErrFailedPrecondition) {
 		return &taskv2.PidsResponse{}, nil
@@ -782,6 +802,7 @@ func (s *Service) Pids(ctx context.Context, r *taskv2.PidsRequest) (*taskv2.Pids
 // Stats reports the container's cgroup v2 statistics in the guest, as
 // containerd's cgroups v2 Metrics.
 func (s *Service) Stats(ctx context.Context, r *taskv2.StatsRequest) (*taskv2.StatsResponse, error) {
+	ctx = s.logCtx(ctx, r.ID, "")
 	t, _, err := s.running(r.ID)
 	if err != nil {
 		return nil, grpcErr(err)
@@ -801,12 +822,12 @@ func (s *Service) Stats(ctx context.Context, r *taskv2.StatsRequest) (*taskv2.St
 
 // Pause freezes the container's processes.
 func (s *Service) Pause(ctx context.Context, r *taskv2.PauseRequest) (*emptypb.Empty, error) {
-	return s.setPaused(ctx, r.ID, true)
+	return s.setPaused(s.logCtx(ctx, r.ID, ""), r.ID, true)
 }
 
 // Resume thaws them.
 func (s *Service) Resume(ctx context.Context, r *taskv2.ResumeRequest) (*emptypb.Empty, error) {
-	return s.setPaused(ctx, r.ID, false)
+	return s.setPaused(s.logCtx(ctx, r.ID, ""), r.ID, false)
 }
 
 func (s *Service) setPaused(ctx context.Context, id string, pause bool) (*emptypb.Empty, error) {
@@ -836,11 +857,11 @@ func (s *Service) setPaused(ctx context.Context, id string, pause bool) (*emptyp
 	}
 	t.mu.Unlock()
 	if pause {
-		s.pub.publish(TopicTaskPaused, &eventstypes.TaskPaused{ContainerID: t.id})
+		s.pub.publish(ctx, TopicTaskPaused, &eventstypes.TaskPaused{ContainerID: t.id})
 	} else {
-		s.pub.publish(TopicTaskResumed, &eventstypes.TaskResumed{ContainerID: t.id})
+		s.pub.publish(ctx, TopicTaskResumed, &eventstypes.TaskResumed{ContainerID: t.id})
 	}
-	slog.Info("task "+what+"d", "id", t.id)
+	slog.InfoContext(ctx, "task "+what+"d")
 	return &emptypb.Empty{}, nil
 }
 
@@ -858,6 +879,7 @@ func (s *Service) CloseIO(ctx context.Context, r *taskv2.CloseIORequest) (*empty
 
 // ResizePty resizes the terminal of the container (or of an exec).
 func (s *Service) ResizePty(ctx context.Context, r *taskv2.ResizePtyRequest) (*emptypb.Empty, error) {
+	ctx = s.logCtx(ctx, r.ID, r.ExecID)
 	t, p, err := s.process(r.ID, r.ExecID)
 	if err != nil {
 		return nil, grpcErr(err)
@@ -871,7 +893,7 @@ func (s *Service) ResizePty(ctx context.Context, r *taskv2.ResizePtyRequest) (*e
 	if err := ct.Resize(console.WinSize{Width: uint16(r.Width), Height: uint16(r.Height)}); err != nil {
 		if agent.IsCode(err, agent.CodeNotFound) {
 			// It exited (or never started) meanwhile: its exit tells.
-			slog.Debug("resize of a process gone", "id", t.id, "exec", p.execID, "err", err)
+			slog.DebugContext(ctx, "resize of a process gone", "err", err)
 			return &emptypb.Empty{}, nil
 		}
 		return nil, grpcErr(fmt.Errorf("resize terminal of %s: %w", t.name(p), err))
@@ -890,13 +912,14 @@ func (s *Service) Connect(ctx context.Context, r *taskv2.ConnectRequest) (*taskv
 
 // Shutdown ends the shim once its last task is deleted.
 func (s *Service) Shutdown(ctx context.Context, r *taskv2.ShutdownRequest) (*emptypb.Empty, error) {
+	ctx = s.logCtx(ctx, r.ID, "")
 	s.mu.Lock()
 	busy := len(s.tasks) > 0
 	s.mu.Unlock()
 	if busy && !r.Now {
 		return &emptypb.Empty{}, nil
 	}
-	slog.Info("shim shutdown", "now", r.Now)
+	slog.InfoContext(ctx, "shim shutdown", "now", r.Now)
 	s.shutdown()
 	return &emptypb.Empty{}, nil
 }
@@ -908,6 +931,7 @@ func notImplemented(what string) error {
 // Exec adds a process to run in the running container: Start runs it in
 // the guest with the container's runtime (crun exec).
 func (s *Service) Exec(ctx context.Context, r *taskv2.ExecProcessRequest) (_ *emptypb.Empty, err error) {
+	ctx = s.logCtx(ctx, r.ID, r.ExecID)
 	t, err := s.task(r.ID)
 	if err != nil {
 		return nil, grpcErr(err)
@@ -945,8 +969,8 @@ func (s *Service) Exec(ctx context.Context, r *taskv2.ExecProcessRequest) (_ *em
 		t.mu.Unlock()
 		return nil, grpcErr(fmt.Errorf("exec %s in task %s: %w", r.ExecID, t.id, err))
 	}
-	s.pub.publish(TopicTaskExecAdded, &eventstypes.TaskExecAdded{ContainerID: t.id, ExecID: r.ExecID})
-	slog.Info("exec added", "id", t.id, "exec", r.ExecID, "terminal", r.Terminal)
+	s.pub.publish(ctx, TopicTaskExecAdded, &eventstypes.TaskExecAdded{ContainerID: t.id, ExecID: r.ExecID})
+	slog.InfoContext(ctx, "exec added", "terminal", r.Terminal)
 	return &emptypb.Empty{}, nil
 }
 
@@ -957,6 +981,7 @@ func (s *Service) Checkpoint(ctx context.Context, r *taskv2.CheckpointTaskReques
 // Update changes the container's resource limits in the guest (its
 // cgroup, through the guest's runtime). The VM's own size stays.
 func (s *Service) Update(ctx context.Context, r *taskv2.UpdateTaskRequest) (*emptypb.Empty, error) {
+	ctx = s.logCtx(ctx, r.ID, "")
 	t, _, err := s.running(r.ID)
 	if err != nil {
 		return nil, grpcErr(err)
@@ -970,6 +995,6 @@ func (s *Service) Update(ctx context.Context, r *taskv2.UpdateTaskRequest) (*emp
 	if err := t.u.Agent().UpdateContainer(ctx, t.id, &res); err != nil {
 		return nil, grpcErr(fmt.Errorf("update task %s: %w", t.id, err))
 	}
-	slog.Info("task resources updated", "id", t.id)
+	slog.InfoContext(ctx, "task resources updated")
 	return &emptypb.Empty{}, nil
 }

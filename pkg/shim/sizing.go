@@ -1,6 +1,7 @@
 package shim
 
 import (
+	"context"
 	"log/slog"
 	"strconv"
 
@@ -32,7 +33,7 @@ const (
 // to the limit's quota/period rounded up. Never below the configured size.
 // (A size other than the default's is a template key of its own: the first
 // pod of a size boots cold.)
-func sizeForPod(cfg *uvm.Config, ann map[string]string) {
+func sizeForPod(ctx context.Context, cfg *uvm.Config, ann map[string]string) {
 	if cfg.MemoryMB == 0 {
 		cfg.MemoryMB = uvm.DefaultMemoryMB
 	}
@@ -47,7 +48,7 @@ func sizeForPod(cfg *uvm.Config, ann map[string]string) {
 		mb := int(min(mib, maxPodMemoryMB)) + guestBaseMB
 		mb = min((mb+63)/64*64, maxPodMemoryMB)
 		if mb > cfg.MemoryMB {
-			slog.Info("utility VM sized for the pod's memory limit", "memoryMB", mb, "limit", b)
+			slog.InfoContext(ctx, "utility VM sized for the pod's memory limit", "memoryMB", mb, "limit", b)
 			cfg.MemoryMB = mb
 		}
 	}
@@ -56,7 +57,7 @@ func sizeForPod(cfg *uvm.Config, ann map[string]string) {
 	if qerr == nil && perr == nil && quota > 0 && period > 0 {
 		cpus := int(min((quota+period-1)/period, maxPodCPUs))
 		if cpus > cfg.CPUs {
-			slog.Info("utility VM sized for the pod's CPU limit", "cpus", cpus)
+			slog.InfoContext(ctx, "utility VM sized for the pod's CPU limit", "cpus", cpus)
 			cfg.CPUs = cpus
 		}
 	}

@@ -1,6 +1,7 @@
 package shim
 
 import (
+	"context"
 	"testing"
 
 	"github.com/layervisor/layervisor/pkg/uvm"
@@ -24,7 +25,7 @@ func TestSizeForPod(t *testing.T) {
 		{map[string]string{annotationSandboxMemory: "1000000000000000"}, maxPodMemoryMB, 2},    // 1 PB: capped
 	} {
 		cfg := uvm.Config{} // the defaults: 512 MiB, 2 CPUs
-		sizeForPod(&cfg, c.ann)
+		sizeForPod(context.Background(), &cfg, c.ann)
 		if cfg.MemoryMB != c.mem || cfg.CPUs != c.cpus {
 			t.Errorf("%v: %d MiB %d CPUs, want %d %d", c.ann, cfg.MemoryMB, cfg.CPUs, c.mem, c.cpus)
 		}

@@ -21,6 +21,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/layervisor/layervisor/internal/atomicfile"
+	"github.com/layervisor/layervisor/internal/logctx"
 )
 
 // appliedFile, in an active snapshot's directory, names the layer the
@@ -59,8 +60,9 @@ func (d *Differ) Compare(ctx context.Context, lower, upper []mount.Mount, opts .
 // Apply converts the layer desc into the layer image of the unpack snapshot
 // that mounts belong to and returns the layer's diff ID.
 func (d *Differ) Apply(ctx context.Context, desc ocispec.Descriptor, mounts []mount.Mount, opts ...diff.ApplyOpt) (ocispec.Descriptor, error) {
+	ctx = logCtx(ctx, slog.String("layer", desc.Digest.String()))
 	notOurs := func(why string, args ...any) (ocispec.Descriptor, error) {
-		slog.Debug("differ: passing to the next differ", append([]any{"why", why, "layer", desc.Digest}, args...)...)
+		slog.DebugContext(ctx, "differ: passing to the next differ", append([]any{"why", why}, args...)...)
 		return ocispec.Descriptor{}, fmt.Errorf("layervisor differ: %s: %w", why, errdefs.ErrNotImplemented)
 	}
 	id := d.sn.snapshotOfMounts(mounts)
@@ -71,9 +73,10 @@ func (d *Differ) Apply(ctx context.Context, desc ocispec.Descriptor, mounts []mo
 	if err != nil || info.Kind != snapshots.KindActive {
 		return notOurs("not an active snapshot", "id", id)
 	}
+	ctx = logctx.With(ctx, slog.String("key", key))
 	chain := unpackChain(key, info.Labels)
 	if chain == "" {
-		return notOurs("snapshot does not name the layer's chain ID", "key", key)
+		return notOurs("snapshot does not name the layer's chain ID")
 	}
 	comp, err := images.DiffCompression(ctx, desc.MediaType)
 	if err != nil || !images.IsLayerType(desc.MediaType) {
@@ -96,7 +99,7 @@ func (d *Differ) Apply(ctx context.Context, desc ocispec.Descriptor, mounts []mo
 	// parent's chain ID, which only a verified parent layer has.
 	parent, err := d.sn.parentChain(ctx, info)
 	if err != nil {
-		return notOurs("the parent layer is not verified", "key", key, "err", err)
+		return notOurs("the parent layer is not verified", "err", err)
 	}
 	if li, err := d.sn.store.Layer(chain); err == nil && d.sn.store.HasLayer(chain) && (want == "" || want == li.DiffID) {
 		// Stored and verified already (image import, another namespace):
@@ -142,7 +145,7 @@ func (d *Differ) Apply(ctx context.Context, desc ocispec.Descriptor, mounts []mo
 	if err := d.markApplied(id, chain); err != nil {
 		return ocispec.Descriptor{}, err
 	}
-	slog.Debug("differ: layer converted", "chainID", chain, "diffID", li.DiffID, "converted", converted)
+	slog.DebugContext(ctx, "differ: layer converted", "chainID", chain, "diffID", li.DiffID, "converted", converted)
 	return ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayer, Digest: li.DiffID, Size: size.Load()}, nil
 }
 

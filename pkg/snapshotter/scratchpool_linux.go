@@ -118,7 +118,7 @@ func (p *scratchPool) fillLocked() {
 				p.filling = false
 				p.mu.Unlock()
 				if err != nil && !errors.Is(err, context.Canceled) {
-					slog.Warn("snapshotter: prepare a scratch ahead", "err", err)
+					slog.WarnContext(p.ctx, "snapshotter: prepare a scratch ahead", "err", err)
 				}
 				if dir != "" {
 					removeSnapshotDir(dir)

@@ -19,12 +19,14 @@ import (
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
 	digest "github.com/opencontainers/go-digest"
 	bolt "go.etcd.io/bbolt"
 	"golang.org/x/sys/unix"
 
 	"github.com/layervisor/layervisor/internal/atomicfile"
+	"github.com/layervisor/layervisor/internal/logctx"
 	"github.com/layervisor/layervisor/internal/mountinfo"
 	"github.com/layervisor/layervisor/pkg/layerconv"
 	"github.com/layervisor/layervisor/pkg/layers"
@@ -224,8 +226,26 @@ func (s *Snapshotter) release(ctx context.Context, chain digest.Digest) error {
 	return s.host.Release(ctx, holderName, s.store.LayerImage(chain))
 }
 
+// logCtx is ctx with what identifies the call in the log (package
+// logctx): the caller's containerd namespace, then attrs.
+func logCtx(ctx context.Context, attrs ...slog.Attr) context.Context {
+	if ns, ok := namespaces.Namespace(ctx); ok {
+		attrs = append([]slog.Attr{slog.String("namespace", ns)}, attrs...)
+	}
+	return logctx.With(ctx, attrs...)
+}
+
+// keyParent are the log attributes of a snapshot key and its parent.
+func keyParent(key, parent string) []slog.Attr {
+	if parent == "" {
+		return []slog.Attr{slog.String("key", key)}
+	}
+	return []slog.Attr{slog.String("key", key), slog.String("parent", parent)}
+}
+
 // Stat returns the info of a snapshot.
 func (s *Snapshotter) Stat(ctx context.Context, key string) (info snapshots.Info, err error) {
+	ctx = logCtx(ctx, slog.String("key", key))
 	err = s.ms.WithTransaction(ctx, false, func(ctx context.Context) error {
 		_, info, _, err = storage.GetInfo(ctx, key)
 		return err
@@ -235,6 +255,7 @@ func (s *Snapshotter) Stat(ctx context.Context, key string) (info snapshots.Info
 
 // Update changes a snapshot's labels.
 func (s *Snapshotter) Update(ctx context.Context, info snapshots.Info, fieldpaths ...string) (out snapshots.Info, err error) {
+	ctx = logCtx(ctx, slog.String("key", info.Name))
 	err = s.ms.WithTransaction(ctx, true, func(ctx context.Context) error {
 		out, err = storage.UpdateInfo(ctx, info, fieldpaths...)
 		return err
@@ -245,6 +266,7 @@ func (s *Snapshotter) Update(ctx context.Context, info snapshots.Info, fieldpath
 // Usage is the layer image's size for a committed snapshot and the disk
 // usage of the upper directory otherwise.
 func (s *Snapshotter) Usage(ctx context.Context, key string) (snapshots.Usage, error) {
+	ctx = logCtx(ctx, slog.String("key", key))
 	var (
 		id    string
 		info  snapshots.Info
@@ -266,6 +288,7 @@ func (s *Snapshotter) Usage(ctx context.Context, key string) (snapshots.Usage, e
 
 // Mounts returns the mounts of an active snapshot or view.
 func (s *Snapshotter) Mounts(ctx context.Context, key string) ([]mount.Mount, error) {
+	ctx = logCtx(ctx, slog.String("key", key))
 	var sn storage.Snapshot
 	err := s.ms.WithTransaction(ctx, false, func(ctx context.Context) (err error) {
 		sn, err = storage.GetSnapshot(ctx, key)
@@ -282,6 +305,7 @@ func (s *Snapshotter) Mounts(ctx context.Context, key string) ([]mount.Mount, er
 // it, the layer becomes a committed snapshot at once and Prepare answers
 // "already exists", so containerd skips fetching and unpacking it.
 func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...snapshots.Opt) ([]mount.Mount, error) {
+	ctx = logCtx(ctx, keyParent(key, parent)...)
 	var base snapshots.Info
 	for _, o := range opts {
 		if err := o(&base); err != nil {
@@ -304,6 +328,7 @@ func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...s
 
 // View creates a read-only snapshot of parent.
 func (s *Snapshotter) View(ctx context.Context, key, parent string, opts ...snapshots.Opt) ([]mount.Mount, error) {
+	ctx = logCtx(ctx, keyParent(key, parent)...)
 	return s.create(ctx, snapshots.KindView, key, parent, opts)
 }
 
@@ -399,7 +424,7 @@ func (s *Snapshotter) create(ctx context.Context, kind snapshots.Kind, key, pare
 		}
 		return nil, err
 	}
-	slog.Debug("created snapshot", "key", key, "kind", kind, "scratch", withScratch, "pooled", pooled)
+	slog.DebugContext(ctx, "created snapshot", "kind", kind, "scratch", withScratch, "pooled", pooled)
 	return s.mounts(sn)
 }
 
@@ -467,7 +492,7 @@ func removeSnapshotDir(dir string) error {
 // which containerd 1.6 waits for, holding up the next Prepare. A crash
 // leaves a trash directory, which reconcile removes like any directory
 // without metadata; Close waits for the teardowns.
-func (s *Snapshotter) discard(id string) error {
+func (s *Snapshotter) discard(ctx context.Context, id string) error {
 	// The layer reference goes now: gc must not see it in the trash.
 	if err := s.removeRef(id); err != nil {
 		return err
@@ -494,11 +519,12 @@ func (s *Snapshotter) discard(id string) error {
 	if !background {
 		return teardown()
 	}
+	ctx = context.WithoutCancel(ctx) // for the log: the teardown outlives the call
 	go func() {
 		defer s.teardowns.Done()
 		lowerPriority()
 		if err := teardown(); err != nil {
-			slog.Warn("snapshotter: tear down a removed snapshot (reconcile retries)", "dir", trash, "err", err)
+			slog.WarnContext(ctx, "snapshotter: tear down a removed snapshot (reconcile retries)", "dir", trash, "err", err)
 		}
 	}()
 	return nil
@@ -528,7 +554,7 @@ func (s *Snapshotter) adopt(ctx context.Context, key, parent string, chain diges
 			os.RemoveAll(s.dir(sn.ID))
 			return err
 		}
-		slog.Debug("snapshot from stored layer", "key", key, "chainID", chain)
+		slog.DebugContext(ctx, "snapshot from stored layer", "chainID", chain)
 		return nil
 	})
 }
@@ -574,6 +600,7 @@ func (s *Snapshotter) mounts(sn storage.Snapshot) ([]mount.Mount, error) {
 // containerd names (the last element of name, or the snapshot.ref label)
 // when it names one, else computed from the content.
 func (s *Snapshotter) Commit(ctx context.Context, name, key string, opts ...snapshots.Opt) error {
+	ctx = logCtx(ctx, slog.String("name", name), slog.String("key", key))
 	var base snapshots.Info
 	for _, o := range opts {
 		if err := o(&base); err != nil {
@@ -632,17 +659,17 @@ func (s *Snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 	if s.hasScratch(sn.ID) {
 		if err := s.unmountScratch(sn.ID); err != nil {
 			// Kept for the next start's reconcile to unmount.
-			slog.Warn("unmount committed snapshot's scratch", "id", sn.ID, "err", err)
+			slog.WarnContext(ctx, "unmount committed snapshot's scratch", "id", sn.ID, "err", err)
 		} else {
 			leftovers = append(leftovers, scratchMount, scratchFile)
 		}
 	}
 	for _, sub := range leftovers {
 		if err := os.RemoveAll(filepath.Join(s.dir(sn.ID), sub)); err != nil {
-			slog.Warn("remove committed snapshot's upper", "id", sn.ID, "err", err)
+			slog.WarnContext(ctx, "remove committed snapshot's upper", "id", sn.ID, "err", err)
 		}
 	}
-	slog.Debug("committed snapshot", "name", name, "chainID", chain, "converted", converted, "private", private)
+	slog.DebugContext(ctx, "committed snapshot", "chainID", chain, "converted", converted, "private", private)
 	return nil
 }
 
@@ -712,7 +739,7 @@ func (s *Snapshotter) commitLayer(ctx context.Context, sn storage.Snapshot, name
 			s.removeRef(sn.ID)
 			return "", false, false, err
 		}
-		slog.Debug("snapshot kept private: its name claims a chain ID nobody verified", "name", name, "claimed", named, "key", key)
+		slog.DebugContext(ctx, "snapshot kept private: its name claims a chain ID nobody verified", "claimed", named, "privateLayer", key)
 		return key, true, true, nil
 	}
 	diffID, err := digestOf(open)
@@ -754,6 +781,7 @@ func digestOf(open func() (io.ReadCloser, error)) (digest.Digest, error) {
 
 // Remove deletes a snapshot; a committed one with children is refused.
 func (s *Snapshotter) Remove(ctx context.Context, key string) error {
+	ctx = logCtx(ctx, slog.String("key", key))
 	var (
 		id   string
 		kind snapshots.Kind
@@ -773,7 +801,7 @@ func (s *Snapshotter) Remove(ctx context.Context, key string) error {
 			errs = append(errs, err)
 		}
 	}
-	if err := s.discard(id); err != nil {
+	if err := s.discard(ctx, id); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
@@ -882,7 +910,7 @@ func (s *Snapshotter) reconcile(ctx context.Context) error {
 		}
 		key, known := ids[n]
 		if _, nerr := strconv.ParseUint(n, 10, 64); nerr != nil || !known {
-			slog.Info("removing snapshot directory without metadata", "dir", s.dir(n))
+			slog.InfoContext(ctx, "removing snapshot directory without metadata", "dir", s.dir(n))
 			if err := removeSnapshotDir(s.dir(n)); err != nil {
 				errs = append(errs, err)
 			}

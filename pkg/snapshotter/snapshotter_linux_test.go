@@ -16,12 +16,14 @@ import (
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
 	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/layervisor/layervisor/internal/logctx/logctxtest"
 	"github.com/layervisor/layervisor/internal/mountinfo"
 	"github.com/layervisor/layervisor/internal/testutil"
 	"github.com/layervisor/layervisor/pkg/layers"
@@ -290,7 +292,8 @@ func gzipTar(t *testing.T, files map[string]string) (blob []byte, diffID digest.
 // and a wrong diff ID are handled as containerd expects.
 func TestDifferApply(t *testing.T) {
 	sn, st := newTest(t)
-	ctx := context.Background()
+	rec := logctxtest.Default(t)
+	ctx := namespaces.WithNamespace(context.Background(), "ns")
 	content := t.TempDir()
 	blob, diffID := gzipTar(t, map[string]string{"hello": "world"})
 	desc := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayerGzip, Digest: digest.FromBytes(blob), Size: int64(len(blob))}
@@ -336,6 +339,16 @@ func TestDifferApply(t *testing.T) {
 	}
 	if got.Digest != diffID {
 		t.Errorf("Apply returned %s, want diff ID %s", got.Digest, diffID)
+	}
+	// Its log carries the call's namespace, layer and snapshot key.
+	if recs := rec.Find("differ: layer converted"); len(recs) != 1 {
+		t.Errorf("%d \"layer converted\" records, want 1", len(recs))
+	} else {
+		for k, v := range map[string]string{"namespace": "ns", "layer": desc.Digest.String(), "key": key} {
+			if got, _ := recs[0].Value(k); got != v {
+				t.Errorf("layer converted: %s = %q, want %q (%v)", k, got, v, recs[0].Attrs)
+			}
+		}
 	}
 	if err := sn.Commit(ctx, "ns/2/"+diffID.String(), key); err != nil {
 		t.Fatal(err)

@@ -34,7 +34,7 @@ func tarUpper(ctx context.Context, upper string, lowers []string) io.ReadCloser 
 			// this Commit, not kill the daemon (serve's recovery covers
 			// only the goroutines of calls).
 			if r := recover(); r != nil {
-				slog.Error("commit: panic writing the layer tar", "upper", upper, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+				slog.ErrorContext(ctx, "commit: panic writing the layer tar", "upper", upper, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
 				err = fmt.Errorf("commit: internal error writing the layer tar of %s: %v", upper, r)
 			}
 			if uerr := w.unmountMerged(); err == nil {
@@ -96,7 +96,7 @@ func (w *upperWriter) entry(base, rel string, inMerged bool) error {
 	case unix.S_IFIFO:
 		hdr.Typeflag = tar.TypeFifo
 	case unix.S_IFSOCK:
-		slog.Warn("commit: skipping socket, tar cannot hold it", "path", full)
+		slog.WarnContext(w.ctx, "commit: skipping socket, tar cannot hold it", "path", full)
 		return nil
 	case unix.S_IFLNK:
 		target, err := os.Readlink(full)
