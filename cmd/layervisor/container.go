@@ -11,7 +11,7 @@ import (
 	"github.com/layervisor/layervisor/cmd/internal/envconfig"
 	"github.com/layervisor/layervisor/pkg/diskformat"
 	"github.com/layervisor/layervisor/pkg/store"
-	"github.com/layervisor/layervisor/pkg/uvm"
+	"github.com/layervisor/layervisor/pkg/sysgc"
 )
 
 // parseSize reads sizes like 20G, 512M, 1048576.
@@ -170,11 +170,7 @@ func newContainerLsCmd(o *options) *cobra.Command {
 }
 
 // gcResult is what gc prints with --json.
-type gcResult struct {
-	Store    store.GCReport `json:"store"`
-	UVMs     uvm.GCReport   `json:"uvms"`
-	DeadRuns []string       `json:"deadRuns"` // containers of runs that died before their teardown
-}
+type gcResult = sysgc.Report
 
 func newGCCmd(o *options) *cobra.Command {
 	return &cobra.Command{
@@ -192,21 +188,17 @@ and removes the containers of runs that died before their teardown.`,
 			if err != nil {
 				return err
 			}
-			// UVMs first: a reaped VM no longer holds anything.
-			vrep, vmErr := uvm.GC(cmd.Context(), s.Root(), envconfig.UVMHost())
-			rep, gcErr := s.GC(cmd.Context())
-			// Then the containers of dead runs (incomplete mounts are rolled back by now).
-			runs, runErr := reapDeadRuns(cmd.Context(), s)
-			gcErr = errors.Join(gcErr, runErr)
+			res, gcErr := sysgc.Run(cmd.Context(), s, sysgc.Options{UVMHost: envconfig.UVMHost(), OCIRuntime: envconfig.OCIRuntime()})
 			if o.json {
-				if err := printJSON(gcResult{Store: rep, UVMs: vrep, DeadRuns: runs}); err != nil {
-					return err
+				if err := printJSON(res); err != nil {
+					return errors.Join(err, gcErr)
 				}
 			} else if !o.quiet {
+				rep, vrep := res.Store, res.UVMs
 				fmt.Printf("removed %d layers, %d temp entries; rolled back %d mounts, unmounted %d, detached %d loop devices, kept %d mounted containers; reaped %d dead UVMs and %d dead runs' containers, killed %d orphan QEMU/virtiofsd processes; removed %d stale UVM templates\n",
-					len(rep.RemovedLayers), len(rep.RemovedTemp), len(rep.Mounts.RolledBack), len(rep.Mounts.Unmounted), len(rep.Mounts.Detached), len(rep.Mounts.Kept), len(vrep.Reaped), len(runs), len(vrep.Killed), len(vrep.Templates))
+					len(rep.RemovedLayers), len(rep.RemovedTemp), len(rep.Mounts.RolledBack), len(rep.Mounts.Unmounted), len(rep.Mounts.Detached), len(rep.Mounts.Kept), len(vrep.Reaped), len(res.DeadRuns), len(vrep.Killed), len(vrep.Templates))
 			}
-			return errors.Join(vmErr, gcErr)
+			return gcErr
 		},
 	}
 }

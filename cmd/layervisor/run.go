@@ -8,13 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
-	"log/slog"
 	"os"
-	"os/signal"
-	"slices"
-	"strings"
-	"syscall"
 	"time"
 
 	"github.com/containerd/console"
@@ -23,11 +17,13 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
+	"github.com/layervisor/layervisor/cmd/internal/envconfig"
 	"github.com/layervisor/layervisor/pkg/agent"
 	"github.com/layervisor/layervisor/pkg/diskformat"
 	"github.com/layervisor/layervisor/pkg/inroot"
 	"github.com/layervisor/layervisor/pkg/layers"
 	"github.com/layervisor/layervisor/pkg/ociruntime"
+	"github.com/layervisor/layervisor/pkg/procrun"
 	"github.com/layervisor/layervisor/pkg/runspec"
 	"github.com/layervisor/layervisor/pkg/scratch"
 	"github.com/layervisor/layervisor/pkg/store"
@@ -225,6 +221,9 @@ func randomName(prefix string) string {
 	return prefix + hex.EncodeToString(b)
 }
 
+// runContainer runs the command of image in a new container, process
+// isolated (package procrun) or in a utility VM (runInUVM), and returns
+// its exit status.
 func runContainer(ctx context.Context, o runOptions, image string, cmdArgs []string) (code int, err error) {
 	switch o.isolation {
 	case "process", "vm":
@@ -262,65 +261,18 @@ func runContainer(ctx context.Context, o runOptions, image string, cmdArgs []str
 	if err != nil {
 		return 0, err
 	}
-	if o.isolation == "process" {
-		if err := checkProcessMounts(spec); err != nil {
-			return 0, err
-		}
-	}
 	if o.confine.TTY {
 		if ws, err := console.Current().Size(); err == nil {
 			spec.Process.ConsoleSize = &specs.Box{Height: uint(ws.Height), Width: uint(ws.Width)}
 		}
 	}
-	release, err := claimRun(s.Root(), cname) // gc removes the container if this run dies
-	if err != nil {
-		return 0, err
-	}
-	defer release()
-	if _, err := s.CreateContainer(ctx, cname, name, store.ContainerOptions{ScratchSize: size, ScratchFormat: format}); err != nil {
-		return 0, err
-	}
-	o.timer.mark("create")
-	// Teardown runs even after Ctrl-C cancelled ctx.
-	teardown := context.WithoutCancel(ctx)
-	if !o.keep {
-		defer func() {
-			defer o.timer.mark("teardown")
-			if rerr := s.RemoveContainer(teardown, cname); rerr != nil {
-				slog.Error("tear down container", "name", cname, "err", rerr)
-				err = errors.Join(err, rerr)
-			}
-		}()
-	}
+	copts := store.ContainerOptions{ScratchSize: size, ScratchFormat: format}
 	if o.isolation == "vm" {
-		return runInUVM(ctx, s, o, cname, spec)
+		return runInUVM(ctx, s, o, name, cname, copts, spec)
 	}
-	rootfs, err := s.Mount(ctx, cname)
-	if err != nil {
-		return 0, err
-	}
-	o.timer.mark("mount")
-	if !o.keep {
-		defer func() {
-			if uerr := s.Unmount(teardown, cname); uerr != nil {
-				err = errors.Join(err, uerr)
-			}
-		}()
-	}
-	if err := inroot.Resolve(spec, inroot.Dir(rootfs)); err != nil {
-		return 0, fmt.Errorf("image %s: %w", name, err)
-	}
-	spec.Root.Path = rootfs
-	defer o.timer.mark("exec")
-	rt := hostRuntime(s.Root())
-	bundle := runBundlePath(s.Root(), cname)
-	defer os.RemoveAll(bundle)
-	p, err := rt.Start(ctx, ociruntime.Container{ID: cname, Bundle: bundle, Spec: spec,
-		Stdin: runStdin(o), Stdout: os.Stdout, Stderr: os.Stderr})
-	if err != nil {
-		return 0, err
-	}
-	return superviseLocal(ctx, p, o)
+	return procrun.Run(ctx, procrun.Config{Store: s, Name: cname, Image: name, Container: copts, Spec: spec,
+		Keep: o.keep, Runtime: envconfig.OCIRuntime(), Stdio: runStdio(o), Console: callerTTY(o),
+		StopTimeout: o.stopTimeout, Phase: o.timer.mark})
 }
 
 // buildRunSpec is the run's OCI spec from the image's config and the flags.
@@ -338,117 +290,27 @@ func buildRunSpec(o runOptions, cname string, im *store.Image, cmdArgs []string)
 		Env: o.env, Cwd: o.cwd, Volumes: o.volumes, Mounts: o.mounts, Confinement: o.confine})
 }
 
-// runStdin is what the container reads: the caller's stdin with -i (or a
-// terminal, which -t forwards keystrokes from), else nothing.
-func runStdin(o runOptions) io.Reader {
+// runStdio is the container's stdio: the caller's stdout and stderr, and
+// its stdin with -i (or a terminal, which -t forwards keystrokes from),
+// else nothing.
+func runStdio(o runOptions) ociruntime.Stdio {
+	stdio := ociruntime.Stdio{Stdout: os.Stdout, Stderr: os.Stderr}
 	if o.interactive || o.confine.TTY {
-		return os.Stdin
+		stdio.Stdin = os.Stdin
 	}
-	return nil
+	return stdio
 }
 
-// container is a started container, on the host or in a utility VM.
-type container interface {
-	Signal(ctx context.Context, sig syscall.Signal) error
-	Resize(ws console.WinSize) error
-	Done() <-chan struct{}
-	Wait() (int, error)
-}
-
-// superviseLocal puts the caller's terminal in raw mode with -t, then
-// supervises the container.
-func superviseLocal(ctx context.Context, p container, o runOptions) (int, error) {
-	if o.confine.TTY {
-		con, err := console.ConsoleFromFile(os.Stdin)
-		if err == nil {
-			if err := con.SetRaw(); err == nil {
-				defer con.Reset()
-			}
-			if ws, err := con.Size(); err == nil {
-				p.Resize(ws)
-			}
-			winch := make(chan os.Signal, 1)
-			signal.Notify(winch, syscall.SIGWINCH)
-			defer signal.Stop(winch)
-			go func() {
-				for range winch {
-					if ws, err := con.Size(); err == nil {
-						p.Resize(ws)
-					}
-				}
-			}()
-		}
+// callerTTY is the caller's terminal with -t, which the run puts in raw
+// mode and sizes the container's after; nil without -t (or when stdin is
+// not a console after all).
+func callerTTY(o runOptions) console.Console {
+	if !o.confine.TTY {
+		return nil
 	}
-	return supervise(ctx, p, o.stopTimeout)
-}
-
-// killGrace is how long a killed container has to be reported gone
-// before the run gives up on it (teardown then takes it down: the
-// utility VM's QEMU is killed).
-const killGrace = 5 * time.Second
-
-// supervise forwards the signals a user sends a foreground command to the
-// container's init and, after Ctrl-C or SIGTERM, kills it when it has not
-// exited stopTimeout later. It returns the container's exit status.
-// Signals are sent from goroutines: a runtime or guest that does not
-// answer delays nothing here.
-func supervise(ctx context.Context, p container, stopTimeout time.Duration) (int, error) {
-	sigs := make(chan os.Signal, 8)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2)
-	defer signal.Stop(sigs)
-	signalCtx := context.WithoutCancel(ctx)
-	send := func(s syscall.Signal) {
-		go func() {
-			if err := p.Signal(signalCtx, s); err != nil {
-				slog.Warn("signal the container", "signal", s, "err", err)
-			}
-		}()
+	con, err := console.ConsoleFromFile(os.Stdin)
+	if err != nil {
+		return nil
 	}
-	var kill, abandon <-chan time.Time
-	for {
-		select {
-		case <-p.Done():
-			return p.Wait()
-		case <-abandon:
-			return 0, fmt.Errorf("the container did not exit %v after SIGKILL: giving up on it", killGrace)
-		case sig := <-sigs:
-			s := sig.(syscall.Signal)
-			send(s)
-			if (s == syscall.SIGINT || s == syscall.SIGTERM) && kill == nil && abandon == nil {
-				kill = time.After(stopTimeout)
-			}
-		case <-kill:
-			slog.Warn("the container did not exit in time: killing it", "stop-timeout", stopTimeout)
-			send(syscall.SIGKILL)
-			kill, abandon = nil, time.After(killGrace)
-		}
-	}
-}
-
-// checkProcessMounts refuses, before anything is created, the mounts that
-// only a utility VM can provide, and makes binds ones the runtime takes.
-func checkProcessMounts(spec *specs.Spec) error {
-	for i, m := range spec.Mounts {
-		if runspec.RuntimeProvided(m) {
-			continue
-		}
-		switch {
-		case strings.HasPrefix(m.Source, runspec.SandboxPrefix):
-			return fmt.Errorf("mount %d (%s -> %s): sandbox mounts live in a utility VM: use --isolation vm", i, m.Source, m.Destination)
-		case m.Type == runspec.TypeBind || m.Type == "":
-			if _, err := os.Stat(m.Source); err != nil {
-				return fmt.Errorf("mount %d (%s -> %s): bind source: %w", i, m.Source, m.Destination, err)
-			}
-			// The runtime binds only what says so.
-			spec.Mounts[i].Type = runspec.TypeBind
-			if !slices.Contains(m.Options, "bind") && !slices.Contains(m.Options, "rbind") {
-				spec.Mounts[i].Options = append(slices.Clone(m.Options), "rbind")
-			}
-		case m.Type == runspec.TypeVirtualDisk || m.Type == runspec.TypePhysicalDisk:
-			return fmt.Errorf("mount %d (%s -> %s): type %s needs --isolation vm", i, m.Source, m.Destination, m.Type)
-		default:
-			return fmt.Errorf("mount %d (%s -> %s): type %q is not supported", i, m.Source, m.Destination, m.Type)
-		}
-	}
-	return nil
+	return con
 }

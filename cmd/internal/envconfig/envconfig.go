@@ -25,6 +25,10 @@ const (
 	// GuestRuntime is the OCI runtime packed into the initramfs
 	// (uvm.HostOptions.GuestRuntime; default: crun, else runc, on PATH).
 	GuestRuntime = "LAYERVISOR_GUEST_RUNTIME"
+	// HostRuntime is the OCI runtime binary of process-isolated runs and
+	// of gc's clean-up after them (procrun.Config.Runtime; default: crun,
+	// else runc, on PATH).
+	HostRuntime = "LAYERVISOR_OCI_RUNTIME"
 	// Templates set to "off" boots every UVM cold (uvm.Config.Cold).
 	Templates = "LAYERVISOR_UVM_TEMPLATES"
 	// KeepOnFailure set to "1" keeps a failed UVM's state
@@ -57,6 +61,10 @@ func UVMHost() uvm.HostOptions {
 		KeepOnFailure: os.Getenv(KeepOnFailure) == "1",
 	}
 }
+
+// OCIRuntime is the host's OCI runtime binary ($LAYERVISOR_OCI_RUNTIME;
+// empty: found on PATH).
+func OCIRuntime() string { return os.Getenv(HostRuntime) }
 
 // ArmCrashPoint arms the crash point LAYERVISOR_CRASH_AT names, if any.
 func ArmCrashPoint() { crashpoint.Arm(os.Getenv(CrashAt)) }
