@@ -20,8 +20,8 @@ import (
 	"testing"
 
 	"github.com/layervisor/layervisor/internal/containerdtest"
+	"github.com/layervisor/layervisor/internal/imagebuild"
 	"github.com/layervisor/layervisor/internal/testutil"
-	"github.com/layervisor/layervisor/pkg/imagebuild"
 	"github.com/layervisor/layervisor/pkg/ociimage"
 	"github.com/layervisor/layervisor/pkg/store"
 )

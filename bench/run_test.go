@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/layervisor/layervisor/internal/containerdtest"
-	"github.com/layervisor/layervisor/pkg/imagebuild"
+	"github.com/layervisor/layervisor/internal/imagebuild"
 )
 
 // BenchmarkRun: a container's whole life from the command line, paired

@@ -20,9 +20,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/layervisor/layervisor/internal/guestpath"
 	"github.com/layervisor/layervisor/pkg/agent"
 	"github.com/layervisor/layervisor/pkg/agent/guest"
-	"github.com/layervisor/layervisor/pkg/guestpath"
 )
 
 func main() {

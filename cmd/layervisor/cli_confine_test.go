@@ -14,7 +14,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/layervisor/layervisor/internal/containerdtest"
-	"github.com/layervisor/layervisor/pkg/imagebuild"
+	"github.com/layervisor/layervisor/internal/imagebuild"
 )
 
 // confineImages writes three images over the same layers: "confine" (root,

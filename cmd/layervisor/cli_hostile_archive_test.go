@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/layervisor/layervisor/pkg/imagebuild"
+	"github.com/layervisor/layervisor/internal/imagebuild"
 )
 
 // hostileRSS is what `image import` of a hostile layer may make resident.

@@ -18,9 +18,9 @@ import (
 	"golang.org/x/term"
 
 	"github.com/layervisor/layervisor/cmd/internal/envconfig"
+	"github.com/layervisor/layervisor/internal/inroot"
 	"github.com/layervisor/layervisor/pkg/agent"
 	"github.com/layervisor/layervisor/pkg/diskformat"
-	"github.com/layervisor/layervisor/pkg/inroot"
 	"github.com/layervisor/layervisor/pkg/layers"
 	"github.com/layervisor/layervisor/pkg/ociruntime"
 	"github.com/layervisor/layervisor/pkg/procrun"

@@ -27,9 +27,9 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/layervisor/layervisor/internal/containerdtest"
+	"github.com/layervisor/layervisor/internal/imagebuild"
 	"github.com/layervisor/layervisor/internal/mountinfo"
 	"github.com/layervisor/layervisor/internal/testutil"
-	"github.com/layervisor/layervisor/pkg/imagebuild"
 	"github.com/layervisor/layervisor/pkg/ociimage"
 )
 

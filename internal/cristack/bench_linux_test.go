@@ -240,32 +240,38 @@ func pidsNamed(name string) []int {
 }
 
 // BenchmarkCritest runs critest's own benchmark suite (-benchmark: the
-// pod and the container lifecycle, 10 serial samples each; no image
-// benchmarks, the registry is ours) on both handlers of one stack, and
-// reports each operation's median in ms and layervisor's over runc's.
+// pod and the container lifecycle, 10 samples each, serial and then two
+// at a time; no image benchmarks, the registry is ours) on both handlers
+// of one stack, and reports each operation's median in ms and
+// layervisor's over runc's ("-x").
 func BenchmarkCritest(b *testing.B) {
 	s := benchStack(b)
 	for i := 0; i < b.N; i++ {
-		runc := critestBenchmark(b, s, HandlerRunc)
-		lv := critestBenchmark(b, s, HandlerLayervisor)
-		for op, ms := range lv {
-			b.ReportMetric(ms, op+"-ms")
-			if runc[op] > 0 {
-				b.ReportMetric(runc[op], op+"-runc-ms")
-				b.ReportMetric(ms/runc[op], op+"-x")
+		for _, parallel := range []int{1, 2} {
+			runc := critestBenchmark(b, s, HandlerRunc, parallel)
+			lv := critestBenchmark(b, s, HandlerLayervisor, parallel)
+			for name, ms := range lv {
+				op := fmt.Sprintf("%s-p%d", name, parallel)
+				b.ReportMetric(ms, op+"-ms")
+				if r := runc[name]; r > 0 {
+					b.ReportMetric(r, op+"-runc-ms")
+					b.ReportMetric(ms/r, op+"-x")
+				}
 			}
 		}
 	}
 }
 
-// critestBenchmark runs critest -benchmark with handler and returns the
-// median of each operation in ms, keyed "suite/Operation".
-func critestBenchmark(b *testing.B, s *Stack, handler string) map[string]float64 {
+// critestBenchmark runs critest -benchmark with handler, parallel samples
+// at a time, and returns the median of each operation in ms, keyed
+// "suite/Operation".
+func critestBenchmark(b *testing.B, s *Stack, handler string, parallel int) map[string]float64 {
 	dir := b.TempDir()
 	params := filepath.Join(dir, "params.yaml")
 	// Flat keys: critest ignores nested ones and falls back to 1 sample.
-	if err := os.WriteFile(params, []byte("podsNumber: 10\npodsNumberParallel: 1\npodBenchmarkTimeoutSeconds: 300\n"+
-		"containersNumber: 10\ncontainersNumberParallel: 1\ncontainerBenchmarkTimeoutSeconds: 300\nimagesNumber: 0\n"), 0o644); err != nil {
+	yaml := fmt.Sprintf("podsNumber: 10\npodsNumberParallel: %d\npodBenchmarkTimeoutSeconds: 300\n"+
+		"containersNumber: 10\ncontainersNumberParallel: %d\ncontainerBenchmarkTimeoutSeconds: 300\nimagesNumber: 0\n", parallel, parallel)
+	if err := os.WriteFile(params, []byte(yaml), 0o644); err != nil {
 		b.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Minute)
@@ -309,6 +315,6 @@ func critestBenchmark(b *testing.B, s *Stack, handler string) map[string]float64
 	if len(out) == 0 {
 		b.Fatalf("critest -benchmark %s wrote no results in %s (%s)", handler, dir, r.Log)
 	}
-	b.Logf("critest -benchmark %s: %s; medians %v", handler, r, out)
+	b.Logf("critest -benchmark %s, %d at a time: %s; medians %v", handler, parallel, r, out)
 	return out
 }

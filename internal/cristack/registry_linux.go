@@ -14,7 +14,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
-	"github.com/layervisor/layervisor/pkg/imagebuild"
+	"github.com/layervisor/layervisor/internal/imagebuild"
 )
 
 // registry is a read-only OCI distribution server (the pull half of the

@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/layervisor/layervisor/pkg/imagebuild"
+	"github.com/layervisor/layervisor/internal/imagebuild"
 )
 
 // TestRegistry checks the loopback registry's pull API: manifests by tag

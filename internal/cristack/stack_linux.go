@@ -41,8 +41,8 @@ import (
 	"time"
 
 	"github.com/layervisor/layervisor/internal/containerdtest"
+	"github.com/layervisor/layervisor/internal/imagebuild"
 	"github.com/layervisor/layervisor/internal/mountinfo"
-	"github.com/layervisor/layervisor/pkg/imagebuild"
 )
 
 // RegistryAddr is the loopback registry's address inside the stack's

@@ -14,8 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/layervisor/layervisor/internal/imagebuild"
 	"github.com/layervisor/layervisor/internal/testutil"
-	"github.com/layervisor/layervisor/pkg/imagebuild"
 	"github.com/layervisor/layervisor/pkg/uvm"
 )
 

@@ -22,7 +22,7 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/layervisor/layervisor/pkg/imagebuild"
+	"github.com/layervisor/layervisor/internal/imagebuild"
 )
 
 // Top is the directory holding one subdirectory per case.

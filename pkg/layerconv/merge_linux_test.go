@@ -14,9 +14,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/layervisor/layervisor/internal/imagebuild"
 	"github.com/layervisor/layervisor/internal/testutil"
 	"github.com/layervisor/layervisor/internal/whiteouttest"
-	"github.com/layervisor/layervisor/pkg/imagebuild"
 	"github.com/layervisor/layervisor/pkg/layerconv"
 	"github.com/layervisor/layervisor/pkg/loop"
 	"github.com/layervisor/layervisor/pkg/vhd"

@@ -10,7 +10,7 @@ import (
 	"slices"
 
 	"github.com/layervisor/layervisor/internal/crashpoint"
-	"github.com/layervisor/layervisor/pkg/undo"
+	"github.com/layervisor/layervisor/internal/undo"
 )
 
 // Holds: users of layer images other than the containers Mount mounts —

@@ -19,10 +19,10 @@ import (
 	"github.com/layervisor/layervisor/internal/crashpoint"
 	"github.com/layervisor/layervisor/internal/flock"
 	"github.com/layervisor/layervisor/internal/mountinfo"
+	"github.com/layervisor/layervisor/internal/undo"
 	"github.com/layervisor/layervisor/pkg/layerconv/layerfmt"
 	"github.com/layervisor/layervisor/pkg/layers/overlay"
 	"github.com/layervisor/layervisor/pkg/loop"
-	"github.com/layervisor/layervisor/pkg/undo"
 	"github.com/layervisor/layervisor/pkg/vhd"
 )
 

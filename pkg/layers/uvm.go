@@ -9,7 +9,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/layervisor/layervisor/pkg/undo"
+	"github.com/layervisor/layervisor/internal/undo"
 	"github.com/layervisor/layervisor/pkg/uvm/scsi"
 )
 

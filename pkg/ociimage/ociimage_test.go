@@ -14,7 +14,7 @@ import (
 	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
-	"github.com/layervisor/layervisor/pkg/imagebuild"
+	"github.com/layervisor/layervisor/internal/imagebuild"
 	"github.com/layervisor/layervisor/pkg/ociimage"
 )
 

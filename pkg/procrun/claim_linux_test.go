@@ -12,8 +12,8 @@ import (
 	"testing"
 
 	"github.com/layervisor/layervisor/internal/flock"
+	"github.com/layervisor/layervisor/internal/imagebuild"
 	"github.com/layervisor/layervisor/internal/testutil"
-	"github.com/layervisor/layervisor/pkg/imagebuild"
 	"github.com/layervisor/layervisor/pkg/store"
 )
 

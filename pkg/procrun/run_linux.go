@@ -12,7 +12,7 @@ import (
 	"github.com/containerd/console"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
-	"github.com/layervisor/layervisor/pkg/inroot"
+	"github.com/layervisor/layervisor/internal/inroot"
 	"github.com/layervisor/layervisor/pkg/ociruntime"
 	"github.com/layervisor/layervisor/pkg/runspec"
 	"github.com/layervisor/layervisor/pkg/store"
@@ -57,7 +57,7 @@ type Config struct {
 // is cancelled (the container is stopped by the signals Supervise
 // forwards, not by ctx). It returns the container's exit status: its own,
 // or 128+N when signal N ended it. A command missing from the image is an
-// error that wraps inroot.ErrCommandNotFound.
+// error that wraps ErrCommandNotFound.
 func Run(ctx context.Context, cfg Config) (code int, err error) {
 	phase := cfg.Phase
 	if phase == nil {

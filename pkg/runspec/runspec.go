@@ -21,7 +21,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
-	"github.com/layervisor/layervisor/pkg/inroot"
+	"github.com/layervisor/layervisor/internal/inroot"
 )
 
 // Mount types layervisor handles itself. Sandbox mounts are binds whose

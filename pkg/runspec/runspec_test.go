@@ -10,7 +10,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
-	"github.com/layervisor/layervisor/pkg/inroot"
+	"github.com/layervisor/layervisor/internal/inroot"
 )
 
 func TestParseVolume(t *testing.T) {

@@ -19,9 +19,9 @@ import (
 	"time"
 
 	"github.com/layervisor/layervisor/internal/containerdtest"
+	"github.com/layervisor/layervisor/internal/imagebuild"
 	"github.com/layervisor/layervisor/internal/mountinfo"
 	"github.com/layervisor/layervisor/internal/testutil"
-	"github.com/layervisor/layervisor/pkg/imagebuild"
 	"github.com/layervisor/layervisor/pkg/loop"
 	"github.com/layervisor/layervisor/pkg/shim"
 	"github.com/layervisor/layervisor/pkg/uvm"

@@ -12,9 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/layervisor/layervisor/internal/imagebuild"
+	"github.com/layervisor/layervisor/internal/podnet"
 	"github.com/layervisor/layervisor/internal/testutil"
-	"github.com/layervisor/layervisor/pkg/imagebuild"
-	"github.com/layervisor/layervisor/pkg/podnet"
 	"github.com/layervisor/layervisor/pkg/shim"
 )
 

@@ -11,8 +11,8 @@ import (
 	"github.com/containerd/errdefs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/layervisor/layervisor/internal/podnet"
 	"github.com/layervisor/layervisor/pkg/agent"
-	"github.com/layervisor/layervisor/pkg/podnet"
 )
 
 // podNIC names the pod's network card in the VM.

@@ -27,11 +27,11 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/layervisor/layervisor/internal/logctx"
+	"github.com/layervisor/layervisor/internal/podnet"
+	"github.com/layervisor/layervisor/internal/undo"
 	"github.com/layervisor/layervisor/pkg/agent"
 	"github.com/layervisor/layervisor/pkg/layers"
-	"github.com/layervisor/layervisor/pkg/podnet"
 	"github.com/layervisor/layervisor/pkg/runspec"
-	"github.com/layervisor/layervisor/pkg/undo"
 	"github.com/layervisor/layervisor/pkg/uvm"
 	"github.com/layervisor/layervisor/pkg/vmrun"
 )

@@ -14,8 +14,8 @@ import (
 	digest "github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
 
+	"github.com/layervisor/layervisor/internal/imagebuild"
 	"github.com/layervisor/layervisor/internal/testutil"
-	"github.com/layervisor/layervisor/pkg/imagebuild"
 	"github.com/layervisor/layervisor/pkg/layerconv"
 	"github.com/layervisor/layervisor/pkg/layers"
 	"github.com/layervisor/layervisor/pkg/scratch"

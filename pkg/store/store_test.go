@@ -13,7 +13,7 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/layervisor/layervisor/pkg/imagebuild"
+	"github.com/layervisor/layervisor/internal/imagebuild"
 	"github.com/layervisor/layervisor/pkg/store"
 
 	"github.com/layervisor/layervisor/internal/testutil"

@@ -15,8 +15,8 @@ import (
 
 	"github.com/layervisor/layervisor/internal/atomicfile"
 	"github.com/layervisor/layervisor/internal/flock"
+	"github.com/layervisor/layervisor/internal/undo"
 	"github.com/layervisor/layervisor/pkg/ociimage"
-	"github.com/layervisor/layervisor/pkg/undo"
 	"github.com/layervisor/layervisor/pkg/wclayer"
 	"github.com/layervisor/layervisor/pkg/wclayer/cimlayer"
 	"github.com/layervisor/layervisor/pkg/wclayer/uvmlayer"

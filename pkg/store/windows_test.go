@@ -10,8 +10,8 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/layervisor/layervisor/internal/imagebuild"
 	"github.com/layervisor/layervisor/pkg/cimfs"
-	"github.com/layervisor/layervisor/pkg/imagebuild"
 	"github.com/layervisor/layervisor/pkg/ociimage"
 	"github.com/layervisor/layervisor/pkg/store"
 	"github.com/layervisor/layervisor/pkg/wclayer/synth"

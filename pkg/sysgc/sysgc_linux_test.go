@@ -7,8 +7,8 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/layervisor/layervisor/internal/imagebuild"
 	"github.com/layervisor/layervisor/internal/testutil"
-	"github.com/layervisor/layervisor/pkg/imagebuild"
 	"github.com/layervisor/layervisor/pkg/store"
 )
 

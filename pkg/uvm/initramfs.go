@@ -15,8 +15,8 @@ import (
 	"strings"
 
 	"github.com/layervisor/layervisor/internal/atomicfile"
+	"github.com/layervisor/layervisor/internal/guestpath"
 	"github.com/layervisor/layervisor/pkg/agent"
-	"github.com/layervisor/layervisor/pkg/guestpath"
 )
 
 // InitramfsOptions say what goes into the UVM's initramfs.

@@ -15,10 +15,10 @@ import (
 	"time"
 
 	"github.com/layervisor/layervisor/internal/crashpoint"
+	"github.com/layervisor/layervisor/internal/undo"
 	"github.com/layervisor/layervisor/pkg/agent"
 	"github.com/layervisor/layervisor/pkg/qmp"
 	"github.com/layervisor/layervisor/pkg/scratch"
-	"github.com/layervisor/layervisor/pkg/undo"
 	"github.com/layervisor/layervisor/pkg/uvm/pciports"
 	"github.com/layervisor/layervisor/pkg/uvm/scsi"
 	"github.com/layervisor/layervisor/pkg/uvm/share"

@@ -9,8 +9,8 @@ import (
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
-	"github.com/layervisor/layervisor/pkg/guestpath"
-	"github.com/layervisor/layervisor/pkg/imagebuild"
+	"github.com/layervisor/layervisor/internal/guestpath"
+	"github.com/layervisor/layervisor/internal/imagebuild"
 	"github.com/layervisor/layervisor/pkg/layers"
 	"github.com/layervisor/layervisor/pkg/resources"
 	"github.com/layervisor/layervisor/pkg/store"

@@ -7,9 +7,9 @@ import (
 	"os"
 	"sync/atomic"
 
+	"github.com/layervisor/layervisor/internal/guestpath"
 	"github.com/layervisor/layervisor/pkg/agent"
 	"github.com/layervisor/layervisor/pkg/diskformat"
-	"github.com/layervisor/layervisor/pkg/guestpath"
 	"github.com/layervisor/layervisor/pkg/layers"
 	"github.com/layervisor/layervisor/pkg/resources"
 	"github.com/layervisor/layervisor/pkg/runspec"

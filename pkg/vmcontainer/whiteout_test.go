@@ -10,9 +10,9 @@ import (
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/layervisor/layervisor/internal/guestpath"
+	"github.com/layervisor/layervisor/internal/imagebuild"
 	"github.com/layervisor/layervisor/internal/whiteouttest"
-	"github.com/layervisor/layervisor/pkg/guestpath"
-	"github.com/layervisor/layervisor/pkg/imagebuild"
 	"github.com/layervisor/layervisor/pkg/resources"
 	"github.com/layervisor/layervisor/pkg/runspec"
 	"github.com/layervisor/layervisor/pkg/store"

@@ -23,8 +23,8 @@ import (
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/layervisor/layervisor/internal/guestpath"
 	"github.com/layervisor/layervisor/pkg/agent"
-	"github.com/layervisor/layervisor/pkg/guestpath"
 	"github.com/layervisor/layervisor/pkg/layers"
 	"github.com/layervisor/layervisor/pkg/resources"
 	"github.com/layervisor/layervisor/pkg/runspec"

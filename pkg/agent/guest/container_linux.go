@@ -14,8 +14,8 @@ import (
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/layervisor/layervisor/internal/inroot"
 	"github.com/layervisor/layervisor/pkg/agent"
-	"github.com/layervisor/layervisor/pkg/inroot"
 	"github.com/layervisor/layervisor/pkg/ociruntime"
 )
 

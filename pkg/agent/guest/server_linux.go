@@ -24,9 +24,9 @@ import (
 
 	"github.com/containerd/console"
 
+	"github.com/layervisor/layervisor/internal/guestpath"
+	"github.com/layervisor/layervisor/internal/inroot"
 	"github.com/layervisor/layervisor/pkg/agent"
-	"github.com/layervisor/layervisor/pkg/guestpath"
-	"github.com/layervisor/layervisor/pkg/inroot"
 	"github.com/layervisor/layervisor/pkg/layers/overlay"
 	"github.com/layervisor/layervisor/pkg/ociruntime"
 )

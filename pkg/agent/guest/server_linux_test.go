@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/layervisor/layervisor/internal/guestpath"
 	"github.com/layervisor/layervisor/pkg/agent"
-	"github.com/layervisor/layervisor/pkg/guestpath"
 )
 
 // The guest server runs on the host here, over an in-memory pipe, with a

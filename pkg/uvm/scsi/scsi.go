@@ -27,11 +27,11 @@ import (
 	"log/slog"
 	"sync"
 
+	"github.com/layervisor/layervisor/internal/guestpath"
 	"github.com/layervisor/layervisor/internal/hostpath"
 	"github.com/layervisor/layervisor/internal/refcount"
+	"github.com/layervisor/layervisor/internal/undo"
 	"github.com/layervisor/layervisor/pkg/diskformat"
-	"github.com/layervisor/layervisor/pkg/guestpath"
-	"github.com/layervisor/layervisor/pkg/undo"
 )
 
 // LUNsPerController is how many disks one virtio-scsi controller takes here.

@@ -13,9 +13,9 @@ import (
 	"time"
 
 	"github.com/layervisor/layervisor/internal/attachtest"
+	"github.com/layervisor/layervisor/internal/guestpath"
 	"github.com/layervisor/layervisor/pkg/diskformat"
 	"github.com/layervisor/layervisor/pkg/diskimage"
-	"github.com/layervisor/layervisor/pkg/guestpath"
 	"github.com/layervisor/layervisor/pkg/vhdx"
 )
 

@@ -14,7 +14,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/layervisor/layervisor/pkg/undo"
+	"github.com/layervisor/layervisor/internal/undo"
 	"github.com/layervisor/layervisor/pkg/uvm/hotplug"
 	"github.com/layervisor/layervisor/pkg/uvm/pciports"
 )

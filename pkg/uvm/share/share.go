@@ -37,10 +37,10 @@ import (
 	"path/filepath"
 	"sync"
 
+	"github.com/layervisor/layervisor/internal/guestpath"
 	"github.com/layervisor/layervisor/internal/hostpath"
 	"github.com/layervisor/layervisor/internal/refcount"
-	"github.com/layervisor/layervisor/pkg/guestpath"
-	"github.com/layervisor/layervisor/pkg/undo"
+	"github.com/layervisor/layervisor/internal/undo"
 )
 
 // ErrAlreadyReleased means Release was called again after it succeeded.

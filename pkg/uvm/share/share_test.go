@@ -11,8 +11,8 @@ import (
 	"time"
 
 	"github.com/layervisor/layervisor/internal/attachtest"
+	"github.com/layervisor/layervisor/internal/guestpath"
 	"github.com/layervisor/layervisor/internal/testutil"
-	"github.com/layervisor/layervisor/pkg/guestpath"
 )
 
 var errInjected = errors.New("injected failure")

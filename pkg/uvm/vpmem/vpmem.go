@@ -27,9 +27,9 @@ import (
 	"os"
 	"sync"
 
+	"github.com/layervisor/layervisor/internal/guestpath"
 	"github.com/layervisor/layervisor/internal/hostpath"
 	"github.com/layervisor/layervisor/internal/refcount"
-	"github.com/layervisor/layervisor/pkg/guestpath"
 	"github.com/layervisor/layervisor/pkg/vhd"
 )
 

@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/layervisor/layervisor/internal/attachtest"
-	"github.com/layervisor/layervisor/pkg/guestpath"
+	"github.com/layervisor/layervisor/internal/guestpath"
 	"github.com/layervisor/layervisor/pkg/vhd"
 )
 

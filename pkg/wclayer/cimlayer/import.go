@@ -14,9 +14,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/layervisor/layervisor/internal/undo"
 	"github.com/layervisor/layervisor/pkg/cimfs"
 	"github.com/layervisor/layervisor/pkg/regf"
-	"github.com/layervisor/layervisor/pkg/undo"
 	"github.com/layervisor/layervisor/pkg/wclayer/wintar"
 )
 

@@ -43,12 +43,12 @@ import (
 
 	"github.com/layervisor/layervisor/internal/atomicfile"
 	"github.com/layervisor/layervisor/internal/sparse"
+	"github.com/layervisor/layervisor/internal/undo"
 	"github.com/layervisor/layervisor/internal/zero"
 	"github.com/layervisor/layervisor/pkg/gpt"
 	"github.com/layervisor/layervisor/pkg/regf"
 	"github.com/layervisor/layervisor/pkg/regf/bcd"
 	"github.com/layervisor/layervisor/pkg/regf/cimboot"
-	"github.com/layervisor/layervisor/pkg/undo"
 	"github.com/layervisor/layervisor/pkg/vhdx"
 )
 

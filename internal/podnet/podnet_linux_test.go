@@ -96,6 +96,26 @@ func TestWireRedirectsBothWays(t *testing.T) {
 	if n, from, err := conn.ReadFromUDP(buf); err != nil || string(buf[:n]) != "knock" {
 		t.Errorf("side door: %q from %v, %v", buf[:n], from, err)
 	}
+	// Only HostSide is let in: a guest that forges a datagram to
+	// 127.0.0.1 (route_localnet is on in the namespace) reaches nothing
+	// listening on the namespace's loopback; the frame goes to eth0.
+	var lo *net.UDPConn
+	if err := inNetNS(podNS, func() (err error) {
+		lo, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 7778})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer lo.Close()
+	for i := 0; i < 3; i++ {
+		if _, err := l.Tap.Write(udpFrame(l.TapMAC, l.Iface.MAC, GuestSide.Addr(), netip.MustParseAddr("127.0.0.1"), 7778, []byte("forged"))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lo.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if n, from, err := lo.ReadFromUDP(buf); err == nil {
+		t.Errorf("a datagram from the guest to 127.0.0.1 reached the pod namespace's loopback: %q from %v", buf[:n], from)
+	}
 
 	if err := l.Unwire(); err != nil {
 		t.Fatal(err)
