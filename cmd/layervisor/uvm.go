@@ -222,7 +222,10 @@ func newUVMImageBuildCmd(o *options) *cobra.Command {
 				img.Runtime = env.Host.GuestRuntime
 			}
 			if img.Out == "" {
-				img.Out = filepath.Join(o.absRoot(), "boot", uvm.InitrdName)
+				var err error
+				if img.Out, err = uvm.DefaultInitrd(o.absRoot(), img.BootDir, uvm.HostOptions{Agent: img.Agent, GuestRuntime: img.Runtime}); err != nil {
+					return err
+				}
 			}
 			if err := uvm.BuildInitramfs(cmd.Context(), img); err != nil {
 				return err
@@ -237,7 +240,7 @@ func newUVMImageBuildCmd(o *options) *cobra.Command {
 	f := cmd.Flags()
 	f.StringVar(&img.BootDir, "kernel-dir", "", "boot dir with vmlinuz and lib/modules (default $LAYERVISOR_BOOT_DIR or "+uvm.DefaultBootDir+")")
 	f.StringVar(&img.Agent, "agent", "", "guest agent binary (default $LAYERVISOR_AGENT, else "+uvm.AgentName+" next to layervisor, else on PATH)")
-	f.StringVar(&img.Out, "out", "", "initramfs to write (default <root>/boot/"+uvm.InitrdName+")")
+	f.StringVar(&img.Out, "out", "", "initramfs to write (default <root>/boot/initrd-<hash of its inputs>.img, the one UVMs of the root use)")
 	return cmd
 }
 

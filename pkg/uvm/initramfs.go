@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"compress/gzip"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -33,12 +34,39 @@ type InitramfsOptions struct {
 	Out string `json:"out"`
 }
 
-// InitrdName is the initramfs's file name under <root>/boot. Its number
-// changes when what the agent needs from it does (2: the OCI runtime; 3:
-// the shim's exec, stats and pause operations; 4-6: pod networking, net
-// sysctls, OOM reports, the bridge module; 7: a cgroup of the agent's
-// around each container), so an older one is not used.
-const InitrdName = "initrd-7.img"
+// initramfsFormat changes when BuildInitramfs lays the image out
+// differently for the same inputs.
+const initramfsFormat = 1
+
+// DefaultInitrd is the initramfs a UVM of root uses unless told: under
+// <root>/boot, named by its inputs (the agent's and the OCI runtime's
+// content, the kernel version, the modules the agent loads, the layout),
+// so that a new agent or runtime gets an initramfs of its own instead of
+// an older one being reused, and nothing has to be renamed by hand.
+// Hashes are cached by file identity (inputCache).
+func DefaultInitrd(root, bootDir string, host HostOptions) (string, error) {
+	agentPath, err := FindAgent(host.Agent)
+	if err != nil {
+		return "", err
+	}
+	runtimePath, err := FindGuestRuntime(host.GuestRuntime)
+	if err != nil {
+		return "", err
+	}
+	inputs := inputCacheFor(root)
+	h := sha256.New()
+	fmt.Fprintf(h, "format %d\nmodules %s\n", initramfsFormat, strings.Join(agent.GuestModules, " "))
+	kver, _ := os.ReadFile(filepath.Join(bootDir, "kernel-version"))
+	fmt.Fprintf(h, "kernel %s\n", strings.TrimSpace(string(kver)))
+	for _, f := range []string{agentPath, runtimePath} {
+		sum, err := inputs.hash(f)
+		if err != nil {
+			return "", fmt.Errorf("initramfs input %s: %w", f, err)
+		}
+		fmt.Fprintf(h, "%s\n", sum)
+	}
+	return filepath.Join(root, "boot", fmt.Sprintf("initrd-%x.img", h.Sum(nil)[:8])), nil
+}
 
 // AgentName is the guest agent's file name (cmd/layervisor-agent).
 const AgentName = "layervisor-agent"

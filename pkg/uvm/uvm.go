@@ -69,7 +69,7 @@ type Config struct {
 	ID   string `json:"id"`
 	Root string `json:"root"` // layervisor state root; the UVM lives in <Root>/uvms/<ID>
 	// BootDir has vmlinuz and lib/modules (default DefaultBootDir); Initrd
-	// defaults to <Root>/boot/<InitrdName>, built when missing.
+	// defaults to DefaultInitrd's, built when missing.
 	BootDir         string `json:"bootDir"`
 	Initrd          string `json:"initrd"`
 	QEMU            string `json:"qemu"`
@@ -102,9 +102,6 @@ type Config struct {
 func (c *Config) defaults() {
 	if c.BootDir == "" {
 		c.BootDir = DefaultBootDir
-	}
-	if c.Initrd == "" {
-		c.Initrd = filepath.Join(c.Root, "boot", InitrdName)
 	}
 	if c.QEMU == "" {
 		c.QEMU = "qemu-system-x86_64"
@@ -208,6 +205,11 @@ func Create(ctx context.Context, cfg Config) (_ *UVM, err error) {
 		return nil, errors.New("uvm: Config.Root is empty")
 	}
 	cfg.defaults()
+	if cfg.Initrd == "" {
+		if cfg.Initrd, err = DefaultInitrd(cfg.Root, cfg.BootDir, cfg.Host); err != nil {
+			return nil, fmt.Errorf("uvm %s: %w", cfg.ID, err)
+		}
+	}
 	if cfg.SCSIControllers < 1 || cfg.SCSIControllers > 4 {
 		return nil, fmt.Errorf("uvm %s: %d SCSI controllers: want 1 to 4", cfg.ID, cfg.SCSIControllers)
 	}
