@@ -560,7 +560,10 @@ func (ct *Container) Wait() (int, error) {
 	return ct.code, ct.err
 }
 
-func (ct *Container) control(ctx context.Context, op string, args any) error {
+// The arguments are made once the start request is sent: they name it by
+// its id, which is only known then (a signal that came first named
+// request 0, and the guest found no such container).
+func (ct *Container) control(ctx context.Context, op string, args func(exec uint64) any) error {
 	select {
 	case <-ct.sent:
 	case <-ct.done:
@@ -568,15 +571,17 @@ func (ct *Container) control(ctx context.Context, op string, args any) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, ControlTimeout)
 	defer cancel()
-	return ct.c.call(ctx, op, args, nil, nil, nil, nil)
+	return ct.c.call(ctx, op, args(ct.id), nil, nil, nil, nil)
 }
 
 // Signal sends sig to the container's init (to the exec'd process).
 func (ct *Container) Signal(ctx context.Context, sig syscall.Signal) error {
-	return ct.control(ctx, OpSignal, SignalArgs{Exec: ct.id, Signal: int(sig)})
+	return ct.control(ctx, OpSignal, func(exec uint64) any { return SignalArgs{Exec: exec, Signal: int(sig)} })
 }
 
 // Resize sets the container's (the exec'd process's) terminal size.
 func (ct *Container) Resize(ws console.WinSize) error {
-	return ct.control(context.Background(), OpResize, ResizeArgs{Exec: ct.id, Width: ws.Width, Height: ws.Height})
+	return ct.control(context.Background(), OpResize, func(exec uint64) any {
+		return ResizeArgs{Exec: exec, Width: ws.Width, Height: ws.Height}
+	})
 }

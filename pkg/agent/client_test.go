@@ -89,3 +89,53 @@ func TestCallDeadline(t *testing.T) {
 		t.Fatalf("stat on a silent guest: %v", err)
 	}
 }
+
+// A signal sent right after the start, before the start request has gone
+// out, names the started container's request, not request 0.
+func TestSignalBeforeStartIsSent(t *testing.T) {
+	host, guest := net.Pipe()
+	defer host.Close()
+	defer guest.Close()
+	c := NewClient(host)
+	signalled := make(chan SignalArgs, 1)
+	execID := make(chan uint64, 1)
+	go func() {
+		time.Sleep(200 * time.Millisecond) // the start request waits in the pipe
+		r := bufio.NewReader(guest)
+		var mu sync.Mutex
+		var started uint64
+		for {
+			m, err := ReadFrame(r)
+			if err != nil {
+				return
+			}
+			switch m.Op {
+			case OpExec:
+				started = m.ID
+				execID <- m.ID
+			case OpSignal:
+				var a SignalArgs
+				json.Unmarshal(m.Args, &a)
+				signalled <- a
+				mu.Lock()
+				WriteFrame(guest, &Message{ID: m.ID, Done: true})
+				res, _ := json.Marshal(ExecResult{ExitCode: 137})
+				WriteFrame(guest, &Message{ID: started, Done: true, Result: res})
+				mu.Unlock()
+			}
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	ct := c.StartContainer(ctx, ContainerRequest{ID: "c1"})
+	if err := ct.Signal(ctx, 9); err != nil {
+		t.Fatal(err)
+	}
+	id := <-execID
+	if a := <-signalled; a.Exec != id || a.Signal != 9 {
+		t.Errorf("signal sent as %+v; want it for request %d", a, id)
+	}
+	if code, err := ct.Wait(); code != 137 || err != nil {
+		t.Errorf("wait: %d %v", code, err)
+	}
+}
