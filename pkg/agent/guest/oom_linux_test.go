@@ -28,3 +28,19 @@ func TestOOMKills(t *testing.T) {
 		t.Errorf("a missing file: %d, want 0", got)
 	}
 }
+
+// A container id names the cgroup placeCgroup makes under
+// /sys/fs/cgroup/layervisor, and its runtime state: a hostile one must not
+// reach outside them ("..", a slash) or be empty or unbounded.
+func TestContainerIDCannotLeaveTheCgroup(t *testing.T) {
+	for _, id := range []string{"", ".", "..", "../x", "a/b", "/abs", "-flag", "x\n", string(make([]byte, 129))} {
+		if validContainerID.MatchString(id) {
+			t.Errorf("container id %q accepted", id)
+		}
+	}
+	for _, id := range []string{"c1", "lv-oom", "5f1d2c3b4a5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8", "a.b_c-d"} {
+		if !validContainerID.MatchString(id) {
+			t.Errorf("container id %q refused", id)
+		}
+	}
+}
