@@ -81,7 +81,7 @@ func boot() error {
 			return fmt.Errorf("mount %s: %w", m.dst, err)
 		}
 	}
-	prepareCgroups()
+	guest.PrepareCgroups()
 	// Terminals for containers run with -t: a devpts instance, and
 	// /dev/ptmx where devtmpfs has none.
 	os.MkdirAll("/dev/pts", 0o755)
@@ -173,22 +173,4 @@ func openPort() (*os.File, error) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-}
-
-// prepareCgroups makes the parent cgroup of containers, with the
-// controllers their limits need delegated to it, at boot: a VM restored
-// from a template has it ready, and no container start pays for it.
-func prepareCgroups() {
-	ctrl, err := os.ReadFile("/sys/fs/cgroup/cgroup.controllers")
-	if err != nil {
-		return
-	}
-	var enable []string
-	for _, c := range strings.Fields(string(ctrl)) {
-		enable = append(enable, "+"+c)
-	}
-	line := []byte(strings.Join(enable, " "))
-	os.WriteFile("/sys/fs/cgroup/cgroup.subtree_control", line, 0)
-	os.Mkdir("/sys/fs/cgroup/layervisor", 0o755)
-	os.WriteFile("/sys/fs/cgroup/layervisor/cgroup.subtree_control", line, 0)
 }

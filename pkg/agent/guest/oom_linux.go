@@ -33,10 +33,8 @@ func placeCgroup(spec *specs.Spec, name string) (oomKilled func() bool, err erro
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("cgroup of container %s: %w", name, err)
 	}
-	// Controllers pass down only where each ancestor enables them.
-	for _, d := range []string{cgroupRoot, filepath.Dir(dir), dir} {
-		enableControllers(d)
-	}
+	// Its ancestors enable theirs at boot (PrepareCgroups).
+	enableControllers(dir)
 	events := filepath.Join(dir, "memory.events")
 	before := oomKills(events)
 	if spec.Linux == nil {
@@ -53,6 +51,15 @@ func placeCgroup(spec *specs.Spec, name string) (oomKilled func() bool, err erro
 		}
 		return killed
 	}, nil
+}
+
+// PrepareCgroups makes the cgroup of the agent's containers and enables
+// every controller down to it, at boot: a UVM restored from a template has
+// them ready, and no container start pays for them.
+func PrepareCgroups() {
+	enableControllers(cgroupRoot)
+	os.Mkdir(filepath.Join(cgroupRoot, containersCgroup), 0o755)
+	enableControllers(filepath.Join(cgroupRoot, containersCgroup))
 }
 
 // enableControllers enables for dir's children every controller dir has,
