@@ -63,7 +63,7 @@ func BenchmarkBoot(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			cmd := exec.Command("qemu-system-x86_64", u.qemuArgs(accel(cfg.Host.Accel), "")...)
+			cmd := exec.Command("qemu-system-x86_64", u.qemuArgs(accel(cfg.Host.Accel), "", false)...)
 			b.StartTimer()
 			err = cmd.Run()
 			b.StopTimer()

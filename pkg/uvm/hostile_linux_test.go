@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -72,20 +71,6 @@ func bareQEMU(t *testing.T, args ...string) bare {
 	return bare{cmd, q, exited}
 }
 
-// withoutBoot drops the kernel, initramfs and command line from a UVM's
-// QEMU arguments, so firmware of the test's own runs instead.
-func withoutBoot(args []string) []string {
-	var out []string
-	for i := 0; i < len(args); i++ {
-		if slices.Contains([]string{"-kernel", "-initrd", "-append"}, args[i]) {
-			i++
-			continue
-		}
-		out = append(out, args[i])
-	}
-	return out
-}
-
 func seccompMode(t *testing.T, pid int) string {
 	t.Helper()
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
@@ -111,7 +96,8 @@ func TestConsoleFloodBounded(t *testing.T) {
 	cfg := Config{ID: "flood", Root: dir, BootDir: dir}
 	cfg.defaults()
 	u := &UVM{cfg: cfg, dir: dir}
-	args := append(withoutBoot(u.qemuArgs("tcg", "")), "-bios", floodFirmware(t))
+	// A restored UVM's command line has no kernel: the firmware is the guest.
+	args := append(u.qemuArgs("tcg", "", true), "-bios", floodFirmware(t))
 	b := bareQEMU(t, args...)
 	q := b.q
 	if m := seccompMode(t, b.cmd.Process.Pid); m != "2" {

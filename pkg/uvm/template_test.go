@@ -3,8 +3,11 @@ package uvm
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -134,6 +137,23 @@ func TestTemplateClonesMatchCold(t *testing.T) {
 	// the restore and the reseed: each clone has its own.
 	if a.BootID == "" || a.BootID == b.BootID {
 		t.Errorf("boot ids %q and %q: want two", a.BootID, b.BootID)
+	}
+	// A clone's QEMU holds no kernel or initramfs (fw_cfg would keep both
+	// in its memory), so a reset must end it, not leave it in firmware.
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", clones[0].proc.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if args := strings.Split(string(cmdline), "\x00"); slices.Contains(args, "-kernel") || slices.Contains(args, "-initrd") || !slices.Contains(args, "-no-reboot") {
+		t.Errorf("restored QEMU's command line: %q", args)
+	}
+	if err := clones[1].QMP().Execute(context.Background(), "system_reset", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); !clones[1].Failed(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("a reset clone still runs: its QEMU must exit (-no-reboot)")
+		}
 	}
 }
 
