@@ -15,7 +15,7 @@ import (
 	"github.com/layervisor/layervisor/pkg/uvm"
 )
 
-func containerd2(t *testing.T) containerdtest.Options {
+func containerd2(t testing.TB) containerdtest.Options {
 	t.Helper()
 	dir := containerdtest.Containerd2Dir()
 	if _, err := os.Stat(filepath.Join(dir, "containerd")); err != nil {

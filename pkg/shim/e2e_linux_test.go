@@ -30,7 +30,7 @@ import (
 func TestMain(m *testing.M) { os.Exit(testutil.Main(m)) }
 
 // bins holds the shim, layervisor and the agent (put on containerd's PATH).
-func bins(t *testing.T) string { return testutil.Programs(t) }
+func bins(t testing.TB) string { return testutil.Programs(t) }
 
 var (
 	sharedOnce sync.Once
@@ -40,7 +40,7 @@ var (
 
 // sharedVMDir holds the initramfs (boot/) and UVM templates (templates/)
 // the tests' store roots link to: built and saved once.
-func sharedVMDir(t *testing.T) string {
+func sharedVMDir(t testing.TB) string {
 	t.Helper()
 	sharedOnce.Do(func() {
 		sharedVM, sharedErr = testutil.SharedDir("lv-shim-vm-")
@@ -63,7 +63,7 @@ func bootDir() string {
 	return "/var/cache/layervisor/boot"
 }
 
-func needVM(t *testing.T) {
+func needVM(t testing.TB) {
 	t.Helper()
 	testutil.NeedRoot(t)
 	testutil.NeedTool(t, "qemu-system-x86_64")
@@ -91,7 +91,7 @@ func TestCtrRunContainerd16(t *testing.T) {
 // ctrEnv is a private containerd with the layervisor snapshotter (a
 // `layervisor serve`) and runtime, and the demo image imported.
 type ctrEnv struct {
-	t    *testing.T
+	t    testing.TB
 	opts containerdtest.Options
 	d    *containerdtest.Daemon
 	srv  *serveDaemon
@@ -102,7 +102,7 @@ type ctrEnv struct {
 
 // setupCtr starts the daemons; cleanups stop them and check nothing of
 // the root is left.
-func setupCtr(t *testing.T, opts containerdtest.Options) *ctrEnv {
+func setupCtr(t testing.TB, opts containerdtest.Options) *ctrEnv {
 	needVM(t)
 	bin := bins(t)
 	vmDir := sharedVMDir(t)
@@ -287,7 +287,7 @@ func testCtrRun(t *testing.T, opts containerdtest.Options) {
 
 // killShims kills the shims working in root (their QEMU dies with them)
 // and lets `layervisor gc` reap their UVMs.
-func killShims(t *testing.T, root, lv string) {
+func killShims(t testing.TB, root, lv string) {
 	pids := shimPIDs(root)
 	if len(pids) == 0 {
 		return
@@ -314,7 +314,7 @@ func ctrPath(o containerdtest.Options) string {
 }
 
 // logShimComplaints shows containerd's errors and warnings about the shim.
-func logShimComplaints(t *testing.T, d *containerdtest.Daemon) {
+func logShimComplaints(t testing.TB, d *containerdtest.Daemon) {
 	b, _ := os.ReadFile(filepath.Join(d.Dir, "containerd.log"))
 	for _, l := range strings.Split(string(b), "\n") {
 		ll := strings.ToLower(l)
@@ -326,7 +326,7 @@ func logShimComplaints(t *testing.T, d *containerdtest.Daemon) {
 
 // waitNoShim waits for the shim processes to exit (they exit after
 // Shutdown, asynchronously to ctr).
-func waitNoShim(t *testing.T, root string) {
+func waitNoShim(t testing.TB, root string) {
 	t.Helper()
 	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(100 * time.Millisecond) {
 		pids := shimPIDs(root)
@@ -377,7 +377,7 @@ func tail(s string, n int) string {
 
 // assertNoLeaks checks, after everything stopped, that no QEMU,
 // virtiofsd, mount or loop device of the root is left, and no UVM state.
-func assertNoLeaks(t *testing.T, root string) {
+func assertNoLeaks(t testing.TB, root string) {
 	t.Helper()
 	for _, p := range uvm.Processes(root) {
 		t.Errorf("leaked %+v", p)
@@ -410,7 +410,7 @@ type serveDaemon struct {
 
 // startServe starts `layervisor serve` (snapshotter and differ) and waits
 // for its socket; cleanup stops it with SIGTERM, which unmounts its layers.
-func startServe(t *testing.T, bin, root, sock, content string) *serveDaemon {
+func startServe(t testing.TB, bin, root, sock, content string) *serveDaemon {
 	t.Helper()
 	logPath := filepath.Join(t.TempDir(), "serve.log")
 	logf, err := os.Create(logPath)
@@ -447,7 +447,7 @@ func (d *serveDaemon) logText() string {
 // demoImage writes the demo image as an OCI archive, with each hard link
 // header carrying its file's mode as tar tools write them (containerd
 // 1.6's walking differ sets the inode's mode from the link header).
-func demoImage(t *testing.T) string {
+func demoImage(t testing.TB) string {
 	t.Helper()
 	im, err := imagebuild.Demo("demo:latest")
 	if err != nil {
