@@ -205,6 +205,15 @@ func (f *UVM) BindMount(ctx context.Context, source, target string, readOnly boo
 	return nil
 }
 
+// BindSource is what target is bound from, if it is (safe while other
+// goroutines bind and unmount).
+func (f *UVM) BindSource(target string) (string, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	src, ok := f.Binds[target]
+	return src, ok
+}
+
 // Unmount removes a guest bind mount.
 func (f *UVM) Unmount(ctx context.Context, target string) error {
 	f.mu.Lock()

@@ -13,6 +13,7 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+	"sync"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
@@ -76,29 +77,55 @@ type Resources struct {
 type release struct {
 	name string
 	fn   func(context.Context) error
+	// alongside: an attachment behind a mount (a share, a disk), which
+	// nothing later in the release needs gone, once its bind is: released
+	// at the same time as the others. Each is a hot-unplug whose wait for
+	// the guest is mostly latency (~0.1 s per share under TCG).
+	alongside bool
 }
 
 func (r *Resources) add(name string, fn func(context.Context) error) {
-	r.steps = append(r.steps, release{name, fn})
+	r.steps = append(r.steps, release{name: name, fn: fn})
+}
+
+func (r *Resources) addAttachment(name string, fn func(context.Context) error) {
+	r.steps = append(r.steps, release{name: name, fn: fn, alongside: true})
 }
 
 // Release releases every resource in reverse order, continuing past
-// failures, and returns them joined. Released steps are forgotten, so a
+// failures, and returns them joined; the attachments behind mounts are
+// released alongside each other (each once its bind is gone). Released steps are forgotten, so a
 // second call retries only what failed.
 func (r *Resources) Release(ctx context.Context) error {
 	ctx = context.WithoutCancel(ctx)
-	var errs []error
-	var failed []release
+	errs := make([]error, len(r.steps))
+	var wg sync.WaitGroup
 	for i := len(r.steps) - 1; i >= 0; i-- {
 		s := r.steps[i]
-		if err := s.fn(ctx); err != nil {
-			slog.Warn("release container resource", "resource", s.name, "err", err)
-			errs = append(errs, fmt.Errorf("release %s: %w", s.name, err))
-			failed = append([]release{s}, failed...)
+		run := func() {
+			if err := s.fn(ctx); err != nil {
+				slog.Warn("release container resource", "resource", s.name, "err", err)
+				errs[i] = fmt.Errorf("release %s: %w", s.name, err)
+			}
+		}
+		if s.alongside {
+			wg.Add(1)
+			go func() { defer wg.Done(); run() }()
+		} else {
+			run()
+		}
+	}
+	wg.Wait()
+	var failed []release
+	var joined []error
+	for i := len(r.steps) - 1; i >= 0; i-- {
+		if errs[i] != nil {
+			failed = append([]release{r.steps[i]}, failed...)
+			joined = append(joined, errs[i])
 		}
 	}
 	r.steps = failed
-	return errors.Join(errs...)
+	return errors.Join(joined...)
 }
 
 // Setup creates the scratch if missing, mounts the container's layers in
@@ -252,7 +279,7 @@ func setupMount(ctx context.Context, vm UVM, c Container, res *Resources, m spec
 		if err != nil {
 			return err
 		}
-		res.add(m.Type+" "+m.Source, a.Release)
+		res.addAttachment(m.Type+" "+m.Source, a.Release)
 		res.WritesOutside = res.WritesOutside || !ro
 		return bind(a.GuestPath())
 	case "extensible-virtual-disk":
@@ -275,7 +302,7 @@ func setupBind(ctx context.Context, vm UVM, res *Resources, m specs.Mount, ro bo
 	if err != nil {
 		return err
 	}
-	res.add("share "+m.Source, a.Release)
+	res.addAttachment("share "+m.Source, a.Release)
 	res.WritesOutside = res.WritesOutside || !ro
 	return bind(a.GuestPath())
 }

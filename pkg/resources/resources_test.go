@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
@@ -216,5 +217,71 @@ func TestSetupWritesOutside(t *testing.T) {
 		if err := res.Release(context.Background()); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// sharesMeetingOnRelease is a fake UVM whose shares' Release waits until
+// every one of them is being released: released one after another, the
+// first would wait for ever (here: until the deadline).
+type sharesMeetingOnRelease struct {
+	*fakeuvm.UVM
+	t       *testing.T
+	n       int
+	arrived chan struct{}
+	all     chan struct{}
+}
+
+type meetingShare struct {
+	layers.Attachment
+	u      *sharesMeetingOnRelease
+	target string
+}
+
+func (u *sharesMeetingOnRelease) AddShare(ctx context.Context, hostDir string, ro bool) (layers.Attachment, error) {
+	a, err := u.UVM.AddShare(ctx, hostDir, ro)
+	if err != nil {
+		return nil, err
+	}
+	return &meetingShare{Attachment: a, u: u, target: "/run/c/c1/rootfs/" + filepath.Base(hostDir)}, nil
+}
+
+func (a *meetingShare) Release(ctx context.Context) error {
+	if src, bound := a.u.BindSource(a.target); bound {
+		a.u.t.Errorf("share released while %s still binds it (from %s)", a.target, src)
+	}
+	a.u.arrived <- struct{}{}
+	select {
+	case <-a.u.all:
+	case <-time.After(10 * time.Second):
+		a.u.t.Error("shares released one after another, not alongside each other")
+	}
+	return a.Attachment.Release(ctx)
+}
+
+func TestReleaseSharesAlongside(t *testing.T) {
+	e := newEnv(t)
+	u := &sharesMeetingOnRelease{UVM: e.f, t: t, n: 3, arrived: make(chan struct{}, 3), all: make(chan struct{})}
+	go func() {
+		for i := 0; i < u.n; i++ {
+			<-u.arrived
+		}
+		close(u.all)
+	}()
+	var mounts []specs.Mount
+	for _, d := range []string{"a", "b", "c"} {
+		dir := filepath.Join(e.tmp, d)
+		os.MkdirAll(dir, 0o755)
+		mounts = append(mounts, specs.Mount{Source: dir, Destination: "/" + d})
+	}
+	ctx := context.Background()
+	res, err := resources.Setup(ctx, u, layers.NewInUVM(u), e.container(&specs.Spec{Mounts: mounts}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := res.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if e.f.Total() != 0 {
+		t.Fatalf("leaked: refs %v binds %v", e.f.Refs, e.f.Binds)
 	}
 }

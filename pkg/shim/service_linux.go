@@ -313,9 +313,6 @@ func (s *Service) Create(ctx context.Context, r *taskv2.CreateTaskRequest) (_ *t
 		return s.dropVMIfUnused(ctx)
 	})
 	t.u, t.pid = sb.u, sb.pid
-	if err := s.guestNamespaces(ctx, sb, spec, link); err != nil {
-		return nil, fmt.Errorf("task %s: %w", r.ID, err)
-	}
 	var root string
 	if t.hostRootfs != "" {
 		a, err := sb.run.VM().AddShare(ctx, t.hostRootfs, false)
@@ -331,6 +328,15 @@ func (s *Service) Create(ctx context.Context, r *taskv2.CreateTaskRequest) (_ *t
 	t.ctr, err = sb.run.Add(ctx, vmrun.ContainerConfig{ID: r.ID, Spec: spec, LayerFolders: folders, TemplateRoot: s.root, Root: root})
 	if err != nil {
 		return nil, fmt.Errorf("set up the container in the utility VM: %w", err)
+	}
+	un.Push("take the container out of the utility VM", func(ctx context.Context) error {
+		_, err := sb.run.Remove(ctx, t.ctr)
+		return err
+	})
+	// The pod's namespaces last: joining them waits for the sandbox's
+	// init, whose start in the guest overlaps this container's set-up.
+	if err := s.guestNamespaces(ctx, sb, spec, link); err != nil {
+		return nil, fmt.Errorf("task %s: %w", r.ID, err)
 	}
 	un.Commit()
 	s.mu.Lock()
