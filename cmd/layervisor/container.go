@@ -195,8 +195,8 @@ and removes the containers of runs that died before their teardown.`,
 				}
 			} else if !o.quiet {
 				rep, vrep := res.Store, res.UVMs
-				fmt.Printf("removed %d layers, %d temp entries; rolled back %d mounts, unmounted %d, detached %d loop devices, kept %d mounted containers; reaped %d dead UVMs and %d dead runs' containers, killed %d orphan QEMU/virtiofsd processes; removed %d stale UVM templates\n",
-					len(rep.RemovedLayers), len(rep.RemovedTemp), len(rep.Mounts.RolledBack), len(rep.Mounts.Unmounted), len(rep.Mounts.Detached), len(rep.Mounts.Kept), len(vrep.Reaped), len(res.DeadRuns), len(vrep.Killed), len(vrep.Templates))
+				fmt.Printf("removed %d layers, %d temp entries; rolled back %d mounts, unmounted %d, detached %d loop devices, kept %d mounted containers; reaped %d dead UVMs and %d dead runs' containers, killed %d orphan QEMU/virtiofsd processes; removed %d stale UVM templates and %d unused initramfs files\n",
+					len(rep.RemovedLayers), len(rep.RemovedTemp), len(rep.Mounts.RolledBack), len(rep.Mounts.Unmounted), len(rep.Mounts.Detached), len(rep.Mounts.Kept), len(vrep.Reaped), len(res.DeadRuns), len(vrep.Killed), len(vrep.Templates), len(vrep.Initrds))
 			}
 			return gcErr
 		},

@@ -69,8 +69,8 @@ var jsonContract = map[string]struct {
 		[].chainIDs [].created [].image [].mounted [].name [].rootfs [].scratchFormat [].scratchSize [].sharesScratchOf`},
 	"gc": {gcResult{}, nil, `
 		deadRuns store store.mounts store.mounts.detached store.mounts.kept store.mounts.rolledBack
-		store.mounts.unmounted store.removedLayers store.removedLocks store.removedTemp uvms uvms.killed uvms.reaped
-		uvms.templates`},
+		store.mounts.unmounted store.removedLayers store.removedLocks store.removedTemp uvms uvms.initrds uvms.killed
+		uvms.reaped uvms.templates`},
 	"uvm create": {uvm.State{}, nil, uvmStateFields},
 	"uvm start":  {uvm.State{}, nil, uvmStateFields},
 	"uvm ls": {[]uvmRow{}, nil, `

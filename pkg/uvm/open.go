@@ -103,6 +103,9 @@ type GCReport struct {
 	Killed []int    `json:"killed,omitempty"` // QEMU and virtiofsd processes no live UVM accounts for
 	// Templates are the stale templates and half-saved ones removed.
 	Templates []string `json:"templates,omitempty"`
+	// Initrds are the initramfs files (in <root>/boot) no UVM or template
+	// used any more, removed.
+	Initrds []string `json:"initrds,omitempty"`
 }
 
 // GC reaps dead UVMs and kills the host processes of UVMs under root that
@@ -143,6 +146,9 @@ func GC(ctx context.Context, root string, h HostOptions) (GCReport, error) {
 		}
 	}
 	rep.Templates, err = gcTemplates(root)
+	errs = append(errs, err)
+	// After the templates: a stale one no longer holds its initramfs.
+	rep.Initrds, err = gcInitrds(root, time.Now())
 	errs = append(errs, err)
 	return rep, errors.Join(errs...)
 }
