@@ -180,8 +180,9 @@ func newGCCmd(o *options) *cobra.Command {
 and loop devices, deletes temp files and half-written layers or containers, and
 removes layers that no image or container refers to. It also reaps utility VMs
 whose owner process died (a killed run's VM) or whose QEMU died, kills QEMU and
-virtiofsd processes that no live UVM accounts for, removes stale UVM templates,
-and removes the containers of runs that died before their teardown.`,
+virtiofsd processes that no live UVM accounts for, removes stale UVM templates and
+the initramfs files no UVM or template uses (the newest stays), and removes the
+containers of runs that died before their teardown.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			s, err := o.openStore()
