@@ -65,6 +65,19 @@ func podConfigs(b testing.TB, s *Stack, name, image, command string) (pod, ctr s
 	return pod, ctr
 }
 
+// warmTemplate runs one pod first: the first UVM of its shape boots cold
+// and saves the template the measured pods start from.
+func warmTemplate(b *testing.B, s *Stack) {
+	warm, _ := podConfigs(b, s, "warm", busyboxImage, "true")
+	ctx := context.Background()
+	id, err := s.Crictl(ctx, "runp", "--runtime", HandlerLayervisor, warm)
+	if err != nil {
+		b.Fatal(err)
+	}
+	s.Crictl(ctx, "stopp", strings.TrimSpace(id))
+	s.Crictl(ctx, "rmp", strings.TrimSpace(id))
+}
+
 // BenchmarkCRILaunch is Kata's launch-time method through CRI: the host's
 // clock before `crictl runp`, then create and start a container that
 // prints its own clock; the figure is the difference (launch-ms), and the
@@ -75,6 +88,7 @@ func BenchmarkCRILaunch(b *testing.B) {
 	s := benchStack(b)
 	ctx := context.Background()
 	image := benchImage(b, s)
+	warmTemplate(b, s)
 	launch := map[string]float64{}
 	for _, handler := range []string{HandlerRunc, HandlerLayervisor} {
 		b.Run(handler, func(b *testing.B) {
@@ -131,6 +145,9 @@ func BenchmarkCRIIdlePodMemory(b *testing.B) {
 	s := benchStack(b)
 	ctx := context.Background()
 	image := benchImage(b, s)
+	// Otherwise the first pod may be the VM that booted and saved the
+	// template: it keeps every page its boot touched.
+	warmTemplate(b, s)
 	for i := 0; i < b.N; i++ {
 		var ids []string
 		for p := 0; p < pods; p++ {
@@ -246,16 +263,7 @@ func pidsNamed(name string) []int {
 // layervisor's over runc's ("-x").
 func BenchmarkCritest(b *testing.B) {
 	s := benchStack(b)
-	// One pod first: the first UVM of its shape boots cold and saves the
-	// template the others start from.
-	warm, _ := podConfigs(b, s, "warm", busyboxImage, "true")
-	ctx := context.Background()
-	if id, err := s.Crictl(ctx, "runp", "--runtime", HandlerLayervisor, warm); err != nil {
-		b.Fatal(err)
-	} else {
-		s.Crictl(ctx, "stopp", strings.TrimSpace(id))
-		s.Crictl(ctx, "rmp", strings.TrimSpace(id))
-	}
+	warmTemplate(b, s)
 	for i := 0; i < b.N; i++ {
 		for _, parallel := range []int{1, 2} {
 			runc := critestBenchmark(b, s, HandlerRunc, parallel)
