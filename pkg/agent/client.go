@@ -23,6 +23,7 @@ var ErrDisconnected = errors.New("guest agent connection lost")
 type call struct {
 	done           chan *Message
 	stdout, stderr *streamSink
+	running        func() // the guest said the process exists (nil: not asked)
 }
 
 // CallTimeout bounds every request that is not a process's run (exec,
@@ -209,6 +210,8 @@ func (c *Client) readLoop() {
 			cl.stdout.push(m.Data)
 		case m.Stream == "stderr":
 			cl.stderr.push(m.Data)
+		case m.Stream == StreamRunning && cl.running != nil:
+			cl.running()
 		}
 	}
 	c.mu.Lock()
@@ -238,6 +241,12 @@ func (c *Client) send(m *Message) error {
 // call sends a request and waits for its final frame; started, if set, is
 // called with the request id once it is sent.
 func (c *Client) call(ctx context.Context, op string, args, result any, stdout, stderr io.Writer, started func(uint64)) error {
+	return c.callProcess(ctx, op, args, result, stdout, stderr, started, nil)
+}
+
+// callProcess is call for a process's run: running, if set, is called
+// (from the reader) when the guest says the process exists.
+func (c *Client) callProcess(ctx context.Context, op string, args, result any, stdout, stderr io.Writer, started func(uint64), running func()) error {
 	b, err := json.Marshal(args)
 	if err != nil {
 		return err
@@ -247,7 +256,7 @@ func (c *Client) call(ctx context.Context, op string, args, result any, stdout, 
 		ctx, cancel = context.WithTimeout(ctx, CallTimeout)
 		defer cancel()
 	}
-	cl := &call{done: make(chan *Message, 1), stdout: newStreamSink(stdout, "stdout"), stderr: newStreamSink(stderr, "stderr")}
+	cl := &call{done: make(chan *Message, 1), stdout: newStreamSink(stdout, "stdout"), stderr: newStreamSink(stderr, "stderr"), running: running}
 	defer func() {
 		cl.stdout.close()
 		cl.stderr.close()
@@ -447,13 +456,15 @@ const ControlTimeout = 10 * time.Second
 // Container is a container, or a process exec'd in one, running in the
 // guest.
 type Container struct {
-	c    *Client
-	id   uint64
-	sent chan struct{}
-	done chan struct{}
-	code int
-	oom  bool
-	err  error
+	c           *Client
+	id          uint64
+	sent        chan struct{}
+	running     chan struct{}
+	runningOnce sync.Once
+	done        chan struct{}
+	code        int
+	oom         bool
+	err         error
 }
 
 // StartContainer starts a container; Wait gives its exit status (128+N
@@ -484,15 +495,15 @@ func (c *Client) ExecInContainer(ctx context.Context, r ExecInContainerRequest) 
 }
 
 func (c *Client) startProcess(ctx context.Context, op string, args any, stdin io.Reader, stdout, stderr io.Writer) *Container {
-	ct := &Container{c: c, sent: make(chan struct{}), done: make(chan struct{})}
+	ct := &Container{c: c, sent: make(chan struct{}), running: make(chan struct{}), done: make(chan struct{})}
 	go func() {
 		defer close(ct.done)
 		var res ExecResult
-		ct.err = c.call(ctx, op, args, &res, stdout, stderr, func(id uint64) {
+		ct.err = c.callProcess(ctx, op, args, &res, stdout, stderr, func(id uint64) {
 			ct.id = id
 			close(ct.sent)
 			c.feedStdin(id, stdin)
-		})
+		}, func() { ct.runningOnce.Do(func() { close(ct.running) }) })
 		ct.code, ct.oom = res.ExitCode, res.OOMKilled
 	}()
 	return ct
@@ -546,6 +557,10 @@ func (c *Client) ResumeContainer(ctx context.Context, id string) error {
 
 // Done is closed when the container has exited (or the call failed).
 func (ct *Container) Done() <-chan struct{} { return ct.done }
+
+// Running is closed once the guest says the process exists; never when
+// it does not start (Done closes then).
+func (ct *Container) Running() <-chan struct{} { return ct.running }
 
 // OOMKilled tells, once Done, whether the OOM killer killed a process of
 // the container while it ran.

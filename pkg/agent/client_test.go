@@ -139,3 +139,55 @@ func TestSignalBeforeStartIsSent(t *testing.T) {
 		t.Errorf("wait: %d %v", code, err)
 	}
 }
+
+// Running closes when the guest says the process exists, before its exit;
+// a process that never starts ends without it.
+func TestRunning(t *testing.T) {
+	host, guest := net.Pipe()
+	defer host.Close()
+	defer guest.Close()
+	c := NewClient(host)
+	next := make(chan struct{})
+	go func() {
+		r := bufio.NewReader(guest)
+		for n := 0; ; n++ {
+			m, err := ReadFrame(r)
+			if err != nil {
+				return
+			}
+			if m.Op != OpExec {
+				continue
+			}
+			if n == 0 { // the first starts, then ends when told
+				WriteFrame(guest, &Message{ID: m.ID, Stream: StreamRunning})
+				<-next
+			}
+			res, _ := json.Marshal(ExecResult{ExitCode: 127})
+			WriteFrame(guest, &Message{ID: m.ID, Done: true, Result: res})
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	ct := c.StartContainer(ctx, ContainerRequest{ID: "c1"})
+	select {
+	case <-ct.Running():
+	case <-ct.Done():
+		t.Fatal("ended without running")
+	case <-ctx.Done():
+		t.Fatal("no running frame seen")
+	}
+	select {
+	case <-ct.Done():
+		t.Fatal("done before the guest said so")
+	default:
+	}
+	close(next)
+	<-ct.Done()
+	never := c.StartContainer(ctx, ContainerRequest{ID: "c2"})
+	<-never.Done()
+	select {
+	case <-never.Running():
+		t.Error("a process that never started is reported running")
+	default:
+	}
+}

@@ -29,6 +29,10 @@ const PortName = "layervisor.agent"
 // Version is the protocol version.
 const Version = 1
 
+// StreamRunning is the stream of the frame that says a started process
+// exists (Message.Stream).
+const StreamRunning = "running"
+
 // MaxMessage bounds a frame's JSON.
 const MaxMessage = 1 << 20
 
@@ -102,9 +106,12 @@ type Message struct {
 	Result json.RawMessage `json:"result,omitempty"`
 	Error  *Error          `json:"error,omitempty"`
 	Done   bool            `json:"done,omitempty"`
-	Stream string          `json:"stream,omitempty"` // "stdout", "stderr", "stdin"
-	Data   []byte          `json:"data,omitempty"`
-	EOF    bool            `json:"eof,omitempty"` // end of a stdin stream
+	// Stream is "stdout", "stderr" or "stdin" (with Data), or "running":
+	// a started process exists (a container's init or an exec), sent once
+	// before its output ends.
+	Stream string `json:"stream,omitempty"`
+	Data   []byte `json:"data,omitempty"`
+	EOF    bool   `json:"eof,omitempty"` // end of a stdin stream
 }
 
 // Request arguments and results.

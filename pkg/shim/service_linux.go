@@ -494,7 +494,21 @@ func (s *Service) Start(ctx context.Context, r *taskv2.StartRequest) (*taskv2.St
 		p.ct = t.u.Agent().ExecInContainer(s.ctx, agent.ExecInContainerRequest{Container: t.id, Process: p.spec, Stdin: stdin, Stdout: p.out, Stderr: p.err})
 	}
 	p.status = tasktypes.Status_RUNNING
+	ct := p.ct
 	p.mu.Unlock()
+	// Started means running in the guest (crun's start there takes
+	// ~0.5-1 s under TCG): a signal, exec or stop right after this call
+	// finds the process. One that never starts ends (Done), and its exit
+	// says why; a guest that does not answer is not waited for long.
+	wait := time.NewTimer(startWait)
+	select {
+	case <-ct.Running():
+	case <-ct.Done():
+	case <-ctx.Done():
+	case <-wait.C:
+		slog.WarnContext(ctx, "the guest has not said the process runs; start returns anyway", "waited", startWait)
+	}
+	wait.Stop()
 	go s.waitExit(context.WithoutCancel(ctx), t, p)
 	if p.execID == "" {
 		s.pub.publish(ctx, TopicTaskStart, &eventstypes.TaskStart{ContainerID: t.id, Pid: t.pid})
@@ -504,6 +518,9 @@ func (s *Service) Start(ctx context.Context, r *taskv2.StartRequest) (*taskv2.St
 	slog.InfoContext(ctx, "process started")
 	return &taskv2.StartResponse{Pid: t.pid}, nil
 }
+
+// startWait bounds Start's wait for the guest to say a process runs.
+const startWait = 30 * time.Second
 
 // waitExit records a process's exit and publishes it. ctx is only for the
 // log (its Start's, without cancellation).

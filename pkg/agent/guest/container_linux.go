@@ -115,6 +115,7 @@ func (s *Server) execInContainer(ctx context.Context, id uint64, a agent.ExecInC
 		rc.p = p
 		close(rc.started)
 	}
+	s.send(&agent.Message{ID: id, Stream: agent.StreamRunning})
 	code, err := p.Wait()
 	return agent.ExecResult{ExitCode: code}, err
 }

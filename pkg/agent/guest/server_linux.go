@@ -685,6 +685,7 @@ func (s *Server) runContainer(ctx context.Context, id uint64, a agent.ExecArgs, 
 		rc.root, rc.p = root, p
 		close(rc.started)
 	}
+	s.send(&agent.Message{ID: id, Stream: agent.StreamRunning})
 	code, err := p.Wait()
 	return agent.ExecResult{ExitCode: code, OOMKilled: oomKilled()}, err
 }
