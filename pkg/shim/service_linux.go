@@ -334,7 +334,8 @@ func (s *Service) Create(ctx context.Context, r *taskv2.CreateTaskRequest) (_ *t
 		return err
 	})
 	// The pod's namespaces last: joining them waits for the sandbox's
-	// init, whose start in the guest overlaps this container's set-up.
+	// init, and a sandbox still starting in the guest does so while this
+	// container is set up.
 	if err := s.guestNamespaces(ctx, sb, spec, link); err != nil {
 		return nil, fmt.Errorf("task %s: %w", r.ID, err)
 	}
