@@ -77,10 +77,11 @@ type Resources struct {
 type release struct {
 	name string
 	fn   func(context.Context) error
-	// alongside: an attachment behind a mount (a share, a disk), which
-	// nothing later in the release needs gone, once its bind is: released
-	// at the same time as the others. Each is a hot-unplug whose wait for
-	// the guest is mostly latency (~0.1 s per share under TCG).
+	// alongside marks an attachment behind a mount (a share, a disk):
+	// once its bind is gone, nothing released later needs it gone first,
+	// so it is released at the same time as the others. Each is a
+	// hot-unplug whose wait for the guest is mostly latency (~0.1 s per
+	// share under TCG).
 	alongside bool
 }
 
@@ -94,8 +95,8 @@ func (r *Resources) addAttachment(name string, fn func(context.Context) error) {
 
 // Release releases every resource in reverse order, continuing past
 // failures, and returns them joined; the attachments behind mounts are
-// released alongside each other (each once its bind is gone). Released steps are forgotten, so a
-// second call retries only what failed.
+// released alongside each other (each once its bind is gone). Released
+// steps are forgotten, so a second call retries only what failed.
 func (r *Resources) Release(ctx context.Context) error {
 	ctx = context.WithoutCancel(ctx)
 	errs := make([]error, len(r.steps))
