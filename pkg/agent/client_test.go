@@ -16,44 +16,52 @@ type blockingWriter struct{ release chan struct{} }
 
 func (w blockingWriter) Write(p []byte) (int, error) { <-w.release; return len(p), nil }
 
-// A call whose output nobody reads must not hold the replies of other
-// calls on the shared channel, and its buffered output is bounded.
-func TestStalledStreamDoesNotBlockOtherCalls(t *testing.T) {
+// fakeGuest returns a client whose guest is played by handle, called in
+// turn for each frame the host sends; send writes a frame to the host
+// from any goroutine.
+func fakeGuest(t *testing.T, handle func(m *Message, send func(*Message) error)) *Client {
 	host, guest := net.Pipe()
-	defer host.Close()
-	defer guest.Close()
-	c := NewClient(host)
-	// A fake guest: floods the first call's stdout, then answers the
-	// second call at once.
+	t.Cleanup(func() { host.Close(); guest.Close() })
+	var mu sync.Mutex
+	send := func(m *Message) error {
+		mu.Lock()
+		defer mu.Unlock()
+		return WriteFrame(guest, m)
+	}
 	go func() {
 		r := bufio.NewReader(guest)
-		var mu sync.Mutex
 		for {
 			m, err := ReadFrame(r)
 			if err != nil {
 				return
 			}
-			switch m.Op {
-			case OpExec:
-				go func(id uint64) {
-					chunk := []byte(strings.Repeat("x", 256<<10))
-					for i := 0; i < (MaxStreamBuffer/len(chunk))+16; i++ {
-						mu.Lock()
-						err := WriteFrame(guest, &Message{ID: id, Stream: "stdout", Data: chunk})
-						mu.Unlock()
-						if err != nil {
-							return
-						}
-					}
-				}(m.ID)
-			case OpStat:
-				res, _ := json.Marshal(StatResult{Size: 42})
-				mu.Lock()
-				WriteFrame(guest, &Message{ID: m.ID, Done: true, Result: res})
-				mu.Unlock()
-			}
+			handle(m, send)
 		}
 	}()
+	return NewClient(host)
+}
+
+// A call whose output nobody reads must not hold the replies of other
+// calls on the shared channel, and its buffered output is bounded.
+func TestStalledStreamDoesNotBlockOtherCalls(t *testing.T) {
+	// A fake guest: floods the first call's stdout, then answers the
+	// second call at once.
+	c := fakeGuest(t, func(m *Message, send func(*Message) error) {
+		switch m.Op {
+		case OpExec:
+			go func(id uint64) {
+				chunk := []byte(strings.Repeat("x", 256<<10))
+				for i := 0; i < (MaxStreamBuffer/len(chunk))+16; i++ {
+					if send(&Message{ID: id, Stream: "stdout", Data: chunk}) != nil {
+						return
+					}
+				}
+			}(m.ID)
+		case OpStat:
+			res, _ := json.Marshal(StatResult{Size: 42})
+			send(&Message{ID: m.ID, Done: true, Result: res})
+		}
+	})
 	stalled := blockingWriter{release: make(chan struct{})}
 	defer close(stalled.release)
 	execCtx, cancelExec := context.WithCancel(context.Background())
@@ -71,18 +79,7 @@ func TestStalledStreamDoesNotBlockOtherCalls(t *testing.T) {
 
 // A guest that never answers fails a call after its deadline, naming it.
 func TestCallDeadline(t *testing.T) {
-	host, guest := net.Pipe()
-	defer host.Close()
-	defer guest.Close()
-	go func() { // reads and never answers
-		r := bufio.NewReader(guest)
-		for {
-			if _, err := ReadFrame(r); err != nil {
-				return
-			}
-		}
-	}()
-	c := NewClient(host)
+	c := fakeGuest(t, func(*Message, func(*Message) error) {}) // never answers
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
 	if _, err := c.Stat(ctx, "/run/c/x"); err == nil || !strings.Contains(err.Error(), "stat") {
@@ -143,29 +140,19 @@ func TestSignalBeforeStartIsSent(t *testing.T) {
 // Running closes when the guest says the process exists, before its exit;
 // a process that never starts ends without it.
 func TestRunning(t *testing.T) {
-	host, guest := net.Pipe()
-	defer host.Close()
-	defer guest.Close()
-	c := NewClient(host)
 	next := make(chan struct{})
-	go func() {
-		r := bufio.NewReader(guest)
-		for n := 0; ; n++ {
-			m, err := ReadFrame(r)
-			if err != nil {
-				return
-			}
-			if m.Op != OpExec {
-				continue
-			}
-			if n == 0 { // the first starts, then ends when told
-				WriteFrame(guest, &Message{ID: m.ID, Stream: StreamRunning})
-				<-next
-			}
-			res, _ := json.Marshal(ExecResult{ExitCode: 127})
-			WriteFrame(guest, &Message{ID: m.ID, Done: true, Result: res})
+	n := 0
+	c := fakeGuest(t, func(m *Message, send func(*Message) error) {
+		if m.Op != OpExec {
+			return
 		}
-	}()
+		if n++; n == 1 { // the first starts, then ends when told
+			send(&Message{ID: m.ID, Stream: StreamRunning})
+			<-next
+		}
+		res, _ := json.Marshal(ExecResult{ExitCode: 127})
+		send(&Message{ID: m.ID, Done: true, Result: res})
+	})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	ct := c.StartContainer(ctx, ContainerRequest{ID: "c1"})
@@ -189,5 +176,40 @@ func TestRunning(t *testing.T) {
 	case <-never.Running():
 		t.Error("a process that never started is reported running")
 	default:
+	}
+}
+
+// A hostile guest's running frames: repeated, for a request that is not a
+// process's run, for no request at all. None of them may panic the host
+// (a channel closed twice) or end a call.
+func TestHostileRunningFrames(t *testing.T) {
+	c := fakeGuest(t, func(m *Message, send func(*Message) error) {
+		send(&Message{ID: 999, Stream: StreamRunning})
+		switch m.Op {
+		case OpExec:
+			for i := 0; i < 3; i++ {
+				send(&Message{ID: m.ID, Stream: StreamRunning})
+			}
+			res, _ := json.Marshal(ExecResult{ExitCode: 3})
+			send(&Message{ID: m.ID, Done: true, Result: res})
+			send(&Message{ID: m.ID, Stream: StreamRunning}) // after the end
+		case OpStat:
+			send(&Message{ID: m.ID, Stream: StreamRunning})
+			res, _ := json.Marshal(StatResult{Size: 7})
+			send(&Message{ID: m.ID, Done: true, Result: res})
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	ct := c.StartContainer(ctx, ContainerRequest{ID: "c1"})
+	if code, err := ct.Wait(); code != 3 || err != nil {
+		t.Fatalf("wait: %d %v", code, err)
+	}
+	<-ct.Running()
+	if st, err := c.Stat(ctx, "/run/c/x"); err != nil || st.Size != 7 {
+		t.Fatalf("stat among running frames: %+v %v", st, err)
+	}
+	if st, err := c.Stat(ctx, "/run/c/y"); err != nil || st.Size != 7 {
+		t.Fatalf("a later call: %+v %v", st, err)
 	}
 }
