@@ -92,14 +92,12 @@ type Process struct {
 	err     error
 	copies  sync.WaitGroup
 	cleanup []func()
-	// execPid is an exec'd process's own pid (0 for a container's
-	// init).
-	execPid int
-	// init is a container's init by a handle Go backs with a pidfd:
-	// signals reach it without a runtime process (`crun kill` is a
-	// process start, ~0.5 s in a TCG guest) and never a reused pid.
-	// Nil when the runtime exited before it wrote the init's pid.
-	init    *os.Process
+	// target is what signals reach, by a handle Go backs with a pidfd
+	// (never a reused pid): a container's init, or an exec'd process,
+	// by the pid the runtime wrote. Nil when it wrote none: a container's
+	// init is then signalled through the runtime (`crun kill`, a process
+	// start: ~0.5 s in a TCG guest).
+	target  *os.Process
 	initPid int
 }
 
@@ -169,11 +167,11 @@ func (r *Runtime) Start(ctx context.Context, c Container) (_ *Process, err error
 	// The pid is read while the runtime runs, so the init it names has
 	// not been reaped by it yet, or only just (a pid is reused only
 	// after the kernel has cycled through all the others).
-	if pid := waitPidFile(pidFile, p.done); pid > 0 {
-		if init, err := os.FindProcess(pid); err == nil {
-			p.init, p.initPid = init, pid
-			p.cleanup = append(p.cleanup, func() { init.Release() })
-		}
+	// A runtime that wrote no pid file is not waited for long: the
+	// container is then signalled and asked about through the runtime.
+	if pid := waitPidFile(pidFile, p.done, time.After(initPidWait)); pid > 0 {
+		p.initPid = pid
+		p.setTarget(pid)
 	}
 	p.relay(rio, stdio)
 	return p, nil
@@ -289,14 +287,29 @@ func (r *Runtime) Exec(ctx context.Context, id string, proc specs.Process, stdio
 	p.pid = pid
 	// Signals go to the exec'd process, whose pid the runtime writes once
 	// it exists.
-	p.execPid = waitPidFile(pidFile, p.done)
+	if pid := waitPidFile(pidFile, p.done, nil); pid > 0 {
+		p.setTarget(pid)
+	}
 	p.relay(rio, stdio)
 	return p, nil
 }
 
-// waitPidFile waits for the runtime to write the pid file (0 when the
-// runtime exited first).
-func waitPidFile(name string, exited <-chan struct{}) int {
+// setTarget opens the process signals go to. The runtime waits for it,
+// so until the runtime exits (done) the pid is not reused.
+func (p *Process) setTarget(pid int) {
+	if t, err := os.FindProcess(pid); err == nil {
+		p.target = t
+		p.cleanup = append(p.cleanup, func() { t.Release() })
+	}
+}
+
+// initPidWait bounds Start's wait for the init's pid file, once the
+// runtime has recorded the container.
+const initPidWait = 5 * time.Second
+
+// waitPidFile waits for the runtime to write the pid file: 0 when the
+// runtime exited first, or giveUp (nil: never) fired.
+func waitPidFile(name string, exited <-chan struct{}, giveUp <-chan time.Time) int {
 	for delay := 100 * time.Microsecond; ; delay = min(delay*2, 10*time.Millisecond) {
 		if b, err := os.ReadFile(name); err == nil {
 			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 0 {
@@ -305,6 +318,8 @@ func waitPidFile(name string, exited <-chan struct{}) int {
 		}
 		select {
 		case <-exited:
+			return 0
+		case <-giveUp:
 			return 0
 		case <-time.After(delay):
 		}
@@ -451,14 +466,9 @@ func (p *Process) Signal(ctx context.Context, sig syscall.Signal) error {
 	default:
 	}
 	kill := func() error { return p.rt.Kill(ctx, p.id, int(sig), nil) }
-	switch {
-	case p.execPid > 0:
-		// The runtime waits for it: until the runtime exits (done) the
-		// pid is not reused.
-		kill = func() error { return signalPid(p.execPid, sig) }
-	case p.init != nil:
+	if p.target != nil {
 		kill = func() error {
-			if err := p.init.Signal(sig); err != nil && !errors.Is(err, os.ErrProcessDone) {
+			if err := p.target.Signal(sig); err != nil && !errors.Is(err, os.ErrProcessDone) {
 				return err
 			}
 			return nil

@@ -32,6 +32,3 @@ func newTerminalIO(size *specs.Box) (*terminalIO, error) {
 
 // sendWinch tells the runtime to pass its terminal's new size on.
 func sendWinch(pid int) error { return syscall.Kill(pid, syscall.SIGWINCH) }
-
-// signalPid sends sig to a process.
-func signalPid(pid int, sig syscall.Signal) error { return syscall.Kill(pid, sig) }

@@ -4,7 +4,6 @@ package ociruntime
 
 import (
 	"errors"
-	"syscall"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
@@ -14,5 +13,3 @@ var errNoTerminal = errors.New("container terminals need Linux")
 func newTerminalIO(*specs.Box) (*terminalIO, error) { return nil, errNoTerminal }
 
 func sendWinch(int) error { return errNoTerminal }
-
-func signalPid(int, syscall.Signal) error { return errNoTerminal }

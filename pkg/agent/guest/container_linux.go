@@ -62,8 +62,8 @@ func (s *Server) startedContainer(ctx context.Context, name string) (*runningCon
 }
 
 // containerInit is a running container's init's pid, as the runtime
-// wrote it at the start: asking the runtime (`crun state`) would start a
-// process, ~0.5 s in a TCG guest, for each stats, pids or namespace query.
+// wrote it at the start: asking the runtime (`crun state`) starts a
+// process, ~0.5 s in a TCG guest, so it is asked only when it wrote none.
 func (s *Server) containerInit(ctx context.Context, name string) (int, error) {
 	rc, err := s.startedContainer(ctx, name)
 	if err != nil {
@@ -75,11 +75,18 @@ func (s *Server) containerInit(ctx context.Context, name string) (int, error) {
 		return 0, &agent.Error{Code: agent.CodeNotFound, Message: fmt.Sprintf("container %s has exited", name)}
 	default:
 	}
-	pid := rc.p.InitPid()
-	if pid <= 0 {
-		return 0, &agent.Error{Code: agent.CodeNotFound, Message: fmt.Sprintf("container %s has no process", name)}
+	if pid := rc.p.InitPid(); pid > 0 {
+		return pid, nil
 	}
-	return pid, nil
+	// The runtime wrote no pid file: ask it.
+	st, err := s.Runtime.State(ctx, name)
+	if err != nil {
+		return 0, err
+	}
+	if st.Pid <= 0 {
+		return 0, &agent.Error{Code: agent.CodeNotFound, Message: fmt.Sprintf("container %s has no process (%s)", name, st.Status)}
+	}
+	return st.Pid, nil
 }
 
 // execInContainer runs a process in a running container with the runtime's
