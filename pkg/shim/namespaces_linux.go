@@ -95,16 +95,14 @@ func (s *Service) sandboxInit(ctx context.Context) (int, error) {
 	if sandbox == nil || !sandbox.created {
 		return 0, fmt.Errorf("the pod sandbox %s has no task in this shim: %w", s.id, errdefs.ErrFailedPrecondition)
 	}
-	// Asked once: the pid stands while the sandbox runs, and a sandbox
-	// that ended is refused (its pid may name another process by now).
+	// Asked each time: the agent knows the pid without asking crun, and
+	// refuses a sandbox that has ended (its pid may name another process
+	// by now).
 	sandbox.mu.Lock()
-	pid, status := sandbox.guestInit, sandbox.status
+	status := sandbox.status
 	sandbox.mu.Unlock()
 	if status == tasktypes.Status_STOPPED {
 		return 0, fmt.Errorf("the pod sandbox %s has exited: %w", s.id, errdefs.ErrFailedPrecondition)
-	}
-	if pid != 0 {
-		return pid, nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, agentTimeout)
 	defer cancel()
@@ -112,9 +110,6 @@ func (s *Service) sandboxInit(ctx context.Context) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("the pod sandbox %s is not running: %w: %w", s.id, err, errdefs.ErrFailedPrecondition)
 	}
-	sandbox.mu.Lock()
-	sandbox.guestInit = pid
-	sandbox.mu.Unlock()
 	return pid, nil
 }
 

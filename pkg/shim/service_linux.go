@@ -125,10 +125,6 @@ type task struct {
 
 	execs map[string]*process
 	torn  bool
-	// guestInit is the guest pid of the container's init once
-	// sandboxInit asked the agent for it (each ask runs the guest's OCI
-	// runtime: ~0.65 s under TCG, three times per pod container).
-	guestInit int
 }
 
 func (p *process) state() (tasktypes.Status, uint32, time.Time) {
