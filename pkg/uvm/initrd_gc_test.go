@@ -33,6 +33,12 @@ func TestGCInitrds(t *testing.T) {
 	initrd("initrd-dddd.img", time.Minute)                   // just built: the newest, and young
 	initrd("initrd-eeee.img", initrdMinAge/2)                // young
 	os.WriteFile(filepath.Join(boot, "vmlinuz"), nil, 0o644) // not an initramfs
+	// An old link named like an initramfs to a file elsewhere: the link
+	// goes, never its target.
+	outside := filepath.Join(t.TempDir(), "precious")
+	os.WriteFile(outside, []byte("keep"), 0o600)
+	os.Chtimes(outside, now.Add(-5*time.Hour), now.Add(-5*time.Hour))
+	os.Symlink(outside, filepath.Join(boot, "initrd-link.img"))
 	if err := os.MkdirAll(Dir(root, "vm1"), 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -58,8 +64,11 @@ func TestGCInitrds(t *testing.T) {
 		t.Fatal(err)
 	}
 	slices.Sort(removed)
-	if want := []string{"initrd-7.img", "initrd-cccc.img"}; !slices.Equal(removed, want) {
+	if want := []string{"initrd-7.img", "initrd-cccc.img", "initrd-link.img"}; !slices.Equal(removed, want) {
 		t.Errorf("removed %v, want %v", removed, want)
+	}
+	if b, err := os.ReadFile(outside); err != nil || string(b) != "keep" {
+		t.Errorf("a link's target outside boot: %q, %v", b, err)
 	}
 	left, _ := filepath.Glob(filepath.Join(boot, "*"))
 	for i, p := range left {
