@@ -137,6 +137,11 @@ var confineTable = []confineRow{
 		script: "for i in $(seq 40); do sleep 3 & done 2>&1 | head -1", check: want("can't fork", 0)},
 	{name: "--cpus", image: "confine", flags: []string{"--cpus", "0.5"}, ctr: []string{"--cpus", "0.5"}, script: "echo ok", check: want("ok", 0)},
 	{name: "exit code", image: "confine", ctr: []string{}, script: "exit 3", check: want("", 3)},
+	{name: "the agent's channel is out of reach (no virtio-serial port to forge its frames on)", image: "confine", ctr: []string{},
+		// sysfs shows the port's numbers; a node made from them must not open either.
+		script: "ls /dev | grep -c -E 'vport|hvc'; d=$(cat /sys/class/virtio-ports/*/dev 2>/dev/null | head -1); " +
+			"if [ -n \"$d\" ]; then mknod /tmp/vp c ${d%:*} ${d#*:} 2>/dev/null; head -c 1 /tmp/vp </dev/null >/dev/null 2>&1; else head -c 1 /dev/vport0p1 >/dev/null 2>&1; fi; echo open=$?",
+		check: want("0\nopen=1", 0)},
 	{name: "no terminal without -t", image: "confine", ctr: []string{}, script: "test -t 0; echo stdin-tty=$?; cat /dev/tty 2>&1 | head -1", check: want("stdin-tty=1", 0)},
 }
 
